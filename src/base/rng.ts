@@ -29,14 +29,14 @@ export class Rng {
   /** Uniform 32-bit unsigned integer. */
   nextU32(): number {
     const s = this.s;
-    const result = Math.imul(rotl(Math.imul(s[1]!, 5) >>> 0, 7), 9) >>> 0;
-    const t = (s[1]! << 9) >>> 0;
-    s[2]! ^= s[0]!;
-    s[3]! ^= s[1]!;
-    s[1]! ^= s[2]!;
-    s[0]! ^= s[3]!;
-    s[2]! ^= t;
-    s[3] = rotl(s[3]!, 11);
+    const result = Math.imul(rotl(Math.imul(s[1], 5) >>> 0, 7), 9) >>> 0;
+    const t = (s[1] << 9) >>> 0;
+    s[2] ^= s[0];
+    s[3] ^= s[1];
+    s[1] ^= s[2];
+    s[0] ^= s[3];
+    s[2] ^= t;
+    s[3] = rotl(s[3], 11);
     return result;
   }
 
@@ -69,8 +69,8 @@ export class Rng {
   shuffle<T>(xs: T[] | Int32Array | Uint32Array): typeof xs {
     for (let i = xs.length - 1; i > 0; i--) {
       const j = this.int(i + 1);
-      const t = xs[i]!;
-      xs[i] = xs[j]!;
+      const t = xs[i];
+      xs[i] = xs[j];
       xs[j] = t as never;
     }
     return xs;
@@ -93,7 +93,7 @@ export class Rng {
   /** State for checkpoints; a pending Box–Muller spare is dropped on purpose (see restore). */
   state(): RngState {
     this.spare = null;
-    return [this.s[0]!, this.s[1]!, this.s[2]!, this.s[3]!];
+    return [this.s[0], this.s[1], this.s[2], this.s[3]];
   }
 }
 

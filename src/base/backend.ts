@@ -1,4 +1,5 @@
 import * as tf from '@tensorflow/tfjs';
+import { installKernelPatches } from './kernels.js';
 
 export type BackendName = 'tensorflow' | 'wasm' | 'cpu';
 export const BACKENDS: readonly BackendName[] = ['tensorflow', 'wasm', 'cpu'];
@@ -51,6 +52,8 @@ export async function initBackend(opts: BackendOptions = {}): Promise<BackendInf
     warn('WARNING: running on the pure-JS cpu backend, about 40x slower than wasm. ' +
       'Use --backend wasm, or install @tensorflow/tfjs-node(-gpu).');
   }
+  // After setBackend: the wasm module has registered its kernels, so ours replace them.
+  installKernelPatches();
   active = info;
   return info;
 }

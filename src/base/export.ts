@@ -1,0 +1,59 @@
+import * as tf from '@tensorflow/tfjs';
+import { copyFileSync, existsSync, mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { writeJsonAtomic } from './atomic.js';
+import type { CausalLM } from './model.js';
+import { writeSafetensors, type TensorToWrite } from './safetensors.js';
+
+export type SaveDtype = 'F32' | 'F16' | 'BF16';
+export interface HostTensor {
+  shape: number[];
+  data: Float32Array;
+}
+
+/** The model's weights under their Hugging Face keys, in checkpoint orientation ([out, in] for nn.Linear). */
+export function modelTensors(model: CausalLM): Map<string, HostTensor> {
+  const p = model.parts;
+  const out = new Map<string, HostTensor>();
+  const put = (key: string, t: tf.Tensor, transpose = false): void => {
+    const host = transpose ? tf.tidy(() => t.transpose()) : t;
+    out.set(key, { shape: host.shape, data: host.dataSync() as Float32Array });
+    if (transpose) host.dispose();
+  };
+  put(`${p.embed.name}.weight`, p.embed.weight);
+  if (p.posEmbed) put(`${p.posEmbed.name}.weight`, p.posEmbed.weight);
+  const linears = model.blocks.flatMap((b) => b.linears());
+  if (!model.config.tieWordEmbeddings) linears.push(p.head);
+  for (const b of model.blocks) {
+    for (const n of [b.norm1, b.norm2]) {
+      put(`${n.name}.weight`, n.weight);
+      if (n.bias) put(`${n.name}.bias`, n.bias);
+    }
+  }
+  for (const l of linears) {
+    put(`${l.name}.weight`, l.weightT, !l.conv1d);
+    if (l.bias) put(`${l.name}.bias`, l.bias);
+  }
+  put(`${p.norm.name}.weight`, p.norm.weight);
+  if (p.norm.bias) put(`${p.norm.name}.bias`, p.norm.bias);
+  return out;
+}
+
+/**
+ * Write a Hugging Face model folder: config.json, model.safetensors and, when the source folder
+ * has them, its tokenizer files. Each file is written atomically.
+ */
+export function saveModel(model: CausalLM, dir: string, dtype: SaveDtype = 'F32'): void {
+  mkdirSync(dir, { recursive: true });
+  const files: Record<string, TensorToWrite> = {};
+  for (const [key, t] of modelTensors(model)) files[key] = { dtype, shape: t.shape, data: t.data };
+  writeSafetensors(join(dir, 'model.safetensors'), files, { format: 'pt' });
+  const torchDtype = { F32: 'float32', F16: 'float16', BF16: 'bfloat16' }[dtype];
+  writeJsonAtomic(join(dir, 'config.json'), { ...model.config.raw, torch_dtype: torchDtype });
+  if (model.dir && model.dir !== dir) {
+    for (const f of ['tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json', 'generation_config.json']) {
+      const src = join(model.dir, f);
+      if (existsSync(src)) copyFileSync(src, join(dir, f));
+    }
+  }
+}

@@ -1,0 +1,43 @@
+import type * as tf from '@tensorflow/tfjs';
+import type { ForwardContext } from './context.js';
+import { linear } from './ops.js';
+
+/** Something that adds to a linear layer's output: a LoRA adapter, or a gate over several. */
+export interface LinearHook {
+  delta(x: tf.Tensor2D, ctx: ForwardContext): tf.Tensor2D;
+}
+
+/**
+ * A frozen base linear layer, named by its Hugging Face module path (what PEFT targets).
+ * The weight is kept as [in, out] so the forward is a plain 2-D matMul, the fast path on WASM;
+ * `conv1d` records that the checkpoint stores it that way (GPT-2's fan_in_fan_out).
+ */
+export class Linear {
+  readonly hooks: LinearHook[] = [];
+
+  constructor(
+    readonly name: string,
+    public weightT: tf.Tensor2D,
+    public bias: tf.Tensor1D | null,
+    readonly conv1d: boolean,
+  ) {}
+
+  get inFeatures(): number {
+    return this.weightT.shape[0];
+  }
+
+  get outFeatures(): number {
+    return this.weightT.shape[1];
+  }
+
+  forward(x: tf.Tensor2D, ctx: ForwardContext): tf.Tensor2D {
+    let y = linear(x, this.weightT, this.bias ?? undefined);
+    for (const h of this.hooks) y = y.add(h.delta(x, ctx));
+    return y;
+  }
+
+  dispose(): void {
+    this.weightT.dispose();
+    this.bias?.dispose();
+  }
+}

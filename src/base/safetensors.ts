@@ -60,6 +60,18 @@ export interface TensorToWrite {
   data: Float32Array | Int32Array | Uint8Array | BigInt64Array;
 }
 
+/** A header value for an error message: short, and safe on hostile input (deep nesting, huge arrays). */
+function show(v: unknown): string {
+  let text: string | undefined;
+  try {
+    text = JSON.stringify(v);
+  } catch {
+    text = undefined;
+  }
+  if (text === undefined) return String(typeof v);
+  return text.length > 80 ? `${text.slice(0, 77)}...` : text;
+}
+
 function isRecord(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
 }
@@ -116,13 +128,13 @@ function parseHeader(
     if (!isRecord(entry)) throw new SafetensorsError(file, 'header entry is not an object', name);
     const { dtype, shape, data_offsets: offsets } = entry;
     if (!isDtype(dtype)) {
-      throw new SafetensorsError(file, `unsupported dtype ${JSON.stringify(dtype)} (supported: ${Object.keys(DTYPE_BYTES).join(', ')})`, name);
+      throw new SafetensorsError(file, `unsupported dtype ${show(dtype)} (supported: ${Object.keys(DTYPE_BYTES).join(', ')})`, name);
     }
     if (!Array.isArray(shape) || !shape.every(isCount)) {
-      throw new SafetensorsError(file, `shape ${JSON.stringify(shape)} is not a list of non-negative integers`, name);
+      throw new SafetensorsError(file, `shape ${show(shape)} is not a list of non-negative integers`, name);
     }
     if (!Array.isArray(offsets) || offsets.length !== 2 || !offsets.every(isCount)) {
-      throw new SafetensorsError(file, `data_offsets ${JSON.stringify(offsets)} is not a pair of non-negative integers`, name);
+      throw new SafetensorsError(file, `data_offsets ${show(offsets)} is not a pair of non-negative integers`, name);
     }
     const [begin, end] = offsets as [number, number];
     if (begin > end) throw new SafetensorsError(file, `data_offsets [${begin}, ${end}] end before they begin`, name);
@@ -281,10 +293,10 @@ const WRITE_DTYPES = ['F32', 'F16', 'BF16', 'I32', 'I64', 'U8', 'BOOL'] as const
 /** The raw little-endian bytes of one tensor, after checking its data fits its dtype and shape. */
 function tensorBytes(file: string, name: string, t: TensorToWrite): Uint8Array {
   if (!(WRITE_DTYPES as readonly string[]).includes(t.dtype)) {
-    throw new SafetensorsError(file, `cannot write dtype ${JSON.stringify(t.dtype)} (writable: ${WRITE_DTYPES.join(', ')})`, name);
+    throw new SafetensorsError(file, `cannot write dtype ${show(t.dtype)} (writable: ${WRITE_DTYPES.join(', ')})`, name);
   }
   if (!Array.isArray(t.shape) || !t.shape.every(isCount)) {
-    throw new SafetensorsError(file, `shape ${JSON.stringify(t.shape)} is not a list of non-negative integers`, name);
+    throw new SafetensorsError(file, `shape ${show(t.shape)} is not a list of non-negative integers`, name);
   }
   const n = numel(t.shape);
   if (n !== t.data.length) {

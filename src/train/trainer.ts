@@ -1,0 +1,330 @@
+import * as tf from '@tensorflow/tfjs';
+import { existsSync, mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { globalNorm } from '../base/ops.js';
+import { Rng } from '../base/rng.js';
+import {
+  CheckpointError,
+  LATEST_FILE,
+  loadCheckpoint,
+  resolveCheckpoint,
+  saveCheckpoint,
+  type BestMetric,
+  type TrainState,
+} from './checkpoint.js';
+import { accumulateGrads, clipCoef, disposeAccumulated } from './grads.js';
+import { MetricsLog } from './metrics.js';
+import { AdamW } from './optimizer.js';
+import { Progress, type ProgressMode } from './progress.js';
+import { lrAt, validateSchedule, type ScheduleConfig, type ScheduleKind } from './schedule.js';
+
+/** The training data: an endless, resumable stream of batches. */
+export interface Batches<B> {
+  /** The next batch. Called inside the step's tidy, so tensors it creates are freed after the step. */
+  next(): B;
+  /** JSON-serialisable position in the stream, stored in checkpoints… */
+  state(): unknown;
+  /** …and handed back on resume, so the resumed run sees the same batches in the same order. */
+  restore(s: unknown): void;
+  /** Tokens in a batch: throughput, and the weight of each eval batch in the mean. */
+  tokens(b: B): number;
+  epoch?(): number;
+}
+
+/** Installs an interrupt handler and returns its remover. */
+export type SignalSource = (onInterrupt: () => void) => () => void;
+
+export interface TrainSpec<B> {
+  /** Exactly these train and carry optimizer state. */
+  params: Map<string, tf.Variable>;
+  /** Non-trained state a resume must restore (e.g. an aux-loss-free routing bias updated in afterStep). */
+  buffers?: Map<string, tf.Variable>;
+  /**
+   * Forward pass and loss of one batch (aux losses included), run inside tidy/variableGrads.
+   * `rng` is the run's seeded stream (dropout, router jitter); it is checkpointed with the run.
+   */
+  loss(batch: B, training: boolean, rng: Rng): tf.Scalar;
+  batches: Batches<B>;
+  /** Validation batches, for mean loss and perplexity at each eval. */
+  evalSet?: () => Iterable<B>;
+  /** Extra values logged with each eval (e.g. gate weights). */
+  onEval?: (step: number) => Record<string, unknown>;
+  /** Runs after each optimizer update, with the number of updates done. */
+  afterStep?: (step: number) => void;
+  /** Caller's own artifact (e.g. the PEFT adapter): into each checkpoint folder, and into outDir at the end. */
+  save(dir: string): void;
+  /** Optimizer updates in the whole run. */
+  steps: number;
+  lr: number;
+  /** Updates of linear warmup; default 0. */
+  warmup?: number;
+  /** Default cosine. */
+  schedule?: ScheduleKind;
+  /** Where cosine/linear decay ends; default 0. */
+  minLr?: number;
+  /** AdamW decoupled weight decay; default 0. */
+  weightDecay?: number;
+  /** Max global gradient norm; 0 (the default) turns clipping off. */
+  clip?: number;
+  /** Micro-batches per update; default 1. */
+  gradAccum?: number;
+  /** Eval every this many updates and at the end; 0 (default) only at the end. */
+  evalEvery?: number;
+  /** Checkpoint every this many updates; the end always gets one. 0 (default): end only. */
+  saveEvery?: number;
+  seed?: number;
+  outDir: string;
+  /** A run folder (its latest checkpoint) or a checkpoint folder to continue from. */
+  resume?: string;
+  progress?: ProgressMode;
+  /** Where messages go (interruption, warnings, eval results); stderr by default. */
+  log?: (msg: string) => void;
+  /** Interrupt source; SIGINT by default. */
+  signals?: SignalSource;
+}
+
+export interface TrainResult {
+  status: 'done' | 'interrupted';
+  /** Updates done, counting those before a resume. */
+  step: number;
+  /** The last checkpoint written or resumed from. */
+  checkpoint: string | null;
+  lastLoss: number | null;
+  best: BestMetric | null;
+}
+
+/** A run that had to stop: names the step and what was kept. */
+export class TrainError extends Error {
+  override name = 'TrainError';
+
+  constructor(
+    message: string,
+    readonly step: number,
+    readonly checkpoint: string | null,
+  ) {
+    super(message);
+  }
+}
+
+/**
+ * SIGINT: the first asks the loop to stop after the current step; a second, with the handler
+ * removed, gets Node's default (exit).
+ */
+export const sigint: SignalSource = (onInterrupt) => {
+  const handler = (): void => {
+    process.off('SIGINT', handler);
+    onInterrupt();
+  };
+  process.on('SIGINT', handler);
+  return () => process.off('SIGINT', handler);
+};
+
+/**
+ * The training loop. One step: k micro-batches of forward/backward, one host read of
+ * [loss, grad norm], a NaN/Inf check, clipping folded into the AdamW update, then logging, eval
+ * and checkpoints when due. Resume restores parameters, buffers, moments, step, RNG and the
+ * data stream, so the loss curve continues as if never stopped.
+ */
+export async function train<B>(spec: TrainSpec<B>): Promise<TrainResult> {
+  const { params, batches, outDir } = spec;
+  const buffers = spec.buffers ?? new Map<string, tf.Variable>();
+  const k = spec.gradAccum ?? 1;
+  const clip = spec.clip ?? 0;
+  const evalEvery = spec.evalEvery ?? 0;
+  const saveEvery = spec.saveEvery ?? 0;
+  const schedule: ScheduleConfig = {
+    kind: spec.schedule ?? 'cosine',
+    lr: spec.lr,
+    minLr: spec.minLr ?? 0,
+    warmup: spec.warmup ?? 0,
+    total: spec.steps,
+  };
+  validateSchedule(schedule);
+  for (const [what, v] of [['gradAccum', k], ['evalEvery', evalEvery], ['saveEvery', saveEvery]] as const) {
+    if (!Number.isInteger(v) || v < (what === 'gradAccum' ? 1 : 0)) throw new Error(`${what} must be a ${what === 'gradAccum' ? 'positive' : 'non-negative'} integer, got ${v}`);
+  }
+  if (!(clip >= 0)) throw new Error(`clip must be >= 0, got ${clip}`);
+  if (params.size === 0) throw new Error('nothing to train: params is empty');
+  for (const [name, v] of params) if (!v.trainable) throw new Error(`parameter '${name}' is a non-trainable variable`);
+  mkdirSync(outDir, { recursive: true });
+  if (!spec.resume && existsSync(join(outDir, LATEST_FILE))) {
+    throw new Error(`${outDir} already holds a run (it has a '${LATEST_FILE}' checkpoint pointer): resume it, or choose an empty output folder`);
+  }
+
+  const progressMode = spec.progress ?? 'auto';
+  let progress: Progress | null = null;
+  const say = spec.log ?? ((m: string) => (progress ? progress.log(m) : process.stderr.write(m + '\n')));
+  const optimizer = new AdamW(params, { weightDecay: spec.weightDecay ?? 0 });
+  let removeHandler = (): void => {};
+  try {
+    let rng = new Rng(spec.seed ?? 0);
+    let step = 0;
+    let best: BestMetric | null = null;
+    let checkpoint: string | null = null;
+    if (spec.resume) {
+      const ck = loadCheckpoint(resolveCheckpoint(spec.resume), params, buffers);
+      assignAll(params, ck.params);
+      assignAll(buffers, ck.buffers);
+      optimizer.load(ck.optimizer);
+      rng = new Rng(ck.state.rng);
+      batches.restore(ck.state.sampler);
+      step = ck.state.step;
+      best = ck.state.best;
+      checkpoint = ck.dir;
+      const was = JSON.stringify(ck.state.schedule);
+      if (was !== JSON.stringify(schedule)) {
+        say(`warning: resuming with a different schedule (${was} → ${JSON.stringify(schedule)}); the lr curve changes from here`);
+      }
+      say(`resumed from ${ck.dir} at step ${step}/${spec.steps}`);
+    }
+    const metrics = new MetricsLog(outDir, spec.resume ? step : null);
+    progress = new Progress({ total: spec.steps, start: step, mode: progressMode });
+    let interrupted = false;
+    removeHandler = (spec.signals ?? sigint)(() => {
+      interrupted = true;
+      say('interrupt: finishing this step, then writing a checkpoint (interrupt again to quit at once)');
+    });
+
+    let last: Record<string, unknown> | null = null;
+    let lastLoss: number | null = null;
+    const save = (): string => {
+      const state: TrainState = {
+        step,
+        epoch: batches.epoch?.() ?? null,
+        rng: rng.state(),
+        sampler: batches.state() ?? null,
+        schedule,
+        last,
+        best,
+      };
+      try {
+        return saveCheckpoint(outDir, { state, params, buffers, optimizer, extra: (dir) => spec.save(dir) });
+      } catch (e) {
+        if (!(e instanceof CheckpointError)) throw e;
+        throw new TrainError(
+          `step ${step}: not saving a checkpoint, ${e.message}; the run diverged. ${kept(checkpoint)}`,
+          step,
+          checkpoint,
+        );
+      }
+    };
+
+    while (step < spec.steps) {
+      const t0 = performance.now();
+      const lr = lrAt(step, schedule);
+      let tokens = 0;
+      const acc = accumulateGrads(params, k, () => {
+        const b = batches.next();
+        tokens += batches.tokens(b);
+        return spec.loss(b, true, rng);
+      });
+      let loss: number;
+      let gradNorm: number;
+      try {
+        const both = tf.tidy(() => tf.stack([acc.loss, globalNorm([...acc.grads.values()])]));
+        const host = both.dataSync();
+        both.dispose();
+        loss = host[0]! / k;
+        gradNorm = host[1]! / k;
+        if (!Number.isFinite(loss) || !Number.isFinite(gradNorm)) {
+          const what = Number.isFinite(loss) ? `gradient norm is ${gradNorm}` : `loss is ${loss}`;
+          throw new TrainError(`step ${step + 1}: ${what}; stopped before updating. ${kept(checkpoint)}`, step + 1, checkpoint);
+        }
+        optimizer.apply(acc.grads, lr, clipCoef(gradNorm, clip) / k);
+      } finally {
+        disposeAccumulated(acc);
+      }
+      step += 1;
+      spec.afterStep?.(step);
+      const tokensPerS = tokens / ((performance.now() - t0) / 1000);
+      lastLoss = loss;
+      last = { step, loss, lr, grad_norm: gradNorm };
+      metrics.write({ step, loss, lr, grad_norm: gradNorm, tokens_per_s: tokensPerS });
+      progress.update({ step, loss, lr, tokensPerS });
+
+      if ((evalEvery > 0 && step % evalEvery === 0) || step === spec.steps) {
+        const ev = evaluate(spec, rng, step);
+        if (ev) {
+          metrics.write(ev);
+          last = { ...last, ...ev };
+          if (typeof ev.val_loss === 'number' && Number.isFinite(ev.val_loss) && (!best || ev.val_loss < best.val_loss)) {
+            best = { step, val_loss: ev.val_loss };
+          }
+          say(describeEval(ev));
+        }
+      }
+      if ((saveEvery > 0 && step % saveEvery === 0) || step === spec.steps || interrupted) checkpoint = save();
+      if (interrupted) {
+        say(`Interrupted after step ${step}/${spec.steps}. Checkpoint written to ${checkpoint}. To continue, run the same command with --resume ${outDir}`);
+        return { status: 'interrupted', step, checkpoint, lastLoss, best };
+      }
+      // Let signals and timers (the progress bar) through: they only run between event-loop turns.
+      await new Promise<void>((resolve) => setImmediate(resolve));
+    }
+    spec.save(outDir);
+    return { status: 'done', step, checkpoint, lastLoss, best };
+  } finally {
+    removeHandler();
+    progress?.stop();
+    optimizer.dispose();
+  }
+}
+
+function kept(checkpoint: string | null): string {
+  return checkpoint
+    ? `The last good checkpoint, ${checkpoint}, was kept; resume from it (perhaps with a lower lr or clipping).`
+    : 'No checkpoint had been written yet.';
+}
+
+function assignAll(vars: Map<string, tf.Variable>, values: Map<string, Float32Array>): void {
+  tf.tidy(() => {
+    for (const [name, v] of vars) v.assign(tf.tensor(values.get(name)!, v.shape));
+  });
+}
+
+/** Token-weighted mean validation loss and its perplexity, plus the caller's extras. */
+function evaluate<B>(spec: TrainSpec<B>, rng: Rng, step: number): Record<string, unknown> & { step: number } | null {
+  if (!spec.evalSet && !spec.onEval) return null;
+  const out: Record<string, unknown> & { step: number } = { step };
+  const evalSet = spec.evalSet;
+  if (evalSet) {
+    let sum = 0;
+    let total = 0;
+    // The outer tidy frees batches an eval set builds up front; the inner one each batch's
+    // activations, and the batch itself when the set builds it lazily in next().
+    tf.tidy(() => {
+      const losses: tf.Scalar[] = [];
+      const weights: number[] = [];
+      const it = evalSet()[Symbol.iterator]();
+      for (;;) {
+        let done = false;
+        const loss = tf.tidy(() => {
+          const n = it.next();
+          if (n.done) {
+            done = true;
+            return tf.scalar(0);
+          }
+          weights.push(spec.batches.tokens(n.value));
+          return spec.loss(n.value, false, rng);
+        });
+        if (done) break;
+        losses.push(loss);
+      }
+      if (losses.length === 0) throw new Error('evalSet yielded no batches');
+      tf.stack(losses).dataSync().forEach((x, i) => {
+        sum += x * weights[i]!;
+        total += weights[i]!;
+      });
+    });
+    const valLoss = sum / total;
+    out.val_loss = valLoss;
+    out.perplexity = Math.exp(valLoss);
+  }
+  return { ...out, ...spec.onEval?.(step) };
+}
+
+function describeEval(ev: Record<string, unknown> & { step: number }): string {
+  const parts = [`eval step ${ev.step}`];
+  if (typeof ev.val_loss === 'number') parts.push(`val_loss ${ev.val_loss.toFixed(4)}`, `perplexity ${(ev.perplexity as number).toFixed(3)}`);
+  return parts.join(' | ');
+}

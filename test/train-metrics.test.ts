@@ -45,18 +45,18 @@ describe('progress', () => {
   it('off a TTY prints plain lines every N steps and at the end; messages always', () => {
     const out = new Capture();
     const p = new Progress({ total: 10, start: 2, stream: out as unknown as NodeJS.WriteStream, everySteps: 4, everySeconds: 3600 });
-    for (let step = 3; step <= 10; step++) p.update({ step, loss: 2 / step, lr: 3e-4, tokensPerS: 1234.4 });
+    for (let step = 3; step <= 10; step++) p.update({ step, loss: 2 / step, lr: 3e-4, tokens: step === 3 ? 2000 : 1000, seconds: 1 });
     p.log('eval step 10 | val_loss 0.1000');
     p.stop();
     const lines = out.text.trim().split('\n');
     expect(lines.map((l) => l.split(' |')[0])).toEqual(['step 6/10', 'step 10/10', 'eval step 10 | val_loss 0.1000'.split(' |')[0]]);
-    expect(lines[0]).toMatch(/^step 6\/10 \| loss 0\.3333 \| lr 3\.00e-4 \| 1234 tok\/s \| ETA \d+s$/);
+    expect(lines[0]).toMatch(/^step 6\/10 \| loss 0\.3333 \| lr 3\.00e-4 \| 1729 tok\/s \| ETA \d+s$/);
   });
 
   it('off prints no progress', () => {
     const out = new Capture();
     const p = new Progress({ total: 3, start: 0, mode: 'off', stream: out as unknown as NodeJS.WriteStream });
-    p.update({ step: 3, loss: 1, lr: 1, tokensPerS: 1 });
+    p.update({ step: 3, loss: 1, lr: 1, tokens: 1, seconds: 1 });
     p.stop();
     expect(out.text).toBe('');
   });

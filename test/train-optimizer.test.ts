@@ -157,6 +157,13 @@ describe('gradient accumulation and clipping', () => {
     tf.dispose([diff, full.value, ...Object.values(full.grads)]);
     disposeAccumulated(acc);
     expect(tf.memory().numTensors).toBe(before);
+    // A micro-batch that throws strands nothing.
+    const boom = (i: number): tf.Scalar => {
+      if (i === 2) throw new Error('bad batch');
+      return loss(x.subarray(i * 10, i * 10 + 10));
+    };
+    expect(() => accumulateGrads(params, 3, boom)).toThrow('bad batch');
+    expect(tf.memory().numTensors).toBe(before);
     w.dispose();
     unused.dispose();
   });

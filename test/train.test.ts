@@ -7,7 +7,7 @@ import { initBackend } from '../src/base/backend.js';
 import { Rng, type RngState } from '../src/base/rng.js';
 import { LATEST_FILE, PARAMS_FILE, STATE_FILE } from '../src/train/checkpoint.js';
 import { readMetrics } from '../src/train/metrics.js';
-import { TrainError, train, type Batches, type SignalSource, type TrainSpec } from '../src/train/trainer.js';
+import { TrainError, sigint, train, type Batches, type SignalSource, type TrainSpec } from '../src/train/trainer.js';
 
 beforeAll(async () => {
   await initBackend();
@@ -303,5 +303,17 @@ describe('trainer', () => {
     await expect(train(spec(tmp(), { gradAccum: 0 }))).rejects.toThrow(/gradAccum must be a positive integer/);
     await expect(train(spec(tmp(), { schedule: 'step' as never }))).rejects.toThrow(/schedule 'step'/);
     await expect(train(spec(tmp(), { resume: join(dir, 'missing') }))).rejects.toThrow(/missing: not found/);
+  });
+
+  it('the default SIGINT source asks once, then steps aside so a second Ctrl-C exits', () => {
+    const n = process.listenerCount('SIGINT');
+    let asked = 0;
+    const remove = sigint(() => asked++);
+    expect(process.listenerCount('SIGINT')).toBe(n + 1);
+    process.emit('SIGINT');
+    expect(asked).toBe(1);
+    expect(process.listenerCount('SIGINT')).toBe(n);
+    remove();
+    expect(process.listenerCount('SIGINT')).toBe(n);
   });
 });

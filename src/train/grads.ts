@@ -18,27 +18,34 @@ export function accumulateGrads(params: Map<string, tf.Variable>, k: number, mic
   const vars = [...params.values()];
   let loss: tf.Scalar | null = null;
   const grads = new Map<string, tf.Tensor>();
-  for (let i = 0; i < k; i++) {
-    const prevLoss = loss;
-    const next = tf.tidy(() => {
-      const r = tf.variableGrads(() => micro(i), vars);
-      const sums: Record<string, tf.Tensor> = {};
-      names.forEach((name, j) => {
-        const g = r.grads[vars[j]!.name];
-        if (!g) return;
-        const acc = grads.get(name);
-        sums[name] = acc ? acc.add(g) : g;
+  try {
+    for (let i = 0; i < k; i++) {
+      const prevLoss = loss;
+      const next = tf.tidy(() => {
+        const r = tf.variableGrads(() => micro(i), vars);
+        const sums: Record<string, tf.Tensor> = {};
+        names.forEach((name, j) => {
+          const g = r.grads[vars[j]!.name];
+          if (!g) return;
+          const acc = grads.get(name);
+          sums[name] = acc ? acc.add(g) : g;
+        });
+        return { loss: prevLoss ? prevLoss.add(r.value) : r.value, sums };
       });
-      return { loss: prevLoss ? prevLoss.add(r.value) : r.value, sums };
-    });
-    prevLoss?.dispose();
-    loss = next.loss as tf.Scalar;
-    for (const name of names) {
-      const g = next.sums[name];
-      if (!g) continue;
-      grads.get(name)?.dispose();
-      grads.set(name, g);
+      prevLoss?.dispose();
+      loss = next.loss as tf.Scalar;
+      for (const name of names) {
+        const g = next.sums[name];
+        if (!g) continue;
+        grads.get(name)?.dispose();
+        grads.set(name, g);
+      }
     }
+  } catch (e) {
+    // A failing micro-batch must not strand the sums of the ones before it.
+    loss?.dispose();
+    for (const g of grads.values()) g.dispose();
+    throw e;
   }
   return { loss: loss!, grads };
 }

@@ -20,8 +20,13 @@ export interface StepReport {
   step: number;
   loss: number;
   lr: number;
-  tokensPerS: number;
+  /** Tokens this step trained on, and the seconds it took: shown as a smoothed rate. */
+  tokens: number;
+  seconds: number;
 }
+
+/** Weight of the newest step in the smoothed tokens/s: single steps jitter (GC, other processes). */
+const RATE_SMOOTHING = 0.1;
 
 /** Step progress on stderr: a cli-progress bar on a TTY, periodic plain lines otherwise. */
 export class Progress {
@@ -34,6 +39,8 @@ export class Progress {
   private readonly t0 = performance.now();
   private lastStep: number;
   private lastTime = performance.now();
+  private avgTokens = 0;
+  private avgSeconds = 0;
 
   constructor(private readonly o: ProgressOptions) {
     this.stream = o.stream ?? process.stderr;
@@ -56,11 +63,15 @@ export class Progress {
   }
 
   update(r: StepReport): void {
+    if (this.mode === 'off') return;
+    const a = this.avgSeconds === 0 ? 1 : RATE_SMOOTHING;
+    this.avgTokens += a * (r.tokens - this.avgTokens);
+    this.avgSeconds += a * (r.seconds - this.avgSeconds);
+    const tps = Math.round(this.avgTokens / this.avgSeconds);
     if (this.mode === 'bar') {
-      this.bar!.update(r.step, { loss: fmtLoss(r.loss), lr: r.lr.toExponential(2), tps: Math.round(r.tokensPerS) });
+      this.bar!.update(r.step, { loss: fmtLoss(r.loss), lr: r.lr.toExponential(2), tps });
       return;
     }
-    if (this.mode === 'off') return;
     const now = performance.now();
     const due = r.step - this.lastStep >= this.everySteps || (now - this.lastTime) / 1000 >= this.everySeconds;
     if (!due && r.step !== this.o.total) return;
@@ -70,7 +81,7 @@ export class Progress {
     const eta = fmtDuration(perStep * (this.o.total - r.step));
     this.stream.write(
       `step ${r.step}/${this.o.total} | loss ${fmtLoss(r.loss)} | lr ${r.lr.toExponential(2)} | ` +
-        `${Math.round(r.tokensPerS)} tok/s | ETA ${eta}\n`,
+        `${tps} tok/s | ETA ${eta}\n`,
     );
   }
 

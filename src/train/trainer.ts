@@ -236,11 +236,11 @@ export async function train<B>(spec: TrainSpec<B>): Promise<TrainResult> {
       }
       step += 1;
       spec.afterStep?.(step);
-      const tokensPerS = tokens / ((performance.now() - t0) / 1000);
+      const seconds = (performance.now() - t0) / 1000;
       lastLoss = loss;
       last = { step, loss, lr, grad_norm: gradNorm };
-      metrics.write({ step, loss, lr, grad_norm: gradNorm, tokens_per_s: tokensPerS });
-      progress.update({ step, loss, lr, tokensPerS });
+      metrics.write({ step, loss, lr, grad_norm: gradNorm, tokens_per_s: tokens / seconds });
+      progress.update({ step, loss, lr, tokens, seconds });
 
       if ((evalEvery > 0 && step % evalEvery === 0) || step === spec.steps) {
         const ev = evaluate(spec, rng, step);

@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
@@ -109,7 +109,7 @@ describe('training checkpoints', () => {
     const wide = new Map([...params, ['layer.b', tf.variable(tf.zeros([4]))]]);
     disposers.push(() => wide.get('layer.b')!.dispose());
     expect(() => loadCheckpoint(ck, wide, buffers)).toThrow(/params.safetensors: tensor 'layer.b' has shape \[3\], this run's trained parameter is \[4\]/);
-    expect(() => loadCheckpoint(ck, params, new Map())).not.toThrow();
+    expect(() => loadCheckpoint(ck, params, new Map())).toThrow(/buffers.safetensors: holds tensors this run does not have \(bias\)/);
 
     writeSafetensors(join(ck, OPTIMIZER_FILE), { 'layer.w.exp_avg': { dtype: 'F32', shape: [2, 3], data: new Float32Array(6) } });
     expect(() => loadCheckpoint(ck, params, buffers)).toThrow(/optimizer.safetensors: has no tensor 'layer.w.exp_avg_sq' for optimizer moment 'layer.w'/);
@@ -123,6 +123,5 @@ describe('training checkpoints', () => {
     expect(() => loadCheckpoint(ck, params, buffers)).toThrow(/checkpoint version 2 is not supported/);
     writeFileSync(statePath, JSON.stringify({ ...state(1) }));
     expect(() => loadCheckpoint(ck, params, buffers)).toThrow(/not a molora training checkpoint/);
-    expect(existsSync(join(ck, BUFFERS_FILE))).toBe(true);
   });
 });

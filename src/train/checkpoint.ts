@@ -149,7 +149,9 @@ export interface LoadedCheckpoint {
 export function loadCheckpoint(dir: string, params: Map<string, tf.Variable>, buffers: Map<string, tf.Variable>): LoadedCheckpoint {
   const state = readState(join(dir, STATE_FILE));
   const p = readTensors(join(dir, PARAMS_FILE), params, (n) => n, 'trained parameter');
-  const b = buffers.size ? readTensors(join(dir, BUFFERS_FILE), buffers, (n) => n, 'buffer') : new Map<string, Float32Array>();
+  const bufferFile = join(dir, BUFFERS_FILE);
+  // A checkpoint with buffers the run does not declare is refused too (readTensors names them).
+  const b = buffers.size || existsSync(bufferFile) ? readTensors(bufferFile, buffers, (n) => n, 'buffer') : new Map<string, Float32Array>();
   const moments = new Map<string, tf.Variable>();
   for (const [name, v] of params) {
     moments.set(`${name}.exp_avg`, v);

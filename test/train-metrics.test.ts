@@ -53,6 +53,18 @@ describe('progress', () => {
     expect(lines[0]).toMatch(/^step 6\/10 \| loss 0\.3333 \| lr 3\.00e-4 \| 1729 tok\/s \| ETA \d+s$/);
   });
 
+  it('on a TTY draws a bar with step, loss, lr and tok/s, and prints messages above it', () => {
+    const out = new Capture();
+    out.isTTY = true;
+    const p = new Progress({ total: 10, start: 0, stream: out as unknown as NodeJS.WriteStream });
+    p.update({ step: 3, loss: 0.5, lr: 1e-3, tokens: 500, seconds: 0.5 });
+    p.log('eval step 3 | val_loss 0.4000');
+    p.stop();
+    expect(out.text).toContain('eval step 3 | val_loss 0.4000\n');
+    const last = out.text.slice(out.text.lastIndexOf('eval step 3'));
+    expect(last).toMatch(/ 3\/10 \| loss 0\.5000 \| lr 1\.00e-3 \| 1000 tok\/s \| ETA /);
+  });
+
   it('off prints no progress', () => {
     const out = new Capture();
     const p = new Progress({ total: 3, start: 0, mode: 'off', stream: out as unknown as NodeJS.WriteStream });

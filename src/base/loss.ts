@@ -1,4 +1,5 @@
 import * as tf from '@tensorflow/tfjs';
+import type { CausalLM, ForwardOptions } from './model.js';
 
 /**
  * Mean next-token cross-entropy over the positions where `weights` is non-zero:
@@ -27,4 +28,21 @@ export function crossEntropy(
   const perToken = logits.logSumExp(-1).sub(picked);
   const sum = perToken.mul(tf.tensor1d(weights)).sum() as tf.Scalar;
   return { mean: sum.div(Math.max(count, 1e-9)) as tf.Scalar, sum, count };
+}
+
+/** A language-modelling batch: ids[t] predicts targets[t]; lossMask weights each position. */
+export interface LmBatch {
+  ids: Int32Array;
+  targets: Int32Array;
+  lossMask: Float32Array;
+  attentionMask?: Uint8Array;
+  batch: number;
+  seq: number;
+}
+
+/** Task loss plus every auxiliary loss the plug-ins left in the context (gate balance, router losses). */
+export function lmLoss(model: CausalLM, b: LmBatch, opts: ForwardOptions = {}): tf.Scalar {
+  const { h, ctx } = model.hidden(b, opts);
+  const ce = crossEntropy(model.parts.head.forward(h, ctx), b.targets, b.lossMask).mean;
+  return ctx.aux.reduce((acc, a) => acc.add(a.value), ce);
 }

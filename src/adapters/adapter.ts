@@ -1,0 +1,102 @@
+import * as tf from '@tensorflow/tfjs';
+import type { Linear } from '../base/linear.js';
+import type { CausalLM } from '../base/model.js';
+import type { Rng } from '../base/rng.js';
+import { AdapterConfigError, moduleRankScale, targetsModule, type LoraConfig } from './config.js';
+import { initLoraWeights, LoraLayer } from './lora.js';
+
+/** PEFT's tensor key for one LoRA matrix of one module. */
+export function peftKey(module: string, which: 'A' | 'B'): string {
+  return `base_model.model.${module}.lora_${which}.weight`;
+}
+
+/**
+ * A named LoRA adapter: one LoraLayer per targeted module. Attaching hooks its layers onto the
+ * base's linears (several adapters may be attached; their deltas add); detaching removes them.
+ */
+export class LoraAdapter {
+  private attachedTo: CausalLM | null = null;
+
+  constructor(
+    readonly name: string,
+    readonly config: LoraConfig,
+    readonly layers: Map<string, LoraLayer>,
+  ) {}
+
+  /** Trainable variables under their PEFT keys (the trainer's and the optimizer's names). */
+  params(): Map<string, tf.Variable> {
+    const out = new Map<string, tf.Variable>();
+    for (const [module, l] of this.layers) {
+      out.set(peftKey(module, 'A'), l.aT);
+      out.set(peftKey(module, 'B'), l.bT);
+    }
+    return out;
+  }
+
+  get parameterCount(): number {
+    let n = 0;
+    for (const l of this.layers.values()) n += l.aT.size + l.bT.size;
+    return n;
+  }
+
+  attach(model: CausalLM): void {
+    if (this.attachedTo) throw new Error(`adapter '${this.name}' is already attached`);
+    const byName = linearsByName(model);
+    for (const [module, layer] of this.layers) byName.get(module)!.hooks.push(layer);
+    this.attachedTo = model;
+  }
+
+  detach(): void {
+    if (!this.attachedTo) return;
+    const byName = linearsByName(this.attachedTo);
+    for (const [module, layer] of this.layers) {
+      const hooks = byName.get(module)!.hooks;
+      hooks.splice(hooks.indexOf(layer), 1);
+    }
+    this.attachedTo = null;
+  }
+
+  dispose(): void {
+    this.detach();
+    for (const l of this.layers.values()) l.dispose();
+  }
+}
+
+export function linearsByName(model: CausalLM): Map<string, Linear> {
+  return new Map(model.linears().map((l) => [l.name, l]));
+}
+
+/** The base's linears this config targets; none at all is an error that lists what exists. */
+export function targetedLinears(model: CausalLM, config: LoraConfig, source: string): Linear[] {
+  const hits = model.linears().filter((l) => targetsModule(config, l.name));
+  if (hits.length === 0) {
+    const suffixes = [...new Set(model.linears().map((l) => l.name.split('.').pop()))].join(', ');
+    throw new AdapterConfigError(
+      `${source}: target_modules ${JSON.stringify(config.targetModules)}${config.layersToTransform ? ` on layers ${config.layersToTransform}` : ''} match no module of the ${model.config.modelType} base (its linear layers: ${suffixes})`,
+    );
+  }
+  return hits;
+}
+
+/** A fresh adapter (A random, B zero) on every targeted linear of the base. */
+export function createLora(model: CausalLM, config: LoraConfig, name: string, rng: Rng): LoraAdapter {
+  const layers = new Map<string, LoraLayer>();
+  for (const lin of targetedLinears(model, config, `adapter '${name}'`)) {
+    const { r, scale } = moduleRankScale(config, lin.name);
+    const w = initLoraWeights(lin.inFeatures, lin.outFeatures, r, config.init, rng);
+    layers.set(lin.name, newLayer(lin, w.aT, w.bT, r, scale, config.loraDropout));
+  }
+  return new LoraAdapter(name, config, layers);
+}
+
+export function newLayer(lin: Linear, aT: Float32Array, bT: Float32Array, r: number, scale: number, dropout: number): LoraLayer {
+  return new LoraLayer(lin.name, variable(aT, [lin.inFeatures, r]), variable(bT, [r, lin.outFeatures]), scale, dropout);
+}
+
+/** A trainable variable holding a copy of `data` (tfjs names must be unique, so none is given). */
+function variable(data: Float32Array, shape: [number, number]): tf.Variable<tf.Rank.R2> {
+  const t = tf.tensor2d(data, shape);
+  const v = tf.variable(t, true);
+  t.dispose();
+  return v;
+}

@@ -1,0 +1,77 @@
+import * as tf from '@tensorflow/tfjs';
+import { parseConfig } from '../base/config.js';
+import { generate } from '../base/generate.js';
+import { baseConfigJson, RandomWeights } from '../base/init.js';
+import { buildParts } from '../base/load.js';
+import { CausalLM } from '../base/model.js';
+import { Rng } from '../base/rng.js';
+
+export interface BenchForwardOptions {
+  layers: number;
+  hidden: number;
+  heads: number;
+  kvHeads: number;
+  ffn: number;
+  vocab: number;
+  batch: number;
+  seq: number;
+  newTokens: number;
+  /** Prefill repetitions timed after one warm-up. */
+  repeats?: number;
+}
+
+export interface BenchForwardResult {
+  prefill_tokens_per_s: number;
+  prefill_ms: number;
+  decode_cached_tokens_per_s: number;
+  decode_recompute_tokens_per_s: number;
+  cache_speedup: number;
+  backend: string;
+}
+
+/** A random Llama-style model built in memory with the given sizes (benchmarks need no files). */
+export function randomLlama(o: Pick<BenchForwardOptions, 'layers' | 'hidden' | 'heads' | 'kvHeads' | 'ffn' | 'vocab'> & { maxPositions: number }): CausalLM {
+  const cfg = parseConfig(baseConfigJson({ arch: 'llama', out: '', ...o }), 'bench options');
+  return new CausalLM(cfg, buildParts(cfg, new RandomWeights(new Rng(0), cfg.layers)));
+}
+
+export function benchForward(o: BenchForwardOptions): BenchForwardResult {
+  const model = randomLlama({ ...o, maxPositions: Math.max(o.seq, o.newTokens + 8) });
+  try {
+    const rng = new Rng(1);
+    const ids = Int32Array.from({ length: o.batch * o.seq }, () => rng.int(o.vocab));
+    const prefill = (): void => tf.tidy(() => void model.forward({ ids, batch: o.batch, seq: o.seq }).dataSync());
+    prefill();
+    const times: number[] = [];
+    for (let i = 0; i < (o.repeats ?? 3); i++) times.push(timed(prefill));
+    const prefillMs = median(times);
+
+    // Decoding: one row, a short prompt, greedy, never stopping early.
+    const prompt = [Array.from({ length: 8 }, () => rng.int(o.vocab))];
+    const decode = (useCache: boolean): number =>
+      timed(() => generate(model, prompt, { maxNewTokens: o.newTokens, useCache, stopIds: [] }));
+    const cached = decode(true);
+    const recompute = decode(false);
+    return {
+      prefill_tokens_per_s: (o.batch * o.seq) / (prefillMs / 1000),
+      prefill_ms: prefillMs,
+      decode_cached_tokens_per_s: o.newTokens / (cached / 1000),
+      decode_recompute_tokens_per_s: o.newTokens / (recompute / 1000),
+      cache_speedup: recompute / cached,
+      backend: tf.getBackend(),
+    };
+  } finally {
+    model.dispose();
+  }
+}
+
+function timed(fn: () => void): number {
+  const t0 = performance.now();
+  fn();
+  return performance.now() - t0;
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)]!;
+}

@@ -1,0 +1,120 @@
+import * as tf from '@tensorflow/tfjs';
+import { createLora, type LoraAdapter } from '../adapters/adapter.js';
+import { DEFAULT_LORA } from '../adapters/config.js';
+import { crossEntropy } from '../base/loss.js';
+import type { CausalLM } from '../base/model.js';
+import { matMul } from '../base/ops.js';
+import { Rng } from '../base/rng.js';
+import { accumulateGrads, disposeAccumulated } from '../train/grads.js';
+import { AdamW } from '../train/optimizer.js';
+import { randomLlama } from './forward.js';
+
+/** The flags of ../shared/peers/torch_lora_step.py, so both run the same shapes. */
+export interface BenchTrainOptions {
+  layers: number;
+  hidden: number;
+  heads: number;
+  kvHeads: number;
+  ffn: number;
+  vocab: number;
+  rank: number;
+  alpha: number;
+  targets: string[];
+  batch: number;
+  seq: number;
+  steps: number;
+  warmup: number;
+}
+
+export interface BenchTrainResult {
+  tokens_per_s: number;
+  step_ms: number;
+  /** Matmul FLOPs a LoRA step needs (forward, input gradients, LoRA weight gradients) per second. */
+  achieved_gflops: number;
+  /** The engine's plain 2-D matMul rate on this model's linear shapes. */
+  matmul_gflops: number;
+  /** achieved / matmul: how much of the step is useful matmul work. */
+  efficiency: number;
+  trainable_params: number;
+  loss: number;
+  backend: string;
+}
+
+export function benchTrain(o: BenchTrainOptions): BenchTrainResult {
+  const model = randomLlama({ ...o, maxPositions: o.seq });
+  const adapter = createLora(model, { ...DEFAULT_LORA, r: o.rank, loraAlpha: o.alpha, targetModules: o.targets }, 'bench', new Rng(0));
+  adapter.attach(model);
+  const params = adapter.params();
+  const opt = new AdamW(params);
+  const rng = new Rng(1);
+  const N = o.batch * o.seq;
+  const batch = { ids: Int32Array.from({ length: N }, () => rng.int(o.vocab)), batch: o.batch, seq: o.seq };
+  const targets = Int32Array.from({ length: N }, () => rng.int(o.vocab));
+  const weights = new Float32Array(N).fill(1);
+  try {
+    const times: number[] = [];
+    let loss = NaN;
+    for (let i = 0; i < o.warmup + o.steps; i++) {
+      const t0 = performance.now();
+      const acc = accumulateGrads(params, 1, () => crossEntropy(model.forward(batch, { training: true }), targets, weights).mean);
+      opt.apply(acc.grads, 1e-3);
+      loss = acc.loss.dataSync()[0]!;
+      disposeAccumulated(acc);
+      if (i >= o.warmup) times.push(performance.now() - t0);
+    }
+    times.sort((a, b) => a - b);
+    const stepMs = times[Math.floor(times.length / 2)]!;
+    const flops = loraStepFlops(model, adapter, o);
+    const matmulGflops = matmulRate(model, N);
+    const achieved = flops / (stepMs / 1000) / 1e9;
+    return {
+      tokens_per_s: N / (stepMs / 1000),
+      step_ms: stepMs,
+      achieved_gflops: achieved,
+      matmul_gflops: matmulGflops,
+      efficiency: achieved / matmulGflops,
+      trainable_params: adapter.parameterCount,
+      loss,
+      backend: tf.getBackend(),
+    };
+  } finally {
+    opt.dispose();
+    adapter.dispose();
+    model.dispose();
+  }
+}
+
+/**
+ * Matmul FLOPs of one LoRA step: the forward (2·in·out per token per linear, plus attention's
+ * QKᵀ and PV), the same again for input gradients through the frozen base, and three times the
+ * LoRA products (forward, input and weight gradients).
+ */
+export function loraStepFlops(model: CausalLM, adapter: LoraAdapter, o: Pick<BenchTrainOptions, 'batch' | 'seq'>): number {
+  const N = o.batch * o.seq;
+  const c = model.config;
+  let base = 0;
+  for (const l of model.linears()) base += 2 * N * l.inFeatures * l.outFeatures;
+  base += c.layers * 2 * 2 * o.batch * c.heads * o.seq * o.seq * c.headDim;
+  let lora = 0;
+  for (const l of adapter.layers.values()) lora += 2 * N * (l.aT.size + l.bT.size);
+  return 2 * base + 3 * lora;
+}
+
+/** Plain 2-D matMul GFLOP/s over the model's linear shapes, weighted by their FLOPs. */
+function matmulRate(model: CausalLM, N: number): number {
+  let flops = 0;
+  let ms = 0;
+  const shapes = new Map(model.linears().map((l) => [`${l.inFeatures}x${l.outFeatures}`, l]));
+  for (const l of shapes.values()) {
+    const [x, w] = [tf.randomNormal([N, l.inFeatures]) as tf.Tensor2D, tf.randomNormal([l.inFeatures, l.outFeatures]) as tf.Tensor2D];
+    tf.tidy(() => void matMul(x, w).dataSync());
+    const reps = 5;
+    const t0 = performance.now();
+    for (let i = 0; i < reps; i++) tf.tidy(() => void matMul(x, w).dataSync());
+    ms += performance.now() - t0;
+    flops += reps * 2 * N * l.inFeatures * l.outFeatures;
+    x.dispose();
+    w.dispose();
+  }
+  return flops / (ms / 1000) / 1e9;
+}

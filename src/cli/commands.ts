@@ -1,0 +1,104 @@
+import { attachAdapters, loadAdapter } from '../adapters/peft.js';
+import { mergeAdapters } from '../adapters/merge.js';
+import { saveModel } from '../base/export.js';
+import { loadBase } from '../base/load.js';
+import type { CausalLM } from '../base/model.js';
+import { generate } from '../base/generate.js';
+import { initBase } from '../base/init.js';
+import { inspectFolder } from '../base/inspect.js';
+import { promptIds } from '../base/prompt.js';
+import { logprobs } from '../base/scoring.js';
+import type { Arch } from '../base/config.js';
+import { forwardTable } from './format.js';
+
+/** The base with every --adapter attached. */
+function openModel(o: { model: string; adapter?: string[] }): CausalLM {
+  const model = loadBase(o.model);
+  attachAdapters(model, o.adapter ?? []);
+  return model;
+}
+
+export async function runForward(o: { model: string; adapter?: string[]; ids?: number[]; text?: string; json?: boolean }): Promise<void> {
+  if (!o.ids === (o.text === undefined)) throw new Error('give exactly one of --ids or --text');
+  const model = openModel(o);
+  const ids = promptIds(model, o);
+  const lp = logprobs(model, { ids: Int32Array.from(ids), batch: 1, seq: ids.length })[0]!;
+  if (o.json) {
+    process.stdout.write(JSON.stringify({ ids, logprobs: lp.map((row) => Array.from(row)) }) + '\n');
+  } else {
+    process.stdout.write(forwardTable(ids, lp, model.tokenizer) + '\n');
+  }
+  model.dispose();
+}
+
+export async function runGenerate(o: {
+  model: string;
+  adapter?: string[];
+  prompt?: string;
+  promptIds?: number[];
+  maxNewTokens: number;
+  temperature: number;
+  topK: number;
+  topP: number;
+  seed: number;
+}): Promise<void> {
+  if (!o.promptIds === (o.prompt === undefined)) throw new Error('give exactly one of --prompt or --prompt-ids');
+  const model = openModel(o);
+  const ids = promptIds(model, { ids: o.promptIds, text: o.prompt });
+  const decoder = model.tokenizer?.streamDecoder();
+  if (o.prompt !== undefined) process.stdout.write(o.prompt);
+  generate(model, [ids], {
+    ...o,
+    onToken: (_row, id) => {
+      if (model.config.eosIds.includes(id)) return;
+      process.stdout.write(decoder ? decoder.push(id) : `${id} `);
+    },
+  });
+  process.stdout.write((decoder?.flush() ?? '') + '\n');
+  model.dispose();
+}
+
+export async function runInitBase(o: {
+  arch: Arch;
+  layers: number;
+  hidden: number;
+  heads: number;
+  kvHeads?: number;
+  ffn: number;
+  vocab?: number;
+  maxPositions?: number;
+  tie?: boolean;
+  out: string;
+  seed: number;
+}): Promise<void> {
+  initBase({ ...o, tieWordEmbeddings: o.tie });
+  process.stderr.write(`molora: wrote a random ${o.arch} base to ${o.out}\n`);
+}
+
+export async function runInspect(dir: string, o: { json?: boolean }): Promise<void> {
+  const s = inspectFolder(dir);
+  if (o.json) {
+    process.stdout.write(JSON.stringify(s, null, 2) + '\n');
+    return;
+  }
+  const lines = [
+    `${s.kind}: ${s.dir}`,
+    `type: ${s.type}`,
+    `parameters: ${s.parameters.toLocaleString('en-US')}`,
+    `dtypes: ${Object.entries(s.dtypes).map(([d, n]) => `${d} ${n.toLocaleString('en-US')}`).join(', ')}`,
+    'architecture:',
+    ...Object.entries(s.architecture).map(([k, v]) => `  ${k}: ${JSON.stringify(v)}`),
+    `tensors (${s.tensors.length}):`,
+    ...s.tensors.map((t) => `  ${t.name}  ${t.dtype}  [${t.shape.join(', ')}]`),
+  ];
+  process.stdout.write(lines.join('\n') + '\n');
+}
+
+export async function runMerge(o: { model: string; adapter: string[]; out: string }): Promise<void> {
+  if (o.adapter.length === 0) throw new Error('merge needs at least one --adapter DIR');
+  const model = loadBase(o.model);
+  const adapters = o.adapter.map((dir) => loadAdapter(model, dir));
+  mergeAdapters(model, adapters);
+  saveModel(model, o.out);
+  process.stderr.write(`molora: merged ${adapters.length} adapter(s) into ${o.out}\n`);
+}

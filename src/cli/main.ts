@@ -1,0 +1,119 @@
+#!/usr/bin/env node
+import { Command, Option } from 'commander';
+import { BACKENDS, initBackend } from '../base/backend.js';
+import { runForward, runGenerate, runInitBase, runInspect, runMerge } from './commands.js';
+import { runBenchForward, runBenchTrain } from './bench.js';
+import { choice, collect, float, idList, int } from './args.js';
+
+const program = new Command('molora')
+  .description('Mixture-of-LoRA experts for Node: load Hugging Face transformers, train and compose LoRA adapters.')
+  .showHelpAfterError()
+  .hook('preAction', async (_program, action) => {
+    await initBackend({ backend: action.opts().backend });
+  });
+
+program
+  .command('forward')
+  .description('Run one sequence through a model and show next-token log-probs.')
+  .requiredOption('--model <dir>', 'Hugging Face model folder (config.json, safetensors)')
+  .option('--ids <ids>', 'input token ids, comma-separated (works without a tokenizer)', idList)
+  .option('--text <text>', 'input text, encoded with the folder\'s tokenizer.json')
+  .option('--adapter <dir>', 'PEFT LoRA adapter folder; repeat to sum several', collect, [])
+  .option('--json', 'print {"ids": [...], "logprobs": [[...]]}: logprobs[t] is the full log-softmax over the vocabulary for the token after position t')
+  .addHelpText('after', '\nWithout --json, prints a table: each token, the log-prob of the actual next token, and the top-5 predictions.')
+  .action(runForward);
+
+program
+  .command('generate')
+  .description('Generate a continuation with the KV cache, streaming tokens to stdout; stops at eos.')
+  .requiredOption('--model <dir>', 'Hugging Face model folder')
+  .option('--adapter <dir>', 'PEFT LoRA adapter folder; repeat to sum several', collect, [])
+  .option('--prompt <text>', 'prompt text (needs tokenizer.json)')
+  .option('--prompt-ids <ids>', 'prompt as token ids, comma-separated', idList)
+  .option('--max-new-tokens <n>', 'most tokens to generate', int(1), 64)
+  .option('--temperature <t>', 'sampling temperature; 0 = greedy', float(0), 0)
+  .option('--top-k <k>', 'sample from the k most likely tokens; 0 = all', int(0), 0)
+  .option('--top-p <p>', 'nucleus sampling mass; 1 = all', float(0, 1), 1)
+  .option('--seed <n>', 'sampling seed', int(0), 0)
+  .action(runGenerate);
+
+program
+  .command('init-base')
+  .description('Write a randomly initialised Hugging Face model folder with a byte-level tokenizer.')
+  .requiredOption('--arch <arch>', 'llama or gpt2', choice(['llama', 'gpt2'] as const))
+  .requiredOption('--layers <n>', 'transformer blocks', int(1))
+  .requiredOption('--hidden <d>', 'hidden size', int(1))
+  .requiredOption('--heads <h>', 'attention heads', int(1))
+  .option('--kv-heads <k>', 'key/value heads (llama GQA); default = heads', int(1))
+  .requiredOption('--ffn <f>', 'feed-forward (intermediate) size', int(1))
+  .option('--vocab <v>', 'vocabulary size; default = the byte-level tokenizer\'s 259', int(1))
+  .option('--max-positions <n>', 'context length', int(1))
+  .option('--tie', 'tie lm_head to the embedding (llama; gpt2 always ties)')
+  .requiredOption('--out <dir>', 'folder to write')
+  .option('--seed <n>', 'init seed', int(0), 0)
+  .action(runInitBase);
+
+program
+  .command('merge')
+  .description('Fold LoRA adapters into the base (W += scale·BA) and write a plain Hugging Face model folder.')
+  .requiredOption('--model <dir>', 'base model folder')
+  .option('--adapter <dir>', 'PEFT LoRA adapter folder (required); repeat to merge several', collect, [])
+  .requiredOption('--out <dir>', 'folder to write')
+  .action(runMerge);
+
+program
+  .command('inspect')
+  .description('Summarise a model or adapter folder: architecture, parameter count, dtypes, tensors.')
+  .argument('<dir>', 'model or adapter folder')
+  .option('--json', 'print the summary as JSON')
+  .action(runInspect);
+
+const bench = program.command('bench').description('Benchmarks (speed figures, not tests).');
+bench
+  .command('forward')
+  .description('Prefill tokens/s, and decode tokens/s with and without the KV cache, on a random Llama-style model.')
+  .option('--layers <n>', 'blocks', int(1), 4)
+  .option('--hidden <d>', 'hidden size', int(1), 256)
+  .option('--heads <h>', 'heads', int(1), 4)
+  .option('--kv-heads <k>', 'key/value heads', int(1), 4)
+  .option('--ffn <f>', 'feed-forward size', int(1), 688)
+  .option('--vocab <v>', 'vocabulary', int(1), 2048)
+  .option('--batch <b>', 'prefill batch', int(1), 4)
+  .option('--seq <t>', 'prefill length', int(1), 128)
+  .option('--new-tokens <n>', 'tokens to decode', int(1), 256)
+  .option('--json', 'print one JSON line')
+  .action(runBenchForward);
+
+// Every command takes --backend, wherever it sits on the command line.
+const leaves = (c: Command): Command[] => (c.commands.length ? c.commands.flatMap(leaves) : [c]);
+for (const c of leaves(program)) {
+  c.addOption(
+    new Option('--backend <name>', 'tfjs backend (default: tensorflow if tfjs-node is installed, else wasm)')
+      .choices(BACKENDS)
+      .env('MOLORA_BACKEND'),
+  );
+}
+
+bench
+  .command('train')
+  .description('Time AdamW LoRA training steps on a random Llama-style model; same flags as ../shared/peers/torch_lora_step.py.')
+  .option('--layers <n>', 'blocks', int(1), 4)
+  .option('--hidden <d>', 'hidden size', int(1), 256)
+  .option('--heads <h>', 'heads', int(1), 4)
+  .option('--kv-heads <k>', 'key/value heads', int(1), 4)
+  .option('--ffn <f>', 'feed-forward size', int(1), 688)
+  .option('--vocab <v>', 'vocabulary', int(1), 2048)
+  .option('--rank <r>', 'LoRA rank', int(1), 8)
+  .option('--alpha <a>', 'LoRA alpha', float(0), 16)
+  .option('--targets <list>', 'target modules, comma-separated', (v: string) => v.split(','), ['q_proj', 'v_proj'])
+  .option('--batch <b>', 'batch size', int(1), 4)
+  .option('--seq <t>', 'sequence length', int(1), 128)
+  .option('--steps <n>', 'timed steps', int(1), 8)
+  .option('--warmup <n>', 'untimed steps first', int(0), 2)
+  .option('--json', 'print one JSON line: tokens_per_s, step_ms (median), achieved and matmul GFLOP/s')
+  .action(runBenchTrain);
+
+program.parseAsync().catch((err: unknown) => {
+  process.stderr.write(`molora: error: ${err instanceof Error ? err.message : String(err)}\n`);
+  process.exitCode = 1;
+});

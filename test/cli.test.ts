@@ -1,0 +1,63 @@
+import { execFileSync, spawnSync } from 'node:child_process';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { MODEL_FIXTURES, readReference, tempDir, maxAbsDiff } from './helpers.js';
+
+// The CLI is tested as users run it: the built dist/ (npm test builds first).
+const CLI = join(import.meta.dirname, '..', 'dist', 'cli', 'main.js');
+const run = (...args: string[]): string => execFileSync('node', [CLI, ...args], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+const fail = (...args: string[]): { status: number | null; stderr: string } => {
+  const r = spawnSync('node', [CLI, ...args], { encoding: 'utf8' });
+  return { status: r.status, stderr: r.stderr };
+};
+
+const tmp = tempDir();
+afterAll(() => tmp.cleanup());
+
+describe('molora CLI', () => {
+  it('--help lists every command', () => {
+    const help = run('--help');
+    for (const c of ['forward', 'generate', 'init-base', 'inspect', 'bench']) expect(help).toContain(c);
+  });
+
+  it('forward --json keeps its contract and matches the reference', () => {
+    const ref = readReference('llama-gqa').cases[0]!;
+    const ids = ref.ids[0]!;
+    const out = JSON.parse(run('forward', '--model', join(MODEL_FIXTURES, 'llama-gqa'), '--ids', ids.join(','), '--json'));
+    expect(Object.keys(out).sort()).toEqual(['ids', 'logprobs']);
+    expect(out.ids).toEqual(ids);
+    expect(out.logprobs).toHaveLength(ids.length);
+    out.logprobs.forEach((row: number[], t: number) => expect(maxAbsDiff(row, ref.logprobs[0]![t]!)).toBeLessThan(2e-3));
+  });
+
+  it('forward without --json prints a table with the top-5 predictions', () => {
+    const table = run('forward', '--model', join(MODEL_FIXTURES, 'gpt2'), '--ids', '1,2,3');
+    const lines = table.trim().split('\n');
+    expect(lines[0]).toMatch(/pos\ttoken\tlogp\(next\)\ttop-5 next/);
+    expect(lines).toHaveLength(4);
+    expect(lines[1]!.split('\t')[3]!.split(', ')).toHaveLength(5);
+  });
+
+  it('init-base, then generate from text streams a continuation', () => {
+    const dir = join(tmp.dir, 'base');
+    run('init-base', '--arch', 'llama', '--layers', '2', '--hidden', '32', '--heads', '4', '--kv-heads', '2', '--ffn', '64', '--out', dir);
+    const out = run('generate', '--model', dir, '--prompt', 'Hello', '--max-new-tokens', '5', '--seed', '1');
+    expect(out.startsWith('Hello')).toBe(true);
+    const info = JSON.parse(run('inspect', dir, '--json'));
+    expect(info.kind).toBe('model');
+    expect(info.type).toBe('llama');
+    expect(info.parameters).toBe(info.architecture.expectedParameters);
+  });
+
+  it('bad input fails with a clear message and a non-zero exit', () => {
+    expect(fail('forward', '--model', join(MODEL_FIXTURES, 'llama-gqa'), '--ids', '1,x')).toMatchObject({ status: 1 });
+    const r = fail('forward', '--model', join(MODEL_FIXTURES, 'llama-gqa'), '--ids', '1,500');
+    expect(r.status).toBe(1);
+    expect(r.stderr).toMatch(/token id 500 is outside the vocabulary \(size 96\)/);
+    const noTok = fail('forward', '--model', join(MODEL_FIXTURES, 'llama-gqa'), '--text', 'hi');
+    expect(noTok.stderr).toMatch(/has no tokenizer\.json: pass token ids/);
+    const badBackend = fail('forward', '--model', join(MODEL_FIXTURES, 'llama-gqa'), '--ids', '1', '--backend', 'tensorflow');
+    expect(badBackend.status).toBe(1);
+    expect(badBackend.stderr).toMatch(/tfjs-node/);
+  });
+});

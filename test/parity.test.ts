@@ -1,0 +1,46 @@
+import * as tf from '@tensorflow/tfjs';
+import { join } from 'node:path';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { initBackend } from '../src/base/backend.js';
+import { loadBase } from '../src/base/load.js';
+import { logprobs } from '../src/base/scoring.js';
+import { MODEL_FIXTURES, maxAbsDiff, readReference } from './helpers.js';
+
+// Reference log-probs come from an independent float64 PyTorch implementation
+// (scripts/make_fixtures.py); REFERENCE.md §1 asks for agreement within 2e-3.
+const TOL = 2e-3;
+const MODELS = ['llama-gqa', 'mistral', 'qwen2', 'gpt2', 'gpt2-prefixed', 'llama-f16', 'llama-bf16', 'llama-sharded'];
+
+beforeAll(async () => {
+  await initBackend();
+});
+
+describe.each(MODELS)('parity with the PyTorch reference: %s', (name) => {
+  it.each([0, 1, 2])('case %i (unpadded, left-padded, right-padded) log-probs agree', (c) => {
+    const model = loadBase(join(MODEL_FIXTURES, name), { warn: () => {} });
+    try {
+      const ref = readReference(name).cases[c]!;
+      const B = ref.ids.length;
+      const T = ref.ids[0]!.length;
+      const got = logprobs(model, {
+        ids: Int32Array.from(ref.ids.flat()),
+        attentionMask: Uint8Array.from(ref.attention_mask.flat()),
+        batch: B,
+        seq: T,
+      });
+      let compared = 0;
+      for (let b = 0; b < B; b++) {
+        for (let t = 0; t < T; t++) {
+          const want = ref.logprobs[b]![t];
+          if (want === null || want === undefined) continue;
+          expect(maxAbsDiff(got[b]![t]!, want)).toBeLessThan(TOL);
+          compared++;
+        }
+      }
+      expect(compared).toBeGreaterThan(10);
+    } finally {
+      model.dispose();
+    }
+    expect(tf.memory().numTensors).toBe(0);
+  });
+});

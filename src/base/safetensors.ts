@@ -9,15 +9,27 @@ import { bf16ToF32, f16ToF32, f32ToBf16, f32ToF16 } from './dtype.js';
  * (huggingface/safetensors): the same checks on read, the same bytes on write.
  */
 
-export type Dtype = 'F64' | 'F32' | 'F16' | 'BF16' | 'I64' | 'I32' | 'I16' | 'I8' | 'U8' | 'BOOL';
+/** The dtypes molora decodes (to float32, int32 or uint8). */
+export type DecodableDtype = 'F64' | 'F32' | 'F16' | 'BF16' | 'I64' | 'I32' | 'I16' | 'I8' | 'U8' | 'BOOL';
+/** Every dtype the reference format defines: a file may hold any, molora only decodes some. */
+export type Dtype =
+  | DecodableDtype
+  | 'U16' | 'U32' | 'U64' | 'C64'
+  | 'F8_E5M2' | 'F8_E4M3' | 'F8_E8M0' | 'F8_E4M3FNUZ' | 'F8_E5M2FNUZ'
+  | 'F6_E2M3' | 'F6_E3M2' | 'F4';
 
-const DTYPE_BYTES: Record<Dtype, number> = { F64: 8, F32: 4, F16: 2, BF16: 2, I64: 8, I32: 4, I16: 2, I8: 1, U8: 1, BOOL: 1 };
+const DTYPE_BITS: Record<Dtype, number> = {
+  F64: 64, F32: 32, F16: 16, BF16: 16, I64: 64, I32: 32, I16: 16, I8: 8, U8: 8, BOOL: 8,
+  U16: 16, U32: 32, U64: 64, C64: 64,
+  F8_E5M2: 8, F8_E4M3: 8, F8_E8M0: 8, F8_E4M3FNUZ: 8, F8_E5M2FNUZ: 8,
+  F6_E2M3: 6, F6_E3M2: 6, F4: 4,
+};
 
 /**
  * The reference writer lays tensors out by descending position in its Dtype enum (its
  * "alignment order"), then by name. Only the relative order of these positions matters.
  */
-const DTYPE_ORDER: Record<Dtype, number> = { BOOL: 0, U8: 1, I8: 2, I16: 3, F16: 4, BF16: 5, I32: 6, F32: 7, F64: 8, I64: 9 };
+const DTYPE_ORDER: Record<TensorToWrite['dtype'], number> = { BOOL: 0, U8: 1, F16: 2, BF16: 3, I32: 4, F32: 5, I64: 6 };
 
 /** The reference reader refuses headers above this size; so do we, before allocating. */
 const MAX_HEADER_BYTES = 100_000_000;
@@ -77,7 +89,7 @@ function isRecord(v: unknown): v is Record<string, unknown> {
 }
 
 function isDtype(v: unknown): v is Dtype {
-  return typeof v === 'string' && Object.hasOwn(DTYPE_BYTES, v);
+  return typeof v === 'string' && Object.hasOwn(DTYPE_BITS, v);
 }
 
 function isCount(v: unknown): v is number {
@@ -118,6 +130,7 @@ function parseHeader(
   const tensors = new Map<string, TensorInfo>();
   for (const [name, entry] of Object.entries(json)) {
     if (name === '__metadata__') {
+      if (entry === null) continue; // the reference reads null as "no metadata"
       if (!isRecord(entry)) throw new SafetensorsError(file, '__metadata__ is not an object of strings');
       for (const [k, v] of Object.entries(entry)) {
         if (typeof v !== 'string') throw new SafetensorsError(file, `__metadata__ entry '${k}' is not a string`);
@@ -128,7 +141,7 @@ function parseHeader(
     if (!isRecord(entry)) throw new SafetensorsError(file, 'header entry is not an object', name);
     const { dtype, shape, data_offsets: offsets } = entry;
     if (!isDtype(dtype)) {
-      throw new SafetensorsError(file, `unsupported dtype ${show(dtype)} (supported: ${Object.keys(DTYPE_BYTES).join(', ')})`, name);
+      throw new SafetensorsError(file, `unknown dtype ${show(dtype)} (the format defines ${Object.keys(DTYPE_BITS).join(', ')})`, name);
     }
     if (!Array.isArray(shape) || !shape.every(isCount)) {
       throw new SafetensorsError(file, `shape ${show(shape)} is not a list of non-negative integers`, name);
@@ -142,7 +155,11 @@ function parseHeader(
       throw new SafetensorsError(file, `data_offsets [${begin}, ${end}] run past the ${dataBytes}-byte data section (truncated file?)`, name);
     }
     const n = numel(shape);
-    const want = n === undefined ? undefined : n * DTYPE_BYTES[dtype];
+    const bits = n === undefined ? undefined : n * DTYPE_BITS[dtype];
+    if (bits !== undefined && bits % 8 !== 0) {
+      throw new SafetensorsError(file, `shape [${shape.join(', ')}] of ${dtype} is not a whole number of bytes`, name);
+    }
+    const want = bits === undefined || bits > Number.MAX_SAFE_INTEGER ? undefined : bits / 8;
     if (want !== end - begin) {
       throw new SafetensorsError(
         file,
@@ -195,6 +212,7 @@ function sameFile(a: Stats, b: Stats): boolean {
   return a.ino === b.ino && a.dev === b.dev && a.size === b.size && a.mtimeMs === b.mtimeMs;
 }
 
+/** Turn a tensor's raw bytes into what the backend can hold; refuses dtypes it cannot. */
 function decode(file: string, info: TensorInfo, buf: ArrayBuffer): Float32Array | Int32Array | Uint8Array {
   switch (info.dtype) {
     case 'F32':
@@ -229,6 +247,8 @@ function decode(file: string, info: TensorInfo, buf: ArrayBuffer): Float32Array 
     case 'U8':
     case 'BOOL':
       return new Uint8Array(buf);
+    default:
+      throw new SafetensorsError(file, `dtype ${info.dtype} cannot be decoded (molora reads F64, F32, F16, BF16, I64, I32, I16, I8, U8, BOOL)`, info.name);
   }
 }
 

@@ -313,6 +313,14 @@ describe('reader', () => {
     expect(() => file.read('w')).toThrow(/tensor 'w': dtype U16 cannot be decoded/);
   });
 
+  it('keeps metadata keys that look like object internals', () => {
+    const path = tempFile(rawFile('{"__metadata__":{"__proto__":"x","constructor":"y"}}'));
+    const { metadata } = openSafetensors(path);
+    expect(Object.keys(metadata)).toEqual(['__proto__', 'constructor']);
+    expect(metadata['__proto__']).toBe('x');
+    expect(Buffer.from(encodeSafetensors({}, metadata)).subarray(8).toString().trimEnd()).toBe('{"__metadata__":{"__proto__":"x","constructor":"y"}}');
+  });
+
   it('refuses an I64 value outside int32, naming the tensor and the value', () => {
     const data = new Uint8Array(new BigInt64Array([1n, 2n ** 31n]).buffer);
     const path = tempFile(rawFile({ ids: { dtype: 'I64', shape: [2], data_offsets: [0, 16] } }, data));

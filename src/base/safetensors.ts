@@ -126,7 +126,7 @@ function parseHeader(
   }
   if (!isRecord(json)) throw new SafetensorsError(file, 'header is not a JSON object');
 
-  const metadata: Record<string, string> = {};
+  let metadata: Record<string, string> = {};
   const tensors = new Map<string, TensorInfo>();
   for (const [name, entry] of Object.entries(json)) {
     if (name === '__metadata__') {
@@ -134,8 +134,9 @@ function parseHeader(
       if (!isRecord(entry)) throw new SafetensorsError(file, '__metadata__ is not an object of strings');
       for (const [k, v] of Object.entries(entry)) {
         if (typeof v !== 'string') throw new SafetensorsError(file, `__metadata__ entry '${k}' is not a string`);
-        metadata[k] = v;
       }
+      // fromEntries defines keys (even "__proto__") rather than assigning them.
+      metadata = Object.fromEntries(Object.entries(entry)) as Record<string, string>;
       continue;
     }
     if (!isRecord(entry)) throw new SafetensorsError(file, 'header entry is not an object', name);
@@ -193,7 +194,8 @@ function parseHeader(
 function readExactly(file: string, fd: number, dst: Uint8Array, position: number): void {
   let done = 0;
   while (done < dst.length) {
-    const got = readSync(fd, dst, done, dst.length - done, position + done);
+    // At most 1 GiB per call: a single read() of more than 2 GiB is refused or cut short.
+    const got = readSync(fd, dst, done, Math.min(dst.length - done, 2 ** 30), position + done);
     if (got === 0) throw new SafetensorsError(file, `truncated: wanted ${dst.length} bytes at offset ${position}, file ends after ${done}`);
     done += got;
   }

@@ -34,7 +34,7 @@ function editWeights(dir: string, edit: (tensors: Record<string, TensorToWrite>)
   const tensors: Record<string, TensorToWrite> = {};
   for (const k of ckpt.keys()) {
     const t = ckpt.read(k);
-    tensors[k] = { dtype: 'F32', shape: t.shape, data: t.data as Float32Array };
+    tensors[k] = { dtype: ckpt.info(k).dtype as TensorToWrite['dtype'], shape: t.shape, data: t.data };
   }
   ckpt.close();
   edit(tensors);

@@ -1,3 +1,4 @@
+import * as tf from '@tensorflow/tfjs';
 import { openCheckpoint } from './checkpoint.js';
 import { readConfig, type ModelConfig } from './config.js';
 import { buildGpt2, GPT2_IGNORED } from './gpt2.js';
@@ -12,8 +13,10 @@ export interface LoadOptions {
   warn?: (msg: string) => void;
 }
 
+/** Build the model's parts; on error every tensor made so far is freed (tidy walks the parts it returns). */
 export function buildParts(cfg: ModelConfig, w: WeightSource): ModelParts {
-  return cfg.arch === 'gpt2' ? buildGpt2(cfg, w) : buildLlama(cfg, w);
+  const build = cfg.arch === 'gpt2' ? buildGpt2 : buildLlama;
+  return tf.tidy(() => build(cfg, w) as unknown as tf.TensorContainer) as unknown as ModelParts;
 }
 
 /** Load a Hugging Face model folder (config.json, safetensors, tokenizer.json) as a frozen model. */

@@ -1,5 +1,6 @@
 import * as tf from '@tensorflow/tfjs';
 import { installKernelPatches } from './kernels.js';
+import { guardWasmHeap } from './memory.js';
 
 export type BackendName = 'tensorflow' | 'wasm' | 'cpu';
 export const BACKENDS: readonly BackendName[] = ['tensorflow', 'wasm', 'cpu'];
@@ -54,6 +55,7 @@ export async function initBackend(opts: BackendOptions = {}): Promise<BackendInf
   }
   // After setBackend: the wasm module has registered its kernels, so ours replace them.
   installKernelPatches();
+  guardWasmHeap();
   active = info;
   return info;
 }

@@ -1,63 +1,360 @@
 import * as tf from '@tensorflow/tfjs';
+import type { BackendWasm } from '@tensorflow/tfjs-backend-wasm';
 
 /**
- * Patches for tfjs 4.22's traps (see TFJS-NOTES.md), installed through tfjs's own extension
- * points. Gradients are global and installed at once; wasm kernels only once the wasm module
- * has registered its own (importing it later would overwrite ours), so call this again after
- * setBackend. Idempotent: each patch checks whether it is already the registered one.
+ * Fixes for tfjs 4.22's traps (TFJS-NOTES.md), installed through tfjs's own extension points.
+ *
+ * wasm kernels replaced:
+ * - BatchMatMul: only a flag-free, unbatched product reached XNNPACK (~20 GFLOP/s); flags and
+ *   batches ran a naive loop (~1-2 GFLOP/s). Now transposes are materialised and every batch
+ *   slice runs on XNNPACK through zero-copy views.
+ * - _FusedMatMul: gave wrong numbers (bias with a flag or a batch; relu past 48 inner dims,
+ *   where its blocked loop clamps partial sums). Now the matMul above, then Add and the
+ *   activation kernels.
+ * - Slice, Unpack, SplitV: each slice copied the whole input out of the heap first, so
+ *   unstack/split were quadratic. Now they copy only what they return.
+ * - GatherV2: 20x faster in JS, and batchDims > 0 no longer reads out of bounds.
+ * - UnsortedSegmentSum: missing, which broke every gather gradient.
+ *
+ * gradients added or replaced (all backends):
+ * - BatchMatMul: the stock one throws on broadcast batch dims; a weight shared across a batch
+ *   (x[B,T,D] @ w[D,K]) gets its gradient from one 2-D product.
+ * - GatherV2: one segment sum for any axis and batchDims (the stock one loops over batches).
+ * - TopK (values), GatherNd: missing.
+ *
+ * Not patched: tf.fused.matMul leaks one tensor per call in tfjs-core itself (all backends);
+ * molora's linear never fuses.
+ *
+ * Still without gradients, so molora must not differentiate through them: StridedSlice (use
+ * tf.slice), ScatterNd and TensorScatterUpdate (build from gather / one-hot products),
+ * Einsum (no wasm forward either: use matMul).
+ *
+ * Gradients are global and installed at once. wasm kernels are installed only once the wasm
+ * module has registered its own, since importing it later would overwrite ours: call this again
+ * after setBackend (initBackend does). Idempotent: each patch checks it is not already in place.
  */
 export function installKernelPatches(): void {
   for (const g of GRADIENTS) {
     if (tf.getGradient(g.kernelName) !== g) tf.registerGradient(g);
   }
+  if (!tf.getKernel(tf.BatchMatMul, 'wasm')) return;
+  for (const k of WASM_KERNELS) {
+    const current = tf.getKernel(k.kernelName, 'wasm');
+    if (current === k) continue;
+    if (current) {
+      ORIGINAL.set(k.kernelName, current);
+      tf.unregisterKernel(k.kernelName, 'wasm');
+    }
+    tf.registerKernel(k);
+  }
 }
 
+/** The stock wasm kernels we replaced (kept for the cases we delegate, e.g. string slices). */
+const ORIGINAL = new Map<string, tf.KernelConfig>();
+
+type Info = tf.TensorInfo;
+type KernelArgs = { inputs: tf.NamedTensorInfoMap; backend: BackendWasm; attrs: tf.NamedAttrMap };
+
+function wasmKernel(kernelName: string, f: (args: KernelArgs) => Info | Info[]): tf.KernelConfig {
+  return { kernelName, backendName: 'wasm', kernelFunc: (args) => f(args as KernelArgs) };
+}
+
+const prod = (s: readonly number[]) => s.reduce((p, d) => p * d, 1);
+
+/** Run another (stock) wasm kernel from inside ours. */
+function run(name: string, backend: BackendWasm, inputs: Record<string, Info>, attrs: tf.NamedAttrMap = {}): Info {
+  const k = tf.getKernel(name, 'wasm');
+  if (!k) throw new Error(`wasm kernel '${name}' is not registered`);
+  return k.kernelFunc({ inputs, backend, attrs }) as Info;
+}
+
+function heapOffset(backend: BackendWasm, t: Info): number {
+  return backend.dataIdMap.get(t.dataId)!.memoryOffset;
+}
+
+function heapId(backend: BackendWasm, t: Info): number {
+  return backend.dataIdMap.get(t.dataId)!.id;
+}
+
+// ---------------------------------------------------------------- matMul on XNNPACK only
+
+type WasmMatMul = (aId: number, aShape: Uint8Array, aRank: number, bId: number, bShape: Uint8Array,
+  bRank: number, transposeA: boolean, transposeB: boolean, outId: number) => void;
+const wasmMatMul = new WeakMap<BackendWasm, WasmMatMul>();
+
+/** The C++ BatchMatMul entry; with no flags and batch 1 on both sides it is one XNNPACK call. */
+function xnnMatMul(backend: BackendWasm): WasmMatMul {
+  let f = wasmMatMul.get(backend);
+  if (!f) {
+    const module = backend.wasm as unknown as { cwrap: (name: string, ret: null, args: string[]) => unknown };
+    f = module.cwrap(tf.BatchMatMul, null,
+      ['number', 'array', 'number', 'number', 'array', 'number', 'number', 'number', 'number']) as WasmMatMul;
+    wasmMatMul.set(backend, f);
+  }
+  return f;
+}
+
+const shapeBytes = (s: number[]) => new Uint8Array(new Int32Array(s).buffer);
+
 /**
- * BatchMatMul gradient with explicit transposes and flag-free matMuls: the stock one uses the
- * transpose flags, which fall off wasm's XNNPACK path (10-30x slower), and throws on broadcast
- * batch dims. A b broadcast over a's batch (x[B,T,D] @ w[D,K]) is folded into 2-D products.
+ * A heap view: a tensor id over part of another tensor's memory, so a batch slice can be passed
+ * to the C++ kernels without copying. Released with dropView, which must not free the memory.
  */
-const batchMatMulGrad: tf.GradConfig = {
-  kernelName: tf.BatchMatMul,
-  inputsToSave: ['a', 'b'],
-  gradFunc: (dy, saved, attrs) => {
-    const [a, b] = saved as [tf.Tensor, tf.Tensor];
-    const { transposeA, transposeB } = attrs as unknown as tf.BatchMatMulAttrs;
-    const g = dy as tf.Tensor;
-    const T = transposeLast2;
-    // C = op(A) op(B): dop(A) = dC op(B)^T, dop(B) = op(A)^T dC.
-    const opA = () => (transposeA ? T(a) : a);
-    const opB = () => (transposeB ? T(b) : b);
-    const dOpA = () => batchMatMul(g, T(opB()));
-    const dOpB = () => (batchSize(b) === 1 ? tf.matMul(T(rows(opA())), rows(g)) : batchMatMul(T(opA()), g));
-    return {
-      a: () => reduceTo(transposeA ? T(dOpA()) : dOpA(), a.shape),
-      b: () => reduceTo(transposeB ? T(dOpB()) : dOpB(), b.shape),
-    };
-  },
+function view(backend: BackendWasm, offsetBytes: number, shape: number[]): Info {
+  return backend.makeOutput(shape, 'float32', offsetBytes);
+}
+
+function dropView(backend: BackendWasm, v: Info): void {
+  // Unregistering the id also runs the C++ disposal callbacks (XNNPACK's cached operator).
+  backend.wasm.tfjs.disposeData(heapId(backend, v));
+  backend.dataIdMap.delete(v.dataId);
+}
+
+function transposeLast2(backend: BackendWasm, t: Info): Info {
+  const perm = t.shape.map((_, i) => i);
+  perm[perm.length - 1] = perm.length - 2;
+  perm[perm.length - 2] = perm.length - 1;
+  return run(tf.Transpose, backend, { x: t }, { perm });
+}
+
+/** Flat index into a broadcast operand's batch for flat output batch index i. */
+function broadcastIndex(i: number, outBatch: number[], batch: number[]): number {
+  let idx = 0;
+  let stride = 1;
+  for (let d = outBatch.length - 1, e = batch.length - 1; d >= 0; d--, e--) {
+    const coord = i % outBatch[d]!;
+    i = Math.floor(i / outBatch[d]!);
+    if (e >= 0) {
+      if (batch[e] !== 1) idx += coord * stride;
+      stride *= batch[e]!;
+    }
+  }
+  return idx;
+}
+
+function fastMatMul(backend: BackendWasm, a: Info, b: Info, transposeA: boolean, transposeB: boolean): Info {
+  if (a.dtype !== 'float32' || b.dtype !== 'float32') {
+    throw new Error(`matMul on wasm needs float32, got a ${a.dtype} [${a.shape}] and b ${b.dtype} [${b.shape}]`);
+  }
+  const A = transposeA ? transposeLast2(backend, a) : a;
+  const B = transposeB ? transposeLast2(backend, b) : b;
+  try {
+    const [m, k] = A.shape.slice(-2) as [number, number];
+    const [k2, p] = B.shape.slice(-2) as [number, number];
+    if (k !== k2) {
+      throw new Error(`matMul: inner dims differ, a [${a.shape}] (transposeA=${transposeA}) ` +
+        `b [${b.shape}] (transposeB=${transposeB})`);
+    }
+    const batchA = A.shape.slice(0, -2);
+    const batchB = B.shape.slice(0, -2);
+    const outBatch = tf.broadcast_util.assertAndGetBroadcastShape(batchA, batchB);
+    const out = backend.makeOutput([...outBatch, m, p], 'float32');
+    const n = prod(outBatch);
+    if (n * m * p === 0) return out;
+    if (k === 0) {
+      backend.typedArrayFromHeap(out).fill(0);
+      return out;
+    }
+    const mm = xnnMatMul(backend);
+    if (prod(batchB) === 1) {
+      // One weight for the whole batch: all of a's rows in one product.
+      mm(heapId(backend, A), shapeBytes([1, n * m, k]), 3, heapId(backend, B), shapeBytes([1, k, p]), 3,
+        false, false, heapId(backend, out));
+      return out;
+    }
+    const [aOff, bOff, oOff] = [heapOffset(backend, A), heapOffset(backend, B), heapOffset(backend, out)];
+    const aShape = shapeBytes([1, m, k]);
+    const bShape = shapeBytes([1, k, p]);
+    for (let i = 0; i < n; i++) {
+      const av = view(backend, aOff + broadcastIndex(i, outBatch, batchA) * m * k * 4, [m, k]);
+      const bv = view(backend, bOff + broadcastIndex(i, outBatch, batchB) * k * p * 4, [k, p]);
+      const ov = view(backend, oOff + i * m * p * 4, [m, p]);
+      mm(heapId(backend, av), aShape, 3, heapId(backend, bv), bShape, 3, false, false, heapId(backend, ov));
+      dropView(backend, av);
+      dropView(backend, bv);
+      dropView(backend, ov);
+    }
+    return out;
+  } finally {
+    if (A !== a) backend.disposeData(A.dataId);
+    if (B !== b) backend.disposeData(B.dataId);
+  }
+}
+
+const batchMatMulKernel = wasmKernel(tf.BatchMatMul, ({ inputs, backend, attrs }) => {
+  const { transposeA, transposeB } = attrs as unknown as tf.BatchMatMulAttrs;
+  return fastMatMul(backend, inputs.a!, inputs.b!, transposeA, transposeB);
+});
+
+const ACTIVATIONS: Record<string, string> = {
+  relu: tf.Relu, relu6: tf.Relu6, elu: tf.Elu, sigmoid: tf.Sigmoid, leakyrelu: tf.LeakyRelu, prelu: tf.Prelu,
 };
 
-function transposeLast2(t: tf.Tensor): tf.Tensor {
+const fusedMatMulKernel = wasmKernel(tf._FusedMatMul, ({ inputs, backend, attrs }) => {
+  const { transposeA, transposeB, activation, leakyreluAlpha } = attrs as unknown as tf._FusedMatMulAttrs;
+  const { a, b, bias, preluActivationWeights } = inputs;
+  let y = fastMatMul(backend, a!, b!, transposeA, transposeB);
+  const then = (next: Info) => {
+    backend.disposeData(y.dataId);
+    y = next;
+  };
+  if (bias) then(run(tf.Add, backend, { a: y, b: bias }));
+  if (activation && activation !== 'linear') {
+    const name = ACTIVATIONS[activation];
+    if (!name) throw new Error(`fused matMul: unknown activation '${activation}'`);
+    if (activation === 'prelu') then(run(name, backend, { x: y, alpha: preluActivationWeights! }));
+    else if (activation === 'leakyrelu') then(run(name, backend, { x: y }, { alpha: leakyreluAlpha ?? 0.2 }));
+    else then(run(name, backend, { x: y }));
+  }
+  return y;
+});
+
+// ---------------------------------------------------------------- slices that copy only their output
+
+function sliceInfo(backend: BackendWasm, x: Info, begin: number[], size: number[]): Info {
+  const out = backend.makeOutput(size, x.dtype);
+  const total = prod(size);
+  if (total === 0) return out;
+  // Views taken after makeOutput: an allocation can grow the heap and detach older views.
+  const src = backend.typedArrayFromHeap(x);
+  const dst = backend.typedArrayFromHeap(out);
+  const rank = x.shape.length;
+  if (rank === 0) {
+    dst[0] = src[0]!;
+    return out;
+  }
+  const strides = tf.util.computeStrides(x.shape);
+  // Merge the trailing dims that are taken whole into one contiguous run.
+  let inner = rank - 1;
+  while (inner > 0 && begin[inner] === 0 && size[inner] === x.shape[inner]) inner--;
+  const run = prod(size.slice(inner));
+  const coord = begin.slice(0, inner);
+  for (let o = 0; o < total; o += run) {
+    let s = begin[inner]! * (strides[inner] ?? 1);
+    for (let d = 0; d < inner; d++) s += coord[d]! * strides[d]!;
+    if (run > 16) dst.set(src.subarray(s, s + run), o);
+    else for (let j = 0; j < run; j++) dst[o + j] = src[s + j]!;
+    for (let d = inner - 1; d >= 0; d--) {
+      if (++coord[d]! < begin[d]! + size[d]!) break;
+      coord[d] = begin[d]!;
+    }
+  }
+  return out;
+}
+
+function slice(backend: BackendWasm, x: Info, begin: number[], size: number[]): Info {
+  if (x.dtype === 'string') {
+    return ORIGINAL.get(tf.Slice)!.kernelFunc({ inputs: { x }, backend, attrs: { begin, size } }) as Info;
+  }
+  return sliceInfo(backend, x, begin, size);
+}
+
+const sliceKernel = wasmKernel(tf.Slice, ({ inputs, backend, attrs }) => {
+  const x = inputs.x!;
+  const { begin, size } = attrs as unknown as tf.SliceAttrs;
+  const [b, s] = tf.slice_util.parseSliceParams(x as tf.Tensor, begin, size);
+  return slice(backend, x, b, s);
+});
+
+/** Slices of x along axis, of the given sizes, each keeping the axis. */
+function splitAlong(backend: BackendWasm, x: Info, axis: number, sizes: number[]): Info[] {
+  const begin = x.shape.map(() => 0);
+  return sizes.map((s) => {
+    const size = x.shape.slice();
+    size[axis] = s;
+    const out = slice(backend, x, begin.slice(), size);
+    begin[axis]! += s;
+    return out;
+  });
+}
+
+const unpackKernel = wasmKernel(tf.Unpack, ({ inputs, backend, attrs }) => {
+  const x = inputs.value!;
+  let { axis } = attrs as unknown as tf.UnpackAttrs;
+  if (axis < 0) axis += x.shape.length;
+  const outShape = x.shape.filter((_, i) => i !== axis);
+  const parts = splitAlong(backend, x, axis, new Array<number>(x.shape[axis]!).fill(1));
+  return parts.map((p) => ({ ...p, shape: outShape }));
+});
+
+const splitVKernel = wasmKernel(tf.SplitV, ({ inputs, backend, attrs }) => {
+  const x = inputs.x!;
+  const { numOrSizeSplits, axis } = attrs as unknown as tf.SplitVAttrs;
+  const ax = tf.util.parseAxisParam(axis, x.shape)[0]!;
+  const sizes = tf.backend_util.prepareSplitSize(x as tf.Tensor, numOrSizeSplits, ax);
+  return splitAlong(backend, x, ax, sizes);
+});
+
+// ---------------------------------------------------------------- gather and its gradient
+
+const gatherKernel = wasmKernel(tf.GatherV2, ({ inputs, backend, attrs }) => {
+    const { x, indices } = inputs as { x: Info; indices: Info };
+  const { axis, batchDims } = attrs as unknown as tf.GatherV2Attrs;
+  const ax = tf.util.parseAxisParam(axis, x.shape)[0]!;
+  const info = tf.backend_util.segment_util.collectGatherOpShapeInfo(
+    x as tf.Tensor, indices as tf.Tensor, ax, batchDims);
+  const { batchSize, outerSize, dimSize, sliceSize } = info;
+  let idx = backend.typedArrayFromHeap(indices);
+  for (let i = 0; i < idx.length; i++) {
+    const v = idx[i]!;
+    if (!(v >= 0 && v < dimSize)) {
+      throw new Error(`gather: index ${v} at position ${i} is outside [0, ${dimSize - 1}] for x [${x.shape}] axis ${ax}`);
+    }
+  }
+  const out = backend.makeOutput(info.outputShape, x.dtype);
+  if (prod(info.outputShape) === 0) return out;
+  const n = idx.length / batchSize;
+  // Views taken after makeOutput: an allocation can grow the heap and detach older views.
+  idx = backend.typedArrayFromHeap(indices);
+  const src = backend.typedArrayFromHeap(x);
+  const dst = backend.typedArrayFromHeap(out);
+  let o = 0;
+  for (let b = 0; b < batchSize; b++) {
+    for (let r = 0; r < outerSize; r++) {
+      const rowBase = (b * outerSize + r) * dimSize;
+      for (let i = 0; i < n; i++, o += sliceSize) {
+        const s = (rowBase + idx[b * n + i]!) * sliceSize;
+        if (sliceSize > 16) dst.set(src.subarray(s, s + sliceSize), o);
+        else for (let j = 0; j < sliceSize; j++) dst[o + j] = src[s + j]!;
+      }
+    }
+  }
+  return out;
+});
+
+const unsortedSegmentSumKernel = wasmKernel(tf.UnsortedSegmentSum, ({ inputs, backend, attrs }) => {
+    const { x, segmentIds } = inputs as { x: Info; segmentIds: Info };
+  const { numSegments } = attrs as unknown as tf.UnsortedSegmentSumAttrs;
+  const rows = prod(segmentIds.shape);
+  const inner = rows === 0 ? 0 : prod(x.shape) / rows;
+  const out = backend.makeOutput([numSegments, ...x.shape.slice(segmentIds.shape.length)], x.dtype);
+  const dst = backend.typedArrayFromHeap(out);
+  dst.fill(0);
+  const src = backend.typedArrayFromHeap(x);
+  const ids = backend.typedArrayFromHeap(segmentIds);
+  for (let r = 0; r < rows; r++) {
+    const id = ids[r]!;
+    // Out-of-range ids are dropped, as in TensorFlow.
+    if (id < 0 || id >= numSegments) continue;
+    const s = r * inner;
+    const d = id * inner;
+    for (let j = 0; j < inner; j++) dst[d + j]! += src[s + j]!;
+  }
+  return out;
+});
+
+const WASM_KERNELS: tf.KernelConfig[] = [
+  batchMatMulKernel, fusedMatMulKernel, sliceKernel, unpackKernel, splitVKernel, gatherKernel,
+  unsortedSegmentSumKernel,
+];
+
+// ---------------------------------------------------------------- gradients
+
+function transposeT(t: tf.Tensor): tf.Tensor {
   const perm = t.shape.map((_, i) => i);
   perm[perm.length - 1] = perm.length - 2;
   perm[perm.length - 2] = perm.length - 1;
   return tf.transpose(t, perm);
-}
-
-function batchSize(t: tf.Tensor): number {
-  return t.shape.slice(0, -2).reduce((p, d) => p * d, 1);
-}
-
-/** [..., M, K] -> [prod(...)*M, K]. */
-function rows(t: tf.Tensor): tf.Tensor2D {
-  return tf.reshape(t, [-1, t.shape[t.rank - 1]!]);
-}
-
-/** x @ y without flags; a y with no batch is applied to all of x's rows in one 2-D product. */
-function batchMatMul(x: tf.Tensor, y: tf.Tensor): tf.Tensor {
-  if (batchSize(y) !== 1 || x.rank === 2) return tf.matMul(x, y);
-  const out = tf.matMul(rows(x), tf.reshape(y, y.shape.slice(-2)));
-  return tf.reshape(out, [...x.shape.slice(0, -1), y.shape[y.rank - 1]!]);
 }
 
 /** Sum a broadcast gradient back down to the input's shape (batch dims only). */
@@ -71,4 +368,104 @@ function reduceTo(g: tf.Tensor, shape: number[]): tf.Tensor {
   return tf.reshape(axes.length ? tf.sum(g, axes) : g, shape);
 }
 
-const GRADIENTS: tf.GradConfig[] = [batchMatMulGrad];
+/** [..., M, K] -> [prod(...)*M, K]. */
+function rows(t: tf.Tensor): tf.Tensor2D {
+  return tf.reshape(t, [-1, t.shape[t.rank - 1]!]);
+}
+
+/**
+ * C = op(A) op(B): dop(A) = dC op(B)^T, dop(B) = op(A)^T dC. With the wasm kernel above the
+ * flags cost no more than plain products, and on tfjs-node they are native.
+ */
+const batchMatMulGrad: tf.GradConfig = {
+  kernelName: tf.BatchMatMul,
+  inputsToSave: ['a', 'b'],
+  gradFunc: (dy, saved, attrs) => {
+    const [a, b] = saved as [tf.Tensor, tf.Tensor];
+    const { transposeA, transposeB } = attrs as unknown as tf.BatchMatMulAttrs;
+    const g = dy as tf.Tensor;
+    const bShared = prod(b.shape.slice(0, -2)) === 1;
+    return {
+      a: () => {
+        const dOpA = tf.matMul(g, b, false, !transposeB);
+        return reduceTo(transposeA ? transposeT(dOpA) : dOpA, a.shape);
+      },
+      b: () => {
+        // A weight shared over the batch: one 2-D product over all rows.
+        if (bShared) {
+          const opA = transposeA ? transposeT(a) : a;
+          const d = transposeB ? tf.matMul(rows(g), rows(opA), true, false) : tf.matMul(rows(opA), rows(g), true, false);
+          return tf.reshape(d, b.shape);
+        }
+        const dOpB = tf.matMul(a, g, !transposeA, false);
+        return reduceTo(transposeB ? transposeT(dOpB) : dOpB, b.shape);
+      },
+    };
+  },
+};
+
+/**
+ * x gathered along axis with batchDims: dx[b, o, idx[b, i], s] += dy[b, o, i, s], one segment
+ * sum over the rows of dy for any axis and batchDims.
+ */
+const gatherGrad: tf.GradConfig = {
+  kernelName: tf.GatherV2,
+  inputsToSave: ['x', 'indices'],
+  gradFunc: (dy, saved, attrs) => {
+    const [x, indices] = saved as [tf.Tensor, tf.Tensor];
+    const { axis, batchDims } = attrs as unknown as tf.GatherV2Attrs;
+    return {
+      x: () => {
+        const ax = tf.util.parseAxisParam(axis, x.shape)[0]!;
+        const bd = batchDims < 0 ? batchDims + indices.rank : batchDims;
+        const batch = prod(x.shape.slice(0, bd));
+        const outer = prod(x.shape.slice(bd, ax));
+        const dim = x.shape[ax]!;
+        const slice = prod(x.shape.slice(ax + 1));
+        const n = indices.size / batch;
+        const idx = tf.reshape(indices, [batch, 1, n]);
+        const rowBase = tf.mul(tf.reshape(tf.range(0, batch * outer, 1, 'int32'), [batch, outer, 1]), tf.scalar(dim, 'int32'));
+        const ids = tf.reshape(tf.add(rowBase, idx), [-1]);
+        const seg = tf.unsortedSegmentSum(tf.reshape(dy as tf.Tensor, [-1, slice]), ids as tf.Tensor1D, batch * outer * dim);
+        return tf.reshape(seg, x.shape);
+      },
+      indices: () => tf.zerosLike(indices),
+    };
+  },
+};
+
+/** values = x[..., indices]: dx scatters dvalues back; the indices output has no gradient. */
+const topKGrad: tf.GradConfig = {
+  kernelName: tf.TopK,
+  inputsToSave: ['x'],
+  outputsToSave: [false, true],
+  gradFunc: (dys, saved) => {
+    const [x, indices] = saved as [tf.Tensor, tf.Tensor];
+    const dValues = (dys as tf.Tensor[])[0]!;
+    return {
+      x: () => {
+        const n = x.shape[x.rank - 1]!;
+        const k = indices.shape[indices.rank - 1]!;
+        const rowsN = x.size / n;
+        const base = tf.mul(tf.reshape(tf.range(0, rowsN, 1, 'int32'), [rowsN, 1]), tf.scalar(n, 'int32'));
+        const ids = tf.reshape(tf.add(base, tf.reshape(indices, [rowsN, k])), [-1]);
+        return tf.reshape(tf.unsortedSegmentSum(tf.reshape(dValues, [-1]), ids as tf.Tensor1D, x.size), x.shape);
+      },
+    };
+  },
+};
+
+/** out = x[indices]: dx = scatter(indices, dy), which sums repeated indices. */
+const gatherNdGrad: tf.GradConfig = {
+  kernelName: tf.GatherNd,
+  inputsToSave: ['params', 'indices'],
+  gradFunc: (dy, saved) => {
+    const [params, indices] = saved as [tf.Tensor, tf.Tensor];
+    return {
+      params: () => tf.scatterND(indices, dy as tf.Tensor, params.shape),
+      indices: () => tf.zerosLike(indices),
+    };
+  },
+};
+
+const GRADIENTS: tf.GradConfig[] = [batchMatMulGrad, gatherGrad, topKGrad, gatherNdGrad];

@@ -31,7 +31,8 @@ export async function initBackend(opts: BackendOptions = {}): Promise<BackendInf
   if (requested && !BACKENDS.includes(requested as BackendName)) {
     throw new Error(`unknown backend '${requested}'; choose one of: ${BACKENDS.join(', ')}`);
   }
-  if (active && (!requested || requested === active.name)) return active;
+  // Once started, only an explicit choice switches: MOLORA_BACKEND is read at the first call.
+  if (active && (!opts.backend || opts.backend === active.name)) return active;
 
   tf.enableProdMode();
   let info: BackendInfo;

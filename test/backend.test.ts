@@ -1,0 +1,71 @@
+import * as tf from '@tensorflow/tfjs';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+
+type BackendModule = typeof import('../src/base/backend.js');
+
+// initBackend caches its choice per process; a fresh module per test starts from scratch.
+async function fresh(): Promise<BackendModule> {
+  vi.resetModules();
+  return import('../src/base/backend.js');
+}
+
+let savedEnv: string | undefined;
+beforeEach(() => {
+  savedEnv = process.env.MOLORA_BACKEND;
+  delete process.env.MOLORA_BACKEND;
+});
+afterEach(() => {
+  if (savedEnv === undefined) delete process.env.MOLORA_BACKEND;
+  else process.env.MOLORA_BACKEND = savedEnv;
+});
+
+describe('initBackend', () => {
+  it('without tfjs-node picks wasm, and installs the kernel patches', async () => {
+    const { initBackend } = await fresh();
+    const warn = vi.fn();
+    const info = await initBackend({ warn });
+    expect(info).toEqual({ name: 'wasm', reason: 'default (no tfjs-node installed)' });
+    expect(tf.getBackend()).toBe('wasm');
+    expect(warn).not.toHaveBeenCalled();
+    // The stock wasm backend has no UnsortedSegmentSum; the patches add it.
+    expect(tf.getKernel(tf.UnsortedSegmentSum, 'wasm')).toBeDefined();
+    expect(tf.grad((x) => tf.sum(tf.gather(x, [1, 1])))(tf.tensor1d([1, 2, 3])).arraySync()).toEqual([0, 2, 0]);
+  });
+
+  it('rejects an unknown name, from the flag or the environment', async () => {
+    const { initBackend } = await fresh();
+    await expect(initBackend({ backend: 'webgpu' })).rejects.toThrow(
+      "unknown backend 'webgpu'; choose one of: tensorflow, wasm, cpu");
+    process.env.MOLORA_BACKEND = 'gpu';
+    await expect(initBackend()).rejects.toThrow("unknown backend 'gpu'");
+  });
+
+  it('names the package to install when tensorflow is asked for but missing', async () => {
+    const { initBackend } = await fresh();
+    await expect(initBackend({ backend: 'tensorflow' })).rejects.toThrow(
+      /backend 'tensorflow' could not start: install @tensorflow\/tfjs-node-gpu \(CUDA\) or @tensorflow\/tfjs-node/);
+    process.env.MOLORA_BACKEND = 'tensorflow';
+    await expect(initBackend()).rejects.toThrow(/could not start/);
+  });
+
+  it('takes MOLORA_BACKEND, and warns loudly on cpu', async () => {
+    const { initBackend } = await fresh();
+    process.env.MOLORA_BACKEND = 'cpu';
+    const warn = vi.fn();
+    const info = await initBackend({ warn });
+    expect(info).toEqual({ name: 'cpu', reason: 'MOLORA_BACKEND' });
+    expect(tf.getBackend()).toBe('cpu');
+    expect(warn).toHaveBeenCalledWith(expect.stringMatching(/WARNING: .*pure-JS cpu backend/));
+  });
+
+  it('lets the flag win over the environment, and switches when asked again', async () => {
+    const { initBackend, activeBackend } = await fresh();
+    process.env.MOLORA_BACKEND = 'cpu';
+    expect(await initBackend({ backend: 'wasm' })).toEqual({ name: 'wasm', reason: '--backend' });
+    expect(activeBackend()?.name).toBe('wasm');
+    // A plain call keeps the active backend instead of re-reading the environment.
+    expect((await initBackend()).name).toBe('wasm');
+    expect((await initBackend({ backend: 'cpu', warn: () => {} })).name).toBe('cpu');
+    expect(tf.getBackend()).toBe('cpu');
+  });
+});

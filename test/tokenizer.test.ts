@@ -7,6 +7,7 @@ import {
   byteLevelTokenizerConfig,
   byteLevelTokenizerJson,
   loadTokenizer,
+  trainByteLevelBpe,
   type Tokenizer,
 } from '../src/base/tokenizer.js';
 
@@ -153,6 +154,36 @@ describe('byte-level tokenizer', () => {
   });
 });
 
+describe('byte-level BPE training', () => {
+  it('merges the most frequent pair first', () => {
+    // 'abab' once and ' abab' twice: (a,b) occurs 6 times, then (ab,ab) 3 times.
+    const json = trainByteLevelBpe(['abab abab abab'], 261) as { model: { merges: string[][] } };
+    expect(json.model.merges).toEqual([['a', 'b'], ['ab', 'ab']]);
+    const tok = loadTokenizer(folder({ 'tokenizer.json': json }))!;
+    expect(tok.encode('abab')).toEqual([260]);
+    expect(tok.encode('ab')).toEqual([259]);
+  });
+
+  it('reaches the vocab size, round-trips, and keeps tokens that name Object.prototype members', () => {
+    const corpus = Array.from({ length: 30 }, (_, i) => `x.toString() ${i} obj.hasOwnProperty(k) __proto__ café 中文 😀`);
+    const all = trainByteLevelBpe(corpus, 1000) as { model: { vocab: Record<string, number>; merges: unknown[] } };
+    // Runs out of repeated pairs before 1000, with every merge a new token.
+    expect(Object.keys(all.model.vocab)).toHaveLength(259 + all.model.merges.length);
+    expect(Object.hasOwn(all.model.vocab, 'toString')).toBe(true);
+    const json = trainByteLevelBpe(corpus, 290) as { model: { vocab: Record<string, number> } };
+    expect(Object.keys(json.model.vocab)).toHaveLength(290);
+    const tok = loadTokenizer(folder({ 'tokenizer.json': all }))!;
+    for (const s of [...corpus, ...SAMPLES]) expect(tok.decode(tok.encode(s))).toBe(s);
+    expect(tok.encode(corpus[0]!).length).toBeLessThan(Buffer.byteLength(corpus[0]!) / 3);
+  });
+
+  it('learns nothing from special tokens and stops when no pair repeats', () => {
+    const json = trainByteLevelBpe(['<|eos|><|eos|><|eos|>', 'xy'], 1000) as { model: { merges: unknown[] } };
+    expect(json.model.merges).toEqual([]);
+    expect(() => trainByteLevelBpe([], 258)).toThrow(/below the 259/);
+  });
+});
+
 describe('Hugging Face fixtures', () => {
   for (const name of Object.keys(EXPECTED)) {
     it(`${name}: encodes and decodes as Hugging Face tokenizers does`, () => {
@@ -230,6 +261,8 @@ describe('loading errors', () => {
       [{ ...base, pre_tokenizer: { type: 'Split', pattern: { String: ' ' }, behavior: 'MergedWithPrevious', invert: false } }, /MergedWithPrevious/],
       [{ ...base, pre_tokenizer: { type: 'UnicodeScripts' } }, /not loadable by @huggingface\/tokenizers: Unknown PreTokenizer type: UnicodeScripts/],
       [{ ...base, normalizer: { type: 'Nmt' } }, /Unknown Normalizer type: Nmt/],
+      [{ ...base, pre_tokenizer: { type: 'Sequence', pretokenizers: [{ type: 'Punctuation', behavior: 'Isolated' }] } }, /Punctuation pre-tokenizer has behavior Isolated/],
+      [{ ...base, decoder: { type: 'Sequence', decoders: [{ type: 'Metaspace', replacement: '▁', prepend_scheme: 'never', split: true }] } }, /Metaspace decoder never prepends/],
     ];
     for (const [json, why] of cases) {
       const dir = folder({ 'tokenizer.json': json });

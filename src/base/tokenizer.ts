@@ -95,9 +95,10 @@ class HfBackedTokenizer implements Tokenizer {
 
   encode(text: string, opts: { addBos?: boolean } = {}): number[] {
     const ids = this.hf.encode(text, { add_special_tokens: false }).ids as (number | undefined)[];
-    const bad = ids.indexOf(undefined);
     // The library yields undefined where the model has no unk token; never pass that on as an id.
-    if (bad >= 0) throw new Error(`${this.path}: a piece of ${JSON.stringify(text)} has no token and the model has no unk_token`);
+    if (ids.includes(undefined)) {
+      throw new Error(`${this.path}: part of ${JSON.stringify(text.slice(0, 80))} has no token and the model has no unk_token`);
+    }
     if (!opts.addBos) return ids as number[];
     if (this.bosId === null) throw new Error(`${this.path}: addBos was asked for but this tokenizer has no bos token`);
     return [this.bosId, ...(ids as number[])];
@@ -111,32 +112,32 @@ class HfBackedTokenizer implements Tokenizer {
   }
 
   /**
-   * Decodes a short window (prefix..end) and emits what it adds over prefix..read: the window gives
-   * each new token its left context, and text ending in U+FFFD is held until its bytes complete.
+   * Keeps a short window of ids: the tokens emitted last (their left context: a SentencePiece '▁word'
+   * decodes to ' word' only after another token) and those not yet emitted. Each push decodes the
+   * window and emits what it adds over the context, unless it ends in U+FFFD (bytes still to come).
    */
   streamDecoder(opts: { skipSpecial?: boolean; context?: number[] } = {}): StreamDecoder {
     const dec = (ids: number[]) => this.decode(ids, { skipSpecial: opts.skipSpecial });
-    let ids = (opts.context ?? []).slice(-4);
-    let prefix = 0;
-    let read = ids.length;
+    // A few ids of context are plenty; more only makes every push decode more.
+    let window = (opts.context ?? []).slice(-4);
+    let emitted = window.length;
     const emit = (final: boolean): string => {
-      const before = dec(ids.slice(prefix, read));
-      const all = dec(ids.slice(prefix));
+      const before = dec(window.slice(0, emitted));
+      const all = dec(window);
       if (all.length <= before.length || (!final && all.endsWith('\uFFFD'))) return '';
-      ids = ids.slice(read);
-      prefix = 0;
-      read = ids.length;
+      window = window.slice(emitted);
+      emitted = window.length;
       return all.slice(before.length);
     };
     return {
       push: (id) => {
-        ids.push(id);
+        window.push(id);
         return emit(false);
       },
       flush: () => {
         const out = emit(true);
-        ids = [];
-        prefix = read = 0;
+        window = [];
+        emitted = 0;
         return out;
       },
     };
@@ -146,24 +147,27 @@ class HfBackedTokenizer implements Tokenizer {
 /**
  * A Hugging Face tokenizer.json for a byte-level BPE: id b (0–255) is byte b, spelled with GPT-2's
  * byte-to-unicode map, and the specials follow at 256, 257, … — by default <|bos|> 256, <|eos|> 257,
- * <|pad|> 258 (BYTE_LEVEL_SPECIALS). With `merges`, each merged token takes the next id after the
- * specials. `addBos` makes the post-processor prepend the first special, as Llama tokenizers do.
+ * <|pad|> 258 (BYTE_LEVEL_SPECIALS). With `merges` (pairs of tokens in that spelling, highest
+ * priority first), each new merged token takes the next id after the specials. `addBos` makes the
+ * post-processor prepend the first special, as Llama tokenizers do.
  */
 export function byteLevelTokenizerJson(
   opts: { specials?: string[]; merges?: [string, string][]; addBos?: boolean } = {},
 ): Json {
   const specials = opts.specials ?? [BYTE_LEVEL_SPECIALS.bos, BYTE_LEVEL_SPECIALS.eos, BYTE_LEVEL_SPECIALS.pad];
   const merges = opts.merges ?? [];
-  const vocab: Record<string, number> = {};
+  // A Map, not an object: tokens such as 'toString' or '__proto__' must not meet Object.prototype.
+  const vocab = new Map<string, number>();
   const add = (token: string, what: string) => {
-    if (token.length === 0 || token in vocab) throw new Error(`byte-level tokenizer: ${what} ${JSON.stringify(token)} is empty or repeated`);
-    vocab[token] = Object.keys(vocab).length;
+    if (token.length === 0 || vocab.has(token)) throw new Error(`byte-level tokenizer: ${what} ${JSON.stringify(token)} is empty or repeated`);
+    vocab.set(token, vocab.size);
   };
   for (let b = 0; b < 256; b++) add(BYTE_TO_UNICODE[b]!, 'byte token');
   specials.forEach((s) => add(s, 'special token'));
   for (const [a, b] of merges) {
-    if (!(a in vocab) || !(b in vocab)) throw new Error(`byte-level tokenizer: merge ${a} ${b} uses a token not yet in the vocab`);
-    add(a + b, 'merged token');
+    if (!vocab.has(a) || !vocab.has(b)) throw new Error(`byte-level tokenizer: merge ${a} ${b} uses a token not yet in the vocab`);
+    // Two merges may spell the same token ('ab'+'c', 'a'+'bc'); it keeps its first id.
+    if (!vocab.has(a + b)) add(a + b, 'merged token');
   }
   const bos = specials[0];
   if (opts.addBos && bos === undefined) throw new Error('byte-level tokenizer: addBos needs at least one special token');
@@ -173,7 +177,7 @@ export function byteLevelTokenizerJson(
     truncation: null,
     padding: null,
     added_tokens: specials.map((content) => ({
-      id: vocab[content],
+      id: vocab.get(content),
       content,
       single_word: false,
       lstrip: false,
@@ -183,7 +187,7 @@ export function byteLevelTokenizerJson(
     })),
     normalizer: null,
     pre_tokenizer: byteLevel,
-    post_processor: opts.addBos ? bosTemplate(bos!, vocab[bos!]!) : { ...byteLevel, trim_offsets: false },
+    post_processor: opts.addBos ? bosTemplate(bos!, vocab.get(bos!)!) : { ...byteLevel, trim_offsets: false },
     decoder: byteLevel,
     model: {
       type: 'BPE',
@@ -194,10 +198,99 @@ export function byteLevelTokenizerJson(
       fuse_unk: false,
       byte_fallback: false,
       ignore_merges: false,
-      vocab,
+      vocab: Object.fromEntries(vocab),
       merges,
     },
   };
+}
+
+/**
+ * Learn a byte-level BPE from `texts` and return its tokenizer.json (see byteLevelTokenizerJson for the
+ * layout): merges of the most frequent adjacent pair within GPT-2 pre-tokenized words, ties going to
+ * the pair that sorts first, until `vocabSize` tokens (bytes and specials included) or until no pair
+ * occurs `minFrequency` times. Special tokens in the texts are left out of the counts.
+ */
+export function trainByteLevelBpe(
+  texts: Iterable<string>,
+  vocabSize: number,
+  opts: { specials?: string[]; addBos?: boolean; minFrequency?: number } = {},
+): Json {
+  const specials = opts.specials ?? [BYTE_LEVEL_SPECIALS.bos, BYTE_LEVEL_SPECIALS.eos, BYTE_LEVEL_SPECIALS.pad];
+  const minFrequency = opts.minFrequency ?? 2;
+  if (!Number.isInteger(minFrequency) || minFrequency < 1) throw new Error(`BPE training: minFrequency ${minFrequency} must be a whole number ≥ 1`);
+  if (vocabSize < 256 + specials.length) throw new Error(`BPE training: vocabSize ${vocabSize} is below the ${256 + specials.length} byte and special tokens`);
+  const counts = new Map<string, number>();
+  const encoder = new TextEncoder();
+  for (const text of texts) {
+    for (const part of splitOn(text, specials)) {
+      for (const w of part.match(GPT2_SPLIT) ?? []) {
+        const spelled = Array.from(encoder.encode(w), (b) => BYTE_TO_UNICODE[b]!).join('');
+        counts.set(spelled, (counts.get(spelled) ?? 0) + 1);
+      }
+    }
+  }
+  const words = [...counts.keys()].map((w) => Array.from(w));
+  const freq = [...counts.values()];
+  // Pair counts and the words each pair occurs in, updated only for the words a merge touches.
+  const pairCount = new Map<string, number>();
+  const pairWords = new Map<string, Set<number>>();
+  const tally = (i: number, sign: 1 | -1) => {
+    const w = words[i]!;
+    for (let j = 0; j + 1 < w.length; j++) {
+      const key = w[j] + ' ' + w[j + 1];
+      const c = (pairCount.get(key) ?? 0) + sign * freq[i]!;
+      if (c === 0) {
+        // Gone from every word: drop it so the search for the best pair stays short.
+        pairCount.delete(key);
+        pairWords.delete(key);
+      } else pairCount.set(key, c);
+      if (sign > 0) {
+        let set = pairWords.get(key);
+        if (!set) pairWords.set(key, (set = new Set()));
+        set.add(i);
+      }
+    }
+  };
+  words.forEach((_, i) => tally(i, 1));
+  const known = new Set([...BYTE_TO_UNICODE, ...specials]);
+  const merges: [string, string][] = [];
+  while (known.size < vocabSize) {
+    let best: string | null = null;
+    let bestCount = minFrequency - 1;
+    for (const [key, c] of pairCount) {
+      if (c > bestCount || (c === bestCount && best !== null && key < best)) [best, bestCount] = [key, c];
+    }
+    if (best === null) break;
+    const [a, b] = best.split(' ') as [string, string];
+    merges.push([a, b]);
+    known.add(a + b);
+    for (const i of pairWords.get(best)!) {
+      tally(i, -1);
+      words[i] = mergePair(words[i]!, a, b);
+      tally(i, 1);
+    }
+  }
+  return byteLevelTokenizerJson({ specials, merges, addBos: opts.addBos });
+}
+
+/** The regex GPT-2's (and Hugging Face's ByteLevel) pre-tokenizer splits words with. */
+const GPT2_SPLIT = /'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+/gu;
+
+function splitOn(text: string, specials: string[]): string[] {
+  let parts = [text];
+  for (const s of specials) parts = parts.flatMap((p) => p.split(s));
+  return parts;
+}
+
+function mergePair(word: string[], a: string, b: string): string[] {
+  const out: string[] = [];
+  for (let j = 0; j < word.length; j++) {
+    if (word[j] === a && word[j + 1] === b) {
+      out.push(a + b);
+      j++;
+    } else out.push(word[j]!);
+  }
+  return out;
 }
 
 /** The tokenizer_config.json that goes with byteLevelTokenizerJson's default specials. */
@@ -249,13 +342,13 @@ function readJsonObject(path: string): Json {
  * rejects itself; loadTokenizer adds the path to that error.)
  */
 function checkSupported(json: Json, path: string): void {
-  const fail = (why: string) => {
+  const fail: (why: string) => never = (why) => {
     throw new Error(`${path}: ${why}, which @huggingface/tokenizers 0.2.0 does not support`);
   };
   const model = json.model as Json | undefined;
   if (!model || typeof model !== 'object') fail('there is no "model" object');
-  if (!['BPE', 'WordPiece', 'Unigram'].includes(model!.type as string)) fail(`the model type is ${JSON.stringify(model!.type)}`);
-  if (model!.type === 'BPE' && model!.continuing_subword_prefix) fail('the BPE model has a continuing_subword_prefix');
+  if (!['BPE', 'WordPiece', 'Unigram'].includes(model.type as string)) fail(`the model type is ${JSON.stringify(model.type)}`);
+  if (model.type === 'BPE' && model.continuing_subword_prefix) fail('the BPE model has a continuing_subword_prefix');
   if (!Array.isArray(json.added_tokens)) fail('"added_tokens" is not a list');
   for (const t of json.added_tokens as Json[]) {
     if (t.single_word) fail(`added token ${JSON.stringify(t.content)} is single_word`);
@@ -263,13 +356,25 @@ function checkSupported(json: Json, path: string): void {
   for (const key of ['normalizer', 'pre_tokenizer', 'post_processor', 'decoder']) {
     if (!(key in json)) fail(`"${key}" is missing`);
   }
-  const visit = (node: unknown) => {
+  // Components the library implements differently from Hugging Face for these settings.
+  const walk = (node: unknown, role: 'pre_tokenizer' | 'decoder') => {
     if (!node || typeof node !== 'object') return;
     const n = node as Json;
-    if (n.type === 'Split' && !['Isolated', 'Removed', undefined].includes(n.behavior as string)) fail(`a Split pre-tokenizer has behavior ${n.behavior}`);
-    for (const child of [n.pretokenizers, n.normalizers]) if (Array.isArray(child)) child.forEach(visit);
+    const legacyNoPrefix = n.prepend_scheme === undefined && n.add_prefix_space === false;
+    if (role === 'pre_tokenizer') {
+      if (n.type === 'Split' && !['Isolated', 'Removed', undefined].includes(n.behavior as string)) fail(`a Split pre-tokenizer has behavior ${n.behavior}`);
+      // The library always groups runs of punctuation, which is Hugging Face's Contiguous.
+      if (n.type === 'Punctuation' && n.behavior !== 'Contiguous') fail(`a Punctuation pre-tokenizer has behavior ${n.behavior ?? 'Isolated'}`);
+      if (n.type === 'Metaspace' && legacyNoPrefix) fail('a Metaspace pre-tokenizer has add_prefix_space false and no prepend_scheme');
+    }
+    // The library's Metaspace decoder always drops the first leading space.
+    if (role === 'decoder' && n.type === 'Metaspace' && (n.prepend_scheme === 'never' || legacyNoPrefix)) {
+      fail('a Metaspace decoder never prepends a space');
+    }
+    for (const list of [n.pretokenizers, n.decoders]) if (Array.isArray(list)) list.forEach((c) => walk(c, role));
   };
-  visit(json.pre_tokenizer);
+  walk(json.pre_tokenizer, 'pre_tokenizer');
+  walk(json.decoder, 'decoder');
 }
 
 /** The library reads token names from the config as strings; tokenizer_config may spell them as objects. */

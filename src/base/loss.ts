@@ -3,9 +3,10 @@ import type { CausalLM, ForwardOptions } from './model.js';
 
 /**
  * Mean next-token cross-entropy over the positions where `weights` is non-zero:
- * CE = logsumexp(z) − z[target]. The target logit is picked with a gather on the flattened
- * logits rather than a one-hot product over the vocabulary (a V-times larger tensor).
- * Returns the summed loss and the weight total too, so callers can aggregate exactly.
+ * CE = logsumexp(z) − z[target]. The gradient is written by hand, (softmax(z) − onehot)·w, because
+ * the stock one builds a [N, V] equality mask through logsumexp's max (the slowest kernel of a
+ * LoRA step on WASM) and a one-hot product over the vocabulary. Returns the summed loss and the
+ * weight total too, so callers can aggregate exactly.
  */
 export function crossEntropy(
   logits: tf.Tensor2D,
@@ -24,9 +25,27 @@ export function crossEntropy(
     flatIdx[i] = i * V + Math.max(0, Math.min(V - 1, t));
     count += weights[i]!;
   }
-  const picked = tf.gather(logits.reshape([N * V]), tf.tensor1d(flatIdx, 'int32'));
-  const perToken = logits.logSumExp(-1).sub(picked);
-  const sum = perToken.mul(tf.tensor1d(weights)).sum() as tf.Scalar;
+  const idx = tf.tensor1d(flatIdx, 'int32');
+  const w = tf.tensor1d(weights);
+  const ce = tf.customGrad((z, save) => {
+    const zz = z as tf.Tensor2D;
+    const m = zz.max(-1, true);
+    const lse = zz.sub(m).exp().sum(-1, true).log().add(m) as tf.Tensor2D;
+    // Tensors a gradient needs must be saved: the forward scope frees everything else.
+    (save as tf.GradSaveFunc)([zz, lse, w, idx]);
+    const picked = tf.gather(zz.reshape([N * V]), idx);
+    return {
+      value: lse.reshape([N]).sub(picked).mul(w).sum() as tf.Scalar,
+      gradFunc: (dy, saved) => {
+        const [sz, slse, sw, sidx] = saved as [tf.Tensor2D, tf.Tensor2D, tf.Tensor1D, tf.Tensor1D];
+        const scale = sw.mul(dy as tf.Scalar);
+        const probs = sz.sub(slse).exp().mul(scale.reshape([N, 1]));
+        const onehot = tf.unsortedSegmentSum(scale, sidx, N * V).reshape([N, V]);
+        return probs.sub(onehot);
+      },
+    };
+  });
+  const sum = ce(logits) as tf.Scalar;
   return { mean: sum.div(Math.max(count, 1e-9)) as tf.Scalar, sum, count };
 }
 

@@ -113,7 +113,8 @@ export function initBase(o: InitBaseOptions): void {
   } finally {
     model.dispose();
   }
-  writeJsonAtomic(join(o.out, 'tokenizer.json'), byteLevelTokenizerJson());
+  // Llama tokenizers add bos themselves in Hugging Face; molora's promptIds does the same.
+  writeJsonAtomic(join(o.out, 'tokenizer.json'), byteLevelTokenizerJson({ addBos: cfg.arch === 'llama' }));
   writeJsonAtomic(join(o.out, 'tokenizer_config.json'), byteLevelTokenizerConfig());
   writeJsonAtomic(join(o.out, 'generation_config.json'), {
     bos_token_id: cfg.bosId,

@@ -45,7 +45,7 @@ export async function runGenerate(o: {
   if (!o.promptIds === (o.prompt === undefined)) throw new Error('give exactly one of --prompt or --prompt-ids');
   const model = openModel(o);
   const ids = promptIds(model, { ids: o.promptIds, text: o.prompt });
-  const decoder = model.tokenizer?.streamDecoder();
+  const decoder = model.tokenizer?.streamDecoder({ context: ids });
   if (o.prompt !== undefined) process.stdout.write(o.prompt);
   generate(model, [ids], {
     ...o,

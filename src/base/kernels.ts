@@ -20,14 +20,14 @@ import type { BackendWasm } from '@tensorflow/tfjs-backend-wasm';
  * - BatchMatMul: the stock one throws on broadcast batch dims; a weight shared across a batch
  *   (x[B,T,D] @ w[D,K]) gets its gradient from one 2-D product.
  * - GatherV2: one segment sum for any axis and batchDims (the stock one loops over batches).
- * - TopK (values), GatherNd: missing.
+ * - TopK (values), GatherNd, StridedSlice: missing.
  *
  * Not patched: tf.fused.matMul leaks one tensor per call in tfjs-core itself (all backends);
  * molora's linear never fuses.
  *
- * Still without gradients, so molora must not differentiate through them: StridedSlice (use
- * tf.slice), ScatterNd and TensorScatterUpdate (build from gather / one-hot products),
- * Einsum (no wasm forward either: use matMul).
+ * Still without gradients, so molora must not differentiate through them: ScatterNd and
+ * TensorScatterUpdate (build from gather / one-hot products), Einsum (no wasm forward either:
+ * use matMul).
  *
  * Gradients are global and installed at once. wasm kernels are installed only once the wasm
  * module has registered its own, since importing it later would overwrite ours: call this again
@@ -468,4 +468,36 @@ const gatherNdGrad: tf.GradConfig = {
   },
 };
 
-const GRADIENTS: tf.GradConfig[] = [batchMatMulGrad, gatherGrad, topKGrad, gatherNdGrad];
+/**
+ * out[loc] = x[begin + loc * strides] over the dense slice shape: dx adds dy back at those
+ * positions. The positions are computed in JS, one per element of dy.
+ */
+const stridedSliceGrad: tf.GradConfig = {
+  kernelName: tf.StridedSlice,
+  inputsToSave: ['x'],
+  gradFunc: (dy, saved, attrs) => {
+    const [x] = saved as [tf.Tensor];
+    const a = attrs as unknown as tf.StridedSliceAttrs;
+    return {
+      x: () => {
+        const info = tf.slice_util.sliceInfo(x.shape, a.begin, a.end, a.strides, a.beginMask, a.endMask,
+          a.ellipsisMask, a.newAxisMask, a.shrinkAxisMask);
+        // The dense slice shape (x's rank, before shrunk axes are dropped): dy in that layout.
+        const shape = tf.slice_util.computeOutShape(info.begin, info.end, info.strides);
+        const xStrides = [...tf.util.computeStrides(x.shape), 1];
+        const ids = new Int32Array(prod(shape));
+        const loc = shape.map(() => 0);
+        for (let i = 0; i < ids.length; i++) {
+          let flat = 0;
+          for (let d = 0; d < shape.length; d++) flat += (info.begin[d]! + loc[d]! * info.strides[d]!) * xStrides[d]!;
+          ids[i] = flat;
+          for (let d = shape.length - 1; d >= 0 && ++loc[d]! === shape[d]; d--) loc[d] = 0;
+        }
+        const seg = tf.unsortedSegmentSum(tf.reshape(dy as tf.Tensor, [-1]), tf.tensor1d(ids, 'int32'), x.size);
+        return tf.reshape(seg, x.shape);
+      },
+    };
+  },
+};
+
+const GRADIENTS: tf.GradConfig[] = [batchMatMulGrad, gatherGrad, topKGrad, gatherNdGrad, stridedSliceGrad];

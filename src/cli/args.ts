@@ -39,3 +39,25 @@ export function choice<T extends string>(options: readonly T[]): (v: string) => 
 export function collect(v: string, prev: string[]): string[] {
   return [...prev, v];
 }
+
+/** "0-3,6" → [0, 1, 2, 3, 6]. */
+export function rangeList(v: string): number[] {
+  const out: number[] = [];
+  for (const part of v.split(',').map((s) => s.trim()).filter(Boolean)) {
+    const m = /^(\d+)(?:-(\d+))?$/.exec(part);
+    if (!m) throw new InvalidArgumentError(`expected layer indices like 0-3,6, got '${v}'`);
+    const lo = Number(m[1]);
+    const hi = m[2] === undefined ? lo : Number(m[2]);
+    if (hi < lo) throw new InvalidArgumentError(`empty range '${part}'`);
+    for (let i = lo; i <= hi; i++) out.push(i);
+  }
+  if (out.length === 0) throw new InvalidArgumentError(`expected layer indices like 0-3,6, got '${v}'`);
+  return out;
+}
+
+/** "a,b" → ['a', 'b']. */
+export function nameList(v: string): string[] {
+  const out = v.split(',').map((s) => s.trim()).filter(Boolean);
+  if (out.length === 0) throw new InvalidArgumentError(`expected a comma-separated list, got '${v}'`);
+  return out;
+}

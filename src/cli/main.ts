@@ -2,8 +2,9 @@
 import { Command, Option } from 'commander';
 import { BACKENDS, initBackend } from '../base/backend.js';
 import { runForward, runGenerate, runInitBase, runInspect, runMerge } from './commands.js';
+import { addDataFlags, addTrainerFlags, runTrainAdapter } from './train.js';
 import { runBenchForward, runBenchTrain } from './bench.js';
-import { choice, collect, float, idList, int } from './args.js';
+import { choice, collect, float, idList, int, nameList, rangeList } from './args.js';
 
 const program = new Command('molora')
   .description('Mixture-of-LoRA experts for Node: load Hugging Face transformers, train and compose LoRA adapters.')
@@ -52,6 +53,25 @@ program
   .requiredOption('--out <dir>', 'folder to write')
   .option('--seed <n>', 'init seed', int(0), 0)
   .action(runInitBase);
+
+addTrainerFlags(
+  addDataFlags(
+    program
+      .command('train-adapter')
+      .description('Train a LoRA adapter on the frozen base from a CSV; writes a PEFT adapter folder with metrics.jsonl and checkpoints.')
+      .requiredOption('--model <dir>', 'base model folder (Hugging Face layout)')
+      .requiredOption('--out <dir>', 'output folder: the PEFT adapter, metrics.jsonl, checkpoints')
+      .option('--name <name>', 'adapter name for logs (default: the output folder)')
+      .option('--rank <r>', 'LoRA rank r', int(1), 8)
+      .option('--alpha <a>', 'lora_alpha; scale = alpha/r (alpha/√r with --rslora)', float(0), 16)
+      .option('--dropout <p>', 'lora_dropout on the adapter input', float(0, 0.99), 0)
+      .option('--rslora', 'rank-stabilised scaling alpha/√r')
+      .option('--targets <list>', 'module-name suffixes to adapt, comma-separated', nameList, ['q_proj', 'v_proj'])
+      .option('--target-regex <re>', 'adapt modules whose full name matches this regex (instead of --targets)')
+      .option('--layers <list>', 'only these transformer layers, e.g. 0-3,6 (layers_to_transform)', rangeList)
+      .option('--init <kind>', 'A init: kaiming (PEFT default) or gaussian; B starts at 0', choice(['kaiming', 'gaussian'] as const), 'kaiming'),
+  ),
+).action(runTrainAdapter);
 
 program
   .command('merge')

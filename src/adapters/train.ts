@@ -1,0 +1,41 @@
+import { loadBase } from '../base/load.js';
+import { Rng } from '../base/rng.js';
+import { trainLm, type LmTrainOptions } from '../train/lm.js';
+import type { TrainResult } from '../train/trainer.js';
+import { createLora } from './adapter.js';
+import { DEFAULT_LORA, validateLoraConfig, type LoraConfig } from './config.js';
+import { saveAdapter } from './peft.js';
+
+export interface TrainAdapterOptions extends LmTrainOptions {
+  model: string;
+  /** Adapter name (recorded in logs); defaults to the output folder's name. */
+  name?: string;
+  lora?: Partial<LoraConfig>;
+}
+
+/**
+ * `molora train-adapter`: a fresh LoRA adapter on the frozen base, trained on next-token loss
+ * from CSV. The output folder is a PEFT adapter plus metrics.jsonl and checkpoints.
+ */
+export async function trainAdapter(o: TrainAdapterOptions): Promise<TrainResult> {
+  const model = loadBase(o.model, { warn: o.log });
+  try {
+    const config: LoraConfig = {
+      ...DEFAULT_LORA,
+      ...o.lora,
+      // GPT-2's Conv1D layers store [in, out]; PEFT records that as fan_in_fan_out.
+      fanInFanOut: model.config.arch === 'gpt2',
+      baseModel: o.lora?.baseModel ?? o.model,
+    };
+    validateLoraConfig(config, 'train-adapter options');
+    const adapter = createLora(model, config, o.name ?? o.out, new Rng(o.seed));
+    adapter.attach(model);
+    try {
+      return await trainLm(model, adapter.params(), (dir) => saveAdapter(adapter, dir), o);
+    } finally {
+      adapter.dispose();
+    }
+  } finally {
+    model.dispose();
+  }
+}

@@ -1,0 +1,167 @@
+import * as tf from '@tensorflow/tfjs';
+import { createHash } from 'node:crypto';
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { crossEntropy, lmLoss, type LmBatch } from '../base/loss.js';
+import { assertFitsHeap, estimateTrainingBytes } from '../base/memory.js';
+import type { CausalLM } from '../base/model.js';
+import { weightCount } from '../base/load.js';
+import { BatchSampler, evalBatches, loadDataset, type Batch, type Dataset, type TokenStore } from '../data/index.js';
+import type { ScheduleKind } from './schedule.js';
+import { train, type Batches, type SignalSource, type TrainResult } from './trainer.js';
+import type { ProgressMode } from './progress.js';
+
+/** Where the CSV comes from and how it becomes batches (the `--data …` flags). */
+export interface LmDataOptions {
+  data: string;
+  valData?: string;
+  valSplit?: number;
+  textColumn?: string;
+  promptColumn?: string;
+  completionColumn?: string;
+  taskColumn?: string;
+  skipBadRows?: boolean;
+  seqLen: number;
+  batchSize: number;
+  seed: number;
+  /** Tokenized-data cache folder; none by default. */
+  cacheDir?: string;
+  onDataProgress?: (bytesRead: number, totalBytes: number) => void;
+}
+
+/** The trainer flags shared by train-adapter, train-gate and train-moe. */
+export interface LmTrainOptions extends LmDataOptions {
+  out: string;
+  /** Optimizer updates; or give epochs. */
+  steps?: number;
+  epochs?: number;
+  lr: number;
+  gradAccum?: number;
+  warmup?: number;
+  schedule?: ScheduleKind;
+  weightDecay?: number;
+  clip?: number;
+  evalEvery?: number;
+  saveEvery?: number;
+  resume?: string;
+  progress?: ProgressMode;
+  log?: (msg: string) => void;
+  signals?: SignalSource;
+  /** After each update (e.g. a routing-bias update, or a memory probe in tests). */
+  afterStep?: (step: number) => void;
+}
+
+export interface LmData {
+  dataset: Dataset;
+  sampler: BatchSampler;
+}
+
+/** Tokenize the CSV(s) with the model's tokenizer and report what was kept and dropped. */
+export async function loadLmData(model: CausalLM, o: LmDataOptions, log: (m: string) => void): Promise<LmData> {
+  const tok = model.tokenizer;
+  if (!tok) throw new Error(`${model.dir ?? 'the model'} has no tokenizer.json: training from CSV text needs one`);
+  const dataset = await loadDataset({
+    path: o.data,
+    encoder: tok,
+    tokenizerId: tokenizerFingerprint(model),
+    textColumn: o.promptColumn ? undefined : (o.textColumn ?? 'text'),
+    promptColumn: o.promptColumn,
+    completionColumn: o.completionColumn,
+    taskColumn: o.taskColumn,
+    seqLen: o.seqLen,
+    valSplit: o.valData ? undefined : o.valSplit,
+    valData: o.valData,
+    seed: o.seed,
+    skipBadRows: o.skipBadRows,
+    cacheDir: o.cacheDir,
+    onProgress: o.onDataProgress,
+  });
+  const s = dataset.stats;
+  log(
+    `data: ${s.rowsRead} rows, ${s.trainExamples} train / ${s.valExamples} val examples, ${s.tokens} tokens` +
+      (s.emptySkipped ? `, ${s.emptySkipped} empty skipped` : '') +
+      (s.badRowsSkipped ? `, ${s.badRowsSkipped} bad rows skipped` : '') +
+      (s.truncated ? `, ${s.truncated} truncated at --seq-len ${o.seqLen}` : '') +
+      (s.promptTooLong ? ` (${s.promptTooLong} with no room for a completion, left out)` : ''),
+  );
+  return { dataset, sampler: new BatchSampler(dataset.train, { batchSize: o.batchSize, seqLen: o.seqLen, seed: o.seed }) };
+}
+
+/** The model-facing view of a data batch. */
+export function toLmBatch(b: Batch): LmBatch {
+  return { ids: b.ids, targets: b.targets, lossMask: b.lossMask, attentionMask: Uint8Array.from(b.attentionMask), batch: b.batch, seq: b.seq };
+}
+
+/**
+ * Train `params` (and nothing else) on next-token loss over the data, with the shared trainer:
+ * resume, checkpoints, eval, progress and metrics. `save` writes the caller's artifact.
+ */
+export async function trainLm(model: CausalLM, params: Map<string, tf.Variable>, save: (dir: string) => void, o: LmTrainOptions): Promise<TrainResult> {
+  const log = o.log ?? ((m: string) => process.stderr.write(`molora: ${m}\n`));
+  const { dataset, sampler } = await loadLmData(model, o, log);
+  const c = model.config;
+  let trainable = 0;
+  for (const v of params.values()) trainable += v.size;
+  assertFitsHeap(
+    estimateTrainingBytes({ params: weightCount(c), trainableParams: trainable, batch: o.batchSize, seq: o.seqLen, hidden: c.hidden, layers: c.layers, heads: c.heads, ffn: c.ffn, vocab: c.vocabSize }),
+    `training with batch ${o.batchSize} × seq ${o.seqLen}`,
+  );
+  const accum = o.gradAccum ?? 1;
+  const steps = o.steps ?? Math.max(1, Math.ceil(((o.epochs ?? 1) * sampler.stepsPerEpoch) / accum));
+  const batches: Batches<Batch> = {
+    next: () => sampler.next(),
+    state: () => sampler.state(),
+    restore: (s) => sampler.restore(s as ReturnType<BatchSampler['state']>),
+    tokens: (b) => b.attentionMask.reduce((a, x) => a + x, 0),
+    epoch: () => sampler.epoch,
+  };
+  const val = dataset.val;
+  return train({
+    params,
+    loss: (b, training, rng) => lmLoss(model, toLmBatch(b), { training, rng }),
+    batches,
+    evalSet: val ? () => evalBatches(val, { batchSize: o.batchSize, seqLen: o.seqLen }) : undefined,
+    save,
+    steps,
+    lr: o.lr,
+    warmup: o.warmup,
+    schedule: o.schedule,
+    weightDecay: o.weightDecay,
+    clip: o.clip,
+    gradAccum: accum,
+    evalEvery: o.evalEvery,
+    saveEvery: o.saveEvery,
+    seed: o.seed,
+    outDir: o.out,
+    resume: o.resume,
+    progress: o.progress,
+    log: o.log,
+    signals: o.signals,
+    afterStep: o.afterStep,
+  });
+}
+
+/** Identifies the tokenizer for the data cache: a hash of the folder's tokenizer files. */
+function tokenizerFingerprint(model: CausalLM): string {
+  const h = createHash('sha256');
+  for (const f of ['tokenizer.json', 'tokenizer_config.json']) {
+    const p = model.dir ? join(model.dir, f) : '';
+    if (p && existsSync(p)) h.update(readFileSync(p));
+  }
+  return h.digest('hex').slice(0, 16);
+}
+
+/** Mean next-token loss over a store's loss-bearing tokens, in order (no training, no dropout). */
+export function evaluateLoss(model: CausalLM, store: TokenStore, o: { batchSize: number; seqLen: number }): number {
+  let sum = 0;
+  let count = 0;
+  for (const b of evalBatches(store, o)) {
+    const lb = toLmBatch(b);
+    const s = tf.tidy(() => crossEntropy(model.forward(lb), lb.targets, lb.lossMask).sum);
+    sum += s.dataSync()[0]!;
+    s.dispose();
+    count += lb.lossMask.reduce((a, x) => a + x, 0);
+  }
+  if (count === 0) throw new Error('evaluateLoss: the data has no loss-bearing tokens');
+  return sum / count;
+}

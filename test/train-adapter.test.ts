@@ -1,0 +1,125 @@
+import * as tf from '@tensorflow/tfjs';
+import { spawn, spawnSync } from 'node:child_process';
+import { existsSync, readdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { attachAdapters } from '../src/adapters/peft.js';
+import { trainAdapter } from '../src/adapters/train.js';
+import { initBackend } from '../src/base/backend.js';
+import { generate } from '../src/base/generate.js';
+import { initBase } from '../src/base/init.js';
+import { loadBase } from '../src/base/load.js';
+import { Rng } from '../src/base/rng.js';
+import { evaluateLoss, loadLmData } from '../src/train/lm.js';
+import { readMetrics } from '../src/train/metrics.js';
+import { tempDir } from './helpers.js';
+
+const CLI = join(import.meta.dirname, '..', 'dist', 'cli', 'main.js');
+const tmp = tempDir();
+const base = join(tmp.dir, 'base');
+const ALL = ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj', 'lm_head'];
+
+/** "<category> <3 random letters> =" → " <the category's word>": learnable, and held-out rows test generalisation. */
+function writeTask(path: string, n: number, seed: number): string[][] {
+  const answers: Record<string, string> = { color: 'red', fruit: 'fig', pet: 'cat' };
+  const rng = new Rng(seed);
+  const rows: string[][] = [];
+  for (let i = 0; i < n; i++) {
+    const cat = Object.keys(answers)[rng.int(3)]!;
+    const word = Array.from({ length: 3 }, () => String.fromCharCode(97 + rng.int(26))).join('');
+    rows.push([`${cat} ${word} =`, ` ${answers[cat]}`]);
+  }
+  writeFileSync(path, ['prompt,completion', ...rows.map((r) => r.join(','))].join('\n') + '\n');
+  return rows;
+}
+
+beforeAll(async () => {
+  await initBackend();
+  initBase({ arch: 'llama', layers: 2, hidden: 64, heads: 4, ffn: 128, out: base, seed: 1 });
+  writeTask(join(tmp.dir, 'train.csv'), 400, 1);
+});
+afterAll(() => tmp.cleanup());
+
+const common = { model: base, data: join(tmp.dir, 'train.csv'), promptColumn: 'prompt', completionColumn: 'completion', seqLen: 32, batchSize: 16, lr: 1e-2, progress: 'off' as const, log: () => {} };
+
+describe('train-adapter', () => {
+  it('learns a prompt/completion task: val loss far below the base, greedy reproduces held-out completions', async () => {
+    const held = writeTask(join(tmp.dir, 'val.csv'), 30, 99);
+    const out = join(tmp.dir, 'learn');
+    const counts: number[] = [];
+    const r = await trainAdapter({
+      ...common,
+      valData: join(tmp.dir, 'val.csv'),
+      out,
+      steps: 120,
+      evalEvery: 120,
+      seed: 0,
+      lora: { r: 8, loraAlpha: 16, targetModules: ALL },
+      afterStep: () => counts.push(tf.memory().numTensors),
+    });
+    expect(r.status).toBe('done');
+    // numTensors stays flat across training steps.
+    expect(new Set(counts.slice(1)).size).toBe(1);
+    const evals = readMetrics(join(out, 'metrics.jsonl')).filter((m) => 'val_loss' in m);
+    const val = evals.at(-1)!.val_loss as number;
+
+    const model = loadBase(base);
+    const data = await loadLmData(model, { ...common, valData: join(tmp.dir, 'val.csv'), seed: 0 }, () => {});
+    const baseVal = evaluateLoss(model, data.dataset.val!, { batchSize: 16, seqLen: 32 });
+    expect(baseVal).toBeGreaterThan(3);
+    expect(val).toBeLessThan(0.05 * baseVal);
+
+    const [adapter] = attachAdapters(model, [out]);
+    const tok = model.tokenizer!;
+    let exact = 0;
+    for (const [prompt, completion] of held) {
+      const ids = tok.encode(prompt, { addBos: true });
+      const got = tok.decode(generate(model, [ids], { maxNewTokens: 6 }).tokens[0]!, { skipSpecial: true });
+      if (got === completion) exact++;
+    }
+    expect(exact).toBe(held.length);
+    adapter!.dispose();
+    model.dispose();
+  });
+
+  it('SIGINT checkpoints and exits; --resume then matches an uninterrupted run exactly', async () => {
+    const args = (out: string): string[] => [
+      CLI, 'train-adapter', '--model', base, '--data', join(tmp.dir, 'train.csv'), '--prompt-column', 'prompt', '--completion-column', 'completion',
+      '--out', out, '--steps', '300', '--batch-size', '8', '--seq-len', '32', '--lr', '5e-3', '--targets', 'q_proj,v_proj,lm_head', '--seed', '3', '--progress', 'lines',
+    ];
+    const straight = join(tmp.dir, 'straight');
+    expect(spawnSync('node', args(straight), { encoding: 'utf8' }).status).toBe(0);
+
+    const cut = join(tmp.dir, 'cut');
+    const child = spawn('node', args(cut), { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stderr = '';
+    child.stderr.on('data', (d: Buffer) => {
+      stderr += d.toString();
+      if (/step \d+\/300/.test(stderr) && !child.killed) child.kill('SIGINT');
+    });
+    const code = await new Promise<number | null>((resolve) => child.on('exit', resolve));
+    expect(code).toBe(130);
+    expect(stderr).toMatch(/--resume/);
+    const stopped = readMetrics(join(cut, 'metrics.jsonl')).length;
+    expect(stopped).toBeGreaterThan(0);
+    expect(stopped).toBeLessThan(300);
+
+    const resumed = spawnSync('node', [...args(cut), '--resume', cut], { encoding: 'utf8' });
+    expect(resumed.status, resumed.stderr).toBe(0);
+    const a = readMetrics(join(straight, 'metrics.jsonl')).filter((m) => 'loss' in m);
+    const b = readMetrics(join(cut, 'metrics.jsonl')).filter((m) => 'loss' in m);
+    expect(b.map((m) => m.step)).toEqual(a.map((m) => m.step));
+    b.forEach((m, i) => expect(Math.abs((m.loss as number) - (a[i]!.loss as number))).toBeLessThan(1e-6));
+  }, 180_000);
+
+  it('a bad CSV fails with its named error and leaves no adapter behind', () => {
+    const bad = join(tmp.dir, 'bad.csv');
+    writeFileSync(bad, 'question,answer\nhi,there\n');
+    const out = join(tmp.dir, 'bad-out');
+    const r = spawnSync('node', [CLI, 'train-adapter', '--model', base, '--data', bad, '--prompt-column', 'prompt', '--completion-column', 'completion', '--out', out, '--steps', '2'], { encoding: 'utf8' });
+    expect(r.status).toBe(1);
+    expect(r.stderr).toMatch(/prompt/);
+    expect(r.stderr).toMatch(/bad\.csv:1: no column "prompt"; available columns: "question", "answer"/);
+    expect(existsSync(out) ? readdirSync(out).filter((f) => f.startsWith('adapter_')) : []).toEqual([]);
+  });
+});

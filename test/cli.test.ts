@@ -1,6 +1,13 @@
 import { execFileSync, spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
+import * as tf from '@tensorflow/tfjs';
+import { createLora } from '../src/adapters/adapter.js';
+import { DEFAULT_LORA } from '../src/adapters/config.js';
+import { saveAdapter } from '../src/adapters/peft.js';
+import { initBackend } from '../src/base/backend.js';
+import { loadBase } from '../src/base/load.js';
+import { Rng } from '../src/base/rng.js';
 import { MODEL_FIXTURES, readReference, tempDir, maxAbsDiff } from './helpers.js';
 
 // The CLI is tested as users run it: the built dist/ (npm test builds first).
@@ -17,7 +24,7 @@ afterAll(() => tmp.cleanup());
 describe('molora CLI', () => {
   it('--help lists every command', () => {
     const help = run('--help');
-    for (const c of ['forward', 'generate', 'init-base', 'inspect', 'bench']) expect(help).toContain(c);
+    for (const c of ['forward', 'generate', 'init-base', 'inspect', 'merge', 'train-adapter', 'bench']) expect(help).toContain(c);
   });
 
   it('forward --json keeps its contract and matches the reference', () => {
@@ -47,6 +54,27 @@ describe('molora CLI', () => {
     expect(info.kind).toBe('model');
     expect(info.type).toBe('llama');
     expect(info.parameters).toBe(info.architecture.expectedParameters);
+  });
+
+  it('forward --adapter equals forward on the merged export; inspect reads the adapter', async () => {
+    await initBackend();
+    const model = loadBase(join(MODEL_FIXTURES, 'qwen2'), { warn: () => {} });
+    const adapter = createLora(model, { ...DEFAULT_LORA, r: 4, targetModules: ['q_proj', 'down_proj'] }, 'a', new Rng(2));
+    for (const l of adapter.layers.values()) l.bT.assign(tf.randomNormal(l.bT.shape, 0, 0.2, 'float32', 4));
+    const adir = join(tmp.dir, 'adapter');
+    saveAdapter(adapter, adir);
+    adapter.dispose();
+    model.dispose();
+    const merged = join(tmp.dir, 'merged');
+    run('merge', '--model', join(MODEL_FIXTURES, 'qwen2'), '--adapter', adir, '--out', merged);
+    const withAdapter = JSON.parse(run('forward', '--model', join(MODEL_FIXTURES, 'qwen2'), '--adapter', adir, '--ids', '3,1,4,1,5', '--json'));
+    const fromMerged = JSON.parse(run('forward', '--model', merged, '--ids', '3,1,4,1,5', '--json'));
+    const plain = JSON.parse(run('forward', '--model', join(MODEL_FIXTURES, 'qwen2'), '--ids', '3,1,4,1,5', '--json'));
+    withAdapter.logprobs.forEach((row: number[], t: number) => expect(maxAbsDiff(row, fromMerged.logprobs[t])).toBeLessThan(1e-4));
+    expect(maxAbsDiff(withAdapter.logprobs[4], plain.logprobs[4])).toBeGreaterThan(1e-3);
+    const info = JSON.parse(run('inspect', adir, '--json'));
+    expect(info).toMatchObject({ kind: 'adapter', type: 'LORA' });
+    expect(info.tensors).toHaveLength(8);
   });
 
   it('bad input fails with a clear message and a non-zero exit', () => {

@@ -10,7 +10,8 @@ import { generate } from '../src/base/generate.js';
 import { initBase } from '../src/base/init.js';
 import { loadBase } from '../src/base/load.js';
 import { Rng } from '../src/base/rng.js';
-import { evaluateLoss, loadLmData } from '../src/train/lm.js';
+import { evaluate } from '../src/train/evaluate.js';
+import { loadLmData } from '../src/train/lm.js';
 import { readMetrics } from '../src/train/metrics.js';
 import { tempDir } from './helpers.js';
 
@@ -65,7 +66,7 @@ describe('train-adapter', () => {
 
     const model = loadBase(base);
     const data = await loadLmData(model, { ...common, valData: join(tmp.dir, 'val.csv'), seed: 0 }, () => {});
-    const baseVal = evaluateLoss(model, data.dataset.val!, { batchSize: 16, seqLen: 32 });
+    const baseVal = evaluate(model, data.dataset.val!, { batchSize: 16, seqLen: 32, exactMatch: false }).overall.loss;
     expect(baseVal).toBeGreaterThan(3);
     expect(val).toBeLessThan(0.05 * baseVal);
 
@@ -78,6 +79,10 @@ describe('train-adapter', () => {
       if (got === completion) exact++;
     }
     expect(exact).toBe(held.length);
+    // The eval report agrees: per-task exact match, loss below the base's.
+    const report = evaluate(model, data.dataset.val!, { batchSize: 8, seqLen: 32 });
+    expect(report.overall).toMatchObject({ n: held.length, exact_match: 1 });
+    expect(report.overall.loss).toBeCloseTo(val, 3);
     adapter!.dispose();
     model.dispose();
   });

@@ -12,7 +12,7 @@ import type { Arch } from '../base/config.js';
 import { forwardTable } from './format.js';
 
 /** The base with every --adapter attached. */
-function openModel(o: { model: string; adapter?: string[] }): CausalLM {
+export function openModel(o: { model: string; adapter?: string[] }): CausalLM {
   const model = loadBase(o.model);
   attachAdapters(model, o.adapter ?? []);
   return model;

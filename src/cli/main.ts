@@ -3,6 +3,7 @@ import { Command, Option } from 'commander';
 import { BACKENDS, initBackend } from '../base/backend.js';
 import { runForward, runGenerate, runInitBase, runInspect, runMerge } from './commands.js';
 import { addDataFlags, addTrainerFlags, runTrainAdapter } from './train.js';
+import { runEval } from './eval.js';
 import { runBenchForward, runBenchTrain } from './bench.js';
 import { choice, collect, float, idList, int, nameList, rangeList } from './args.js';
 
@@ -72,6 +73,22 @@ addTrainerFlags(
       .option('--init <kind>', 'A init: kaiming (PEFT default) or gaussian; B starts at 0', choice(['kaiming', 'gaussian'] as const), 'kaiming'),
   ),
 ).action(runTrainAdapter);
+
+program
+  .command('eval')
+  .description('Score a model (plus adapters) on a CSV: loss, perplexity and exact match of greedy completions, per task and overall.')
+  .requiredOption('--model <dir>', 'base model folder')
+  .option('--adapter <dir>', 'PEFT LoRA adapter folder; repeat to sum several', collect, [])
+  .requiredOption('--data <file.csv>', 'test CSV')
+  .option('--text-column <name>', 'column of documents (loss only)', 'text')
+  .option('--prompt-column <name>', 'prompt column (with --completion-column: exact match too)')
+  .option('--completion-column <name>', 'reference completion column')
+  .option('--task-column <name>', 'report per task')
+  .option('--batch-size <n>', 'sequences per batch', int(1), 16)
+  .option('--seq-len <n>', 'longest sequence; longer rows are truncated', int(2), 256)
+  .option('--no-exact-match', 'skip greedy decoding (loss and perplexity only)')
+  .option('--json', 'print {"tasks": {"<task>": {"n", "loss", "perplexity", "exact_match"}}, "overall": {…}}')
+  .action(runEval);
 
 program
   .command('merge')

@@ -2,11 +2,11 @@ import * as tf from '@tensorflow/tfjs';
 import { createHash } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { crossEntropy, lmLoss, type LmBatch } from '../base/loss.js';
+import { lmLoss, type LmBatch } from '../base/loss.js';
 import { assertFitsHeap, estimateTrainingBytes } from '../base/memory.js';
 import type { CausalLM } from '../base/model.js';
 import { weightCount } from '../base/load.js';
-import { BatchSampler, evalBatches, loadDataset, type Batch, type Dataset, type TokenStore } from '../data/index.js';
+import { BatchSampler, evalBatches, loadDataset, type Batch, type Dataset } from '../data/index.js';
 import type { ScheduleKind } from './schedule.js';
 import { train, type Batches, type SignalSource, type TrainResult } from './trainer.js';
 import type { ProgressMode } from './progress.js';
@@ -149,19 +149,4 @@ function tokenizerFingerprint(model: CausalLM): string {
     if (p && existsSync(p)) h.update(readFileSync(p));
   }
   return h.digest('hex').slice(0, 16);
-}
-
-/** Mean next-token loss over a store's loss-bearing tokens, in order (no training, no dropout). */
-export function evaluateLoss(model: CausalLM, store: TokenStore, o: { batchSize: number; seqLen: number }): number {
-  let sum = 0;
-  let count = 0;
-  for (const b of evalBatches(store, o)) {
-    const lb = toLmBatch(b);
-    const s = tf.tidy(() => crossEntropy(model.forward(lb), lb.targets, lb.lossMask).sum);
-    sum += s.dataSync()[0]!;
-    s.dispose();
-    count += lb.lossMask.reduce((a, x) => a + x, 0);
-  }
-  if (count === 0) throw new Error('evaluateLoss: the data has no loss-bearing tokens');
-  return sum / count;
 }

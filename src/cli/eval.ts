@@ -1,0 +1,38 @@
+import { evaluateCsv, type EvalReport } from '../train/evaluate.js';
+import { openModel } from './commands.js';
+import { byteProgress } from './progress.js';
+
+export async function runEval(o: {
+  model: string;
+  adapter?: string[];
+  data: string;
+  textColumn: string;
+  promptColumn?: string;
+  completionColumn?: string;
+  taskColumn?: string;
+  batchSize: number;
+  seqLen: number;
+  exactMatch: boolean;
+  json?: boolean;
+}): Promise<void> {
+  if (!o.promptColumn !== !o.completionColumn) throw new Error('--prompt-column and --completion-column go together');
+  const model = openModel(o);
+  const bar = byteProgress('greedy completions', 'examples');
+  try {
+    const report = await evaluateCsv(model, { ...o, onProgress: bar.update });
+    bar.stop();
+    process.stdout.write(o.json ? JSON.stringify(report) + '\n' : evalTable(report) + '\n');
+  } finally {
+    bar.stop();
+    model.dispose();
+  }
+}
+
+export function evalTable(r: EvalReport): string {
+  const rows = [...Object.entries(r.tasks), ['overall', r.overall] as const];
+  const lines = ['task\tn\tloss\tperplexity\texact_match'];
+  for (const [name, s] of rows) {
+    lines.push([name, s.n, s.loss.toFixed(4), s.perplexity.toFixed(3), s.exact_match === null ? '-' : (100 * s.exact_match).toFixed(1) + '%'].join('\t'));
+  }
+  return lines.join('\n');
+}

@@ -1,0 +1,409 @@
+import * as tf from '@tensorflow/tfjs';
+import { linearsByName, LoraAdapter } from '../adapters/adapter.js';
+import type { ForwardContext } from '../base/context.js';
+import type { Linear, LinearHook } from '../base/linear.js';
+import type { CausalLM } from '../base/model.js';
+import { Rng } from '../base/rng.js';
+import { createGates, gateWeights, perToken, selection, type GateInit, type GateOptions, type MoleGate, type MoleGates, type Selection } from './mole.js';
+import { GateStats, type GateStatsReport } from './stats.js';
+
+/**
+ * Per-row choices for the next forward passes, so one batch can mix expert sets while the base
+ * runs once. Every given field has one entry per batch row; N columns are in expert order.
+ */
+export interface RowSpec {
+  /** [B, N] 0/1: the experts each row may use (ANDed with the global mask). */
+  mask?: number[][];
+  /** [B, N] weights per row; static mixing only (a gate sets its own). */
+  weights?: number[][];
+  /** A task label per row, for gate statistics per task. */
+  tasks?: (string | number)[];
+}
+
+/** One gate's most recent weights, on the host: probs is G, weights is what was applied. */
+export interface GateTrace {
+  gate: string;
+  modules: readonly string[];
+  /** Rows of both arrays (B·T); N columns each, row-major. */
+  rows: number;
+  probs: Float32Array;
+  weights: Float32Array;
+}
+
+interface Expert {
+  name: string;
+  adapter: LoraAdapter;
+  /** Its variables' trainable flags before it was frozen, restored on removal. */
+  trainable: boolean[];
+}
+
+/** static: Σ wᵢ Eᵢ(x), weights by name (null: every expert at 1, absent names 0). gate: MoLE. */
+type Mixing = { kind: 'static'; weights: Map<string, number> | null } | { kind: 'gate'; gates: MoleGates };
+
+/** What the hooks of one forward pass share, built by the first gated linear that runs. */
+interface Pass {
+  /** 0/1 per batch row and expert, or null (every expert, every row); one row when all rows agree. */
+  allowed: number[][] | null;
+  /** Gate mixing: the allowed experts as logit offsets at the gate's unit level. */
+  selection: Selection | null;
+  /** Static mixing: per expert a weight for every row, or a [B·T, 1] column when rows differ. */
+  weights: (number | tf.Tensor2D)[];
+  /** Block-level gates: weights computed at the block's input linear, for its other linears. */
+  blockWeights: Map<string, tf.Tensor2D>;
+}
+
+/**
+ * N frozen LoRA experts composed on a frozen base: every linear that at least one expert adapts
+ * gets a hook adding Σᵢ wᵢ·Eᵢ(x), with w from a MoLE gate, or static weights (by default all 1:
+ * the plain sum of the adapters). An expert that does not adapt a module contributes a zero there.
+ *
+ * Masks keep a subset of experts without retraining (gate weights renormalised over the kept
+ * ones), per batch or per row. Experts are frozen (their variables stop being trainable) and owned
+ * by the composition until removed; do not also attach them to the base.
+ */
+export class MoleComposition {
+  private readonly entries: Expert[] = [];
+  private mixing: Mixing = { kind: 'static', weights: null };
+  private maskNames: Set<string> | null = null;
+  private rows: RowSpec | null = null;
+  private readonly hooks = new Map<Linear, LinearHook>();
+  private readonly passes = new WeakMap<ForwardContext, Pass>();
+  private attached = true;
+  private stats: GateStats | null = null;
+  private collecting = false;
+  private trace: Map<string, GateTrace> | null = null;
+
+  constructor(readonly model: CausalLM) {}
+
+  /** Expert names, in the order of gate columns, masks and weights. */
+  get experts(): string[] {
+    return this.entries.map((e) => e.name);
+  }
+
+  expert(name: string): LoraAdapter {
+    return this.find(name).adapter;
+  }
+
+  /** Linears at least one expert adapts, in module order: where the hooks (and gates) go. */
+  gatedModules(): string[] {
+    return this.model.linears().filter((l) => this.entries.some((e) => e.adapter.layers.has(l.name))).map((l) => l.name);
+  }
+
+  get gate(): MoleGates | null {
+    return this.mixing.kind === 'gate' ? this.mixing.gates : null;
+  }
+
+  /** Trainable variables: the gate's (empty under static weights; experts and base are frozen). */
+  params(): Map<string, tf.Variable> {
+    return this.gate?.params() ?? new Map();
+  }
+
+  /** Add a frozen expert. Not once a gate is set: its shape depends on the experts. */
+  addExpert(name: string, adapter: LoraAdapter): void {
+    if (!name) throw new Error('expert: a name is required');
+    if (this.entries.some((e) => e.name === name)) throw new Error(`expert '${name}' is already in the composition`);
+    if (this.gate) throw new Error(`expert '${name}': the gate was built for experts [${this.experts.join(', ')}]; remove it (useWeights) before adding experts`);
+    const linears = linearsByName(this.model);
+    for (const [module, l] of adapter.layers) {
+      const lin = linears.get(module);
+      if (!lin) throw new Error(`expert '${name}': adapts '${module}', which is not a linear of this base`);
+      if (l.aT.shape[0] !== lin.inFeatures || l.bT.shape[1] !== lin.outFeatures) {
+        throw new Error(`expert '${name}': '${module}' maps ${l.aT.shape[0]} → ${l.bT.shape[1]} features, the base linear ${lin.inFeatures} → ${lin.outFeatures}`);
+      }
+    }
+    const vars = [...adapter.params().values()];
+    this.entries.push({ name, adapter, trainable: vars.map((v) => v.trainable) });
+    for (const v of vars) v.trainable = false;
+    this.rehook();
+  }
+
+  /** Take an expert out (unfrozen, and no longer owned: the caller disposes it). */
+  removeExpert(name: string): LoraAdapter {
+    const ex = this.find(name);
+    if (this.gate) throw new Error(`expert '${name}': the gate was built for experts [${this.experts.join(', ')}]; remove it (useWeights) before removing experts`);
+    this.entries.splice(this.entries.indexOf(ex), 1);
+    [...ex.adapter.params().values()].forEach((v, i) => (v.trainable = ex.trainable[i]!));
+    this.maskNames?.delete(name);
+    this.rehook();
+    return ex.adapter;
+  }
+
+  /**
+   * Hot-swap: copy `replacement`'s tensors into expert `name`'s variables (same modules and
+   * shapes), so gates, hooks and the base stay as they are. The replacement stays the caller's.
+   */
+  swapExpert(name: string, replacement: LoraAdapter): void {
+    const ex = this.find(name);
+    const layers = ex.adapter.layers;
+    const modules = [...layers.keys()];
+    const missing = modules.filter((m) => !replacement.layers.has(m));
+    const extra = [...replacement.layers.keys()].filter((m) => !layers.has(m));
+    if (missing.length || extra.length) {
+      throw new Error(`swap of expert '${name}': the replacement must adapt the same modules${missing.length ? `; it lacks ${missing.join(', ')}` : ''}${extra.length ? `; it adds ${extra.join(', ')}` : ''}`);
+    }
+    for (const m of modules) {
+      const [a, b] = [layers.get(m)!, replacement.layers.get(m)!];
+      if (a.rank !== b.rank) throw new Error(`swap of expert '${name}': '${m}' has rank ${b.rank} in the replacement, ${a.rank} in the expert`);
+    }
+    for (const m of modules) {
+      const [l, r] = [layers.get(m)!, replacement.layers.get(m)!];
+      // assign shares the replacement's data (reference-counted): no copy, no new tensors.
+      l.aT.assign(r.aT);
+      l.bT.assign(r.bT);
+      l.scale = r.scale;
+    }
+    ex.adapter = new LoraAdapter(name, replacement.config, layers);
+  }
+
+  /** Mix with this gate set (it must be over these experts, in this order). Disposes the previous gate. */
+  useGate(gates: MoleGates): void {
+    if (gates.experts.join('\n') !== this.experts.join('\n')) {
+      throw new Error(`gate is over experts [${gates.experts.join(', ')}], the composition has [${this.experts.join(', ')}]`);
+    }
+    const modules = this.gatedModules();
+    if (gates.modules.join('\n') !== modules.join('\n')) {
+      const missing = modules.filter((m) => !gates.gateFor(m));
+      const extra = gates.modules.filter((m) => !modules.includes(m));
+      throw new Error(`gate does not cover the experts' modules${missing.length ? `; ungated: ${missing.join(', ')}` : ''}${extra.length ? `; not adapted by any expert: ${extra.join(', ')}` : ''}`);
+    }
+    const linears = linearsByName(this.model);
+    for (const g of gates.gates) {
+      const rows = this.entries.length * linears.get(g.input)!.outFeatures;
+      if (g.e.shape[0] !== rows) throw new Error(`gate '${g.name}': e has ${g.e.shape[0]} rows, ${g.input} needs N·out = ${rows}`);
+    }
+    this.setMixing({ kind: 'gate', gates });
+  }
+
+  /** A fresh gate over the current experts (see createGates), now in use. */
+  initGate(options: Partial<GateOptions> = {}, rng: Rng = new Rng(0), init: Partial<GateInit> = {}): MoleGates {
+    const linears = linearsByName(this.model);
+    const modules = this.gatedModules().map((m) => ({ module: m, outFeatures: linears.get(m)!.outFeatures }));
+    const gates = createGates(this.experts, modules, options, rng, init);
+    this.useGate(gates);
+    return gates;
+  }
+
+  /**
+   * Static mixing Σ wᵢ Eᵢ(x), no gate: weights in expert order, or by name (unnamed experts get 0).
+   * A gate in use is disposed.
+   */
+  useWeights(weights: number[] | Record<string, number>): void {
+    const named = Array.isArray(weights) ? null : Object.entries(weights);
+    if (Array.isArray(weights) && weights.length !== this.entries.length) {
+      throw new Error(`static weights: ${weights.length} given for ${this.entries.length} experts [${this.experts.join(', ')}]`);
+    }
+    const pairs = named ?? this.experts.map((n, i) => [n, (weights as number[])[i]!] as [string, number]);
+    for (const [n, w] of pairs) {
+      this.find(n);
+      if (!Number.isFinite(w)) throw new Error(`static weight of expert '${n}' is not a finite number`);
+    }
+    this.setMixing({ kind: 'static', weights: new Map(pairs) });
+  }
+
+  /** Keep only these experts (gate weights renormalised over them); null keeps every expert. */
+  mask(names: string[] | null): void {
+    if (names) for (const n of names) this.find(n);
+    this.maskNames = names ? new Set(names) : null;
+  }
+
+  only(name: string): void {
+    this.mask([name]);
+  }
+
+  /** Per-row masks, weights and task labels for the following passes; null clears them. */
+  setRows(spec: RowSpec | null): void {
+    if (spec) {
+      const N = this.entries.length;
+      const lengths = [spec.mask?.length, spec.weights?.length, spec.tasks?.length].filter((n) => n !== undefined);
+      if (lengths.some((n) => n !== lengths[0])) throw new Error(`row spec: mask, weights and tasks give different row counts (${lengths.join(', ')})`);
+      spec.mask?.forEach((row, b) => {
+        if (row.length !== N || row.some((m) => m !== 0 && m !== 1)) throw new Error(`row spec: mask row ${b} must hold ${N} entries of 0 or 1 (experts ${this.experts.join(', ')})`);
+      });
+      spec.weights?.forEach((row, b) => {
+        if (row.length !== N || !row.every(Number.isFinite)) throw new Error(`row spec: weights row ${b} must hold ${N} finite numbers`);
+      });
+      if (spec.weights && this.gate) throw new Error('row spec: per-row weights are for static mixing; the gate sets its own (use mask)');
+    }
+    this.rows = spec;
+  }
+
+  /** A mask row (for setRows) keeping these experts. */
+  maskRow(names: string[]): number[] {
+    for (const n of names) this.find(n);
+    return this.experts.map((n) => (names.includes(n) ? 1 : 0));
+  }
+
+  /** Start (true: from zero) or stop accumulating gate statistics; read them with gateStats(). */
+  collectStats(on: boolean): void {
+    if (on) this.stats = new GateStats(this.experts);
+    this.collecting = on;
+  }
+
+  gateStats(): GateStatsReport {
+    if (!this.stats) throw new Error('no gate statistics: call collectStats(true) before the forward passes');
+    return this.stats.report();
+  }
+
+  /** Keep each gate's most recent per-token weights on the host (for inspection; slow). */
+  traceWeights(on: boolean): void {
+    this.trace = on ? new Map() : null;
+  }
+
+  lastWeights(): Map<string, GateTrace> {
+    if (!this.trace) throw new Error('no gate trace: call traceWeights(true) before the forward pass');
+    return this.trace;
+  }
+
+  /** Remove the hooks: the base runs alone until attach(). */
+  detach(): void {
+    for (const [lin, hook] of this.hooks) lin.hooks.splice(lin.hooks.indexOf(hook), 1);
+    this.hooks.clear();
+    this.attached = false;
+  }
+
+  attach(): void {
+    this.attached = true;
+    this.rehook();
+  }
+
+  /** Detach and free the gate and every expert still in the composition. */
+  dispose(): void {
+    this.detach();
+    this.gate?.dispose();
+    for (const e of this.entries) e.adapter.dispose();
+    this.entries.length = 0;
+  }
+
+  private find(name: string): Expert {
+    const e = this.entries.find((x) => x.name === name);
+    if (!e) throw new Error(`no expert '${name}' in the composition (experts: ${this.experts.join(', ') || 'none'})`);
+    return e;
+  }
+
+  private setMixing(m: Mixing): void {
+    if (this.gate && (m.kind !== 'gate' || m.gates !== this.gate)) this.gate.dispose();
+    this.mixing = m;
+    if (this.stats) this.stats = new GateStats(this.experts);
+  }
+
+  private rehook(): void {
+    const attached = this.attached;
+    this.detach();
+    this.attached = attached;
+    if (!attached) return;
+    const linears = linearsByName(this.model);
+    for (const module of this.gatedModules()) {
+      const lin = linears.get(module)!;
+      const hook: LinearHook = { delta: (x, ctx) => this.delta(lin, x, ctx) };
+      lin.hooks.push(hook);
+      this.hooks.set(lin, hook);
+    }
+  }
+
+  /** Σᵢ wᵢ·Eᵢ(x) at one gated linear. */
+  private delta(lin: Linear, x: tf.Tensor2D, ctx: ForwardContext): tf.Tensor2D {
+    const pass = this.pass(ctx);
+    const module = lin.name;
+    // Frozen experts run as at inference: no dropout.
+    const frozen = ctx.training ? { ...ctx, training: false } : ctx;
+    const output = (i: number): tf.Tensor2D | null => this.entries[i]!.adapter.layers.get(module)?.delta(x, frozen) ?? null;
+    const zeros = (): tf.Tensor2D => tf.zeros([x.shape[0], lin.outFeatures]);
+    const sum = (terms: (tf.Tensor2D | null)[]): tf.Tensor2D => {
+      const kept = terms.filter((t): t is tf.Tensor2D => t !== null);
+      return kept.length === 0 ? zeros() : kept.length === 1 ? kept[0]! : tf.addN(kept);
+    };
+
+    if (this.mixing.kind === 'static') {
+      return sum(pass.weights.map((w, i) => (w === 0 ? null : (output(i)?.mul(w) as tf.Tensor2D | undefined) ?? null)));
+    }
+    const { gates } = this.mixing;
+    const gate = gates.gateFor(module)!;
+    // With one mask for every row, excluded experts have weight 0 everywhere.
+    const kept = pass.allowed?.length === 1 ? pass.allowed[0]! : null;
+    if (kept && !kept.includes(1)) return zeros();
+    const observing = this.collecting || this.trace !== null;
+    if (kept && kept.filter((m) => m === 1).length === 1 && !ctx.training && !observing) {
+      // One expert left: G' = 1 exactly, so the gate need not run.
+      return output(kept.indexOf(1)) ?? zeros();
+    }
+    let outs: (tf.Tensor2D | null)[];
+    let weights: tf.Tensor2D;
+    if (module === gate.input) {
+      outs = this.entries.map((_, i) => output(i));
+      const { granularity, topK } = gates.options;
+      const g = gateWeights(gate.scaledLogits(outs.map((o) => o ?? zeros()), ctx, granularity), pass.selection, topK);
+      weights = perToken(g.weights, ctx, granularity);
+      this.observe(gates, gate, ctx, perToken(g.probs, ctx, granularity), weights);
+      if (gate.modules.length > 1) pass.blockWeights.set(gate.name, weights);
+    } else {
+      const shared = pass.blockWeights.get(gate.name);
+      if (!shared) throw new Error(`block gate '${gate.name}': ${module} ran before ${gate.input}, whose expert outputs are the gate's input`);
+      weights = shared;
+      outs = this.entries.map((_, i) => (kept && !kept[i] ? null : output(i)));
+    }
+    return sum(outs.map((o, i) => (o && !(kept && !kept[i]) ? (o.mul(weights.slice([0, i], [-1, 1])) as tf.Tensor2D) : null)));
+  }
+
+  /** Balance loss, statistics and trace for one gate's run; probs and weights are per token. */
+  private observe(gates: MoleGates, gate: MoleGate, ctx: ForwardContext, probs: tf.Tensor2D, weights: tf.Tensor2D): void {
+    gates.balance.add(ctx, gate.name, probs);
+    if (this.collecting) this.stats!.record(gate.name, gate.modules, weights, ctx, this.rows?.tasks?.map(String) ?? null);
+    if (this.trace) {
+      this.trace.set(gate.name, { gate: gate.name, modules: gate.modules, rows: weights.shape[0], probs: probs.dataSync() as Float32Array, weights: weights.dataSync() as Float32Array });
+    }
+  }
+
+  private pass(ctx: ForwardContext): Pass {
+    const cached = this.passes.get(ctx);
+    // A context reused outside the tidy that built its pass: build it again.
+    if (cached && !cached.selection?.offset.isDisposed && !cached.weights.some((w) => typeof w !== 'number' && w.isDisposed)) return cached;
+    const pass = this.newPass(ctx);
+    this.passes.set(ctx, pass);
+    return pass;
+  }
+
+  private newPass(ctx: ForwardContext): Pass {
+    const { batch: B, seq: T } = ctx;
+    const N = this.entries.length;
+    const rows = this.rows;
+    for (const [field, n] of [['mask', rows?.mask?.length], ['weights', rows?.weights?.length], ['tasks', rows?.tasks?.length]] as const) {
+      if (n !== undefined && n !== B) throw new Error(`composition: row ${field} were set for ${n} rows, the batch has ${B}`);
+    }
+    const allowed = this.allowedRows();
+    const pass: Pass = { allowed, selection: null, weights: [], blockWeights: new Map() };
+    const mixing = this.mixing;
+    if (mixing.kind === 'static') {
+      const base = this.experts.map((n) => (mixing.weights ? (mixing.weights.get(n) ?? 0) : 1));
+      const rowWeights = rows?.weights;
+      if (!rowWeights && (!allowed || allowed.length === 1)) {
+        pass.weights = base.map((w, i) => (allowed && !allowed[0]![i] ? 0 : w));
+      } else {
+        pass.weights = base.map((w, i) => {
+          const col = new Float32Array(B * T);
+          for (let b = 0; b < B; b++) col.fill((rowWeights ? rowWeights[b]![i]! : w) * (allowed ? allowed[allowed.length === 1 ? 0 : b]![i]! : 1), b * T, (b + 1) * T);
+          return col.every((v) => v === 0) ? 0 : tf.tensor2d(col, [B * T, 1]);
+        });
+      }
+      return pass;
+    }
+    if (rows?.weights) throw new Error('composition: per-row weights are for static mixing; the gate sets its own (use mask)');
+    if (allowed && (allowed.length > 1 || allowed[0]!.includes(0)) && allowed.some((row) => row.includes(1))) {
+      const perSequence = mixing.gates.options.granularity === 'sequence';
+      const units = allowed.length === 1 || perSequence ? allowed : allowed.flatMap((row) => Array<number[]>(T).fill(row));
+      pass.selection = selection(units, perSequence ? B : B * T, N);
+    }
+    return pass;
+  }
+
+  /** The global mask ANDed with the row masks, collapsed to one row when all rows agree. */
+  private allowedRows(): number[][] | null {
+    const names = this.maskNames;
+    const rowMask = this.rows?.mask;
+    if (!names && !rowMask) return null;
+    const global = this.experts.map((n) => (!names || names.has(n) ? 1 : 0));
+    if (!rowMask) return [global];
+    if (rowMask.some((row) => row.length !== global.length)) throw new Error(`composition: row masks must have ${global.length} columns (experts ${this.experts.join(', ')})`);
+    const rows = rowMask.map((row) => row.map((m, i) => m * global[i]!));
+    return rows.every((r) => r.join() === rows[0]!.join()) ? [rows[0]!] : rows;
+  }
+}

@@ -1,0 +1,144 @@
+import type { LoraAdapter } from '../adapters/adapter.js';
+import { loadAdapter } from '../adapters/peft.js';
+import { initBackend } from '../base/backend.js';
+import { generate, type GenerateOptions } from '../base/generate.js';
+import { loadBase } from '../base/load.js';
+import type { CausalLM } from '../base/model.js';
+import { promptIds } from '../base/prompt.js';
+import { Rng } from '../base/rng.js';
+import { MoleComposition, type RowSpec } from './composition.js';
+import { loadGate, saveGate } from './gate-io.js';
+import type { GateInit, GateOptions, MoleGates } from './mole.js';
+
+export interface LoadModelOptions {
+  /** tfjs backend (see initBackend); the best available by default. */
+  backend?: string;
+  warn?: (msg: string) => void;
+}
+
+/** A prompt as text (needs the model's tokenizer.json) or as token ids. */
+export type Prompt = string | number[];
+
+export interface Generation {
+  /** New token ids, stop token included when one was produced. */
+  tokens: number[];
+  /** Their text, special tokens skipped; null without a tokenizer. */
+  text: string | null;
+}
+
+/**
+ * Start the backend and load a base model folder, ready for experts:
+ *   const m = await loadModel(dir);
+ *   m.addExpert('math', mathDir).addExpert('code', codeDir).useGate(gateDir).mask(['math']);
+ *   m.generate('2 + 2 =');
+ */
+export async function loadModel(dir: string, opts: LoadModelOptions = {}): Promise<MoleModel> {
+  await initBackend({ backend: opts.backend, warn: opts.warn });
+  return new MoleModel(loadBase(dir, { warn: opts.warn }), opts.warn);
+}
+
+/** A frozen base with a MoLE composition of PEFT adapter folders; chainable. */
+export class MoleModel {
+  readonly composition: MoleComposition;
+
+  constructor(
+    readonly base: CausalLM,
+    private readonly warn?: (msg: string) => void,
+  ) {
+    this.composition = new MoleComposition(base);
+  }
+
+  get experts(): string[] {
+    return this.composition.experts;
+  }
+
+  /** Add an expert from a PEFT adapter folder (or an adapter, which the model then owns). */
+  addExpert(name: string, source: string | LoraAdapter): this {
+    const adapter = this.adapter(name, source);
+    try {
+      this.composition.addExpert(name, adapter);
+    } catch (e) {
+      if (typeof source === 'string') adapter.dispose();
+      throw e;
+    }
+    return this;
+  }
+
+  removeExpert(name: string): this {
+    this.composition.removeExpert(name).dispose();
+    return this;
+  }
+
+  /** Hot-swap an expert's tensors from a folder (or an adapter, left to the caller). */
+  swapExpert(name: string, source: string | LoraAdapter): this {
+    const adapter = this.adapter(name, source);
+    try {
+      this.composition.swapExpert(name, adapter);
+    } finally {
+      if (typeof source === 'string') adapter.dispose();
+    }
+    return this;
+  }
+
+  /** A fresh gate over the experts added so far, for training (its params are in composition.params()). */
+  initGate(options: Partial<GateOptions> = {}, seed = 0, init: Partial<GateInit> = {}): MoleGates {
+    return this.composition.initGate(options, new Rng(seed), init);
+  }
+
+  /** Load a gate folder trained with exactly these experts. */
+  useGate(dir: string): this {
+    loadGate(this.composition, dir);
+    return this;
+  }
+
+  saveGate(dir: string): void {
+    saveGate(this.composition, dir);
+  }
+
+  /** Mix with fixed weights instead of a gate. */
+  useWeights(weights: number[] | Record<string, number>): this {
+    this.composition.useWeights(weights);
+    return this;
+  }
+
+  mask(names: string[] | null): this {
+    this.composition.mask(names);
+    return this;
+  }
+
+  only(name: string): this {
+    this.composition.only(name);
+    return this;
+  }
+
+  /** Per-row expert masks (or weights, task labels) for the next generateBatch. */
+  rows(spec: RowSpec | null): this {
+    this.composition.setRows(spec);
+    return this;
+  }
+
+  generate(prompt: Prompt, opts: GenerateOptions = {}): Generation {
+    return this.generateBatch([prompt], opts)[0]!;
+  }
+
+  /**
+   * One batch, one base pass per step. A per-sequence gate pools over every token of a row, so it
+   * runs without the KV cache (a cached step would see only its new token).
+   */
+  generateBatch(prompts: Prompt[], opts: GenerateOptions = {}): Generation[] {
+    const ids = prompts.map((p) => promptIds(this.base, typeof p === 'string' ? { text: p } : { ids: p }));
+    const perSequence = this.composition.gate?.options.granularity === 'sequence';
+    const { tokens } = generate(this.base, ids, { ...opts, useCache: perSequence ? false : opts.useCache });
+    const tok = this.base.tokenizer;
+    return tokens.map((t) => ({ tokens: t, text: tok ? tok.decode(t, { skipSpecial: true }) : null }));
+  }
+
+  dispose(): void {
+    this.composition.dispose();
+    this.base.dispose();
+  }
+
+  private adapter(name: string, source: string | LoraAdapter): LoraAdapter {
+    return typeof source === 'string' ? loadAdapter(this.base, source, { name, warn: this.warn }) : source;
+  }
+}

@@ -1,0 +1,91 @@
+import { join } from 'node:path';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { loadAdapter, saveAdapter } from '../src/adapters/peft.js';
+import { initBackend } from '../src/base/backend.js';
+import { generate } from '../src/base/generate.js';
+import { loadBase } from '../src/base/load.js';
+import { loadModel, type MoleModel } from '../src/gating/session.js';
+import { MODEL_FIXTURES, tempDir } from './helpers.js';
+import { randomExpert } from './mole-reference.js';
+
+const BASE = join(MODEL_FIXTURES, 'llama-gqa');
+const tmp = tempDir('molora-session-');
+const dirs: Record<string, string> = {};
+const PROMPTS = [[1, 5, 17, 33], [1, 40, 3, 77]];
+const GEN = { maxNewTokens: 4, stopIds: [] };
+
+beforeAll(async () => {
+  await initBackend();
+  const base = loadBase(BASE);
+  const specs: [string, string[]][] = [['math', ['q_proj', 'v_proj']], ['code', ['v_proj', 'down_proj']], ['law', ['q_proj', 'up_proj', 'down_proj']], ['code2', ['v_proj', 'down_proj']]];
+  specs.forEach(([name, targets], i) => {
+    const a = randomExpert(base, name, targets, 50 + i);
+    dirs[name] = join(tmp.dir, name);
+    saveAdapter(a, dirs[name]!);
+    a.dispose();
+  });
+  base.dispose();
+});
+afterAll(() => tmp.cleanup());
+
+const live: MoleModel[] = [];
+afterEach(() => {
+  while (live.length) live.pop()!.dispose();
+});
+
+async function session(names: string[], as: Record<string, string> = {}): Promise<MoleModel> {
+  const m = await loadModel(BASE);
+  live.push(m);
+  for (const n of names) m.addExpert(n, dirs[as[n] ?? n]!);
+  return m;
+}
+
+describe('loadModel session', () => {
+  it('addExpert → useGate → mask → generate, the same after a gate round trip', async () => {
+    const gateDir = join(tmp.dir, 'gate');
+    const a = await session(['math', 'code', 'law']);
+    a.initGate({}, 3, { eStd: 0.5 });
+    a.saveGate(gateDir);
+    const want = a.mask(['math', 'law']).generateBatch(PROMPTS, GEN);
+    expect(want.map((g) => g.tokens.length)).toEqual([4, 4]);
+    expect(want[0]!.text).toBeNull();
+
+    const b = await session(['law', 'code', 'math']);
+    b.useGate(gateDir).mask(['math', 'law']);
+    expect(b.generateBatch(PROMPTS, GEN)).toEqual(want);
+  });
+
+  it('only(name) generates exactly what that adapter alone does', async () => {
+    const m = await session(['math', 'code']);
+    m.initGate({}, 4, { eStd: 0.5 });
+    const got = m.only('code').generate(PROMPTS[0]!, GEN).tokens;
+    m.composition.detach();
+    const alone = loadAdapter(m.base, dirs.code!);
+    alone.attach(m.base);
+    expect(generate(m.base, [PROMPTS[0]!], GEN).tokens[0]).toEqual(got);
+    alone.dispose();
+  });
+
+  it('a mixed batch generates what each row does alone with its experts', async () => {
+    const m = await session(['math', 'code', 'law']);
+    m.initGate({}, 5, { eStd: 0.5 });
+    const rows = [['code'], ['math', 'law']];
+    const mixed = m.rows({ mask: rows.map((r) => m.composition.maskRow(r)) }).generateBatch(PROMPTS, GEN);
+    m.rows(null);
+    rows.forEach((names, b) => expect(m.mask(names).generate(PROMPTS[b]!, GEN)).toEqual(mixed[b]));
+  });
+
+  it('a per-sequence gate generates without the KV cache', async () => {
+    const m = await session(['math', 'code']);
+    m.initGate({ granularity: 'sequence' }, 6, { eStd: 0.5 });
+    const got = m.generate(PROMPTS[1]!, GEN).tokens;
+    expect(generate(m.base, [PROMPTS[1]!], { ...GEN, useCache: false }).tokens[0]).toEqual(got);
+  });
+
+  it('swapExpert from a folder equals adding that folder in its place', async () => {
+    const m = await session(['math', 'code']);
+    m.useWeights([0.5, 1.5]).swapExpert('code', dirs.code2!);
+    const fresh = (await session(['math', 'code'], { code: 'code2' })).useWeights([0.5, 1.5]);
+    expect(m.generateBatch(PROMPTS, GEN)).toEqual(fresh.generateBatch(PROMPTS, GEN));
+  });
+});

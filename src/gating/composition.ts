@@ -59,7 +59,8 @@ interface Pass {
  *
  * Masks keep a subset of experts without retraining (gate weights renormalised over the kept
  * ones), per batch or per row. Experts are frozen (their variables stop being trainable) and owned
- * by the composition until removed; do not also attach them to the base.
+ * by the composition until removed; do not also attach them to the base. Hooks add up like
+ * attached adapters, so keep one composition attached per base.
  */
 export class MoleComposition {
   private readonly entries: Expert[] = [];

@@ -23,7 +23,8 @@ export type GateLevel = 'layer' | 'block';
 /**
  * 'token': weights per position (handles variable length and mixed-task sequences).
  * 'sequence': the paper's per-sample gate, one weight vector per row: the logits are averaged
- * over the row's real tokens. Like the paper's, it sees the whole row, later tokens included.
+ * over the row's real tokens. Like the paper's, it sees the whole row, later tokens included, and
+ * a pass with a KV cache sees only its new tokens: generate without the cache (session.ts does).
  */
 export type Granularity = 'token' | 'sequence';
 

@@ -61,3 +61,22 @@ export function nameList(v: string): string[] {
   if (out.length === 0) throw new InvalidArgumentError(`expected a comma-separated list, got '${v}'`);
   return out;
 }
+
+/** Repeatable "name=dir". */
+export function namedPaths(v: string, prev: [string, string][]): [string, string][] {
+  const i = v.indexOf('=');
+  if (i <= 0 || i === v.length - 1) throw new InvalidArgumentError(`expected NAME=DIR, got '${v}'`);
+  return [...prev, [v.slice(0, i), v.slice(i + 1)]];
+}
+
+/** "a=0.5,b=1" → { a: 0.5, b: 1 }. */
+export function namedNumbers(v: string): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const part of nameList(v)) {
+    const [name, w] = part.split('=');
+    const n = Number(w);
+    if (!name || w === undefined || !Number.isFinite(n)) throw new InvalidArgumentError(`expected NAME=WEIGHT pairs like a=0.5,b=0.5, got '${v}'`);
+    out[name] = n;
+  }
+  return out;
+}

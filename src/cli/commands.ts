@@ -1,26 +1,20 @@
-import { attachAdapters, loadAdapter } from '../adapters/peft.js';
+import { loadAdapter } from '../adapters/peft.js';
 import { mergeAdapters } from '../adapters/merge.js';
 import { saveModel } from '../base/export.js';
 import { loadBase } from '../base/load.js';
-import type { CausalLM } from '../base/model.js';
 import { generate } from '../base/generate.js';
 import { initBase } from '../base/init.js';
 import { inspectFolder } from '../base/inspect.js';
 import { promptIds } from '../base/prompt.js';
 import { logprobs } from '../base/scoring.js';
 import type { Arch } from '../base/config.js';
+import { openComposed, type ComposeFlags } from './compose.js';
 import { forwardTable } from './format.js';
 
-/** The base with every --adapter attached. */
-export function openModel(o: { model: string; adapter?: string[] }): CausalLM {
-  const model = loadBase(o.model);
-  attachAdapters(model, o.adapter ?? []);
-  return model;
-}
-
-export async function runForward(o: { model: string; adapter?: string[]; ids?: number[]; text?: string; json?: boolean }): Promise<void> {
+export async function runForward(o: ComposeFlags & { ids?: number[]; text?: string; json?: boolean }): Promise<void> {
   if (!o.ids === (o.text === undefined)) throw new Error('give exactly one of --ids or --text');
-  const model = openModel(o);
+  const composed = openComposed(o);
+  const model = composed.base;
   const ids = promptIds(model, o);
   const lp = logprobs(model, { ids: Int32Array.from(ids), batch: 1, seq: ids.length })[0]!;
   if (o.json) {
@@ -28,12 +22,10 @@ export async function runForward(o: { model: string; adapter?: string[]; ids?: n
   } else {
     process.stdout.write(forwardTable(ids, lp, model.tokenizer) + '\n');
   }
-  model.dispose();
+  composed.dispose();
 }
 
-export async function runGenerate(o: {
-  model: string;
-  adapter?: string[];
+export async function runGenerate(o: ComposeFlags & {
   prompt?: string;
   promptIds?: number[];
   maxNewTokens: number;
@@ -43,19 +35,21 @@ export async function runGenerate(o: {
   seed: number;
 }): Promise<void> {
   if (!o.promptIds === (o.prompt === undefined)) throw new Error('give exactly one of --prompt or --prompt-ids');
-  const model = openModel(o);
+  const composed = openComposed(o);
+  const model = composed.base;
   const ids = promptIds(model, { ids: o.promptIds, text: o.prompt });
   const decoder = model.tokenizer?.streamDecoder({ context: ids });
   if (o.prompt !== undefined) process.stdout.write(o.prompt);
   generate(model, [ids], {
     ...o,
+    useCache: composed.cacheSafe,
     onToken: (_row, id) => {
       if (model.config.eosIds.includes(id)) return;
       process.stdout.write(decoder ? decoder.push(id) : `${id} `);
     },
   });
   process.stdout.write((decoder?.flush() ?? '') + '\n');
-  model.dispose();
+  composed.dispose();
 }
 
 export async function runInitBase(o: {

@@ -1,10 +1,8 @@
 import { evaluateCsv, type EvalReport } from '../train/evaluate.js';
-import { openModel } from './commands.js';
+import { openComposed, type ComposeFlags } from './compose.js';
 import { byteProgress } from './progress.js';
 
-export async function runEval(o: {
-  model: string;
-  adapter?: string[];
+export async function runEval(o: ComposeFlags & {
   data: string;
   textColumn: string;
   promptColumn?: string;
@@ -16,15 +14,15 @@ export async function runEval(o: {
   json?: boolean;
 }): Promise<void> {
   if (!o.promptColumn !== !o.completionColumn) throw new Error('--prompt-column and --completion-column go together');
-  const model = openModel(o);
+  const composed = openComposed(o);
   const bar = byteProgress('greedy completions', 'examples');
   try {
-    const report = await evaluateCsv(model, { ...o, onProgress: bar.update });
+    const report = await evaluateCsv(composed.base, { ...o, useCache: composed.cacheSafe, onProgress: bar.update });
     bar.stop();
     process.stdout.write(o.json ? JSON.stringify(report) + '\n' : evalTable(report) + '\n');
   } finally {
     bar.stop();
-    model.dispose();
+    composed.dispose();
   }
 }
 

@@ -4,8 +4,10 @@ import { BACKENDS, initBackend } from '../base/backend.js';
 import { runForward, runGenerate, runInitBase, runInspect, runMerge } from './commands.js';
 import { addDataFlags, addTrainerFlags, runTrainAdapter } from './train.js';
 import { runEval } from './eval.js';
+import { addComposeFlags } from './compose.js';
+import { runGates, runTrainGate } from './gates.js';
 import { runBenchForward, runBenchTrain } from './bench.js';
-import { choice, collect, float, idList, int, nameList, rangeList } from './args.js';
+import { choice, collect, float, idList, int, namedPaths, nameList, rangeList } from './args.js';
 
 const program = new Command('molora')
   .description('Mixture-of-LoRA experts for Node: load Hugging Face transformers, train and compose LoRA adapters.')
@@ -25,11 +27,12 @@ program
   .addHelpText('after', '\nWithout --json, prints a table: each token, the log-prob of the actual next token, and the top-5 predictions.')
   .action(runForward);
 
-program
-  .command('generate')
-  .description('Generate a continuation with the KV cache, streaming tokens to stdout; stops at eos.')
-  .requiredOption('--model <dir>', 'Hugging Face model folder')
-  .option('--adapter <dir>', 'PEFT LoRA adapter folder; repeat to sum several', collect, [])
+addComposeFlags(
+  program
+    .command('generate')
+    .description('Generate a continuation with the KV cache, streaming tokens to stdout; stops at eos.')
+    .requiredOption('--model <dir>', 'Hugging Face model folder'),
+)
   .option('--prompt <text>', 'prompt text (needs tokenizer.json)')
   .option('--prompt-ids <ids>', 'prompt as token ids, comma-separated', idList)
   .option('--max-new-tokens <n>', 'most tokens to generate', int(1), 64)
@@ -74,11 +77,43 @@ addTrainerFlags(
   ),
 ).action(runTrainAdapter);
 
-program
-  .command('eval')
-  .description('Score a model (plus adapters) on a CSV: loss, perplexity and exact match of greedy completions, per task and overall.')
-  .requiredOption('--model <dir>', 'base model folder')
-  .option('--adapter <dir>', 'PEFT LoRA adapter folder; repeat to sum several', collect, [])
+addTrainerFlags(
+  addDataFlags(
+    program
+      .command('train-gate')
+      .description('Train MoLE gates over frozen LoRA experts (base and experts stay frozen); writes gate_config.json + gate.safetensors, metrics.jsonl and checkpoints.')
+      .requiredOption('--model <dir>', 'base model folder')
+      .option('--expert <name=dir>', 'a frozen PEFT LoRA expert; repeat (at least 2); the order fixes the gate columns', namedPaths, [])
+      .requiredOption('--out <dir>', 'output folder for the gate')
+      .option('--level <level>', 'one gate per gated linear (layer) or per transformer block (block)', choice(['layer', 'block'] as const), 'layer')
+      .option('--granularity <g>', 'gate weights per token, or per sequence pooled over real tokens (the paper)', choice(['token', 'sequence'] as const), 'token')
+      .option('--top-k <k>', 'keep the k largest gate weights per unit, renormalised', int(1))
+      .option('--balance <alpha>', 'balance-loss coefficient α in α·(−Σ log qᵢ); 0 disables it', float(0), 0.5)
+      .option('--temperature <t>', "'learn' for a learnable τ, or a fixed positive value", 'learn'),
+  ),
+).action(runTrainGate);
+
+addComposeFlags(
+  program
+    .command('gates')
+    .description('Report a trained gate on data: mean gate weight per layer per expert (per task with --task-column) and entropy.')
+    .requiredOption('--model <dir>', 'base model folder'),
+)
+  .requiredOption('--data <file.csv>', 'CSV to run')
+  .option('--text-column <name>', 'column of documents', 'text')
+  .option('--prompt-column <name>', 'prompt column (with --completion-column)')
+  .option('--completion-column <name>', 'completion column')
+  .option('--task-column <name>', 'report per task')
+  .option('--seq-len <n>', 'longest sequence', int(2), 256)
+  .option('--json', 'print the report as JSON')
+  .action(runGates);
+
+addComposeFlags(
+  program
+    .command('eval')
+    .description('Score a model (plus adapters or a composition of experts) on a CSV: loss, perplexity and exact match of greedy completions, per task and overall.')
+    .requiredOption('--model <dir>', 'base model folder'),
+)
   .requiredOption('--data <file.csv>', 'test CSV')
   .option('--text-column <name>', 'column of documents (loss only)', 'text')
   .option('--prompt-column <name>', 'prompt column (with --completion-column: exact match too)')

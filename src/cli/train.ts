@@ -41,7 +41,7 @@ export function addTrainerFlags(c: Command): Command {
     .option('--progress <mode>', 'auto (bar on a TTY, lines otherwise), bar, lines or off', choice(['auto', 'bar', 'lines', 'off'] as const), 'auto');
 }
 
-type CliTrainFlags = Omit<LmTrainOptions, 'schedule' | 'progress'> & { schedule: ScheduleKind; progress: ProgressMode };
+export type CliTrainFlags = Omit<LmTrainOptions, 'schedule' | 'progress'> & { schedule: ScheduleKind; progress: ProgressMode };
 
 /** The shared flags as trainer options, with a progress bar on the CSV read. */
 export function lmOptions(o: CliTrainFlags): LmTrainOptions & { stopProgress: () => void } {

@@ -127,10 +127,14 @@ export class MoleModel {
    */
   generateBatch(prompts: Prompt[], opts: GenerateOptions = {}): Generation[] {
     const ids = prompts.map((p) => promptIds(this.base, typeof p === 'string' ? { text: p } : { ids: p }));
-    const perSequence = this.composition.gate?.options.granularity === 'sequence';
-    const { tokens } = generate(this.base, ids, { ...opts, useCache: perSequence ? false : opts.useCache });
+    const { tokens } = generate(this.base, ids, { ...opts, useCache: this.cacheSafe ? opts.useCache : false });
     const tok = this.base.tokenizer;
     return tokens.map((t) => ({ tokens: t, text: tok ? tok.decode(t, { skipSpecial: true }) : null }));
+  }
+
+  /** False under a per-sequence gate: it pools every token of a row, and a cached step sees only its new one. */
+  get cacheSafe(): boolean {
+    return this.composition.gate?.options.granularity !== 'sequence';
   }
 
   dispose(): void {

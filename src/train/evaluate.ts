@@ -25,6 +25,8 @@ export interface EvaluateOptions {
   seqLen: number;
   /** Greedy-decode each completion and compare (completion-mode stores only). Default true. */
   exactMatch?: boolean;
+  /** Decode with the KV cache (default); false for compositions whose gate pools whole rows. */
+  useCache?: boolean;
   /** Called after each batch with examples done and the total (progress bars). */
   onProgress?: (done: number, total: number) => void;
 }
@@ -81,7 +83,7 @@ function exactMatches(model: CausalLM, store: TokenStore, o: EvaluateOptions): F
     const prompts = idx.map((i) => Array.from(store.example(i).subarray(0, store.promptLens[i]!)));
     const refs = idx.map((i) => Array.from(store.example(i).subarray(store.promptLens[i]!)));
     const maxNew = Math.max(...refs.map((r) => r.length));
-    const { tokens } = generate(model, prompts, { maxNewTokens: maxNew });
+    const { tokens } = generate(model, prompts, { maxNewTokens: maxNew, useCache: o.useCache });
     idx.forEach((i, j) => {
       const got = tokens[j]!.slice(0, refs[j]!.length);
       if (got.length === refs[j]!.length && got.every((x, k) => x === refs[j]![k])) hits[store.taskIds[i]!]++;

@@ -49,6 +49,8 @@ export interface LmTrainOptions extends LmDataOptions {
   signals?: SignalSource;
   /** After each update (e.g. a routing-bias update, or a memory probe in tests). */
   afterStep?: (step: number) => void;
+  /** Extra values for each eval entry of metrics.jsonl (e.g. gate weights); gets the validation store. */
+  onEval?: (step: number, data: LmData) => Record<string, unknown>;
 }
 
 export interface LmData {
@@ -138,6 +140,7 @@ export async function trainLm(model: CausalLM, params: Map<string, tf.Variable>,
     log: o.log,
     signals: o.signals,
     afterStep: o.afterStep,
+    onEval: o.onEval ? (step) => o.onEval!(step, { dataset, sampler }) : undefined,
   });
 }
 

@@ -1,0 +1,57 @@
+import type { Command } from 'commander';
+import { attachAdapters } from '../adapters/peft.js';
+import { loadBase } from '../base/load.js';
+import { applyProfile, dropping, profileFor, readProfiles } from '../gating/profile.js';
+import { MoleModel } from '../gating/session.js';
+import { collect, nameList, namedNumbers, namedPaths } from './args.js';
+
+/** The flags that choose what runs on the base: plain adapters, or experts with a gate, weights, a mask or a profile. */
+export interface ComposeFlags {
+  model: string;
+  adapter?: string[];
+  expert?: [string, string][];
+  gate?: string;
+  weights?: Record<string, number>;
+  mask?: string[];
+  only?: string;
+  profile?: string;
+  task?: string;
+}
+
+export function addComposeFlags(c: Command): Command {
+  return c
+    .option('--adapter <dir>', 'PEFT LoRA adapter folder, always on; repeat to sum several', collect, [])
+    .option('--expert <name=dir>', 'a frozen LoRA expert for MoLE composition; repeat', namedPaths, [])
+    .option('--gate <dir>', 'a trained gate folder (gate_config.json + gate.safetensors) over the --expert set')
+    .option('--weights <name=w,…>', 'static linear composition instead of a gate, e.g. a=0.5,b=0.5', namedNumbers)
+    .option('--mask <names>', 'drop these experts and renormalise the remaining gate weights', nameList)
+    .option('--only <name>', 'keep a single expert')
+    .option('--profile <file>', 'per-task profiles JSON: {"tasks": {"<task>": {"experts": {…}, "gate"?, "weights"?, "mask"?, "only"?}}}')
+    .option('--task <name>', 'the profile to use (with --profile)');
+}
+
+/** The base with its adapters and expert composition, as the flags ask. */
+export function openComposed(o: ComposeFlags): MoleModel {
+  const experts = o.expert ?? [];
+  if ((o.gate || o.weights || o.mask || o.only) && experts.length === 0 && !o.profile) {
+    throw new Error('--gate, --weights, --mask and --only act on experts: add --expert NAME=DIR');
+  }
+  if (o.gate && o.weights) throw new Error('give --gate or --weights, not both');
+  if (o.mask && o.only) throw new Error('give --mask or --only, not both');
+  if (!o.profile !== !o.task) throw new Error('--profile and --task go together');
+  const base = loadBase(o.model);
+  const m = new MoleModel(base);
+  try {
+    attachAdapters(base, o.adapter ?? []);
+    if (o.profile) applyProfile(m, profileFor(readProfiles(o.profile), o.task!));
+    for (const [name, dir] of experts) m.addExpert(name, dir);
+    if (o.gate) m.useGate(o.gate);
+    else if (o.weights) m.useWeights(o.weights);
+    if (o.only) m.only(o.only);
+    else if (o.mask) m.mask(dropping(m.experts, o.mask));
+  } catch (e) {
+    m.dispose();
+    throw e;
+  }
+  return m;
+}

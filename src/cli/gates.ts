@@ -1,0 +1,51 @@
+import { gateStatsOn, trainGate } from '../gating/train.js';
+import type { GateOptions } from '../gating/mole.js';
+import type { GateStatsReport } from '../gating/stats.js';
+import { loadLmData } from '../train/lm.js';
+import { openComposed, type ComposeFlags } from './compose.js';
+import { lmOptions, type CliTrainFlags } from './train.js';
+
+export async function runTrainGate(
+  o: CliTrainFlags & { model: string; expert: [string, string][]; level: GateOptions['level']; granularity: GateOptions['granularity']; topK?: number; balance: number; temperature: string },
+): Promise<void> {
+  const opts = lmOptions(o);
+  const temperature: GateOptions['temperature'] = o.temperature === 'learn' ? { mode: 'learned' } : { mode: 'fixed', value: Number(o.temperature) };
+  if (temperature.mode === 'fixed' && !(temperature.value > 0)) throw new Error(`--temperature must be 'learn' or a positive number, got '${o.temperature}'`);
+  try {
+    const r = await trainGate({
+      ...opts,
+      model: o.model,
+      experts: o.expert,
+      gate: { level: o.level, granularity: o.granularity, topK: o.topK ?? null, balanceAlpha: o.balance, temperature },
+    });
+    if (r.status === 'interrupted') process.exitCode = 130;
+    else process.stderr.write(`molora: trained the gate for ${r.step} steps; gate folder ${o.out}\n`);
+  } finally {
+    opts.stopProgress();
+  }
+}
+
+export async function runGates(
+  o: ComposeFlags & { data: string; textColumn: string; promptColumn?: string; completionColumn?: string; taskColumn?: string; seqLen: number; json?: boolean },
+): Promise<void> {
+  if (!o.gate) throw new Error('gates reports a trained gate: give --gate DIR with its --expert set');
+  const m = openComposed(o);
+  try {
+    const { dataset } = await loadLmData(m.base, { ...o, batchSize: 8, seed: 0 }, () => {});
+    const report = gateStatsOn(m.composition, dataset.train, dataset.taskNames, o.seqLen, Infinity);
+    process.stdout.write(o.json ? JSON.stringify(report) + '\n' : gatesTable(report) + '\n');
+  } finally {
+    m.dispose();
+  }
+}
+
+export function gatesTable(r: GateStatsReport): string {
+  const block = (title: string, gates: GateStatsReport['gates']): string[] => [
+    title,
+    ['gate', ...r.experts, 'entropy'].join('\t'),
+    ...gates.map((g) => [g.gate, ...g.meanWeight.map((w) => w.toFixed(3)), g.entropy.toFixed(3)].join('\t')),
+  ];
+  const lines = block('all tokens', r.gates);
+  for (const [task, gates] of Object.entries(r.byTask)) lines.push('', ...block(`task ${task}`, gates));
+  return lines.join('\n');
+}

@@ -2,8 +2,27 @@ import { readFileSync, existsSync } from 'node:fs';
 import { join } from 'node:path';
 
 /** Families molora runs; the values are the config.json `model_type`s each family covers. */
-export const SUPPORTED_MODEL_TYPES = ['llama', 'mistral', 'qwen2', 'gpt2'] as const;
+export const SUPPORTED_MODEL_TYPES = ['llama', 'mistral', 'qwen2', 'gpt2', 'mixtral', 'qwen2_moe', 'olmoe'] as const;
 export type Arch = 'llama' | 'gpt2';
+
+/** The sparse MoE FFN of mixtral / qwen2_moe / olmoe (REFERENCE.md §4), in one set of names. */
+export interface MoEConfig {
+  experts: number;
+  topK: number;
+  /** Intermediate size of each routed expert. */
+  expertFfn: number;
+  /** Renormalise the k chosen probabilities to sum to 1: Mixtral always, the others per `norm_topk_prob`. */
+  normTopK: boolean;
+  /** Width of Qwen2-MoE's sigmoid-gated shared expert; 0 for none. */
+  sharedFfn: number;
+  auxLossCoef: number;
+  /** ST-MoE router z-loss coefficient, `router_z_loss_coef`; 0 unless set (the HF families have none). */
+  zLossCoef: number;
+  /** Mixtral's training-time input jitter ε: x · U(1−ε, 1+ε). */
+  jitter: number;
+  /** Per layer: true where the FFN is the sparse block (Qwen2-MoE's mlp_only_layers / decoder_sparse_step). */
+  sparse: boolean[];
+}
 
 /** A config.json normalised into the names the model code uses. */
 export interface ModelConfig {
@@ -24,6 +43,12 @@ export interface ModelConfig {
   tieWordEmbeddings: boolean;
   /** Qwen2 carries biases on q/k/v. */
   qkvBias: boolean;
+  /** OLMoE: RMSNorm over the whole q and k projections (all heads at once), before RoPE. */
+  qkNorm: boolean;
+  /** OLMoE's clip_qkv: q, k, v clamped to [−c, c]; null for none. */
+  clipQkv: number | null;
+  /** Sparse MoE FFN settings; null for dense models. */
+  moe: MoEConfig | null;
   bosId: number | null;
   eosIds: number[];
   padId: number | null;
@@ -99,6 +124,9 @@ export function parseConfig(raw: Record<string, unknown>, source = 'config.json'
       slidingWindow: null,
       tieWordEmbeddings: true,
       qkvBias: true,
+      qkNorm: false,
+      clipQkv: null,
+      moe: null,
     };
   } else {
     const hidden = num('hidden_size');
@@ -107,14 +135,15 @@ export function parseConfig(raw: Record<string, unknown>, source = 'config.json'
     if (scaling !== undefined && scaling !== null) {
       throw new ConfigError(`${source}: rope_scaling ${JSON.stringify(scaling)} is not supported yet`);
     }
-    const useWindow = modelType === 'mistral' || raw.use_sliding_window === true;
+    const useWindow = modelType === 'mistral' || modelType === 'mixtral' || raw.use_sliding_window === true;
     const window = raw.sliding_window;
+    const layers = num('num_hidden_layers');
     cfg = {
       ...common,
       arch: 'llama',
       vocabSize: num('vocab_size'),
       hidden,
-      layers: num('num_hidden_layers'),
+      layers,
       heads,
       kvHeads: num('num_key_value_heads', heads),
       headDim: num('head_dim', hidden / heads),
@@ -124,11 +153,69 @@ export function parseConfig(raw: Record<string, unknown>, source = 'config.json'
       ropeTheta: num('rope_theta', 10000),
       slidingWindow: useWindow && typeof window === 'number' ? window : null,
       tieWordEmbeddings: raw.tie_word_embeddings === true,
-      qkvBias: modelType === 'qwen2' || raw.attention_bias === true,
+      qkvBias: modelType === 'qwen2' || (modelType === 'qwen2_moe' && raw.qkv_bias !== false) || raw.attention_bias === true,
+      qkNorm: modelType === 'olmoe',
+      clipQkv: modelType === 'olmoe' && raw.clip_qkv !== undefined && raw.clip_qkv !== null ? num('clip_qkv') : null,
+      moe: parseMoE(modelType, layers, num, raw, source),
     };
   }
   validate(cfg, source);
   return cfg;
+}
+
+/** HF's defaults for absent keys are those of MixtralConfig, Qwen2MoeConfig and OlmoeConfig. */
+function parseMoE(
+  modelType: string,
+  layers: number,
+  num: (key: string, fallback?: number) => number,
+  raw: Record<string, unknown>,
+  source: string,
+): MoEConfig | null {
+  const common = { zLossCoef: num('router_z_loss_coef', 0), jitter: num('router_jitter_noise', 0) };
+  if (modelType === 'mixtral') {
+    return {
+      ...common,
+      experts: num('num_local_experts', 8),
+      topK: num('num_experts_per_tok', 2),
+      expertFfn: num('intermediate_size'),
+      normTopK: true,
+      sharedFfn: 0,
+      auxLossCoef: num('router_aux_loss_coef', 0.001),
+      sparse: new Array<boolean>(layers).fill(true),
+    };
+  }
+  if (modelType === 'olmoe') {
+    return {
+      ...common,
+      experts: num('num_experts', 64),
+      topK: num('num_experts_per_tok', 8),
+      expertFfn: num('intermediate_size'),
+      normTopK: raw.norm_topk_prob === true,
+      sharedFfn: 0,
+      auxLossCoef: num('router_aux_loss_coef', 0.01),
+      sparse: new Array<boolean>(layers).fill(true),
+    };
+  }
+  if (modelType === 'qwen2_moe') {
+    const only = raw.mlp_only_layers ?? [];
+    if (!Array.isArray(only) || only.some((i) => !Number.isInteger(i))) {
+      throw new ConfigError(`${source}: 'mlp_only_layers' must be a list of layer indices`);
+    }
+    const experts = num('num_experts', 60);
+    const step = num('decoder_sparse_step', 1);
+    if (!Number.isInteger(step) || step < 1) throw new ConfigError(`${source}: 'decoder_sparse_step' must be a positive integer, got ${step}`);
+    return {
+      ...common,
+      experts,
+      topK: num('num_experts_per_tok', 4),
+      expertFfn: num('moe_intermediate_size', 1408),
+      normTopK: raw.norm_topk_prob === true,
+      sharedFfn: num('shared_expert_intermediate_size', 5632),
+      auxLossCoef: num('router_aux_loss_coef', 0.001),
+      sparse: Array.from({ length: layers }, (_, i) => !only.includes(i) && experts > 0 && (i + 1) % step === 0),
+    };
+  }
+  return null;
 }
 
 function validate(c: ModelConfig, source: string): void {
@@ -140,4 +227,14 @@ function validate(c: ModelConfig, source: string): void {
   }
   if (c.heads % c.kvHeads !== 0) bad(`num_attention_heads (${c.heads}) must be a multiple of num_key_value_heads (${c.kvHeads})`);
   if (c.headDim % 2 !== 0 && c.arch === 'llama') bad(`head_dim (${c.headDim}) must be even for RoPE`);
+  if (c.clipQkv !== null && !(c.clipQkv > 0)) bad(`clip_qkv must be positive, got ${c.clipQkv}`);
+  const m = c.moe;
+  if (m && m.sparse.some((s) => s)) {
+    for (const k of ['experts', 'topK', 'expertFfn'] as const) {
+      if (!Number.isInteger(m[k]) || m[k] <= 0) bad(`MoE ${k} must be a positive integer, got ${m[k]}`);
+    }
+    if (m.topK > m.experts) bad(`num_experts_per_tok (${m.topK}) exceeds the number of experts (${m.experts})`);
+    if (!Number.isInteger(m.sharedFfn) || m.sharedFfn < 0) bad(`shared_expert_intermediate_size must be a non-negative integer, got ${m.sharedFfn}`);
+    if (!(m.jitter >= 0 && m.jitter < 1)) bad(`router_jitter_noise must be in [0, 1), got ${m.jitter}`);
+  }
 }

@@ -1,8 +1,12 @@
 import * as tf from '@tensorflow/tfjs';
 import { copyFileSync, existsSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
+import { MoEFFN } from '../gating/moe.js';
 import { writeJsonAtomic } from './atomic.js';
+import { NormedProjection } from './llama.js';
 import type { CausalLM } from './model.js';
+import { packedExpertTensors } from './moe-weights.js';
+import type { Norm } from './norm.js';
 import { writeSafetensors, type TensorToWrite } from './safetensors.js';
 
 export type SaveDtype = 'F32' | 'F16' | 'BF16';
@@ -22,14 +26,19 @@ export function modelTensors(model: CausalLM): Map<string, HostTensor> {
   };
   put(`${p.embed.name}.weight`, p.embed.weight);
   if (p.posEmbed) put(`${p.posEmbed.name}.weight`, p.posEmbed.weight);
-  const linears = model.blocks.flatMap((b) => b.linears());
+  // Packed MoE experts are written as the two packed tensors, not one key per expert linear.
+  const packed = model.blocks.flatMap((b) => (b.ffn instanceof MoEFFN && b.ffn.layout === 'packed' ? [b.ffn] : []));
+  const inPacked = new Set(packed.flatMap((m) => m.experts.flatMap((e) => e.linears())));
+  const linears = model.blocks.flatMap((b) => b.linears()).filter((l) => !inPacked.has(l));
   if (!model.config.tieWordEmbeddings) linears.push(p.head);
   for (const b of model.blocks) {
-    for (const n of [b.norm1, b.norm2]) {
+    const qkNorms: Norm[] = b.attn.linears().flatMap((l) => (l instanceof NormedProjection && l.norm ? [l.norm] : []));
+    for (const n of [b.norm1, b.norm2, ...qkNorms]) {
       put(`${n.name}.weight`, n.weight);
       if (n.bias) put(`${n.name}.bias`, n.bias);
     }
   }
+  for (const m of packed) for (const [key, t] of packedExpertTensors(m)) out.set(key, t);
   for (const l of linears) {
     put(`${l.name}.weight`, l.weightT, !l.conv1d);
     if (l.bias) put(`${l.name}.bias`, l.bias);

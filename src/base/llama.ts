@@ -2,9 +2,11 @@ import * as tf from '@tensorflow/tfjs';
 import { Attention } from './attention.js';
 import { Block } from './block.js';
 import type { ModelConfig } from './config.js';
+import type { ForwardContext } from './context.js';
 import { Linear } from './linear.js';
-import { SwiGLU } from './mlp.js';
+import { SwiGLU, type FFN } from './mlp.js';
 import type { ModelParts } from './model.js';
+import { buildMoEFFN, moeLosses } from './moe-weights.js';
 import { RMSNorm } from './norm.js';
 import { Rope } from './rope.js';
 import type { WeightSource } from './weights.js';
@@ -12,7 +14,36 @@ import type { WeightSource } from './weights.js';
 /** Checkpoint buffers that carry no weights (old exports saved RoPE's inv_freq). */
 export const LLAMA_IGNORED = /\.rotary_emb\.inv_freq$/;
 
-/** Llama / Mistral / Qwen2 (REFERENCE.md §1): keys model.*, linear weights [out, in]. */
+/**
+ * OLMoE's q/k/v projection: the linear (with its hooks), then an RMSNorm over all heads at once
+ * (q_norm, k_norm) and the clip_qkv clamp, in that order, as modeling_olmoe does before RoPE.
+ */
+export class NormedProjection extends Linear {
+  constructor(
+    base: Linear,
+    readonly norm: RMSNorm | null,
+    readonly clip: number | null,
+  ) {
+    super(base.name, base.weightT, base.bias, false);
+  }
+
+  override forward(x: tf.Tensor2D, ctx: ForwardContext): tf.Tensor2D {
+    let y = super.forward(x, ctx);
+    if (this.norm) y = this.norm.forward(y);
+    return this.clip === null ? y : tf.clipByValue(y, -this.clip, this.clip);
+  }
+
+  override dispose(): void {
+    super.dispose();
+    this.norm?.dispose();
+  }
+}
+
+/**
+ * Llama / Mistral / Qwen2 (REFERENCE.md §1), and the sparse MoE families Mixtral, Qwen2-MoE and
+ * OLMoE (§4), whose blocks differ only in the FFN and OLMoE's q/k norm: keys model.*, linear
+ * weights [out, in].
+ */
 export function buildLlama(cfg: ModelConfig, w: WeightSource): ModelParts {
   const D = cfg.hidden;
   const qDim = cfg.heads * cfg.headDim;
@@ -24,26 +55,34 @@ export function buildLlama(cfg: ModelConfig, w: WeightSource): ModelParts {
       bias ? (w.get(`${name}.bias`, [outF]) as tf.Tensor1D) : null,
       false,
     );
-  const norm = (name: string): RMSNorm => new RMSNorm(name, w.get(`${name}.weight`, [D]) as tf.Tensor1D, cfg.normEps);
+  const norm = (name: string, width = D): RMSNorm => new RMSNorm(name, w.get(`${name}.weight`, [width]) as tf.Tensor1D, cfg.normEps);
   const rope = new Rope(cfg.headDim, cfg.ropeTheta);
+  const losses = moeLosses(cfg);
+  const projection = (p: string, which: 'q' | 'k' | 'v', outF: number): Linear => {
+    const base = linear(`${p}.self_attn.${which}_proj`, D, outF, cfg.qkvBias);
+    const qkNorm = cfg.qkNorm && which !== 'v' ? norm(`${p}.self_attn.${which}_norm`, outF) : null;
+    return qkNorm || cfg.clipQkv !== null ? new NormedProjection(base, qkNorm, cfg.clipQkv) : base;
+  };
 
   const blocks = Array.from({ length: cfg.layers }, (_, i) => {
     const p = `model.layers.${i}`;
     const attn = new Attention(
       { heads: cfg.heads, kvHeads: cfg.kvHeads, headDim: cfg.headDim },
       {
-        q: linear(`${p}.self_attn.q_proj`, D, qDim, cfg.qkvBias),
-        k: linear(`${p}.self_attn.k_proj`, D, kvDim, cfg.qkvBias),
-        v: linear(`${p}.self_attn.v_proj`, D, kvDim, cfg.qkvBias),
+        q: projection(p, 'q', qDim),
+        k: projection(p, 'k', kvDim),
+        v: projection(p, 'v', kvDim),
       },
       linear(`${p}.self_attn.o_proj`, qDim, D),
       rope,
     );
-    const mlp = new SwiGLU(
-      linear(`${p}.mlp.gate_proj`, D, cfg.ffn),
-      linear(`${p}.mlp.up_proj`, D, cfg.ffn),
-      linear(`${p}.mlp.down_proj`, cfg.ffn, D),
-    );
+    const mlp: FFN = losses && cfg.moe!.sparse[i]
+      ? buildMoEFFN(cfg, w, i, linear, losses)
+      : new SwiGLU(
+        linear(`${p}.mlp.gate_proj`, D, cfg.ffn),
+        linear(`${p}.mlp.up_proj`, D, cfg.ffn),
+        linear(`${p}.mlp.down_proj`, cfg.ffn, D),
+      );
     return new Block(i, norm(`${p}.input_layernorm`), attn, norm(`${p}.post_attention_layernorm`), mlp);
   });
 

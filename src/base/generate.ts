@@ -78,14 +78,16 @@ function batchOf(rows: number[][], masks: number[][]): TokenBatch {
   return { ids: Int32Array.from(rows.flat()), attentionMask: Uint8Array.from(masks.flat()), batch: rows.length, seq: T };
 }
 
-/** Logits of the last column of every row, [B·V] on the host; only that column goes through lm_head. */
+/**
+ * Logits of the last column of every row, [B·V] on the host. lm_head runs on every column of
+ * the step, not just the last: a hook on it (a prefix or sequence gate) may pool over the row.
+ */
 function lastLogits(model: CausalLM, batch: TokenBatch, cache?: ReturnType<CausalLM['newCache']>): Float32Array {
-  const B = batch.batch;
+  const { batch: B, seq: T } = batch;
   const logits = tf.tidy(() => {
-    const { h, ctx } = model.hidden(batch, { cache });
-    const D = h.shape[1];
-    const last = h.reshape([B, batch.seq, D]).slice([0, batch.seq - 1, 0], [B, 1, D]).reshape([B, D]) as tf.Tensor2D;
-    return model.parts.head.forward(last, { ...ctx, seq: 1, tokenMask: tf.ones([B, 1]) });
+    const all = model.forward(batch, { cache });
+    const V = all.shape[1];
+    return all.reshape([B, T, V]).slice([0, T - 1, 0], [B, 1, V]).reshape([B, V]);
   });
   const host = logits.dataSync() as Float32Array;
   logits.dispose();

@@ -86,7 +86,7 @@ addTrainerFlags(
       .option('--expert <name=dir>', 'a frozen PEFT LoRA expert; repeat (at least 2); the order fixes the gate columns', namedPaths, [])
       .requiredOption('--out <dir>', 'output folder for the gate')
       .option('--level <level>', 'one gate per gated linear (layer) or per transformer block (block)', choice(['layer', 'block'] as const), 'layer')
-      .option('--granularity <g>', 'gate weights per token, or per sequence pooled over real tokens (the paper)', choice(['token', 'sequence'] as const), 'token')
+      .option('--granularity <g>', "token: weights per position; sequence: one per row, pooled over its real tokens (the paper; sees the answer while training); prefix: per row but causal, pooled over the tokens so far (best for prompt/completion data)", choice(['token', 'sequence', 'prefix'] as const), 'token')
       .option('--top-k <k>', 'keep the k largest gate weights per unit, renormalised', int(1))
       .option('--balance <alpha>', 'balance-loss coefficient α in α·(−Σ log qᵢ); 0 disables it', float(0), 0.5)
       .option('--temperature <t>', "'learn' for a learnable τ, or a fixed positive value", 'learn'),

@@ -25,8 +25,11 @@ export type GateLevel = 'layer' | 'block';
  * 'sequence': the paper's per-sample gate, one weight vector per row: the logits are averaged
  * over the row's real tokens. Like the paper's, it sees the whole row, later tokens included, and
  * a pass with a KV cache sees only its new tokens: generate without the cache (session.ts does).
+ * 'prefix': per-sample but causal: position t averages the logits of the row's real tokens up
+ * to t. Teacher-forced training then sees what generation sees; the paper's whole-row pooling
+ * lets a gate trained on next-token loss read the answer it is meant to predict.
  */
-export type Granularity = 'token' | 'sequence';
+export type Granularity = 'token' | 'sequence' | 'prefix';
 
 /** τ learned (τ = TAU_MIN + softplus(ρ), positive for any ρ) or fixed. */
 export type Temperature = { mode: 'learned' } | { mode: 'fixed'; value: number };
@@ -106,6 +109,7 @@ export class MoleGate {
     }
     let z = matMul(normalise(cat), this.e);
     if (granularity === 'sequence') z = poolSequence(z, ctx);
+    else if (granularity === 'prefix') z = poolPrefix(z, ctx);
     return z.div(this.temperature());
   }
 
@@ -130,11 +134,21 @@ export function poolSequence(x: tf.Tensor2D, ctx: ForwardContext): tf.Tensor2D {
   return sums.div(counts);
 }
 
+/** [B·T, K] → [B·T, K]: at each position, the mean over the row's real tokens so far (0 before the first). */
+export function poolPrefix(x: tf.Tensor2D, ctx: ForwardContext): tf.Tensor2D {
+  const { batch: B, seq: T } = ctx;
+  const K = x.shape[1];
+  // Cumsum runs on the last axis: tfjs' Cumsum gradient gets the shape wrong on any other.
+  const sums = x.mul(ctx.tokenMask).reshape([B, T, K]).transpose([0, 2, 1]).cumsum(2).transpose([0, 2, 1]);
+  const counts = ctx.tokenMask.reshape([B, 1, T]).cumsum(2).reshape([B, T, 1]).maximum(1);
+  return sums.div(counts).reshape([B * T, K]);
+}
+
 /** Weights per unit → per token: [B, N] (per sequence) to [B·T, N], a row's weights on each of its tokens. */
 export function perToken(g: tf.Tensor2D, ctx: ForwardContext, granularity: Granularity): tf.Tensor2D {
   const { batch: B, seq: T } = ctx;
   const N = g.shape[1];
-  return granularity === 'token' || T === 1 ? g : tf.tile(g.reshape([B, 1, N]), [1, T, 1]).reshape([B * T, N]);
+  return granularity !== 'sequence' || T === 1 ? g : tf.tile(g.reshape([B, 1, N]), [1, T, 1]).reshape([B * T, N]);
 }
 
 /**
@@ -254,7 +268,7 @@ export function validateGateOptions(o: GateOptions, experts: number): void {
     throw new Error(`gate options: ${msg}`);
   };
   if (o.level !== 'layer' && o.level !== 'block') bad(`level must be 'layer' or 'block', got ${JSON.stringify(o.level)}`);
-  if (o.granularity !== 'token' && o.granularity !== 'sequence') bad(`granularity must be 'token' or 'sequence', got ${JSON.stringify(o.granularity)}`);
+  if (!['token', 'sequence', 'prefix'].includes(o.granularity)) bad(`granularity must be 'token', 'sequence' or 'prefix', got ${JSON.stringify(o.granularity)}`);
   if (o.topK !== null && !(Number.isInteger(o.topK) && o.topK >= 1 && o.topK <= experts)) bad(`top_k must be an integer in [1, ${experts}], got ${o.topK}`);
   if (o.temperature.mode === 'fixed' && !(o.temperature.value > 0 && Number.isFinite(o.temperature.value))) {
     bad(`a fixed temperature must be positive, got ${o.temperature.value}`);

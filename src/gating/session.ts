@@ -132,9 +132,10 @@ export class MoleModel {
     return tokens.map((t) => ({ tokens: t, text: tok ? tok.decode(t, { skipSpecial: true }) : null }));
   }
 
-  /** False under a per-sequence gate: it pools every token of a row, and a cached step sees only its new one. */
+  /** False under per-sequence and prefix gates: they pool a row's tokens, and a cached step sees only its new one. */
   get cacheSafe(): boolean {
-    return this.composition.gate?.options.granularity !== 'sequence';
+    const g = this.composition.gate;
+    return !g || g.options.granularity === 'token';
   }
 
   dispose(): void {

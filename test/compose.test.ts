@@ -1,0 +1,119 @@
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { trainAdapter } from '../src/adapters/train.js';
+import { initBackend } from '../src/base/backend.js';
+import { initBase } from '../src/base/init.js';
+import { Rng } from '../src/base/rng.js';
+import { applyProfile, dropping, readProfiles } from '../src/gating/profile.js';
+import { loadModel, type MoleModel } from '../src/gating/session.js';
+import { trainGate } from '../src/gating/train.js';
+import { evaluate, type EvalReport } from '../src/train/evaluate.js';
+import { loadLmData } from '../src/train/lm.js';
+import { readMetrics } from '../src/train/metrics.js';
+import { tempDir } from './helpers.js';
+
+// The fast version of the composition acceptance: three tasks, one LoRA expert each on a tiny
+// random base, a prefix gate trained on the mixed data. The fuller run is the quickstart recipe.
+const TASKS: Record<string, string> = { color: 'red', fruit: 'fig', pet: 'cat' };
+const tmp = tempDir();
+const base = join(tmp.dir, 'base');
+const quiet = { progress: 'off' as const, log: () => {} };
+const cols = { promptColumn: 'prompt', completionColumn: 'completion', taskColumn: 'task' };
+
+function writeRows(path: string, n: number, seed: number, only?: string): void {
+  const rng = new Rng(seed);
+  const names = Object.keys(TASKS);
+  const lines = ['prompt,completion,task'];
+  for (let i = 0; i < n; i++) {
+    const t = only ?? names[rng.int(names.length)]!;
+    const w = Array.from({ length: 3 }, () => String.fromCharCode(97 + rng.int(26))).join('');
+    lines.push(`${t} ${w} =, ${TASKS[t]},${t}`);
+  }
+  writeFileSync(path, lines.join('\n') + '\n');
+}
+
+let model: MoleModel;
+let test: Awaited<ReturnType<typeof loadLmData>>;
+const exact = (r: EvalReport): Record<string, number> => Object.fromEntries(Object.entries(r.tasks).map(([t, s]) => [t, s.exact_match!]));
+const score = (): Record<string, number> => exact(evaluate(model.base, test.dataset.train, { batchSize: 30, seqLen: 32, useCache: model.cacheSafe }));
+
+beforeAll(async () => {
+  await initBackend();
+  initBase({ arch: 'llama', layers: 2, hidden: 64, heads: 4, ffn: 128, out: base, seed: 1 });
+  const train = { model: base, ...cols, seqLen: 32, batchSize: 16, lr: 1e-2, seed: 0, ...quiet };
+  for (const t of Object.keys(TASKS)) {
+    writeRows(join(tmp.dir, `${t}.csv`), 300, 1, t);
+    await trainAdapter({ ...train, data: join(tmp.dir, `${t}.csv`), out: join(tmp.dir, t), steps: 100, lora: { targetModules: ['q_proj', 'v_proj', 'o_proj', 'up_proj', 'down_proj', 'lm_head'] } });
+  }
+  writeRows(join(tmp.dir, 'mixed.csv'), 600, 2);
+  writeRows(join(tmp.dir, 'test.csv'), 60, 3);
+  await trainGate({
+    ...train,
+    data: join(tmp.dir, 'mixed.csv'),
+    valSplit: 0.1,
+    out: join(tmp.dir, 'gate'),
+    steps: 300,
+    evalEvery: 300,
+    seed: 1,
+    experts: Object.keys(TASKS).map((t) => [t, join(tmp.dir, t)]),
+    gate: { granularity: 'prefix', temperature: { mode: 'fixed', value: 1 } },
+  });
+  model = await loadModel(base);
+  for (const t of Object.keys(TASKS)) model.addExpert(t, join(tmp.dir, t));
+  test = await loadLmData(model.base, { data: join(tmp.dir, 'test.csv'), ...cols, seqLen: 32, batchSize: 30, seed: 0 }, () => {});
+}, 240_000);
+afterAll(() => {
+  model?.dispose();
+  tmp.cleanup();
+});
+
+describe('MoLE composition of three task experts', () => {
+  it('the gate recovers each task close to its own adapter and beats static equal weights; masking an expert loses its task', () => {
+    const own: Record<string, number> = {};
+    for (const t of Object.keys(TASKS)) own[t] = score.call(null, model.only(t))[t]!;
+    model.mask(null).useWeights({ color: 1 / 3, fruit: 1 / 3, pet: 1 / 3 });
+    const equal = score();
+    model.useGate(join(tmp.dir, 'gate'));
+    const gated = score();
+    for (const t of Object.keys(TASKS)) {
+      expect(own[t]).toBeGreaterThanOrEqual(0.9);
+      expect(gated[t], `gate on ${t}`).toBeGreaterThanOrEqual(0.95 * own[t]!);
+      expect(gated[t]).toBeGreaterThan(equal[t]!);
+      model.mask(dropping(model.experts, [t]));
+      expect(score()[t], `masking ${t}`).toBeLessThanOrEqual(0.1);
+      model.mask(null);
+    }
+  });
+
+  it('logs per-layer mean gate weights and entropy at each eval', () => {
+    const evals = readMetrics(join(tmp.dir, 'gate', 'metrics.jsonl')).filter((m) => 'gates' in m);
+    expect(evals.length).toBeGreaterThan(0);
+    const gates = evals.at(-1)!.gates as Record<string, { weights: Record<string, number>; entropy: number }>;
+    expect(Object.keys(gates)).toContain('lm_head');
+    for (const g of Object.values(gates)) {
+      expect(Object.keys(g.weights)).toEqual(Object.keys(TASKS));
+      expect(Object.values(g.weights).reduce((a, b) => a + b, 0)).toBeCloseTo(1, 3);
+      expect(g.entropy).toBeGreaterThanOrEqual(0);
+    }
+  });
+
+  it('a per-task profile switches experts, gate and mask without reloading the base', () => {
+    const file = join(tmp.dir, 'profiles.json');
+    writeFileSync(file, JSON.stringify({ tasks: {
+      all: { experts: { color: 'color', fruit: 'fruit', pet: 'pet' }, gate: 'gate' },
+      'no-pet': { experts: { color: 'color', fruit: 'fruit', pet: 'pet' }, gate: 'gate', mask: ['pet'] },
+      fruit: { experts: { fruit: 'fruit' } },
+    } }));
+    const p = readProfiles(file);
+    const baseRef = model.base;
+    applyProfile(model, p.tasks.fruit!);
+    expect(model.experts).toEqual(['fruit']);
+    expect(score().fruit).toBeGreaterThanOrEqual(0.9);
+    applyProfile(model, p.tasks['no-pet']!);
+    expect(score().pet).toBeLessThanOrEqual(0.1);
+    applyProfile(model, p.tasks.all!);
+    expect(model.base).toBe(baseRef);
+    expect(() => readProfiles(join(tmp.dir, 'missing.json'))).toThrow(/profiles file not found/);
+  });
+});

@@ -1,6 +1,7 @@
 import type { Command } from 'commander';
 import { attachAdapters } from '../adapters/peft.js';
 import { loadBase } from '../base/load.js';
+import { maskExperts, parseExpertMask } from '../gating/moe.js';
 import { applyProfile, dropping, profileFor, readProfiles } from '../gating/profile.js';
 import { MoleModel } from '../gating/session.js';
 import { collect, nameList, namedNumbers, namedPaths } from './args.js';
@@ -16,6 +17,7 @@ export interface ComposeFlags {
   only?: string;
   profile?: string;
   task?: string;
+  maskExperts?: string;
 }
 
 export function addComposeFlags(c: Command): Command {
@@ -27,7 +29,8 @@ export function addComposeFlags(c: Command): Command {
     .option('--mask <names>', 'drop these experts and renormalise the remaining gate weights', nameList)
     .option('--only <name>', 'keep a single expert')
     .option('--profile <file>', 'per-task profiles JSON: {"tasks": {"<task>": {"experts": {…}, "gate"?, "weights"?, "mask"?, "only"?}}}')
-    .option('--task <name>', 'the profile to use (with --profile)');
+    .option('--task <name>', 'the profile to use (with --profile)')
+    .option('--mask-experts <spec>', 'sparse MoE models: drop routed experts everywhere (3,5) or per layer (0:3,1:5); top-k renormalises over the rest');
 }
 
 /** The base with its adapters and expert composition, as the flags ask. */
@@ -49,6 +52,7 @@ export function openComposed(o: ComposeFlags): MoleModel {
     else if (o.weights) m.useWeights(o.weights);
     if (o.only) m.only(o.only);
     else if (o.mask) m.mask(dropping(m.experts, o.mask));
+    if (o.maskExperts) maskExperts(base, parseExpertMask(o.maskExperts));
   } catch (e) {
     m.dispose();
     throw e;

@@ -16,13 +16,14 @@ const program = new Command('molora')
     await initBackend({ backend: action.opts().backend });
   });
 
-program
-  .command('forward')
-  .description('Run one sequence through a model and show next-token log-probs.')
-  .requiredOption('--model <dir>', 'Hugging Face model folder (config.json, safetensors)')
+addComposeFlags(
+  program
+    .command('forward')
+    .description('Run one sequence through a model and show next-token log-probs.')
+    .requiredOption('--model <dir>', 'Hugging Face model folder (config.json, safetensors)'),
+)
   .option('--ids <ids>', 'input token ids, comma-separated (works without a tokenizer)', idList)
   .option('--text <text>', 'input text, encoded with the folder\'s tokenizer.json')
-  .option('--adapter <dir>', 'PEFT LoRA adapter folder; repeat to sum several', collect, [])
   .option('--json', 'print {"ids": [...], "logprobs": [[...]]}: logprobs[t] is the full log-softmax over the vocabulary for the token after position t')
   .addHelpText('after', '\nWithout --json, prints a table: each token, the log-prob of the actual next token, and the top-5 predictions.')
   .action(runForward);

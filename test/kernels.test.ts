@@ -97,7 +97,8 @@ function operand(batch: number[], rows: number, cols: number, transposed: boolea
 }
 
 // [batchA, batchB, m, k, p]: plain, batched, broadcast either way, multi-dim broadcast, unit
-// dims, and k = 49/64 where the stock fused kernel's blocked loop went wrong.
+// dims, k = 49/64 where the stock fused kernel's blocked loop went wrong, and a LoRA-like thin
+// product that the kernel computes transposed (through (op(B)ᵀ op(A)ᵀ)ᵀ) for a flagged a.
 const CASES: [number[], number[], number, number, number][] = [
   [[], [], 5, 7, 3],
   [[], [], 1, 64, 1],
@@ -109,6 +110,7 @@ const CASES: [number[], number[], number, number, number][] = [
   [[2, 1], [1, 3], 3, 64, 2],
   [[2, 3], [], 3, 4, 5],
   [[6], [6], 1, 1, 1],
+  [[], [], 96, 200, 4],
 ];
 
 describe('BatchMatMul on wasm (every slice on XNNPACK)', () => {
@@ -259,6 +261,23 @@ describe('slicing on wasm', () => {
       runStock(tf.Slice, { x }, { begin: [i, 0, 0], size: [1, 256, 64] })));
     // Measured 322 ms for the stock unstack here; the patched one takes a few ms.
     expect(patched).toBeLessThan(stockSlices / 5);
+  });
+});
+
+describe('identity and cast on wasm', () => {
+  it('identity and same-dtype cast share the input memory; the copy outlives the input', () => {
+    const x = tf.tensor2d([[1, 2], [3, 4]]);
+    const buffers = tf.memory().numDataBuffers;
+    const c = tf.clone(x);
+    const f = tf.cast(x, 'float32');
+    expect(tf.memory().numDataBuffers).toBe(buffers);
+    x.dispose();
+    expect(Array.from(c.dataSync())).toEqual([1, 2, 3, 4]);
+    expect(Array.from(f.dataSync())).toEqual([1, 2, 3, 4]);
+    const i = tf.cast(f, 'int32');
+    expect(i.dtype).toBe('int32');
+    expect(Array.from(tf.cast(tf.tensor1d([1.7, -2.2]), 'int32').dataSync())).toEqual([1, -2]);
+    tf.dispose([c, f, i]);
   });
 });
 

@@ -9,6 +9,7 @@ import { loadAdapter, saveAdapter } from '../src/adapters/peft.js';
 import { initBackend } from '../src/base/backend.js';
 import { openCheckpoint } from '../src/base/checkpoint.js';
 import { readConfig } from '../src/base/config.js';
+import { Linear } from '../src/base/linear.js';
 import { buildParts, loadBase } from '../src/base/load.js';
 import { crossEntropy } from '../src/base/loss.js';
 import { CausalLM } from '../src/base/model.js';
@@ -203,14 +204,15 @@ describe('merge', () => {
 });
 
 describe('gradients', () => {
-  it('LoRA gradients match central finite differences', () => {
+  it.each([false, true])('LoRA gradients match central finite differences (training %s)', (training) => {
     const model = loadBase(LLAMA, quiet);
     const adapter = createLora(model, { ...DEFAULT_LORA, r: 2, loraAlpha: 4, targetModules: ['q_proj', 'down_proj'] }, 'g', new Rng(1));
     for (const l of adapter.layers.values()) l.bT.assign(tf.randomNormal(l.bT.shape, 0, 0.3, 'float32', 3));
     adapter.attach(model);
     const targets = Int32Array.from([8, 15, 16, 23, 7, 9, 3, 1]);
     const weights = new Float32Array(8).fill(1);
-    const loss = (): tf.Scalar => crossEntropy(model.forward(probe), targets, weights).mean;
+    // Training runs the frozen linears through their kept transposes (ops.frozenLinear).
+    const loss = (): tf.Scalar => crossEntropy(model.forward(probe, { training }), targets, weights).mean;
     const { grads } = tf.variableGrads(loss, [...adapter.params().values()]);
     const rng = new Rng(11);
     for (const [key, v] of adapter.params()) {
@@ -233,5 +235,21 @@ describe('gradients', () => {
     tf.dispose(Object.values(grads));
     adapter.dispose();
     model.dispose();
+  });
+
+  it('a training Linear follows a replaced weightT, and a trainable weight gets its own gradient', () => {
+    const lin = new Linear('l', tf.tensor2d([[1, 2], [3, 4], [5, 6]]), null, false);
+    const ctx = { batch: 1, seq: 2, training: true, tokenMask: tf.ones([2, 1]) as tf.Tensor2D, aux: [], rng: null };
+    const x = tf.tensor2d([[1, 0, 2], [0, 1, -1]]);
+    const dx = () => Array.from(tf.grad((a) => lin.forward(a as tf.Tensor2D, ctx).sum())(x).dataSync());
+    // d(sum(x·wT))/dx = row sums of wT, for every row of x.
+    expect(dx()).toEqual([3, 7, 11, 3, 7, 11]);
+    lin.weightT = tf.tensor2d([[1, 0], [0, 1], [2, 2]]);
+    expect(dx()).toEqual([1, 1, 4, 1, 1, 4]);
+    const w = tf.variable(tf.tensor2d([[1, 0], [0, 1], [0, 0]]), true);
+    lin.weightT = w as unknown as tf.Tensor2D;
+    const { grads } = tf.variableGrads(() => lin.forward(x, ctx).sum() as tf.Scalar, [w]);
+    expect(Array.from(grads[w.name]!.dataSync())).toEqual([1, 1, 1, 1, 1, 1]);
+    lin.dispose();
   });
 });

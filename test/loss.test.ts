@@ -26,6 +26,15 @@ describe('crossEntropy', () => {
     tf.dispose([logits, ours.value, ours.grad, textbook.value, textbook.grad]);
   });
 
+  it('stays exact when the target is far below the max (no underflow through the probabilities)', () => {
+    const z = tf.tensor2d([[0, -300, 5, 1], [40, 41, -80, 39]]);
+    const { mean } = crossEntropy(z, Int32Array.from([1, 2]), Float32Array.from([1, 1]));
+    const lse = (r: number[]) => Math.max(...r) + Math.log(r.reduce((s, v) => s + Math.exp(v - Math.max(...r)), 0));
+    const ref = (lse([0, -300, 5, 1]) + 300 + lse([40, 41, -80, 39]) + 80) / 2;
+    expect(Math.abs(mean.dataSync()[0]! - ref) / ref).toBeLessThan(1e-6);
+    tf.dispose([z, mean]);
+  });
+
   it('names a target outside the vocabulary', () => {
     const z = tf.zeros([2, 4]) as tf.Tensor2D;
     expect(() => crossEntropy(z, Int32Array.from([1, 4]), Float32Array.from([1, 1]))).toThrow(/target 4 at row 1 is outside the vocabulary \(4\)/);

@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { initBackend } from '../src/base/backend.js';
-import { bmm, bmmT, globalNorm, linear, matMul, stableSum } from '../src/base/ops.js';
+import { bmm, bmmT, frozenLinear, globalNorm, linear, matMul, stableSum } from '../src/base/ops.js';
 import { Rng } from '../src/base/rng.js';
 
 beforeAll(async () => {
@@ -84,6 +84,20 @@ describe('matMul / linear', () => {
     close(y, ref, 1e-5);
     const dBias = tf.grad((b) => tf.sum(linear(x, wT, b as tf.Tensor1D)))(bias);
     close(dBias, [8, 8, 8], 1e-6);
+  });
+
+  it('frozenLinear equals linear, forward and input gradient, through the kept transpose', () => {
+    const x = rand([9, 6], 6) as tf.Tensor2D;
+    const wT = rand([6, 4], 7) as tf.Tensor2D;
+    const bias = tf.tensor1d([0.5, -1, 2, 0]);
+    const dy = rand([9, 4], 8);
+    const w = wT.transpose();
+    close(frozenLinear(x, wT, w, bias), linear(x, wT, bias).dataSync(), 1e-6);
+    const [dx, db] = tf.grads((a, b) => frozenLinear(a as tf.Tensor2D, wT, w, b as tf.Tensor1D))([x, bias], dy);
+    const [rx, rb] = tf.grads((a, b) => linear(a as tf.Tensor2D, wT, b as tf.Tensor1D))([x, bias], dy);
+    close(dx!, rx!.dataSync(), 1e-6);
+    close(db!, rb!.dataSync(), 1e-6);
+    expect(() => frozenLinear(x, wT, wT)).toThrow(/not the transpose/);
   });
 
   it('names the shapes at fault', () => {

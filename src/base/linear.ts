@@ -1,6 +1,6 @@
-import type * as tf from '@tensorflow/tfjs';
+import * as tf from '@tensorflow/tfjs';
 import type { ForwardContext } from './context.js';
-import { linear } from './ops.js';
+import { frozenLinear, linear } from './ops.js';
 
 /** Something that adds to a linear layer's output: a LoRA adapter, or a gate over several. */
 export interface LinearHook {
@@ -14,6 +14,8 @@ export interface LinearHook {
  */
 export class Linear {
   readonly hooks: LinearHook[] = [];
+  /** weightT transposed, kept while training a frozen weight (see ops.frozenLinear). */
+  private transposed: { of: tf.Tensor2D; w: tf.Tensor2D } | null = null;
 
   constructor(
     readonly name: string,
@@ -31,13 +33,32 @@ export class Linear {
   }
 
   forward(x: tf.Tensor2D, ctx: ForwardContext): tf.Tensor2D {
-    let y = linear(x, this.weightT, this.bias ?? undefined);
+    const w = ctx.training ? this.frozenWeight() : null;
+    const bias = this.bias ?? undefined;
+    let y = w ? frozenLinear(x, this.weightT, w, bias) : linear(x, this.weightT, bias);
     for (const h of this.hooks) y = y.add(h.delta(x, ctx));
     return y;
+  }
+
+  /**
+   * The weight as [out, in] for the input gradient, or null when the weight itself trains (a
+   * router or expert made a variable). Costs a second copy of the weight, plus XNNPACK's packing
+   * of it, for as long as the layer lives; rebuilt if weightT is replaced (a merge).
+   */
+  private frozenWeight(): tf.Tensor2D | null {
+    const wT = this.weightT;
+    if (wT instanceof tf.Variable && wT.trainable) return null;
+    if (this.transposed?.of !== wT) {
+      this.transposed?.w.dispose();
+      this.transposed = { of: wT, w: tf.keep(wT.transpose()) };
+    }
+    return this.transposed.w;
   }
 
   dispose(): void {
     this.weightT.dispose();
     this.bias?.dispose();
+    this.transposed?.w.dispose();
+    this.transposed = null;
   }
 }

@@ -3,10 +3,12 @@ import type { CausalLM, ForwardOptions } from './model.js';
 
 /**
  * Mean next-token cross-entropy over the positions where `weights` is non-zero:
- * CE = logsumexp(z) − z[target]. The gradient is written by hand, (softmax(z) − onehot)·w, because
- * the stock one builds a [N, V] equality mask through logsumexp's max (the slowest kernel of a
- * LoRA step on WASM) and a one-hot product over the vocabulary. Returns the summed loss and the
- * weight total too, so callers can aggregate exactly.
+ * CE = logsumexp(z) − z[target]. The probabilities come from softmax (XNNPACK's, 5x faster than
+ * exp on wasm), and so does logsumexp: p at the row's max is exp(0)/Σexp(z − max), so
+ * logsumexp(z) = max(z) − log(max(p)), which cannot underflow since max(p) ≥ 1/V. The gradient
+ * is written by hand, (p − onehot)·w, reusing p: the stock one builds a [N, V] equality mask
+ * through logsumexp's max and a one-hot product over the vocabulary. Returns the summed loss and
+ * the weight total too, so callers can aggregate exactly.
  */
 export function crossEntropy(
   logits: tf.Tensor2D,
@@ -29,19 +31,18 @@ export function crossEntropy(
   const w = tf.tensor1d(weights);
   const ce = tf.customGrad((z, save) => {
     const zz = z as tf.Tensor2D;
-    const m = zz.max(-1, true);
-    const lse = zz.sub(m).exp().sum(-1, true).log().add(m) as tf.Tensor2D;
+    const p = tf.softmax(zz);
+    const lse = zz.max(-1).sub(p.max(-1).log());
     // Tensors a gradient needs must be saved: the forward scope frees everything else.
-    (save as tf.GradSaveFunc)([zz, lse, w, idx]);
+    (save as tf.GradSaveFunc)([p, w, idx]);
     const picked = tf.gather(zz.reshape([N * V]), idx);
     return {
-      value: lse.reshape([N]).sub(picked).mul(w).sum() as tf.Scalar,
+      value: lse.sub(picked).mul(w).sum() as tf.Scalar,
       gradFunc: (dy, saved) => {
-        const [sz, slse, sw, sidx] = saved as [tf.Tensor2D, tf.Tensor2D, tf.Tensor1D, tf.Tensor1D];
+        const [sp, sw, sidx] = saved as [tf.Tensor2D, tf.Tensor1D, tf.Tensor1D];
         const scale = sw.mul(dy as tf.Scalar);
-        const probs = sz.sub(slse).exp().mul(scale.reshape([N, 1]));
         const onehot = tf.unsortedSegmentSum(scale, sidx, N * V).reshape([N, V]);
-        return probs.sub(onehot);
+        return sp.mul(scale.reshape([N, 1])).sub(onehot);
       },
     };
   });

@@ -131,11 +131,16 @@ describe('BatchMatMul on wasm (every slice on XNNPACK)', () => {
   });
 
   it('is several times faster than the stock kernel with a flag or a batch', () => {
+    // The fastest of five runs: other processes share these cores.
     const time = (f: () => tf.Tensor) => {
       f().dispose();
-      const t0 = performance.now();
-      for (let i = 0; i < 3; i++) f().dispose();
-      return performance.now() - t0;
+      let best = Infinity;
+      for (let i = 0; i < 5; i++) {
+        const t0 = performance.now();
+        f().dispose();
+        best = Math.min(best, performance.now() - t0);
+      }
+      return best;
     };
     const a = rand([16, 128, 64], 1);
     const b = rand([16, 128, 64], 2);

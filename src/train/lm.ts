@@ -49,6 +49,8 @@ export interface LmTrainOptions extends LmDataOptions {
   signals?: SignalSource;
   /** After each update (e.g. a routing-bias update, or a memory probe in tests). */
   afterStep?: (step: number) => void;
+  /** Non-trained state that checkpoints carry and a resume restores (e.g. a routing bias moved in afterStep). */
+  buffers?: Map<string, tf.Variable>;
   /** Extra values for each eval entry of metrics.jsonl (e.g. gate weights); gets the validation store. */
   onEval?: (step: number, data: LmData) => Record<string, unknown>;
 }
@@ -120,6 +122,7 @@ export async function trainLm(model: CausalLM, params: Map<string, tf.Variable>,
   const val = dataset.val;
   return train({
     params,
+    buffers: o.buffers,
     loss: (b, training, rng) => lmLoss(model, toLmBatch(b), { training, rng }),
     batches,
     evalSet: val ? () => evalBatches(val, { batchSize: o.batchSize, seqLen: o.seqLen }) : undefined,

@@ -7,7 +7,7 @@ import { initBase } from '../src/base/init.js';
 import { Rng } from '../src/base/rng.js';
 import { applyProfile, dropping, readProfiles } from '../src/gating/profile.js';
 import { loadModel, type MoleModel } from '../src/gating/session.js';
-import { trainGate } from '../src/gating/train.js';
+import { gateStatsOn, trainGate } from '../src/gating/train.js';
 import { evaluate, type EvalReport } from '../src/train/evaluate.js';
 import { loadLmData } from '../src/train/lm.js';
 import { readMetrics } from '../src/train/metrics.js';
@@ -55,9 +55,11 @@ beforeAll(async () => {
     out: join(tmp.dir, 'gate'),
     steps: 300,
     evalEvery: 300,
-    seed: 1,
+    // 1e-2 sometimes settles with one task mis-weighted under all experts; 3e-3 did not (seeds 0, 1).
+    lr: 3e-3,
     experts: Object.keys(TASKS).map((t) => [t, join(tmp.dir, t)]),
     gate: { granularity: 'prefix', temperature: { mode: 'fixed', value: 1 } },
+    maskDropout: 0.7,
   });
   model = await loadModel(base);
   for (const t of Object.keys(TASKS)) model.addExpert(t, join(tmp.dir, t));
@@ -69,7 +71,7 @@ afterAll(() => {
 });
 
 describe('MoLE composition of three task experts', () => {
-  it('the gate recovers each task close to its own adapter and beats static equal weights; masking an expert loses its task', () => {
+  it('the gate recovers each task close to its own adapter and beats static equal weights; masking an expert loses its task and spares the others', () => {
     const own: Record<string, number> = {};
     for (const t of Object.keys(TASKS)) own[t] = score.call(null, model.only(t))[t]!;
     model.mask(null).useWeights({ color: 1 / 3, fruit: 1 / 3, pet: 1 / 3 });
@@ -81,9 +83,21 @@ describe('MoLE composition of three task experts', () => {
       expect(gated[t], `gate on ${t}`).toBeGreaterThanOrEqual(0.95 * own[t]!);
       expect(gated[t]).toBeGreaterThan(equal[t]!);
       model.mask(dropping(model.experts, [t]));
-      expect(score()[t], `masking ${t}`).toBeLessThanOrEqual(0.1);
+      const masked = score();
+      expect(masked[t], `masking ${t}`).toBeLessThanOrEqual(0.1);
+      for (const other of Object.keys(TASKS).filter((o) => o !== t)) {
+        expect(Math.abs(masked[other]! - gated[other]!), `masking ${t} moves ${other}`).toBeLessThanOrEqual(0.02);
+      }
       model.mask(null);
     }
+  });
+
+  it('with the balance loss on, no expert takes more than half of the mean gate weight', () => {
+    model.mask(null).useGate(join(tmp.dir, 'gate'));
+    const stats = gateStatsOn(model.composition, test.dataset.train, test.dataset.taskNames, 32, Infinity);
+    const mean = model.experts.map((_, i) => stats.gates.reduce((a, g) => a + g.meanWeight[i]!, 0) / stats.gates.length);
+    expect(Math.max(...mean)).toBeLessThanOrEqual(0.5);
+    expect(mean.reduce((a, b) => a + b, 0)).toBeCloseTo(1, 4);
   });
 
   it('logs per-layer mean gate weights and entropy at each eval', () => {

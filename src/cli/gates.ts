@@ -6,7 +6,7 @@ import { openComposed, type ComposeFlags } from './compose.js';
 import { lmOptions, type CliTrainFlags } from './train.js';
 
 export async function runTrainGate(
-  o: CliTrainFlags & { model: string; expert: [string, string][]; level: GateOptions['level']; granularity: GateOptions['granularity']; topK?: number; balance: number; temperature: string },
+  o: CliTrainFlags & { model: string; expert: [string, string][]; level: GateOptions['level']; granularity: GateOptions['granularity']; topK?: number; balance: number; temperature: string; maskDropout: number },
 ): Promise<void> {
   const opts = lmOptions(o);
   const temperature: GateOptions['temperature'] = o.temperature === 'learn' ? { mode: 'learned' } : { mode: 'fixed', value: Number(o.temperature) };
@@ -17,6 +17,7 @@ export async function runTrainGate(
       model: o.model,
       experts: o.expert,
       gate: { level: o.level, granularity: o.granularity, topK: o.topK ?? null, balanceAlpha: o.balance, temperature },
+      maskDropout: o.maskDropout,
     });
     if (r.status === 'interrupted') process.exitCode = 130;
     else process.stderr.write(`molora: trained the gate for ${r.step} steps; gate folder ${o.out}\n`);

@@ -90,7 +90,8 @@ addTrainerFlags(
       .option('--granularity <g>', "token: weights per position; sequence: one per row, pooled over its real tokens (the paper; sees the answer while training); prefix: per row but causal, pooled over the tokens so far (best for prompt/completion data)", choice(['token', 'sequence', 'prefix'] as const), 'token')
       .option('--top-k <k>', 'keep the k largest gate weights per unit, renormalised', int(1))
       .option('--balance <alpha>', 'balance-loss coefficient α in α·(−Σ log qᵢ); 0 disables it', float(0), 0.5)
-      .option('--temperature <t>', "'learn' for a learnable τ, or a fixed positive value", 'learn'),
+      .option('--temperature <t>', "'learn' for a learnable τ, or a fixed positive value", 'learn')
+      .option('--mask-dropout <p>', "train for masking: each row drops one random expert (never the one named like the row's --task-column task) with probability p", float(0, 0.99), 0),
   ),
 ).action(runTrainGate);
 

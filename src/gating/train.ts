@@ -15,6 +15,12 @@ export interface TrainGateOptions extends LmTrainOptions {
   /** Expert name → PEFT adapter folder; the order fixes the gate's columns. */
   experts: [string, string][];
   gate?: Partial<GateOptions>;
+  /**
+   * Mask robustness: in training, each row drops one random expert with this probability, never
+   * the expert named like the row's task. The gate learns not to lean on experts a task does not
+   * need, so masking one expert at inference spares the other tasks. 0 (default) turns it off.
+   */
+  maskDropout?: number;
 }
 
 /** Validation batches the per-eval gate statistics look at (enough for stable means, cheap). */
@@ -33,8 +39,12 @@ export async function trainGate(o: TrainGateOptions): Promise<TrainResult> {
   try {
     for (const [name, dir] of o.experts) comp.addExpert(name, loadAdapter(model, dir, { name, warn: o.log }));
     comp.initGate(o.gate ?? {}, new Rng(o.seed));
+    const p = o.maskDropout ?? 0;
+    if (!(p >= 0 && p < 1)) throw new Error(`mask dropout must be in [0, 1), got ${p}`);
     return await trainLm(model, comp.params(), (dir) => saveGate(comp, dir), {
       ...o,
+      beforeBatch:
+        p > 0 ? (b, training, rng, { dataset }) => comp.setRows(training ? { mask: dropoutMasks(comp.experts, b.taskIds, dataset.taskNames, p, rng) } : null) : undefined,
       onEval: (_step, { dataset }) => ({ gates: summariseGates(gateStatsOn(comp, dataset.val ?? dataset.train, dataset.taskNames, o.seqLen)) }),
     });
   } finally {
@@ -69,4 +79,16 @@ export function summariseGates(r: GateStatsReport): Record<string, { weights: Re
 
 function round(x: number): number {
   return Math.round(x * 1e4) / 1e4;
+}
+
+/** Per-row expert masks for mask dropout: with probability p a row loses one expert other than its own task's. */
+export function dropoutMasks(experts: string[], taskIds: Int32Array, taskNames: string[], p: number, rng: Rng): number[][] {
+  return Array.from(taskIds, (t) => {
+    const row = experts.map(() => 1);
+    if (rng.next() < p) {
+      const others = experts.map((_, i) => i).filter((i) => experts[i] !== taskNames[t]);
+      if (others.length > 0) row[others[rng.int(others.length)]!] = 0;
+    }
+    return row;
+  });
 }

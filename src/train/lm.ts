@@ -7,6 +7,7 @@ import { assertFitsHeap, estimateTrainingBytes } from '../base/memory.js';
 import type { CausalLM } from '../base/model.js';
 import { weightCount } from '../base/load.js';
 import { BatchSampler, evalBatches, loadDataset, type Batch, type Dataset } from '../data/index.js';
+import type { Rng } from '../base/rng.js';
 import type { ScheduleKind } from './schedule.js';
 import { train, type Batches, type SignalSource, type TrainResult } from './trainer.js';
 import type { ProgressMode } from './progress.js';
@@ -51,6 +52,8 @@ export interface LmTrainOptions extends LmDataOptions {
   afterStep?: (step: number) => void;
   /** Non-trained state that checkpoints carry and a resume restores (e.g. a routing bias moved in afterStep). */
   buffers?: Map<string, tf.Variable>;
+  /** Runs before each batch's forward pass (e.g. to set per-row expert masks), with the run's seeded stream. */
+  beforeBatch?: (b: Batch, training: boolean, rng: Rng, data: LmData) => void;
   /** Extra values for each eval entry of metrics.jsonl (e.g. gate weights); gets the validation store. */
   onEval?: (step: number, data: LmData) => Record<string, unknown>;
 }
@@ -123,7 +126,10 @@ export async function trainLm(model: CausalLM, params: Map<string, tf.Variable>,
   return train({
     params,
     buffers: o.buffers,
-    loss: (b, training, rng) => lmLoss(model, toLmBatch(b), { training, rng }),
+    loss: (b, training, rng) => {
+      o.beforeBatch?.(b, training, rng, { dataset, sampler });
+      return lmLoss(model, toLmBatch(b), { training, rng });
+    },
     batches,
     evalSet: val ? () => evalBatches(val, { batchSize: o.batchSize, seqLen: o.seqLen }) : undefined,
     save,

@@ -1,5 +1,6 @@
 import { benchForward, type BenchForwardOptions } from '../bench/forward.js';
 import { benchTrain, type BenchTrainOptions } from '../bench/train.js';
+import { benchGateStep, benchSwap, SMOL_135M, type ModelShape } from '../bench/mole.js';
 
 export async function runBenchForward(o: BenchForwardOptions & { json?: boolean }): Promise<void> {
   const r = benchForward(o);
@@ -30,5 +31,23 @@ export async function runBenchTrain(o: BenchTrainOptions & { json?: boolean }): 
       `LoRA step: ${r.step_ms.toFixed(1)} ms median, ${r.tokens_per_s.toFixed(0)} tokens/s (${r.trainable_params} trainable parameters)`,
       `achieved ${r.achieved_gflops.toFixed(2)} GFLOP/s of matmul work; plain matMul on these shapes: ${r.matmul_gflops.toFixed(2)} GFLOP/s (${(100 * r.efficiency).toFixed(0)}%)`,
     ].join('\n') + '\n',
+  );
+}
+
+export async function runBenchSwap(o: { experts: number; rank: number; targets: string[]; json?: boolean }): Promise<void> {
+  const r = benchSwap(SMOL_135M, o);
+  process.stdout.write(
+    o.json
+      ? JSON.stringify(r) + '\n'
+      : `backend: ${r.backend}\nbase: ${(r.base_params / 1e6).toFixed(0)}M parameters (SmolLM-135M shapes); ${r.experts} experts of ${r.adapter_params} parameters\nswap the whole expert set: ${r.swap_set_ms.toFixed(2)} ms median; one expert: ${r.swap_one_ms.toFixed(2)} ms\n`,
+  );
+}
+
+export async function runBenchGate(o: ModelShape & { experts: number; rank: number; targets: string[]; batch: number; seq: number; steps: number; json?: boolean }): Promise<void> {
+  const r = benchGateStep(o, o);
+  process.stdout.write(
+    o.json
+      ? JSON.stringify(r) + '\n'
+      : `backend: ${r.backend}\nsingle-LoRA step: ${r.lora_step_ms.toFixed(1)} ms; gate step over ${r.experts} frozen experts: ${r.gate_step_ms.toFixed(1)} ms (${r.ratio.toFixed(2)}×)\n`,
   );
 }

@@ -1,4 +1,8 @@
+import { dirname } from 'node:path';
+import { writeFileAtomic } from '../base/atomic.js';
 import { gateStatsOn, trainGate } from '../gating/train.js';
+import { renderReport } from '../report/page.js';
+import { parseGates } from '../report/summary.js';
 import type { GateOptions } from '../gating/mole.js';
 import type { GateStatsReport } from '../gating/stats.js';
 import { loadLmData } from '../train/lm.js';
@@ -27,13 +31,14 @@ export async function runTrainGate(
 }
 
 export async function runGates(
-  o: ComposeFlags & { data: string; textColumn: string; promptColumn?: string; completionColumn?: string; taskColumn?: string; seqLen: number; json?: boolean },
+  o: ComposeFlags & { data: string; textColumn: string; promptColumn?: string; completionColumn?: string; taskColumn?: string; seqLen: number; json?: boolean; html?: string },
 ): Promise<void> {
   if (!o.gate) throw new Error('gates reports a trained gate: give --gate DIR with its --expert set');
   const m = openComposed(o);
   try {
     const { dataset } = await loadLmData(m.base, { ...o, batchSize: 8, seed: 0 }, () => {});
     const report = gateStatsOn(m.composition, dataset.train, dataset.taskNames, o.seqLen, Infinity);
+    if (o.html) writeGatesPage(report, o.html);
     process.stdout.write(o.json ? JSON.stringify(report) + '\n' : gatesTable(report) + '\n');
   } finally {
     m.dispose();
@@ -49,4 +54,12 @@ export function gatesTable(r: GateStatsReport): string {
   const lines = block('all tokens', r.gates);
   for (const [task, gates] of Object.entries(r.byTask)) lines.push('', ...block(`task ${task}`, gates));
   return lines.join('\n');
+}
+
+/** The gate heatmaps as a self-contained page, rendered by the report module. */
+function writeGatesPage(r: GateStatsReport, path: string): void {
+  const { value, problems } = parseGates(r);
+  if (!value) throw new Error(`cannot render the gate report: ${problems.join('; ')}`);
+  writeFileAtomic(path, renderReport({ root: dirname(path), runs: [], summaries: [], gates: [{ path: 'molora gates', gates: value }], problems: [] }, new Date()));
+  process.stderr.write(`molora: wrote ${path}\n`);
 }

@@ -6,14 +6,16 @@ import { addDataFlags, addTrainerFlags, runTrainAdapter } from './train.js';
 import { runEval } from './eval.js';
 import { addComposeFlags } from './compose.js';
 import { runGates, runTrainGate } from './gates.js';
-import { runBenchForward, runBenchTrain } from './bench.js';
+import { runReport } from '../report/cli.js';
+import { runBenchForward, runBenchGate, runBenchSwap, runBenchTrain } from './bench.js';
 import { choice, collect, float, idList, int, namedPaths, nameList, rangeList } from './args.js';
 
 const program = new Command('molora')
   .description('Mixture-of-LoRA experts for Node: load Hugging Face transformers, train and compose LoRA adapters.')
   .showHelpAfterError()
   .hook('preAction', async (_program, action) => {
-    await initBackend({ backend: action.opts().backend });
+    // The report is plain HTML from JSON files: no tensors, no backend to start.
+    if (action.name() !== 'report') await initBackend({ backend: action.opts().backend });
   });
 
 addComposeFlags(
@@ -108,7 +110,16 @@ addComposeFlags(
   .option('--task-column <name>', 'report per task')
   .option('--seq-len <n>', 'longest sequence', int(2), 256)
   .option('--json', 'print the report as JSON')
+  .option('--html <file>', 'also write a self-contained heatmap page (layer × expert, per task)')
   .action(runGates);
+
+program
+  .command('report')
+  .description('Write a self-contained HTML report of a run folder: loss curves, mask-effect table, gate and MoE-load heatmaps, samples.')
+  .argument('<run-dir>', 'folder to scan for metrics.jsonl, summary.json and gates.json')
+  .option('--out <file>', 'where to write the page (default: RUN_DIR/report.html)')
+  .option('--open', 'open the page in the default browser')
+  .action(runReport);
 
 addComposeFlags(
   program
@@ -186,6 +197,33 @@ bench
   .option('--warmup <n>', 'untimed steps first', int(0), 2)
   .option('--json', 'print one JSON line: tokens_per_s, step_ms (median), achieved and matmul GFLOP/s')
   .action(runBenchTrain);
+
+bench
+  .command('swap')
+  .description('Hot-swap latency: replace every MoLE expert\'s tensors in place on a SmolLM-135M-shaped base (no base reload).')
+  .option('--experts <n>', 'experts in the set', int(1), 4)
+  .option('--rank <r>', 'LoRA rank', int(1), 8)
+  .option('--targets <list>', 'adapted modules', nameList, ['q_proj', 'v_proj'])
+  .option('--json', 'print one JSON line')
+  .action(runBenchSwap);
+
+bench
+  .command('gate')
+  .description('Gate-training step over N frozen experts against a single-LoRA training step, same shapes.')
+  .option('--experts <n>', 'frozen experts', int(2), 4)
+  .option('--layers <n>', 'blocks', int(1), 4)
+  .option('--hidden <d>', 'hidden size', int(1), 256)
+  .option('--heads <h>', 'heads', int(1), 4)
+  .option('--kv-heads <k>', 'key/value heads', int(1), 4)
+  .option('--ffn <f>', 'feed-forward size', int(1), 688)
+  .option('--vocab <v>', 'vocabulary', int(1), 2048)
+  .option('--rank <r>', 'LoRA rank', int(1), 8)
+  .option('--targets <list>', 'adapted modules', nameList, ['q_proj', 'v_proj'])
+  .option('--batch <b>', 'batch size', int(1), 4)
+  .option('--seq <t>', 'sequence length', int(1), 128)
+  .option('--steps <n>', 'timed steps', int(1), 5)
+  .option('--json', 'print one JSON line')
+  .action(runBenchGate);
 
 program.parseAsync().catch((err: unknown) => {
   process.stderr.write(`molora: error: ${err instanceof Error ? err.message : String(err)}\n`);

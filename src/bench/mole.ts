@@ -1,0 +1,131 @@
+import * as tf from '@tensorflow/tfjs';
+import { createLora, type LoraAdapter } from '../adapters/adapter.js';
+import { DEFAULT_LORA } from '../adapters/config.js';
+import { lmLoss } from '../base/loss.js';
+import type { CausalLM } from '../base/model.js';
+import { Rng } from '../base/rng.js';
+import { MoleComposition } from '../gating/composition.js';
+import { accumulateGrads, disposeAccumulated } from '../train/grads.js';
+import { AdamW } from '../train/optimizer.js';
+import { randomLlama } from './forward.js';
+
+export interface ModelShape {
+  layers: number;
+  hidden: number;
+  heads: number;
+  kvHeads: number;
+  ffn: number;
+  vocab: number;
+}
+
+/** SmolLM-135M's shapes: the scale the swap target is stated at. */
+export const SMOL_135M: ModelShape = { layers: 30, hidden: 576, heads: 9, kvHeads: 3, ffn: 1536, vocab: 49152 };
+
+function adapters(model: CausalLM, n: number, rank: number, targets: string[], seed: number): LoraAdapter[] {
+  const rng = new Rng(seed);
+  return Array.from({ length: n }, (_, i) => {
+    const a = createLora(model, { ...DEFAULT_LORA, r: rank, loraAlpha: 2 * rank, targetModules: targets }, `expert${i}`, rng);
+    for (const l of a.layers.values()) l.bT.assign(tf.randomNormal(l.bT.shape, 0, 0.02, 'float32', rng.nextU32()));
+    return a;
+  });
+}
+
+export interface SwapResult {
+  base_params: number;
+  adapter_params: number;
+  experts: number;
+  /** Median time to swap every expert's tensors in place. */
+  swap_set_ms: number;
+  /** Median time to swap one expert. */
+  swap_one_ms: number;
+  backend: string;
+}
+
+/** Hot-swap latency: replace every expert of a composition in place, base untouched. */
+export function benchSwap(shape: ModelShape, o: { experts: number; rank: number; targets: string[]; repeats?: number }): SwapResult {
+  const model = randomLlama({ ...shape, maxPositions: 64 });
+  const comp = new MoleComposition(model);
+  adapters(model, o.experts, o.rank, o.targets, 1).forEach((a) => comp.addExpert(a.name, a));
+  // Two replacement sets, swapped in alternately, so every swap really changes the tensors.
+  const sets = [adapters(model, o.experts, o.rank, o.targets, 2), adapters(model, o.experts, o.rank, o.targets, 3)];
+  try {
+    const setTimes: number[] = [];
+    const oneTimes: number[] = [];
+    for (let r = 0; r < (o.repeats ?? 6); r++) {
+      const t0 = performance.now();
+      sets[r % 2]!.forEach((a, i) => comp.swapExpert(`expert${i}`, a));
+      setTimes.push(performance.now() - t0);
+      const t1 = performance.now();
+      comp.swapExpert('expert0', sets[(r + 1) % 2]![0]!);
+      oneTimes.push(performance.now() - t1);
+    }
+    return {
+      base_params: model.linears().reduce((a, l) => a + l.weightT.size, 0) + model.parts.embed.weight.size,
+      adapter_params: sets[0]![0]!.parameterCount,
+      experts: o.experts,
+      swap_set_ms: median(setTimes),
+      swap_one_ms: median(oneTimes),
+      backend: tf.getBackend(),
+    };
+  } finally {
+    comp.dispose();
+    for (const a of sets.flat()) a.dispose();
+    model.dispose();
+  }
+}
+
+export interface GateStepResult {
+  experts: number;
+  lora_step_ms: number;
+  gate_step_ms: number;
+  /** gate step ÷ single-LoRA step (target ≤ 1.3). */
+  ratio: number;
+  backend: string;
+}
+
+/** A gate-training step over N frozen experts against a single-LoRA training step, same shapes. */
+export function benchGateStep(shape: ModelShape, o: { experts: number; rank: number; targets: string[]; batch: number; seq: number; steps: number }): GateStepResult {
+  const model = randomLlama({ ...shape, maxPositions: o.seq });
+  const rng = new Rng(3);
+  const N = o.batch * o.seq;
+  const batch = {
+    ids: Int32Array.from({ length: N }, () => rng.int(shape.vocab)),
+    targets: Int32Array.from({ length: N }, () => rng.int(shape.vocab)),
+    lossMask: new Float32Array(N).fill(1),
+    batch: o.batch,
+    seq: o.seq,
+  };
+  const time = (params: Map<string, tf.Variable>): number => {
+    const opt = new AdamW(params);
+    const times: number[] = [];
+    for (let i = 0; i < o.steps + 2; i++) {
+      const t0 = performance.now();
+      const acc = accumulateGrads(params, 1, () => lmLoss(model, batch, { training: true }));
+      opt.apply(acc.grads, 1e-3);
+      acc.loss.dataSync();
+      disposeAccumulated(acc);
+      if (i >= 2) times.push(performance.now() - t0);
+    }
+    opt.dispose();
+    return median(times);
+  };
+  try {
+    const [single] = adapters(model, 1, o.rank, o.targets, 4);
+    single!.attach(model);
+    const loraMs = time(single!.params());
+    single!.dispose();
+    const comp = new MoleComposition(model);
+    adapters(model, o.experts, o.rank, o.targets, 5).forEach((a) => comp.addExpert(a.name, a));
+    comp.initGate({}, new Rng(6));
+    const gateMs = time(comp.params());
+    comp.dispose();
+    return { experts: o.experts, lora_step_ms: loraMs, gate_step_ms: gateMs, ratio: gateMs / loraMs, backend: tf.getBackend() };
+  } finally {
+    model.dispose();
+  }
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)]!;
+}

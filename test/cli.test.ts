@@ -1,4 +1,5 @@
 import { execFileSync, spawnSync } from 'node:child_process';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import * as tf from '@tensorflow/tfjs';
@@ -24,7 +25,7 @@ afterAll(() => tmp.cleanup());
 describe('molora CLI', () => {
   it('--help lists every command', () => {
     const help = run('--help');
-    for (const c of ['forward', 'generate', 'init-base', 'inspect', 'merge', 'train-adapter', 'bench']) expect(help).toContain(c);
+    for (const c of ['forward', 'generate', 'init-base', 'inspect', 'merge', 'train-adapter', 'train-gate', 'gates', 'eval', 'report', 'bench']) expect(help).toContain(c);
   });
 
   it('forward --json keeps its contract and matches the reference', () => {
@@ -75,6 +76,39 @@ describe('molora CLI', () => {
     const info = JSON.parse(run('inspect', adir, '--json'));
     expect(info).toMatchObject({ kind: 'adapter', type: 'LORA' });
     expect(info.tensors).toHaveLength(8);
+  });
+
+  it('train-gate, gates (--json, --html), eval with a composition and report work end to end', async () => {
+    await initBackend();
+    const base = join(tmp.dir, 'gate-base');
+    run('init-base', '--arch', 'llama', '--layers', '1', '--hidden', '32', '--heads', '2', '--ffn', '48', '--out', base);
+    const model = loadBase(base, { warn: () => {} });
+    for (const [name, seed] of [['a', 1], ['b', 2]] as const) {
+      const ad = createLora(model, { ...DEFAULT_LORA, r: 2, targetModules: ['q_proj', 'v_proj'] }, name, new Rng(seed));
+      for (const l of ad.layers.values()) l.bT.assign(tf.randomNormal(l.bT.shape, 0, 0.1, 'float32', seed));
+      saveAdapter(ad, join(tmp.dir, `expert-${name}`));
+      ad.dispose();
+    }
+    model.dispose();
+    const csv = join(tmp.dir, 'mixed.csv');
+    writeFileSync(csv, 'prompt,completion,task\n' + Array.from({ length: 24 }, (_, i) => `q${i} =, ${i % 2 ? 'yes' : 'no'},${i % 2 ? 'a' : 'b'}`).join('\n') + '\n');
+    const experts = ['--expert', `a=${join(tmp.dir, 'expert-a')}`, '--expert', `b=${join(tmp.dir, 'expert-b')}`];
+    const cols = ['--data', csv, '--prompt-column', 'prompt', '--completion-column', 'completion', '--task-column', 'task'];
+    const gate = join(tmp.dir, 'gate');
+    run('train-gate', '--model', base, ...experts, ...cols, '--out', gate, '--steps', '3', '--batch-size', '4', '--seq-len', '16', '--granularity', 'prefix', '--progress', 'off');
+    expect(existsSync(join(gate, 'gate_config.json')) && existsSync(join(gate, 'gate.safetensors'))).toBe(true);
+    const html = join(tmp.dir, 'gates.html');
+    const stats = JSON.parse(run('gates', '--model', base, ...experts, '--gate', gate, ...cols, '--seq-len', '16', '--json', '--html', html));
+    expect(stats.experts).toEqual(['a', 'b']);
+    expect(Object.keys(stats.byTask).sort()).toEqual(['a', 'b']);
+    expect(readFileSync(html, 'utf8')).toMatch(/<svg/);
+    const masked = JSON.parse(run('eval', '--model', base, ...experts, '--gate', gate, '--mask', 'a', ...cols, '--seq-len', '16', '--json'));
+    expect(Object.keys(masked.tasks).sort()).toEqual(['a', 'b']);
+    expect(masked.overall.n).toBe(24);
+    run('report', tmp.dir);
+    expect(readFileSync(join(tmp.dir, 'report.html'), 'utf8')).toMatch(/gate/);
+    const wrong = fail('train-gate', '--model', base, '--expert', `a=${join(tmp.dir, 'expert-a')}`, ...cols, '--out', join(tmp.dir, 'g1'), '--steps', '1');
+    expect(wrong.stderr).toMatch(/at least 2 experts/);
   });
 
   it('bad input fails with a clear message and a non-zero exit', () => {

@@ -1,3 +1,4 @@
+import * as tf from '@tensorflow/tfjs';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -34,6 +35,7 @@ function writeRows(path: string, n: number, seed: number, only?: string): void {
 }
 
 let model: MoleModel;
+const gateStepTensors: number[] = [];
 let test: Awaited<ReturnType<typeof loadLmData>>;
 const exact = (r: EvalReport): Record<string, number> => Object.fromEntries(Object.entries(r.tasks).map(([t, s]) => [t, s.exact_match!]));
 const score = (): Record<string, number> => exact(evaluate(model.base, test.dataset.train, { batchSize: 30, seqLen: 32, useCache: model.cacheSafe }));
@@ -60,6 +62,7 @@ beforeAll(async () => {
     experts: Object.keys(TASKS).map((t) => [t, join(tmp.dir, t)]),
     gate: { granularity: 'prefix', temperature: { mode: 'fixed', value: 1 } },
     maskDropout: 0.7,
+    afterStep: () => gateStepTensors.push(tf.memory().numTensors),
   });
   model = await loadModel(base);
   for (const t of Object.keys(TASKS)) model.addExpert(t, join(tmp.dir, t));
@@ -98,6 +101,17 @@ describe('MoLE composition of three task experts', () => {
     const mean = model.experts.map((_, i) => stats.gates.reduce((a, g) => a + g.meanWeight[i]!, 0) / stats.gates.length);
     expect(Math.max(...mean)).toBeLessThanOrEqual(0.5);
     expect(mean.reduce((a, b) => a + b, 0)).toBeCloseTo(1, 4);
+  });
+
+  it('numTensors stays flat across gate-training steps and generation', () => {
+    expect(new Set(gateStepTensors.slice(1)).size).toBe(1);
+    model.mask(null).useGate(join(tmp.dir, 'gate'));
+    const counts: number[] = [];
+    for (let i = 0; i < 5; i++) {
+      model.generate('pet abc =', { maxNewTokens: 4 });
+      counts.push(tf.memory().numTensors);
+    }
+    expect(new Set(counts).size).toBe(1);
   });
 
   it('logs per-layer mean gate weights and entropy at each eval', () => {

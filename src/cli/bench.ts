@@ -1,5 +1,7 @@
 import { benchForward, type BenchForwardOptions } from '../bench/forward.js';
 import { benchTrain, type BenchTrainOptions } from '../bench/train.js';
+import { benchCompose, type BenchComposeOptions } from '../bench/compose.js';
+import { summaryTable } from '../gating/experiment.js';
 import { benchGateStep, benchSwap, SMOL_135M, type ModelShape } from '../bench/mole.js';
 
 export async function runBenchForward(o: BenchForwardOptions & { json?: boolean }): Promise<void> {
@@ -50,4 +52,9 @@ export async function runBenchGate(o: ModelShape & { experts: number; rank: numb
       ? JSON.stringify(r) + '\n'
       : `backend: ${r.backend}\nsingle-LoRA step: ${r.lora_step_ms.toFixed(1)} ms; gate step over ${r.experts} frozen experts: ${r.gate_step_ms.toFixed(1)} ms (${r.ratio.toFixed(2)}×)\n`,
   );
+}
+
+export async function runBenchCompose(o: BenchComposeOptions & { json?: boolean }): Promise<void> {
+  const s = await benchCompose(o);
+  process.stdout.write(o.json ? JSON.stringify(s.settings) + '\n' : `exact match (%) on ${o.testRows} test rows:\n${summaryTable(s)}\nsummary: ${o.out}/summary.json (molora report ${o.out} draws it)\n`);
 }

@@ -7,7 +7,7 @@ import { runEval } from './eval.js';
 import { addComposeFlags } from './compose.js';
 import { runGates, runTrainGate } from './gates.js';
 import { runReport } from '../report/cli.js';
-import { runBenchForward, runBenchGate, runBenchSwap, runBenchTrain } from './bench.js';
+import { runBenchCompose, runBenchForward, runBenchGate, runBenchSwap, runBenchTrain } from './bench.js';
 import { choice, collect, float, idList, int, namedPaths, nameList, rangeList } from './args.js';
 
 const program = new Command('molora')
@@ -224,6 +224,20 @@ bench
   .option('--steps <n>', 'timed steps', int(1), 5)
   .option('--json', 'print one JSON line')
   .action(runBenchGate);
+
+bench
+  .command('compose')
+  .description('The fuller MoLE composition experiment on synthetic keyword tasks: adapters, gate, and the mask-effect table (resumable).')
+  .option('--out <dir>', 'run folder', 'runs/bench-compose')
+  .option('--rows <n>', 'training rows per task', int(16), 400)
+  .option('--test-rows <n>', 'test rows', int(8), 200)
+  .option('--adapter-steps <n>', 'updates per adapter', int(1), 120)
+  .option('--gate-steps <n>', 'gate updates', int(1), 400)
+  .option('--gate-lr <lr>', 'gate learning rate', float(0), 3e-3)
+  .option('--seed <n>', 'seed', int(0), 0)
+  .option('--progress <mode>', 'auto, bar, lines or off', choice(['auto', 'bar', 'lines', 'off'] as const), 'auto')
+  .option('--json', 'print the settings as JSON')
+  .action(runBenchCompose);
 
 program.parseAsync().catch((err: unknown) => {
   process.stderr.write(`molora: error: ${err instanceof Error ? err.message : String(err)}\n`);

@@ -46,12 +46,12 @@ describe('loadModel session', () => {
     const a = await session(['math', 'code', 'law']);
     a.initGate({}, 3, { eStd: 0.5 });
     a.saveGate(gateDir);
-    const want = a.mask(['math', 'law']).generateBatch(PROMPTS, GEN);
+    const want = a.keep(['math', 'law']).generateBatch(PROMPTS, GEN);
     expect(want.map((g) => g.tokens.length)).toEqual([4, 4]);
     expect(want[0]!.text).toBeNull();
 
     const b = await session(['law', 'code', 'math']);
-    b.useGate(gateDir).mask(['math', 'law']);
+    b.useGate(gateDir).keep(['math', 'law']);
     expect(b.generateBatch(PROMPTS, GEN)).toEqual(want);
   });
 
@@ -72,7 +72,7 @@ describe('loadModel session', () => {
     const rows = [['code'], ['math', 'law']];
     const mixed = m.rows({ mask: rows.map((r) => m.composition.maskRow(r)) }).generateBatch(PROMPTS, GEN);
     m.rows(null);
-    rows.forEach((names, b) => expect(m.mask(names).generate(PROMPTS[b]!, GEN)).toEqual(mixed[b]));
+    rows.forEach((names, b) => expect(m.keep(names).generate(PROMPTS[b]!, GEN)).toEqual(mixed[b]));
   });
 
   it('a per-sequence gate generates without the KV cache', async () => {

@@ -2,7 +2,7 @@ import type { Command } from 'commander';
 import { attachAdapters } from '../adapters/peft.js';
 import { loadBase } from '../base/load.js';
 import { maskExperts, parseExpertMask } from '../gating/moe.js';
-import { applyProfile, dropping, profileFor, readProfiles } from '../gating/profile.js';
+import { applyProfile, profileFor, readProfiles } from '../gating/profile.js';
 import { MoleModel } from '../gating/session.js';
 import { collect, nameList, namedNumbers, namedPaths } from './args.js';
 
@@ -51,7 +51,7 @@ export function openComposed(o: ComposeFlags): MoleModel {
     if (o.gate) m.useGate(o.gate);
     else if (o.weights) m.useWeights(o.weights);
     if (o.only) m.only(o.only);
-    else if (o.mask) m.mask(dropping(m.experts, o.mask));
+    else if (o.mask) m.mask(o.mask);
     if (o.maskExperts) maskExperts(base, parseExpertMask(o.maskExperts));
   } catch (e) {
     m.dispose();

@@ -8,7 +8,6 @@ import { evaluate, type EvalReport } from '../train/evaluate.js';
 import { loadLmData, type LmTrainOptions } from '../train/lm.js';
 import { GATE_CONFIG } from './gate-io.js';
 import type { GateOptions } from './mole.js';
-import { dropping } from './profile.js';
 import { loadModel } from './session.js';
 import { gateStatsOn, trainGate } from './train.js';
 
@@ -85,7 +84,7 @@ export async function composeExperiment(o: ComposeExperimentOptions): Promise<Su
     settings.gate = score();
     sample('gate');
     for (const t of tasks) {
-      m.mask(dropping(tasks, [t]));
+      m.mask([t]);
       settings[`gate-mask:${t}`] = score();
       sample(`gate-mask:${t}`);
     }

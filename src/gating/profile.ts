@@ -73,10 +73,5 @@ export function applyProfile(m: MoleModel, e: ProfileEntry): void {
   if (e.gate) m.useGate(e.gate);
   else if (e.weights) m.useWeights(e.weights);
   if (e.only) m.only(e.only);
-  else if (e.mask) m.mask(dropping(c.experts, e.mask));
-}
-
-/** The experts kept when `dropped` are masked out. */
-export function dropping(experts: string[], dropped: string[]): string[] {
-  return experts.filter((n) => !dropped.includes(n));
+  else if (e.mask) m.mask(e.mask);
 }

@@ -29,7 +29,7 @@ export interface Generation {
 /**
  * Start the backend and load a base model folder, ready for experts:
  *   const m = await loadModel(dir);
- *   m.addExpert('math', mathDir).addExpert('code', codeDir).useGate(gateDir).mask(['math']);
+ *   m.addExpert('math', mathDir).addExpert('code', codeDir).useGate(gateDir).mask(['code']);
  *   m.generate('2 + 2 =');
  */
 export async function loadModel(dir: string, opts: LoadModelOptions = {}): Promise<MoleModel> {
@@ -101,7 +101,15 @@ export class MoleModel {
     return this;
   }
 
-  mask(names: string[] | null): this {
+  /** Drop these experts (as `--mask` does); the remaining gate weights renormalise. null clears the mask. */
+  mask(dropped: string[] | null): this {
+    if (dropped) for (const n of dropped) this.composition.expert(n);
+    this.composition.mask(dropped ? this.experts.filter((n) => !dropped.includes(n)) : null);
+    return this;
+  }
+
+  /** Keep only these experts, renormalised. */
+  keep(names: string[]): this {
     this.composition.mask(names);
     return this;
   }

@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { initBackend } from '../src/base/backend.js';
-import { bmm, bmmT, frozenLinear, globalNorm, linear, matMul, stableSum } from '../src/base/ops.js';
+import { bmm, bmmT, frozenLinear, globalNorm, linear, matMul, mergeHeads, mergeHeadsOps, splitHeads, splitHeadsOps, stableSum } from '../src/base/ops.js';
 import { Rng } from '../src/base/rng.js';
 
 beforeAll(async () => {
@@ -133,6 +133,79 @@ describe('bmm / bmmT', () => {
   it('names the shapes at fault', () => {
     expect(() => bmm(tf.zeros([2, 3, 4]), tf.zeros([3, 4, 5]))).toThrow(/\[2,3,4\].*\[3,4,5\]/);
     expect(() => bmmT(tf.zeros([2, 3, 4]), tf.zeros([2, 5, 3]))).toThrow(/bmmT/);
+  });
+});
+
+describe('splitHeads / mergeHeads', () => {
+  const [B, T, KV, G, d] = [2, 3, 2, 3, 8];
+  const shape = { batch: B, kvHeads: KV, groups: G };
+
+  /** Float64: rows (b, t), columns (kv, g, j) → slices (b, kv), rows (t, g), rotated and scaled. */
+  function refSplit(x: Float64Array, cos: Float64Array, sin: Float64Array, scale: number): Float64Array {
+    const out = new Float64Array(x.length);
+    const half = d / 2;
+    for (let b = 0; b < B; b++) for (let t = 0; t < T; t++) for (let kv = 0; kv < KV; kv++) for (let g = 0; g < G; g++) {
+      const row = b * T + t;
+      const src = row * KV * G * d + (kv * G + g) * d;
+      const dst = (((b * KV + kv) * T + t) * G + g) * d;
+      for (let j = 0; j < d; j++) {
+        const rot = j < half ? -x[src + j + half]! : x[src + j - half]!;
+        out[dst + j] = scale * (x[src + j]! * cos[row * d + j]! + rot * sin[row * d + j]!);
+      }
+    }
+    return out;
+  }
+
+  /** RoPE-like tables: one angle per (token, pair), repeated over both halves. */
+  function tables(seed: number): { cos: tf.Tensor3D; sin: tf.Tensor3D } {
+    const ang = uniform(seed, B * T * d / 2).map((v) => 3 * v);
+    const full = (f: (a: number) => number) => {
+      const t = new Float32Array(B * T * d);
+      for (let r = 0; r < B * T; r++) for (let j = 0; j < d; j++) t[r * d + j] = f(ang[r * d / 2 + (j % (d / 2))]!);
+      return tf.tensor3d(t, [B * T, 1, d]);
+    };
+    return { cos: full(Math.cos), sin: full(Math.sin) };
+  }
+
+  function check(): void {
+    const x = rand([B * T, KV * G * d], 20) as tf.Tensor2D;
+    const rope = tables(21);
+    const dy = rand([B * KV, T * G, d], 22);
+    for (const [r, scale] of [[rope, 0.25], [null, 1], [null, 0.5]] as const) {
+      const cos = r ? f64(r.cos) : new Float64Array(B * T * d).fill(1);
+      const sin = r ? f64(r.sin) : new Float64Array(B * T * d);
+      const y = splitHeads(x, shape, r, scale);
+      expect(y.shape).toEqual([B * KV, T * G, d]);
+      close(y, refSplit(f64(x), cos, sin, scale), 1e-6);
+      close(splitHeadsOps(x, shape, r, scale), refSplit(f64(x), cos, sin, scale), 1e-6);
+      // merge inverts split up to scale², and is its gradient.
+      close(mergeHeads(y, shape, r, scale), f64(x).map((v) => v * scale * scale), 1e-6);
+      close(mergeHeadsOps(y, shape, r, scale), f64(x).map((v) => v * scale * scale), 1e-6);
+      const dx = tf.grad((t) => splitHeads(t as tf.Tensor2D, shape, r, scale).mul(dy).sum())(x);
+      close(dx, mergeHeads(dy as tf.Tensor3D, shape, r, scale).dataSync(), 1e-6);
+      close(dx, tf.grad((t) => splitHeadsOps(t as tf.Tensor2D, shape, r, scale).mul(dy).sum())(x).dataSync(), 1e-6);
+      const dz = tf.grad((t) => mergeHeads(t as tf.Tensor3D, shape, r, scale).mul(x).sum())(dy);
+      close(dz, splitHeads(x, shape, r, scale).dataSync(), 1e-6);
+    }
+  }
+
+  it('match a float64 reference and the stock-op form: split, its inverse, and both gradients', check);
+
+  it('do the same on the cpu backend, which has the kernels too', async () => {
+    await tf.setBackend('cpu');
+    try {
+      expect(tf.getKernel('MoloraSplitHeads', 'cpu')).toBeDefined();
+      check();
+    } finally {
+      await tf.setBackend('wasm');
+    }
+  });
+
+  it('name the shapes at fault', () => {
+    const rope = tables(23);
+    expect(() => splitHeads(tf.zeros([B * T, 10]), shape, rope)).toThrow(/does not fit/);
+    expect(() => splitHeads(tf.zeros([B * T + 1, KV * G * d]), shape, rope)).toThrow(/does not fit/);
+    expect(() => splitHeads(tf.zeros([B * T, KV * G * d]), { ...shape, groups: 1 }, rope)).toThrow(/RoPE tables/);
   });
 });
 

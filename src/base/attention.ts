@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs';
 import type { ForwardContext } from './context.js';
 import type { Linear } from './linear.js';
-import { bmm, bmmT } from './ops.js';
+import { bmm, bmmT, mergeHeads, splitHeads, type RopeTables } from './ops.js';
 import type { Rope } from './rope.js';
 
 /** Per-layer K/V history for incremental decoding: [B·KV, S, d] each. */
@@ -12,7 +12,7 @@ export interface LayerCache {
 
 /** What every layer of one forward pass shares: RoPE tables and the additive mask. */
 export interface AttentionInputs {
-  rope: { cos: tf.Tensor3D; sin: tf.Tensor3D } | null;
+  rope: RopeTables | null;
   /** [B, 1, T·G, S]: 0 where query (t, g) may attend key s, a large negative elsewhere. */
   mask: tf.Tensor4D;
 }
@@ -47,33 +47,24 @@ export class Attention {
     const { heads: H, kvHeads: KV, headDim: d } = this.shape;
     const { batch: B, seq: T } = ctx;
     const G = H / KV;
-    let [q, k, v] = this.project(x, ctx);
-    let q3 = q.reshape([B * T, H, d]) as tf.Tensor3D;
-    let k3 = k.reshape([B * T, KV, d]) as tf.Tensor3D;
-    if (this.rope && inputs.rope) {
-      q3 = this.rope.apply(q3, inputs.rope);
-      k3 = this.rope.apply(k3, inputs.rope);
-    }
-    // Rows of a K/V head's query block are (t, g): [B, T, KV, G·d] → [B, KV, T, G·d].
-    const qs = q3.mul(1 / Math.sqrt(d)).reshape([B, T, KV, G * d]).transpose([0, 2, 1, 3]).reshape([B * KV, T * G, d]);
-    let ks = headsFirst(k3, B, T, KV, d);
-    let vs = headsFirst(v.reshape([B * T, KV, d]) as tf.Tensor3D, B, T, KV, d);
+    const [q, k, v] = this.project(x, ctx);
+    const rope = this.rope ? inputs.rope : null;
+    // The 1/√d score scale rides along with q's rotation.
+    const qs = splitHeads(q, { batch: B, kvHeads: KV, groups: G }, rope, 1 / Math.sqrt(d));
+    let ks = splitHeads(k, { batch: B, kvHeads: KV, groups: 1 }, rope);
+    let vs = splitHeads(v, { batch: B, kvHeads: KV, groups: 1 }, null);
     if (cache) [ks, vs] = appendToCache(cache, ks, vs);
     const S = ks.shape[1];
-    const scores = bmmT(qs as tf.Tensor3D, ks).reshape([B, KV, T * G, S]).add(inputs.mask);
+    const scores = bmmT(qs, ks).reshape([B, KV, T * G, S]).add(inputs.mask);
     const probs = tf.softmax(scores).reshape([B * KV, T * G, S]) as tf.Tensor3D;
-    const out = bmm(probs, vs).reshape([B, KV, T, G * d]).transpose([0, 2, 1, 3]).reshape([B * T, H * d]);
-    return this.o.forward(out as tf.Tensor2D, ctx);
+    const out = mergeHeads(bmm(probs, vs), { batch: B, kvHeads: KV, groups: G }, null);
+    return this.o.forward(out, ctx);
   }
 
   private project(x: tf.Tensor2D, ctx: ForwardContext): tf.Tensor2D[] {
     if ('qkv' in this.proj) return tf.split(this.proj.qkv.forward(x, ctx), 3, 1);
     return [this.proj.q.forward(x, ctx), this.proj.k.forward(x, ctx), this.proj.v.forward(x, ctx)];
   }
-}
-
-function headsFirst(x: tf.Tensor3D, B: number, T: number, KV: number, d: number): tf.Tensor3D {
-  return x.reshape([B, T, KV, d]).transpose([0, 2, 1, 3]).reshape([B * KV, T, d]);
 }
 
 /** Concatenate new K/V onto the cache; the cache keeps its tensors alive across tf.tidy scopes. */

@@ -41,6 +41,9 @@ export function installKernelPatches(): void {
   for (const g of GRADIENTS) {
     if (tf.getGradient(g.kernelName) !== g) tf.registerGradient(g);
   }
+  for (const k of MOLORA_KERNELS) {
+    if (tf.getKernel(k.kernelName, k.backendName) !== k) tf.registerKernel(k);
+  }
   if (!tf.getKernel(tf.BatchMatMul, 'wasm')) return;
   for (const k of WASM_KERNELS) {
     const current = tf.getKernel(k.kernelName, 'wasm');
@@ -400,6 +403,125 @@ const WASM_KERNELS: tf.KernelConfig[] = [
   unsortedSegmentSumKernel, identityKernel, castKernel,
 ];
 
+// ---------------------------------------------------------------- molora's own kernels
+
+/** Attributes of MoloraSplitHeads / MoloraMergeHeads (see ops.splitHeads). */
+export interface HeadsAttrs {
+  batch: number;
+  kvHeads: number;
+  /** Query heads per K/V head (1 for K). */
+  groups: number;
+  scale: number;
+}
+
+export const SPLIT_HEADS = 'MoloraSplitHeads';
+export const MERGE_HEADS = 'MoloraMergeHeads';
+
+/**
+ * split: x[B·T, KV·G·d] → out[B·KV, T·G, d], each d-vector rotated by RoPE (+θ), times scale.
+ * merge: the inverse layout change and rotation (−θ), times scale. Each is the other's gradient
+ * (a scaled orthogonal map).
+ */
+function ropeHeads(x: Float32Array, cos: Float32Array, sin: Float32Array, out: Float32Array,
+  merge: boolean, B: number, T: number, KV: number, G: number, d: number, scale: number): void {
+  const half = d >> 1;
+  const sign = merge ? -scale : scale;
+  const HD = KV * G * d;
+  for (let b = 0; b < B; b++) {
+    for (let t = 0; t < T; t++) {
+      const row = b * T + t;
+      const tab = row * d;
+      for (let kv = 0; kv < KV; kv++) {
+        for (let g = 0; g < G; g++) {
+          const tokenMajor = row * HD + (kv * G + g) * d;
+          const headMajor = (((b * KV + kv) * T + t) * G + g) * d;
+          const i = merge ? headMajor : tokenMajor;
+          const o = merge ? tokenMajor : headMajor;
+          // rotate_half: (a, c) → (a·cos − c·sin, c·cos + a·sin) for the pair (j, j + d/2).
+          for (let j = 0; j < half; j++) {
+            const a = x[i + j]!;
+            const c = x[i + j + half]!;
+            out[o + j] = a * cos[tab + j]! * scale - c * sin[tab + j]! * sign;
+            out[o + j + half] = c * cos[tab + j + half]! * scale + a * sin[tab + j + half]! * sign;
+          }
+        }
+      }
+    }
+  }
+}
+
+function headsPlan(merge: boolean) {
+  return (shapes: number[][], attrs: tf.NamedAttrMap): JsPlan => {
+    const { batch: B, kvHeads: KV, groups: G, scale } = attrs as unknown as HeadsAttrs;
+    const [xs, cs, ss] = shapes as [number[], number[] | undefined, number[] | undefined];
+    const d = merge ? xs[2]! : xs[1]! / (KV * G);
+    const T = merge ? xs[1]! / G : xs[0]! / B;
+    const name = merge ? 'mergeHeads' : 'splitHeads';
+    if (!Number.isInteger(d) || !Number.isInteger(T) || (merge ? xs[0] !== B * KV : xs.length !== 2)) {
+      throw new Error(`${name}: x [${xs}] does not fit batch ${B}, ${KV} K/V heads × ${G}`);
+    }
+    if (!cs || !ss || prod(cs) !== B * T * d || prod(ss) !== B * T * d) {
+      throw new Error(`${name}: RoPE tables [${cs}] and [${ss}] are not [${B * T}, 1, ${d}]`);
+    }
+    return {
+      shape: merge ? [B * T, KV * G * d] : [B * KV, T * G, d],
+      compute: ([x, cos, sin], out) => ropeHeads(x!, cos!, sin!, out, merge, B, T, KV, G, d, scale),
+    };
+  };
+}
+
+interface JsPlan {
+  shape: number[];
+  compute: (inputs: Float32Array[], out: Float32Array) => void;
+}
+
+/** The cpu backend's tensor store and output maker (its typings are not re-exported by tfjs). */
+interface CpuBackend {
+  data: { get(dataId: object): { values?: unknown } };
+  makeTensorInfo(shape: number[], dtype: 'float32', values: Float32Array): Info;
+}
+
+/**
+ * A float32 kernel written in JS, for the backends whose tensors JS can address in place: one
+ * pass where a chain of tfjs ops would each cost a launch, a pass over memory and, under a
+ * gradient tape, ~40 µs of bookkeeping. ops.ts falls back to stock ops on other backends.
+ */
+function jsKernels(kernelName: string, plan: (shapes: number[][], attrs: tf.NamedAttrMap) => JsPlan): tf.KernelConfig[] {
+  // Inputs come as an array (so a gradient can save them all, whichever are present).
+  const args = (inputs: tf.NamedTensorInfoMap) => {
+    const ts = Object.values(inputs) as Info[];
+    for (const t of ts) if (t.dtype !== 'float32') throw new Error(`${kernelName} needs float32, got ${t.dtype} [${t.shape}]`);
+    return ts;
+  };
+  return [
+    wasmKernel(kernelName, ({ inputs, backend, attrs }) => {
+      const ts = args(inputs);
+      const { shape, compute } = plan(ts.map((t) => t.shape), attrs);
+      const out = backend.makeOutput(shape, 'float32');
+      // Views taken after makeOutput: an allocation can grow the heap and detach older views.
+      compute(ts.map((t) => backend.typedArrayFromHeap(t) as Float32Array), backend.typedArrayFromHeap(out) as Float32Array);
+      return out;
+    }),
+    {
+      kernelName,
+      backendName: 'cpu',
+      kernelFunc: ({ inputs, backend, attrs }) => {
+        const be = backend as unknown as CpuBackend;
+        const ts = args(inputs);
+        const { shape, compute } = plan(ts.map((t) => t.shape), attrs ?? {});
+        const out = new Float32Array(prod(shape));
+        compute(ts.map((t) => be.data.get(t.dataId).values as Float32Array), out);
+        return be.makeTensorInfo(shape, 'float32', out);
+      },
+    },
+  ];
+}
+
+const MOLORA_KERNELS: tf.KernelConfig[] = [
+  ...jsKernels(SPLIT_HEADS, headsPlan(false)),
+  ...jsKernels(MERGE_HEADS, headsPlan(true)),
+];
+
 // ---------------------------------------------------------------- gradients
 
 function transposeT(t: tf.Tensor): tf.Tensor {
@@ -548,4 +670,17 @@ const stridedSliceGrad: tf.GradConfig = {
   },
 };
 
-const GRADIENTS: tf.GradConfig[] = [batchMatMulGrad, gatherGrad, topKGrad, gatherNdGrad, stridedSliceGrad];
+/** Split and merge are each other's gradient, with the same tables and scale. */
+function headsGrad(kernelName: string, inverse: string): tf.GradConfig {
+  return {
+    kernelName,
+    // Inputs [x, cos, sin] (an array, so saveAllInputs applies): the tables come back saved.
+    saveAllInputs: true,
+    gradFunc: (dy, saved, attrs) => ({
+      0: () => tf.engine().runKernel(inverse, [dy as tf.Tensor, saved[1]!, saved[2]!] as unknown as tf.NamedTensorMap, attrs) as tf.Tensor,
+    }),
+  };
+}
+
+const GRADIENTS: tf.GradConfig[] = [batchMatMulGrad, gatherGrad, topKGrad, gatherNdGrad, stridedSliceGrad,
+  headsGrad(SPLIT_HEADS, MERGE_HEADS), headsGrad(MERGE_HEADS, SPLIT_HEADS)];

@@ -118,6 +118,5 @@ export class CausalLM {
     for (const b of this.blocks) b.dispose();
     p.norm.dispose();
     p.head.dispose();
-    p.rope?.dispose();
   }
 }

@@ -233,7 +233,7 @@ bench
   .option('--test-rows <n>', 'test rows', int(8), 200)
   .option('--adapter-steps <n>', 'updates per adapter', int(1), 120)
   .option('--gate-steps <n>', 'gate updates', int(1), 400)
-  .option('--gate-lr <lr>', 'gate learning rate', float(0), 3e-3)
+  .option('--gate-lr <lr>', 'gate learning rate (higher rates saturated the gate softmax early in our runs)', float(0), 1e-3)
   .option('--seed <n>', 'seed', int(0), 0)
   .option('--progress <mode>', 'auto, bar, lines or off', choice(['auto', 'bar', 'lines', 'off'] as const), 'auto')
   .option('--json', 'print the settings as JSON')

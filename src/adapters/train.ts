@@ -1,5 +1,8 @@
 import { loadBase } from '../base/load.js';
 import { Rng } from '../base/rng.js';
+import { createMixLora, type MixLoraOptions } from '../gating/mixlora.js';
+import { saveMixLora } from '../gating/mixlora-io.js';
+import { routingOn } from '../gating/train-moe.js';
 import { trainLm, type LmTrainOptions } from '../train/lm.js';
 import type { TrainResult } from '../train/trainer.js';
 import { createLora } from './adapter.js';
@@ -11,11 +14,14 @@ export interface TrainAdapterOptions extends LmTrainOptions {
   /** Adapter name (recorded in logs); defaults to the output folder's name. */
   name?: string;
   lora?: Partial<LoraConfig>;
+  /** Train a MixLoRA adapter instead: LoRA experts in each FFN under a top-k router (src/gating/mixlora.ts). */
+  mixlora?: MixLoraOptions;
 }
 
 /**
  * `molora train-adapter`: a fresh LoRA adapter on the frozen base, trained on next-token loss
- * from CSV. The output folder is a PEFT adapter plus metrics.jsonl and checkpoints.
+ * from CSV. The output folder is a PEFT adapter plus metrics.jsonl and checkpoints; with
+ * `mixlora`, a MixLoRA folder whose eval lines also log each layer's routing.
  */
 export async function trainAdapter(o: TrainAdapterOptions): Promise<TrainResult> {
   const model = loadBase(o.model, { warn: o.log });
@@ -28,6 +34,18 @@ export async function trainAdapter(o: TrainAdapterOptions): Promise<TrainResult>
       baseModel: o.lora?.baseModel ?? o.model,
     };
     validateLoraConfig(config, 'train-adapter options');
+    if (o.mixlora) {
+      const mix = createMixLora(model, config, o.mixlora, o.name ?? o.out, new Rng(o.seed));
+      mix.attach(model);
+      try {
+        return await trainLm(model, mix.params(), (dir) => saveMixLora(mix, dir), {
+          ...o,
+          onEval: (step, data) => ({ ...o.onEval?.(step, data), router: routingOn(model, () => mix.stats(), data.dataset.val ?? data.dataset.train, o) }),
+        });
+      } finally {
+        mix.dispose();
+      }
+    }
     const adapter = createLora(model, config, o.name ?? o.out, new Rng(o.seed));
     adapter.attach(model);
     try {

@@ -1,0 +1,108 @@
+import type { Command } from 'commander';
+import { benchMoe, type BenchMoeOptions } from '../bench/moe.js';
+import type { MixLoraOptions } from '../gating/mixlora.js';
+import { trainMoe, upcycleFolder } from '../gating/train-moe.js';
+import { float, int } from './args.js';
+import { addDataFlags, addTrainerFlags, lmOptions, type CliTrainFlags } from './train.js';
+
+/** `upcycle`, `train-moe` and `bench moe`. */
+export function registerMoeCommands(program: Command, bench: Command): void {
+  program
+    .command('upcycle')
+    .description('Sparse upcycling: turn a dense Llama-family model into a Mixtral (or, with --shared, Qwen2-MoE) folder whose experts all start as copies of the dense MLP.')
+    .requiredOption('--model <dir>', 'dense model folder (llama, mistral, qwen2)')
+    .requiredOption('--experts <n>', 'routed experts per layer', int(1))
+    .requiredOption('--top-k <k>', 'experts per token (weights renormalised over the k)', int(1))
+    .option('--shared <n>', 'always-on shared experts (a Qwen2-MoE shared expert of width n·ffn)', int(0), 0)
+    .option('--noise <sigma>', 'Gaussian noise std added to each expert copy; 0 keeps exact copies (output equals the dense model)', float(0), 0)
+    .option('--seed <n>', 'seed for the router init and the noise', int(0), 0)
+    .requiredOption('--out <dir>', 'folder to write (config.json, model.safetensors, tokenizer files)')
+    .action(runUpcycle);
+
+  addTrainerFlags(
+    addDataFlags(
+      program
+        .command('train-moe')
+        .description('Train a sparse MoE model\'s FFNs (routers and experts, or --router-only) from a CSV; attention, norms and embeddings stay frozen. Writes the whole model folder, metrics.jsonl with per-layer routing, and checkpoints.')
+        .requiredOption('--model <dir>', 'sparse MoE model folder (mixtral, qwen2_moe, olmoe; e.g. from molora upcycle)')
+        .requiredOption('--out <dir>', 'output folder: the trained model, metrics.jsonl, checkpoints')
+        .option('--router-only', 'train only the routers; experts stay frozen')
+        .option('--aux-coef <c>', 'load-balancing loss coefficient (default: router_aux_loss_coef from config.json); 0 = off', float(0))
+        .option('--z-coef <c>', 'router z-loss coefficient (default: router_z_loss_coef, usually 0)', float(0))
+        .option('--balance-bias <gamma>', 'DeepSeek-V3 aux-loss-free balancing: per-expert selection bias moved by γ·sign(mean load − load) after each update', float(0)),
+    ),
+  ).action(runTrainMoe);
+
+  bench
+    .command('moe')
+    .description('Time the sparse MoE FFN (forward, and forward + backward) against computing every expert on every token.')
+    .option('--experts <n>', 'experts', int(1), 8)
+    .option('--top-k <k>', 'experts per token', int(1), 2)
+    .option('--tokens <n>', 'tokens through the layer', int(1), 512)
+    .option('--hidden <d>', 'hidden size', int(1), 256)
+    .option('--ffn <i>', 'each expert\'s intermediate size', int(1), 512)
+    .option('--repeats <n>', 'timed repetitions (median reported)', int(1), 5)
+    .option('--json', 'print one JSON line')
+    .action(runBenchMoe);
+}
+
+/** train-adapter's MixLoRA flags. */
+export function addMixLoraFlags(c: Command): Command {
+  return c
+    .option('--moe-experts <n>', 'MixLoRA: n LoRA experts in each FFN, picked per token by a trained top-k router; writes mixlora_config.json + mixlora.safetensors. FFN projections in --targets get experts (all of them if none is named), the other targets a plain LoRA', int(1))
+    .option('--top-k <k>', 'MixLoRA: experts per token (default 2)', int(1))
+    .option('--moe-aux-coef <c>', 'MixLoRA: load-balancing loss coefficient (default 0.01)', float(0));
+}
+
+export interface MixLoraFlags {
+  moeExperts?: number;
+  topK?: number;
+  moeAuxCoef?: number;
+  targetRegex?: string;
+}
+
+/** addMixLoraFlags' values as trainAdapter's `mixlora` option (undefined: a plain LoRA run). */
+export function mixLoraOptions(o: MixLoraFlags): MixLoraOptions | undefined {
+  if (o.moeExperts === undefined) {
+    if (o.topK !== undefined || o.moeAuxCoef !== undefined) throw new Error('--top-k and --moe-aux-coef need --moe-experts');
+    return undefined;
+  }
+  if (o.targetRegex !== undefined) throw new Error('--moe-experts takes --targets, not --target-regex');
+  const topK = o.topK ?? 2;
+  if (topK > o.moeExperts) throw new Error(`--top-k ${topK} exceeds --moe-experts ${o.moeExperts}`);
+  return { experts: o.moeExperts, topK, auxCoef: o.moeAuxCoef };
+}
+
+export async function runUpcycle(o: { model: string; experts: number; topK: number; shared: number; noise: number; seed: number; out: string }): Promise<void> {
+  const cfg = upcycleFolder(o);
+  process.stderr.write(`molora: upcycled ${o.model} into a ${cfg.modelType} with ${o.experts} experts (top-${o.topK}${o.shared ? `, ${o.shared} shared` : ''}) in ${o.out}\n`);
+}
+
+export async function runTrainMoe(o: CliTrainFlags & { model: string; routerOnly?: boolean; auxCoef?: number; zCoef?: number; balanceBias?: number }): Promise<void> {
+  if (o.balanceBias !== undefined && !(o.balanceBias > 0)) throw new Error(`--balance-bias must be positive, got ${o.balanceBias}`);
+  const opts = lmOptions(o);
+  try {
+    const r = await trainMoe({ ...opts, model: o.model, routerOnly: o.routerOnly, auxCoef: o.auxCoef, zCoef: o.zCoef, balanceBias: o.balanceBias });
+    if (r.status === 'interrupted') process.exitCode = 130;
+    else process.stderr.write(`molora: trained ${o.routerOnly ? 'the routers' : 'the MoE FFNs'} for ${r.step} steps; model folder ${o.out}\n`);
+  } finally {
+    opts.stopProgress();
+  }
+}
+
+export async function runBenchMoe(o: BenchMoeOptions & { json?: boolean }): Promise<void> {
+  if (o.topK > o.experts) throw new Error(`--top-k ${o.topK} exceeds --experts ${o.experts}`);
+  const r = benchMoe(o);
+  if (o.json) {
+    process.stdout.write(JSON.stringify({ experts: o.experts, top_k: o.topK, tokens: o.tokens, hidden: o.hidden, ffn: o.ffn, ...r }) + '\n');
+    return;
+  }
+  const ms = (x: number): string => `${x.toFixed(1)} ms`;
+  process.stdout.write(
+    [
+      `backend: ${r.backend}; ${o.tokens} tokens, hidden ${o.hidden}, ${o.experts} experts of width ${o.ffn}, top-${o.topK}`,
+      `forward: sparse ${ms(r.sparse_forward_ms)}, all experts ${ms(r.dense_forward_ms)}, ratio ${r.forward_ratio.toFixed(2)}× (ideal ${(o.topK / o.experts).toFixed(2)}×)`,
+      `forward + backward: sparse ${ms(r.sparse_train_ms)}, all experts ${ms(r.dense_train_ms)}, ratio ${r.train_ratio.toFixed(2)}×`,
+    ].join('\n') + '\n',
+  );
+}

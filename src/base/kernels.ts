@@ -418,7 +418,8 @@ export const SPLIT_HEADS = 'MoloraSplitHeads';
 export const MERGE_HEADS = 'MoloraMergeHeads';
 
 /**
- * split: x[B·T, KV·G·d] → out[B·KV, T·G, d], each d-vector rotated by RoPE (+θ), times scale.
+ * split: x[B·T, KV·G·d] → out[B·KV, T·G, d], each d-vector rotated by RoPE (+θ), times scale;
+ * cos and sin are [B·T, 1, d] tables whose halves are equal (Rope.tables).
  * merge: the inverse layout change and rotation (−θ), times scale. Each is the other's gradient
  * (a scaled orthogonal map).
  */
@@ -437,12 +438,15 @@ function ropeHeads(x: Float32Array, cos: Float32Array, sin: Float32Array, out: F
           const headMajor = (((b * KV + kv) * T + t) * G + g) * d;
           const i = merge ? headMajor : tokenMajor;
           const o = merge ? tokenMajor : headMajor;
-          // rotate_half: (a, c) → (a·cos − c·sin, c·cos + a·sin) for the pair (j, j + d/2).
+          // rotate_half: (a, c) → (a·cos − c·sin, c·cos + a·sin) for the pair (j, j + d/2), whose
+          // angles are equal (the tables are cat(angles, angles)).
           for (let j = 0; j < half; j++) {
             const a = x[i + j]!;
             const c = x[i + j + half]!;
-            out[o + j] = a * cos[tab + j]! * scale - c * sin[tab + j]! * sign;
-            out[o + j + half] = c * cos[tab + j + half]! * scale + a * sin[tab + j + half]! * sign;
+            const cs = cos[tab + j]! * scale;
+            const sn = sin[tab + j]! * sign;
+            out[o + j] = a * cs - c * sn;
+            out[o + j + half] = c * cs + a * sn;
           }
         }
       }

@@ -6,13 +6,17 @@ import { buildParts } from '../base/load.js';
 import { CausalLM } from '../base/model.js';
 import { Rng } from '../base/rng.js';
 
-export interface BenchForwardOptions {
+/** The sizes of a random Llama-style model built for a benchmark. */
+export interface ModelShape {
   layers: number;
   hidden: number;
   heads: number;
   kvHeads: number;
   ffn: number;
   vocab: number;
+}
+
+export interface BenchForwardOptions extends ModelShape {
   batch: number;
   seq: number;
   newTokens: number;
@@ -30,7 +34,7 @@ export interface BenchForwardResult {
 }
 
 /** A random Llama-style model built in memory with the given sizes (benchmarks need no files). */
-export function randomLlama(o: Pick<BenchForwardOptions, 'layers' | 'hidden' | 'heads' | 'kvHeads' | 'ffn' | 'vocab'> & { maxPositions: number }): CausalLM {
+export function randomLlama(o: ModelShape & { maxPositions: number }): CausalLM {
   const cfg = parseConfig(baseConfigJson({ arch: 'llama', out: '', ...o }), 'bench options');
   return new CausalLM(cfg, buildParts(cfg, new RandomWeights(new Rng(0), cfg.layers)));
 }

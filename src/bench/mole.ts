@@ -7,16 +7,7 @@ import { Rng } from '../base/rng.js';
 import { MoleComposition } from '../gating/composition.js';
 import { accumulateGrads, disposeAccumulated } from '../train/grads.js';
 import { AdamW } from '../train/optimizer.js';
-import { randomLlama } from './forward.js';
-
-export interface ModelShape {
-  layers: number;
-  hidden: number;
-  heads: number;
-  kvHeads: number;
-  ffn: number;
-  vocab: number;
-}
+import { randomLlama, type ModelShape } from './forward.js';
 
 /** SmolLM-135M's shapes: the scale the swap target is stated at. */
 export const SMOL_135M: ModelShape = { layers: 30, hidden: 576, heads: 9, kvHeads: 3, ffn: 1536, vocab: 49152 };

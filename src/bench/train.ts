@@ -7,16 +7,10 @@ import { matMul } from '../base/ops.js';
 import { Rng } from '../base/rng.js';
 import { accumulateGrads, disposeAccumulated } from '../train/grads.js';
 import { AdamW } from '../train/optimizer.js';
-import { randomLlama } from './forward.js';
+import { randomLlama, type ModelShape } from './forward.js';
 
 /** The flags of ../shared/peers/torch_lora_step.py, so both run the same shapes. */
-export interface BenchTrainOptions {
-  layers: number;
-  hidden: number;
-  heads: number;
-  kvHeads: number;
-  ffn: number;
-  vocab: number;
+export interface BenchTrainOptions extends ModelShape {
   rank: number;
   alpha: number;
   targets: string[];

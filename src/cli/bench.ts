@@ -1,8 +1,8 @@
-import { benchForward, type BenchForwardOptions } from '../bench/forward.js';
+import { benchForward, type BenchForwardOptions, type ModelShape } from '../bench/forward.js';
 import { benchTrain, type BenchTrainOptions } from '../bench/train.js';
 import { benchCompose, type BenchComposeOptions } from '../bench/compose.js';
 import { summaryTable } from '../gating/experiment.js';
-import { benchGateStep, benchSwap, SMOL_135M, type ModelShape } from '../bench/mole.js';
+import { benchGateStep, benchSwap, SMOL_135M } from '../bench/mole.js';
 
 export async function runBenchForward(o: BenchForwardOptions & { json?: boolean }): Promise<void> {
   const r = benchForward(o);

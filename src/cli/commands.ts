@@ -3,11 +3,10 @@ import { mergeAdapters } from '../adapters/merge.js';
 import { saveModel } from '../base/export.js';
 import { loadBase } from '../base/load.js';
 import { generate } from '../base/generate.js';
-import { initBase } from '../base/init.js';
+import { initBase, type InitBaseOptions } from '../base/init.js';
 import { inspectFolder } from '../base/inspect.js';
 import { promptIds } from '../base/prompt.js';
 import { logprobs } from '../base/scoring.js';
-import type { Arch } from '../base/config.js';
 import { openComposed, type ComposeFlags } from './compose.js';
 import { forwardTable } from './format.js';
 
@@ -52,19 +51,7 @@ export async function runGenerate(o: ComposeFlags & {
   composed.dispose();
 }
 
-export async function runInitBase(o: {
-  arch: Arch;
-  layers: number;
-  hidden: number;
-  heads: number;
-  kvHeads?: number;
-  ffn: number;
-  vocab?: number;
-  maxPositions?: number;
-  tie?: boolean;
-  out: string;
-  seed: number;
-}): Promise<void> {
+export async function runInitBase(o: InitBaseOptions & { tie?: boolean }): Promise<void> {
   initBase({ ...o, tieWordEmbeddings: o.tie });
   process.stderr.write(`molora: wrote a random ${o.arch} base to ${o.out}\n`);
 }

@@ -4,7 +4,7 @@ import { loadBase } from '../base/load.js';
 import { maskExperts, parseExpertMask } from '../gating/moe.js';
 import { applyProfile, profileFor, readProfiles } from '../gating/profile.js';
 import { MoleModel } from '../gating/session.js';
-import { collect, nameList, namedNumbers, namedPaths } from './args.js';
+import { collect, int, nameList, namedNumbers, namedPaths } from './args.js';
 
 /** The flags that choose what runs on the base: plain adapters, or experts with a gate, weights, a mask or a profile. */
 export interface ComposeFlags {
@@ -31,6 +31,17 @@ export function addComposeFlags(c: Command): Command {
     .option('--profile <file>', 'per-task profiles JSON: {"tasks": {"<task>": {"experts": {…}, "gate"?, "weights"?, "mask"?, "only"?}}}')
     .option('--task <name>', 'the profile to use (with --profile)')
     .option('--mask-experts <spec>', 'sparse MoE models: drop routed experts everywhere (3,5) or per layer (0:3,1:5); top-k renormalises over the rest');
+}
+
+/** The data flags of the commands that run a model over a CSV without training (eval, gates). */
+export function addScoringFlags(c: Command): Command {
+  return c
+    .requiredOption('--data <file.csv>', 'CSV to run')
+    .option('--text-column <name>', 'column of documents (loss only)', 'text')
+    .option('--prompt-column <name>', 'prompt column (with --completion-column: exact match too)')
+    .option('--completion-column <name>', 'reference completion column')
+    .option('--task-column <name>', 'report per task')
+    .option('--seq-len <n>', 'longest sequence; longer rows are truncated', int(2), 256);
 }
 
 /** The base with its adapters and expert composition, as the flags ask. */

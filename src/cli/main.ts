@@ -4,7 +4,7 @@ import { BACKENDS, initBackend } from '../base/backend.js';
 import { runForward, runGenerate, runInitBase, runInspect, runMerge } from './commands.js';
 import { addDataFlags, addTrainerFlags, runTrainAdapter } from './train.js';
 import { runEval } from './eval.js';
-import { addComposeFlags } from './compose.js';
+import { addComposeFlags, addScoringFlags } from './compose.js';
 import { runGates, runTrainGate } from './gates.js';
 import { runReport } from '../report/cli.js';
 import { runBenchCompose, runBenchForward, runBenchGate, runBenchSwap, runBenchTrain } from './bench.js';
@@ -97,18 +97,12 @@ addTrainerFlags(
   ),
 ).action(runTrainGate);
 
-addComposeFlags(
+addScoringFlags(addComposeFlags(
   program
     .command('gates')
     .description('Report a trained gate on data: mean gate weight per layer per expert (per task with --task-column) and entropy.')
     .requiredOption('--model <dir>', 'base model folder'),
-)
-  .requiredOption('--data <file.csv>', 'CSV to run')
-  .option('--text-column <name>', 'column of documents', 'text')
-  .option('--prompt-column <name>', 'prompt column (with --completion-column)')
-  .option('--completion-column <name>', 'completion column')
-  .option('--task-column <name>', 'report per task')
-  .option('--seq-len <n>', 'longest sequence', int(2), 256)
+))
   .option('--json', 'print the report as JSON')
   .option('--html <file>', 'also write a self-contained heatmap page (layer × expert, per task)')
   .action(runGates);
@@ -121,19 +115,13 @@ program
   .option('--open', 'open the page in the default browser')
   .action(runReport);
 
-addComposeFlags(
+addScoringFlags(addComposeFlags(
   program
     .command('eval')
     .description('Score a model (plus adapters or a composition of experts) on a CSV: loss, perplexity and exact match of greedy completions, per task and overall.')
     .requiredOption('--model <dir>', 'base model folder'),
-)
-  .requiredOption('--data <file.csv>', 'test CSV')
-  .option('--text-column <name>', 'column of documents (loss only)', 'text')
-  .option('--prompt-column <name>', 'prompt column (with --completion-column: exact match too)')
-  .option('--completion-column <name>', 'reference completion column')
-  .option('--task-column <name>', 'report per task')
+))
   .option('--batch-size <n>', 'sequences per batch', int(1), 16)
-  .option('--seq-len <n>', 'longest sequence; longer rows are truncated', int(2), 256)
   .option('--no-exact-match', 'skip greedy decoding (loss and perplexity only)')
   .option('--json', 'print {"tasks": {"<task>": {"n", "loss", "perplexity", "exact_match"}}, "overall": {…}}')
   .action(runEval);

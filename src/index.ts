@@ -38,3 +38,6 @@ export { AdamW } from './train/optimizer.js';
 export { runReport } from './report/cli.js';
 export { renderReport } from './report/page.js';
 export { collectRun } from './report/collect.js';
+export { upcycleFolder, trainMoe, expertParams, routingOn, type TrainMoeOptions } from './gating/train-moe.js';
+export { createMixLora, MixLoraAdapter, type MixLoraConfig, type MixLoraOptions } from './gating/mixlora.js';
+export { loadMixLora, saveMixLora, attachAdapterFolders } from './gating/mixlora-io.js';

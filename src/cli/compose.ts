@@ -1,6 +1,6 @@
 import type { Command } from 'commander';
-import { attachAdapters } from '../adapters/peft.js';
 import { loadBase } from '../base/load.js';
+import { attachAdapterFolders } from '../gating/mixlora-io.js';
 import { maskExperts, parseExpertMask } from '../gating/moe.js';
 import { applyProfile, profileFor, readProfiles } from '../gating/profile.js';
 import { MoleModel } from '../gating/session.js';
@@ -22,7 +22,7 @@ export interface ComposeFlags {
 
 export function addComposeFlags(c: Command): Command {
   return c
-    .option('--adapter <dir>', 'PEFT LoRA adapter folder, always on; repeat to sum several', collect, [])
+    .option('--adapter <dir>', 'PEFT LoRA (or MixLoRA) adapter folder, always on; repeat to sum several', collect, [])
     .option('--expert <name=dir>', 'a frozen LoRA expert for MoLE composition; repeat', namedPaths, [])
     .option('--gate <dir>', 'a trained gate folder (gate_config.json + gate.safetensors) over the --expert set')
     .option('--weights <name=w,…>', 'static linear composition instead of a gate, e.g. a=0.5,b=0.5', namedNumbers)
@@ -56,7 +56,7 @@ export function openComposed(o: ComposeFlags): MoleModel {
   const base = loadBase(o.model);
   const m = new MoleModel(base);
   try {
-    attachAdapters(base, o.adapter ?? []);
+    attachAdapterFolders(base, o.adapter ?? []);
     if (o.profile) applyProfile(m, profileFor(readProfiles(o.profile), o.task!));
     for (const [name, dir] of experts) m.addExpert(name, dir);
     if (o.gate) m.useGate(o.gate);

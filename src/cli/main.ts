@@ -7,6 +7,7 @@ import { runEval } from './eval.js';
 import { addComposeFlags, addScoringFlags } from './compose.js';
 import { runGates, runTrainGate } from './gates.js';
 import { runReport } from '../report/cli.js';
+import { addMixLoraFlags, registerMoeCommands } from './moe.js';
 import { runBenchCompose, runBenchForward, runBenchGate, runBenchSwap, runBenchTrain } from './bench.js';
 import { choice, collect, float, idList, int, namedPaths, nameList, rangeList } from './args.js';
 
@@ -61,7 +62,7 @@ program
   .option('--seed <n>', 'init seed', int(0), 0)
   .action(runInitBase);
 
-addTrainerFlags(
+addMixLoraFlags(addTrainerFlags(
   addDataFlags(
     program
       .command('train-adapter')
@@ -78,7 +79,7 @@ addTrainerFlags(
       .option('--layers <list>', 'only these transformer layers, e.g. 0-3,6 (layers_to_transform)', rangeList)
       .option('--init <kind>', 'A init: kaiming (PEFT default) or gaussian; B starts at 0', choice(['kaiming', 'gaussian'] as const), 'kaiming'),
   ),
-).action(runTrainAdapter);
+)).action(runTrainAdapter);
 
 addTrainerFlags(
   addDataFlags(
@@ -156,6 +157,8 @@ bench
   .option('--new-tokens <n>', 'tokens to decode', int(1), 256)
   .option('--json', 'print one JSON line')
   .action(runBenchForward);
+
+registerMoeCommands(program, bench);
 
 // Every command takes --backend, wherever it sits on the command line.
 const leaves = (c: Command): Command[] => (c.commands.length ? c.commands.flatMap(leaves) : [c]);

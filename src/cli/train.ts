@@ -5,6 +5,7 @@ import { SCHEDULE_KINDS, type ScheduleKind } from '../train/schedule.js';
 import type { ProgressMode } from '../train/progress.js';
 import type { LmTrainOptions } from '../train/lm.js';
 import { choice, float, int } from './args.js';
+import { mixLoraOptions, type MixLoraFlags } from './moe.js';
 import { byteProgress } from './progress.js';
 
 /** The CSV flags every training command shares. */
@@ -64,7 +65,7 @@ export async function runTrainAdapter(
     targetRegex?: string;
     layers?: number[];
     init: LoraConfig['init'];
-  },
+  } & MixLoraFlags,
 ): Promise<void> {
   const opts = lmOptions(o);
   const lora: Partial<LoraConfig> = {
@@ -77,10 +78,11 @@ export async function runTrainAdapter(
     init: o.init,
   };
   try {
-    const r = await trainAdapter({ ...opts, model: o.model, name: o.name, lora });
+    const mixlora = mixLoraOptions(o);
+    const r = await trainAdapter({ ...opts, model: o.model, name: o.name, lora, mixlora });
     // The trainer has already said how to resume an interrupted run.
     if (r.status === 'interrupted') process.exitCode = 130;
-    else process.stderr.write(`molora: trained ${r.step} steps; PEFT adapter in ${o.out}\n`);
+    else process.stderr.write(`molora: trained ${r.step} steps; ${mixlora ? 'MixLoRA' : 'PEFT'} adapter in ${o.out}\n`);
   } finally {
     opts.stopProgress();
   }

@@ -120,6 +120,12 @@ describe('train-moe', () => {
       expect(maxAbsDiff(a.get(k)!, b.get(k)!)).toBeLessThan(1e-7);
     }
     for (const [k, v] of a) expect(maxAbsDiff(v, b.get(k)!), k).toBeLessThan(1e-6);
+    // The saved folder loads with its routing bias in place, nothing ignored.
+    const warnings: string[] = [];
+    const loaded = loadBase(straight, { warn: (m) => warnings.push(m) });
+    expect(warnings).toEqual([]);
+    moeLayers(loaded).forEach((m, i) => expect(maxAbsDiff(m.router.enableBalancingBias().dataSync(), a.get(biases[i]!)!)).toBe(0));
+    loaded.dispose();
   });
 
   it('refuses a dense model and a bad γ', async () => {

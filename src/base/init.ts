@@ -35,8 +35,9 @@ export class RandomWeights implements WeightSource {
     private readonly std = 0.02,
   ) {}
 
+  /** A fresh init holds no optional tensors: builders use their default key layout. */
   has(): boolean {
-    return true;
+    return false;
   }
 
   get(key: string, shape: number[]): tf.Tensor {

@@ -61,6 +61,13 @@ export function buildMoEFFN(cfg: ModelConfig, w: WeightSource, i: number, linear
     capacityFactor: null,
     jitter: m.jitter,
   });
+  // A model trained with aux-loss-free balancing keeps its selection bias (DeepSeek-V3's key).
+  const biasKey = `${prefix}.gate.e_score_correction_bias`;
+  if (w.has(biasKey)) {
+    const b = w.get(biasKey, [E]);
+    router.enableBalancingBias().assign(b);
+    b.dispose();
+  }
   let experts: SwiGLU[];
   if (packed) {
     const gateUp = w.get(`${prefix}.experts.gate_up_proj`, [E, 2 * I, D]);

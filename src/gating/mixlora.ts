@@ -9,6 +9,7 @@ import type { CausalLM } from '../base/model.js';
 import type { Rng } from '../base/rng.js';
 import { RouterLosses, routerLossPart, routerStats, type RouterStats } from './moe-losses.js';
 import { Router } from './router.js';
+import { realOf, scatterAdd } from './moe.js';
 
 /**
  * MixLoRA (Li et al. 2024, arXiv 2404.15159; TUDB-Labs/MixLoRA): E LoRA experts inside each dense
@@ -71,30 +72,6 @@ function ffnPrefix(parts: FfnParts): string {
 
 function projName(lin: Linear): string {
   return lin.name.slice(lin.name.lastIndexOf('.') + 1);
-}
-
-/** Host copies of ctx.tokenMask, read once per pass for all layers. */
-const realRows = new WeakMap<ForwardContext, Float32Array>();
-
-function realOf(ctx: ForwardContext): Float32Array {
-  let r = realRows.get(ctx);
-  if (!r) {
-    r = ctx.tokenMask.dataSync() as Float32Array;
-    realRows.set(ctx, r);
-  }
-  return r;
-}
-
-/** Rows of y summed into [n, D] at `ids`, gradient gather(dy, ids): as in moe.ts, without the stock gradient's mask. */
-function scatterAdd(y: tf.Tensor2D, ids: tf.Tensor1D, n: number): tf.Tensor2D {
-  const f = tf.customGrad((yy, save) => {
-    (save as tf.GradSaveFunc)([ids]);
-    return {
-      value: tf.unsortedSegmentSum(yy as tf.Tensor2D, ids, n),
-      gradFunc: (dy, saved) => tf.gather(dy as tf.Tensor2D, saved[0]!),
-    };
-  });
-  return f(y) as tf.Tensor2D;
 }
 
 /**

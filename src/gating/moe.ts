@@ -21,7 +21,7 @@ export type ExpertLayout = 'per-expert' | 'packed';
  * UnsortedSegmentSum gradient also masks negative ids with a broadcast LogicalAnd, which was a
  * quarter of a MoE backward on wasm; these ids are always valid.
  */
-function scatterAdd(y: tf.Tensor2D, ids: tf.Tensor1D, n: number): tf.Tensor2D {
+export function scatterAdd(y: tf.Tensor2D, ids: tf.Tensor1D, n: number): tf.Tensor2D {
   const f = tf.customGrad((yy, save) => {
     (save as tf.GradSaveFunc)([ids]);
     return {
@@ -35,7 +35,7 @@ function scatterAdd(y: tf.Tensor2D, ids: tf.Tensor1D, n: number): tf.Tensor2D {
 /** Host copies of ctx.tokenMask, read once per pass for all layers. */
 const realRows = new WeakMap<ForwardContext, Float32Array>();
 
-function realOf(ctx: ForwardContext): Float32Array {
+export function realOf(ctx: ForwardContext): Float32Array {
   let r = realRows.get(ctx);
   if (!r) {
     r = ctx.tokenMask.dataSync() as Float32Array;

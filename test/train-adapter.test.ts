@@ -87,10 +87,12 @@ describe('train-adapter', () => {
     model.dispose();
   });
 
+  // Batch 16 keeps the run several seconds long, so the SIGINT sent at its first progress line
+  // lands mid-run even on a loaded machine.
   it('SIGINT checkpoints and exits; --resume then matches an uninterrupted run exactly', async () => {
     const args = (out: string): string[] => [
       CLI, 'train-adapter', '--model', base, '--data', join(tmp.dir, 'train.csv'), '--prompt-column', 'prompt', '--completion-column', 'completion',
-      '--out', out, '--steps', '300', '--batch-size', '8', '--seq-len', '32', '--lr', '5e-3', '--targets', 'q_proj,v_proj,lm_head', '--seed', '3', '--progress', 'lines',
+      '--out', out, '--steps', '300', '--batch-size', '16', '--seq-len', '32', '--lr', '5e-3', '--targets', 'q_proj,v_proj,lm_head', '--seed', '3', '--progress', 'lines',
     ];
     const straight = join(tmp.dir, 'straight');
     expect(spawnSync('node', args(straight), { encoding: 'utf8' }).status).toBe(0);

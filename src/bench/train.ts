@@ -45,8 +45,10 @@ export function benchTrain(o: BenchTrainOptions): BenchTrainResult {
   const batch = { ids: Int32Array.from({ length: N }, () => rng.int(o.vocab)), batch: o.batch, seq: o.seq };
   const targets = Int32Array.from({ length: N }, () => rng.int(o.vocab));
   const weights = new Float32Array(N).fill(1);
+  const probe = new MatmulProbe(model, N);
   try {
     const times: number[] = [];
+    const rates: number[] = [];
     let loss = NaN;
     for (let i = 0; i < o.warmup + o.steps; i++) {
       const t0 = performance.now();
@@ -54,12 +56,14 @@ export function benchTrain(o: BenchTrainOptions): BenchTrainResult {
       opt.apply(acc.grads, 1e-3);
       loss = acc.loss.dataSync()[0]!;
       disposeAccumulated(acc);
-      if (i >= o.warmup) times.push(performance.now() - t0);
+      if (i < o.warmup) continue;
+      times.push(performance.now() - t0);
+      // Between steps, so both see the same load on a shared machine.
+      rates.push(probe.gflops());
     }
-    times.sort((a, b) => a - b);
-    const stepMs = times[Math.floor(times.length / 2)]!;
+    const stepMs = median(times);
+    const matmulGflops = median(rates);
     const flops = loraStepFlops(model, adapter, o);
-    const matmulGflops = matmulRate(model, N);
     const achieved = flops / (stepMs / 1000) / 1e9;
     return {
       tokens_per_s: N / (stepMs / 1000),
@@ -72,10 +76,16 @@ export function benchTrain(o: BenchTrainOptions): BenchTrainResult {
       backend: tf.getBackend(),
     };
   } finally {
+    probe.dispose();
     opt.dispose();
     adapter.dispose();
     model.dispose();
   }
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)]!;
 }
 
 /**
@@ -94,21 +104,30 @@ export function loraStepFlops(model: CausalLM, adapter: LoraAdapter, o: Pick<Ben
   return 2 * base + 3 * lora;
 }
 
-/** Plain 2-D matMul GFLOP/s over the model's linear shapes, weighted by their FLOPs. */
-function matmulRate(model: CausalLM, N: number): number {
-  let flops = 0;
-  let ms = 0;
-  const shapes = new Map(model.linears().map((l) => [`${l.inFeatures}x${l.outFeatures}`, l]));
-  for (const l of shapes.values()) {
-    const [x, w] = [tf.randomNormal([N, l.inFeatures]) as tf.Tensor2D, tf.randomNormal([l.inFeatures, l.outFeatures]) as tf.Tensor2D];
-    tf.tidy(() => void matMul(x, w).dataSync());
-    const reps = 5;
-    const t0 = performance.now();
-    for (let i = 0; i < reps; i++) tf.tidy(() => void matMul(x, w).dataSync());
-    ms += performance.now() - t0;
-    flops += reps * 2 * N * l.inFeatures * l.outFeatures;
-    x.dispose();
-    w.dispose();
+/**
+ * Plain 2-D matMul GFLOP/s over the model's linear shapes (each distinct [in, out] once, so
+ * weighted by their FLOPs), with kept weights as the model's are.
+ */
+class MatmulProbe {
+  private readonly pairs: [tf.Tensor2D, tf.Tensor2D][];
+
+  constructor(model: CausalLM, N: number) {
+    const shapes = new Map(model.linears().map((l) => [`${l.inFeatures}x${l.outFeatures}`, l]));
+    this.pairs = [...shapes.values()].map((l) => [tf.randomNormal([N, l.inFeatures]), tf.randomNormal([l.inFeatures, l.outFeatures])]);
+    this.gflops();
   }
-  return flops / (ms / 1000) / 1e9;
+
+  gflops(): number {
+    let flops = 0;
+    const t0 = performance.now();
+    for (const [x, w] of this.pairs) {
+      tf.tidy(() => void matMul(x, w).dataSync());
+      flops += 2 * x.shape[0] * x.shape[1] * w.shape[1];
+    }
+    return flops / ((performance.now() - t0) / 1000) / 1e9;
+  }
+
+  dispose(): void {
+    for (const p of this.pairs) tf.dispose(p);
+  }
 }

@@ -111,6 +111,15 @@ describe('molora CLI', () => {
     expect(wrong.stderr).toMatch(/at least 2 experts/);
   });
 
+  it('--mask-experts masks routed experts of a sparse model and names a bad expert', () => {
+    const mixtral = join(MODEL_FIXTURES, 'mixtral');
+    const plain = JSON.parse(run('forward', '--model', mixtral, '--ids', '3,1,4,1,5', '--json'));
+    const masked = JSON.parse(run('forward', '--model', mixtral, '--ids', '3,1,4,1,5', '--json', '--mask-experts', '0:1,2'));
+    expect(maxAbsDiff(plain.logprobs[4], masked.logprobs[4])).toBeGreaterThan(1e-4);
+    const bad = fail('forward', '--model', mixtral, '--ids', '1', '--mask-experts', '9');
+    expect(bad.stderr).toMatch(/cannot mask expert 9; experts are 0\.\.3/);
+  });
+
   it('bad input fails with a clear message and a non-zero exit', () => {
     expect(fail('forward', '--model', join(MODEL_FIXTURES, 'llama-gqa'), '--ids', '1,x')).toMatchObject({ status: 1 });
     const r = fail('forward', '--model', join(MODEL_FIXTURES, 'llama-gqa'), '--ids', '1,500');

@@ -1,0 +1,149 @@
+import { attachAdapters } from '../adapters/peft.js';
+import { loadBase } from '../base/load.js';
+import { byteProgress } from '../cli/progress.js';
+import { MoleModel } from '../gating/session.js';
+import { gateStatsOn } from '../gating/train.js';
+import type { Sample, Summary } from '../report/summary.js';
+import { evaluate, type EvalReport } from '../train/evaluate.js';
+import { loadLmData } from '../train/lm.js';
+
+/** The settings an eval step can score; `adapters` and `masks` expand to one setting per expert. */
+export const EVAL_SETTINGS = ['base', 'adapters', 'static-equal', 'gate', 'masks'] as const;
+
+export interface EvalStepOptions {
+  model: string;
+  data: string;
+  textColumn?: string;
+  promptColumn?: string;
+  completionColumn?: string;
+  taskColumn?: string;
+  /** Plain adapters, always on (no experts then). */
+  adapters?: string[];
+  /** MoLE experts, [name, dir]; with `gate`, the composition settings can be scored. */
+  experts?: [string, string][];
+  gate?: string;
+  /** Which of EVAL_SETTINGS to score; default every one the experts and gate allow. */
+  settings?: string[];
+  /** Test prompts per task to decode under the gate with and without each mask. */
+  samples?: number;
+  batchSize?: number;
+  seqLen?: number;
+  log: (m: string) => void;
+}
+
+/**
+ * Score a model on a test CSV under several settings, the way the quickstart compares them: the
+ * base, each expert alone, static equal weights, the gate, and the gate with each expert
+ * masked; plus gate weights per task and a few samples. Returns a report-ready summary.
+ */
+export async function evalSettings(o: EvalStepOptions): Promise<Summary> {
+  const experts = o.experts ?? [];
+  const names = experts.map(([n]) => n);
+  if (o.adapters?.length && experts.length) throw new Error('eval: give "adapters" (always on) or "experts" (composed), not both');
+  if (o.gate && experts.length < 2) throw new Error('eval: "gate" needs the "experts" it was trained over (at least 2)');
+  const allowed = new Set<string>(['base', ...(experts.length ? ['adapters', 'static-equal'] : []), ...(o.gate ? ['gate', 'masks'] : [])]);
+  const wanted = o.settings ?? [...allowed];
+  for (const s of wanted) {
+    if (!(EVAL_SETTINGS as readonly string[]).includes(s)) throw new Error(`eval: unknown setting '${s}' (settings: ${EVAL_SETTINGS.join(', ')})`);
+    if (!allowed.has(s)) throw new Error(`eval: setting '${s}' needs ${s === 'gate' || s === 'masks' ? '"gate" and ' : ''}"experts"`);
+  }
+  const seqLen = o.seqLen ?? 256;
+  const batchSize = o.batchSize ?? 16;
+  const base = loadBase(o.model, { warn: o.log });
+  const m = new MoleModel(base, o.log);
+  const plain = attachAdapters(base, o.adapters ?? [], o.log);
+  try {
+    for (const [name, dir] of experts) m.addExpert(name, dir);
+    const test = await loadLmData(base, { ...o, seqLen, batchSize, seed: 0 }, () => {});
+    const store = test.dataset.train;
+    const settings: Record<string, EvalReport> = {};
+    const score = (name: string): void => {
+      const bar = byteProgress(`eval ${name}`, 'examples');
+      try {
+        settings[name] = evaluate(base, store, { batchSize, seqLen, useCache: m.cacheSafe, onProgress: bar.update });
+      } finally {
+        bar.stop();
+      }
+      o.log(`eval ${name}: exact match ${fmtExact(settings[name]!)}`);
+    };
+    const has = (s: string): boolean => wanted.includes(s);
+    if (has('base')) {
+      if (experts.length) m.composition.detach();
+      score(o.adapters?.length ? 'adapters' : 'base');
+      if (experts.length) m.composition.attach();
+    }
+    if (has('adapters')) {
+      for (const n of names) {
+        m.only(n);
+        score(`adapter:${n}`);
+      }
+      m.mask(null);
+    }
+    if (has('static-equal')) {
+      m.useWeights(Object.fromEntries(names.map((n) => [n, 1 / names.length])));
+      score('static-equal');
+    }
+    const samples: Sample[] = [];
+    const prompts = samplePrompts(base, store, o.samples ?? 0);
+    const sample = (setting: string): void => {
+      for (const { maxNew, ...s } of prompts) samples.push({ ...s, setting, output: m.generate(s.prompt, { maxNewTokens: maxNew }).text ?? '' });
+    };
+    const summary: Summary = { tasks: store.taskNames.length ? [...store.taskNames] : ['all'], settings };
+    if (o.gate) {
+      m.useGate(o.gate);
+      if (has('gate')) score('gate');
+      sample('gate');
+      for (const n of names) {
+        m.mask([n]);
+        if (has('masks')) score(`gate-mask:${n}`);
+        sample(`gate-mask:${n}`);
+      }
+      m.mask(null);
+      const stats = gateStatsOn(m.composition, store, store.taskNames, seqLen, Infinity);
+      const matrix = (gates: typeof stats.gates): number[][] => gates.map((g) => g.meanWeight);
+      summary.experts = names;
+      summary.gates = {
+        layers: stats.gates.map((g) => g.gate),
+        experts: [...stats.experts],
+        overall: matrix(stats.gates),
+        by_task: Object.fromEntries(Object.entries(stats.byTask).map(([t, g]) => [t, matrix(g)])),
+        entropy: stats.gates.map((g) => g.entropy),
+      };
+    } else {
+      sample(Object.keys(settings).at(-1) ?? 'base');
+    }
+    if (samples.length) summary.samples = samples;
+    return summary;
+  } finally {
+    for (const a of plain) a.dispose();
+    m.dispose();
+  }
+}
+
+/** The first `n` examples of each task, as text, with the length of their reference completion. */
+function samplePrompts(model: MoleModel['base'], store: Parameters<typeof evaluate>[1], n: number): (Omit<Sample, 'setting' | 'output'> & { maxNew: number })[] {
+  const tok = model.tokenizer;
+  if (n === 0 || !tok || store.mode !== 'completion') return [];
+  const taken = new Map<number, number>();
+  const out: (Omit<Sample, 'setting' | 'output'> & { maxNew: number })[] = [];
+  for (let i = 0; i < store.size; i++) {
+    const t = store.taskIds[i]!;
+    if ((taken.get(t) ?? 0) >= n) continue;
+    taken.set(t, (taken.get(t) ?? 0) + 1);
+    const ids = Array.from(store.example(i));
+    const cut = store.promptLens[i]!;
+    const reference = ids.slice(cut);
+    out.push({
+      task: store.taskNames[t] ?? 'all',
+      prompt: tok.decode(ids.slice(0, cut), { skipSpecial: true }),
+      reference: tok.decode(reference, { skipSpecial: true }),
+      maxNew: reference.length,
+    });
+  }
+  return out;
+}
+
+function fmtExact(r: EvalReport): string {
+  const x = r.overall.exact_match;
+  return x === null ? '-' : `${(100 * x).toFixed(1)}%`;
+}

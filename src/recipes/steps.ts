@@ -1,0 +1,145 @@
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import type { LoraConfig } from '../adapters/config.js';
+import { trainAdapter } from '../adapters/train.js';
+import { writeFileAtomic, writeJsonAtomic } from '../base/atomic.js';
+import type { Arch } from '../base/config.js';
+import { initBase } from '../base/init.js';
+import { summaryTable } from '../gating/experiment.js';
+import { GATE_CONFIG } from '../gating/gate-io.js';
+import type { GateOptions } from '../gating/mole.js';
+import { loadModel } from '../gating/session.js';
+import { gateStatsOn, trainGate } from '../gating/train.js';
+import { upcycleFolder } from '../gating/train-moe.js';
+import { collectRun } from '../report/collect.js';
+import { renderReport } from '../report/page.js';
+import { loadLmData, type LmTrainOptions } from '../train/lm.js';
+import { pretrain } from '../train/pretrain.js';
+import type { ProgressMode } from '../train/progress.js';
+import type { TrainResult } from '../train/trainer.js';
+import { evalSettings } from './eval-step.js';
+import type { Step, StepType } from './format.js';
+
+export interface StepContext {
+  run: string;
+  progress: ProgressMode;
+  log: (m: string) => void;
+  /** Where tables meant for the user go (stdout by default). */
+  print: (text: string) => void;
+}
+
+/** The file whose presence shows a step's output was written (the folder's main artifact, or the file itself). */
+export function outputOf(step: Step): string {
+  const main: Partial<Record<StepType, string>> = {
+    'init-base': 'model.safetensors',
+    pretrain: 'model.safetensors',
+    upcycle: 'model.safetensors',
+    'train-adapter': 'adapter_model.safetensors',
+    'train-gate': GATE_CONFIG,
+  };
+  const f = main[step.type];
+  return f ? join(step.out, f) : step.out;
+}
+
+type F = Record<string, unknown>;
+
+/** The trainer fields of a step as trainLm options (prompt/completion/task columns when given). */
+function trainerOptions(f: F, out: string, ctx: StepContext): LmTrainOptions {
+  const { model: _m, data, name: _n, rank: _r, alpha: _a, dropout: _d, rslora: _s, targets: _t, experts: _e, level: _l, granularity: _g, topK: _k, balance: _b, temperature: _tt, maskDropout: _md, ...rest } = f;
+  return {
+    batchSize: 8,
+    seqLen: 256,
+    lr: 1e-3,
+    seed: 0,
+    ...(rest as Partial<LmTrainOptions>),
+    data: data as string,
+    out,
+    // An interrupted run left checkpoints: pick up from the last one.
+    resume: existsSync(join(out, 'latest')) ? out : undefined,
+    progress: ctx.progress,
+    log: ctx.log,
+  };
+}
+
+/** Run one step: the same library call the matching CLI command makes. */
+export async function runStep(step: Step, ctx: StepContext): Promise<TrainResult['status']> {
+  const f = step.fields;
+  switch (step.type) {
+    case 'init-base':
+      initBase({
+        arch: f.arch as Arch,
+        layers: f.layers as number,
+        hidden: f.hidden as number,
+        heads: f.heads as number,
+        kvHeads: f.kvHeads as number | undefined,
+        ffn: f.ffn as number,
+        vocab: f.vocab as number | undefined,
+        maxPositions: f.maxPositions as number | undefined,
+        tieWordEmbeddings: f.tie as boolean | undefined,
+        seed: f.seed as number | undefined,
+        out: step.out,
+      });
+      return 'done';
+    case 'pretrain':
+      return (await pretrain({ ...trainerOptions(f, step.out, ctx), model: f.model as string })).status;
+    case 'train-adapter': {
+      const lora: Partial<LoraConfig> = {};
+      if (f.rank !== undefined) lora.r = f.rank as number;
+      if (f.alpha !== undefined) lora.loraAlpha = f.alpha as number;
+      if (f.dropout !== undefined) lora.loraDropout = f.dropout as number;
+      if (f.rslora !== undefined) lora.useRslora = f.rslora as boolean;
+      if (f.targets !== undefined) lora.targetModules = f.targets as string[];
+      return (await trainAdapter({ ...trainerOptions(f, step.out, ctx), model: f.model as string, name: (f.name as string | undefined) ?? step.id, lora })).status;
+    }
+    case 'train-gate': {
+      const t = f.temperature ?? 'learn';
+      const gate: Partial<GateOptions> = {
+        temperature: t === 'learn' ? { mode: 'learned' } : { mode: 'fixed', value: t as number },
+        ...(f.level !== undefined && { level: f.level as GateOptions['level'] }),
+        ...(f.granularity !== undefined && { granularity: f.granularity as GateOptions['granularity'] }),
+        ...(f.topK !== undefined && { topK: f.topK as number }),
+        ...(f.balance !== undefined && { balanceAlpha: f.balance as number }),
+      };
+      const r = await trainGate({ ...trainerOptions(f, step.out, ctx), model: f.model as string, experts: f.experts as [string, string][], gate, maskDropout: f.maskDropout as number | undefined });
+      return r.status;
+    }
+    case 'upcycle':
+      upcycleFolder({
+        model: f.model as string,
+        out: step.out,
+        experts: f.experts as number,
+        topK: f.topK as number,
+        shared: f.shared as number | undefined,
+        noise: f.noise as number | undefined,
+        seed: f.seed as number | undefined,
+        warn: ctx.log,
+      });
+      return 'done';
+    case 'eval': {
+      const s = await evalSettings({ ...(f as Omit<Parameters<typeof evalSettings>[0], 'log'>), log: ctx.log });
+      writeJsonAtomic(step.out, s);
+      ctx.print(`exact match (%) by setting and task:\n${summaryTable(s)}\n`);
+      return 'done';
+    }
+    case 'gates': {
+      const m = await loadModel(f.model as string, { warn: ctx.log });
+      try {
+        for (const [name, dir] of f.experts as [string, string][]) m.addExpert(name, dir);
+        m.useGate(f.gate as string);
+        const seqLen = (f.seqLen as number | undefined) ?? 256;
+        const { dataset } = await loadLmData(m.base, { ...(f as F), data: f.data as string, seqLen, batchSize: 8, seed: 0 }, () => {});
+        writeJsonAtomic(step.out, gateStatsOn(m.composition, dataset.train, dataset.taskNames, seqLen, Infinity));
+      } finally {
+        m.dispose();
+      }
+      return 'done';
+    }
+    case 'report': {
+      const dir = (f.dir as string | undefined) ?? ctx.run;
+      if (!existsSync(dir)) throw new Error(`report: ${dir} does not exist`);
+      writeFileAtomic(step.out, renderReport(collectRun(dir), new Date()));
+      ctx.print(`report: ${step.out}\n`);
+      return 'done';
+    }
+  }
+}

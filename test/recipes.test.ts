@@ -1,0 +1,68 @@
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { initBackend } from '../src/base/backend.js';
+import { loadRecipe, runRecipe } from '../src/recipes/run.js';
+import { tempDir } from './helpers.js';
+
+const tmp = tempDir();
+afterAll(tmp.cleanup);
+const quiet = { progress: 'off' as const, log: () => {}, print: () => {} };
+const cols = { promptColumn: 'prompt', completionColumn: 'completion', taskColumn: 'task' };
+const recipe = (steps: unknown[], name = 'tiny'): string => {
+  const file = join(tmp.dir, `${name}.json`);
+  writeFileSync(file, JSON.stringify({ name, steps }));
+  return file;
+};
+const TINY = [
+  { type: 'init-base', out: 'base', arch: 'llama', layers: 1, hidden: 16, heads: 2, ffn: 32, seed: 0 },
+  { type: 'train-adapter', id: 'color', model: '$run/base', data: join(import.meta.dirname, '..', 'recipes', 'data', 'color.csv'), out: 'adapters/color', steps: 3, batchSize: 4, seqLen: 24, lr: 1e-2, ...cols },
+  { type: 'eval', model: '$run/base', adapters: ['$run/adapters/color'], data: 'test.csv', out: 'summary.json', samples: 1, seqLen: 24, ...cols },
+  { type: 'report' },
+];
+
+beforeAll(async () => {
+  await initBackend();
+  writeFileSync(join(tmp.dir, 'test.csv'), 'prompt,completion,task\ncolor: sky =, blue,color\nsound: cow =, moo,sound\n');
+});
+
+describe('recipes', () => {
+  it('runs init-base → train-adapter → eval → report, then skips every step on a second run', async () => {
+    const file = recipe(TINY);
+    const run = join(tmp.dir, 'run');
+    const first = await runRecipe(file, { ...quiet, out: run });
+    expect(first.status).toBe('done');
+    expect(first.ran).toEqual(['base', 'color', 'summary.json', 'report.html']);
+    expect(existsSync(join(run, 'adapters', 'color', 'adapter_model.safetensors'))).toBe(true);
+    const summary = JSON.parse(readFileSync(join(run, 'summary.json'), 'utf8'));
+    expect(Object.keys(summary.settings)).toEqual(['adapters']);
+    expect(summary.settings.adapters.tasks.color.n).toBe(1);
+    expect(summary.samples.length).toBe(2);
+    expect(readFileSync(join(run, 'report.html'), 'utf8')).toContain('<html');
+    const second = await runRecipe(file, { ...quiet, out: run });
+    expect(second.ran).toEqual([]);
+    expect(second.skipped).toEqual(first.ran);
+  });
+
+  it('reruns a step whose marker is missing, and refuses one whose fields changed', async () => {
+    const steps = structuredClone(TINY).slice(0, 1);
+    const run = join(tmp.dir, 'run2');
+    await runRecipe(recipe(steps, 'one'), { ...quiet, out: run });
+    steps[0]!.seed = 1;
+    await expect(runRecipe(recipe(steps, 'one'), { ...quiet, out: run })).rejects.toThrow(/step 'base' \(init-base\) changed since it completed/);
+  });
+
+  it('rejects an unknown step type or field before running anything, naming the step', () => {
+    expect(() => loadRecipe(recipe([TINY[0], { type: 'train-adaptor', out: 'x' }]))).toThrow(/step 2 has unknown type "train-adaptor"/);
+    expect(() => loadRecipe(recipe([{ ...TINY[0], layer: 2 }]))).toThrow(/step 'base' \(init-base\): unknown field 'layer'/);
+    expect(() => loadRecipe(recipe([{ type: 'train-adapter', out: 'a', model: 'm' }]))).toThrow(/step 'a' \(train-adapter\) needs "data"/);
+    expect(() => loadRecipe(recipe([{ ...TINY[0], layers: 'two' }]))).toThrow(/"layers" must be an integer/);
+    writeFileSync(join(tmp.dir, 'bad.json'), '{"steps": [');
+    expect(() => loadRecipe(join(tmp.dir, 'bad.json'))).toThrow(/bad\.json: cannot read the recipe/);
+  });
+
+  it('a failing step is an error naming the step', async () => {
+    const file = recipe([{ type: 'train-adapter', id: 'broken', model: join(tmp.dir, 'nowhere'), data: 'test.csv', out: 'a', ...cols }], 'broken');
+    await expect(runRecipe(file, { ...quiet, out: join(tmp.dir, 'run3') })).rejects.toThrow(/step 'broken' \(train-adapter\) failed/);
+  });
+});

@@ -86,18 +86,22 @@ describe('matMul / linear', () => {
     close(dBias, [8, 8, 8], 1e-6);
   });
 
-  it('frozenLinear equals linear, forward and input gradient, through the kept transpose', () => {
+  it('frozenLinear equals linear, forward and input gradient, building the transpose at the first backward pass', () => {
     const x = rand([9, 6], 6) as tf.Tensor2D;
     const wT = rand([6, 4], 7) as tf.Tensor2D;
     const bias = tf.tensor1d([0.5, -1, 2, 0]);
     const dy = rand([9, 4], 8);
     const w = wT.transpose();
-    close(frozenLinear(x, wT, w, bias), linear(x, wT, bias).dataSync(), 1e-6);
-    const [dx, db] = tf.grads((a, b) => frozenLinear(a as tf.Tensor2D, wT, w, b as tf.Tensor1D))([x, bias], dy);
+    let built = 0;
+    const transposed = () => (built++, w);
+    close(frozenLinear(x, wT, transposed, bias), linear(x, wT, bias).dataSync(), 1e-6);
+    expect(built).toBe(0);
+    const [dx, db] = tf.grads((a, b) => frozenLinear(a as tf.Tensor2D, wT, transposed, b as tf.Tensor1D))([x, bias], dy);
+    expect(built).toBe(1);
     const [rx, rb] = tf.grads((a, b) => linear(a as tf.Tensor2D, wT, b as tf.Tensor1D))([x, bias], dy);
     close(dx!, rx!.dataSync(), 1e-6);
     close(db!, rb!.dataSync(), 1e-6);
-    expect(() => frozenLinear(x, wT, wT)).toThrow(/not the transpose/);
+    expect(() => tf.grad((a) => frozenLinear(a as tf.Tensor2D, wT, () => wT))(x)).toThrow(/not the transpose/);
   });
 
   it('names the shapes at fault', () => {

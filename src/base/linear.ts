@@ -33,21 +33,20 @@ export class Linear {
   }
 
   forward(x: tf.Tensor2D, ctx: ForwardContext): tf.Tensor2D {
-    const w = ctx.training ? this.frozenWeight() : null;
     const bias = this.bias ?? undefined;
-    let y = w ? frozenLinear(x, this.weightT, w, bias) : linear(x, this.weightT, bias);
+    const trains = this.weightT instanceof tf.Variable && this.weightT.trainable;
+    let y = ctx.training && !trains ? frozenLinear(x, this.weightT, () => this.weight(), bias) : linear(x, this.weightT, bias);
     for (const h of this.hooks) y = y.add(h.delta(x, ctx));
     return y;
   }
 
   /**
-   * The weight as [out, in] for the input gradient, or null when the weight itself trains (a
-   * router or expert made a variable). Costs a second copy of the weight, plus XNNPACK's packing
-   * of it, for as long as the layer lives; rebuilt if weightT is replaced (a merge).
+   * The weight as [out, in], for input gradients while training. Costs a second copy of the
+   * weight, plus XNNPACK's packing of it, for as long as the layer lives; rebuilt if weightT is
+   * replaced (a merge).
    */
-  private frozenWeight(): tf.Tensor2D | null {
+  private weight(): tf.Tensor2D {
     const wT = this.weightT;
-    if (wT instanceof tf.Variable && wT.trainable) return null;
     if (this.transposed?.of !== wT) {
       this.transposed?.w.dispose();
       this.transposed = { of: wT, w: tf.keep(wT.transpose()) };

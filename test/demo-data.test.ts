@@ -1,6 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
+import { CORPUS_DOCS, CORPUS_FILE, writeCorpus } from '../src/data/corpus.js';
 import { demoTasks, writeDemoData } from '../src/data/demo.js';
 import { tempDir } from './helpers.js';
 
@@ -32,8 +33,9 @@ describe('demo data', () => {
 
   it('the committed CSVs are what the generator writes', () => {
     writeDemoData({ out: tmp.dir });
+    writeCorpus(join(tmp.dir, CORPUS_FILE), CORPUS_DOCS, 0);
     const shipped = join(import.meta.dirname, '..', 'recipes', 'data');
-    for (const t of [...demoTasks().map((t) => `${t.name}.csv`), 'mixed.csv', 'test.csv']) {
+    for (const t of [...demoTasks().map((t) => `${t.name}.csv`), 'mixed.csv', 'test.csv', CORPUS_FILE]) {
       expect(readFileSync(join(tmp.dir, t), 'utf8'), t).toBe(readFileSync(join(shipped, t), 'utf8'));
     }
   });

@@ -1,5 +1,7 @@
 import type { Command } from 'commander';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { CORPUS_DOCS, CORPUS_FILE, writeCorpus } from '../data/corpus.js';
 import { writeDemoData } from '../data/demo.js';
 import { runRecipe } from '../recipes/run.js';
 import type { ProgressMode } from '../train/progress.js';
@@ -28,14 +30,15 @@ export function registerRecipeCommands(program: Command): void {
 
   program
     .command('demo-data')
-    .description('Write the demo CSVs (prompt,completion,task): one training file per task, mixed.csv and test.csv.')
+    .description('Write the demo CSVs (prompt,completion,task): one training file per task, mixed.csv and test.csv; and corpus.csv (text), the pretraining corpus of the tiny base.')
     .option('--out <dir>', 'folder to write', 'recipes/data')
     .option('--rows <n>', 'training rows per task', int(1), 400)
     .option('--test-rows <n>', 'test rows', int(1), 150)
     .option('--seed <n>', 'seed', int(0), 0)
     .action((o: { out: string; rows: number; testRows: number; seed: number }) => {
       const files = writeDemoData(o);
-      process.stderr.write(`molora: wrote ${[...Object.values(files.tasks), files.mixed, files.test].join(', ')} in ${o.out}\n`);
+      writeCorpus(join(o.out, CORPUS_FILE), CORPUS_DOCS, o.seed);
+      process.stderr.write(`molora: wrote ${[...Object.values(files.tasks), files.mixed, files.test, CORPUS_FILE].join(', ')} in ${o.out}\n`);
     });
 }
 

@@ -1,6 +1,10 @@
 import { writeFileAtomic } from '../base/atomic.js';
 import { Rng } from '../base/rng.js';
 
+/** The shipped corpus: recipes/data/corpus.csv, this many documents. */
+export const CORPUS_FILE = 'corpus.csv';
+export const CORPUS_DOCS = 3000;
+
 const pick = <T>(rng: Rng, xs: readonly T[]): T => xs[rng.int(xs.length)]!;
 const NOUNS = ['cat', 'dog', 'bird', 'child', 'farmer', 'teacher', 'river', 'tree', 'house', 'boat', 'garden', 'city', 'road', 'book', 'song'] as const;
 const VERBS = ['sees', 'likes', 'finds', 'paints', 'follows', 'builds', 'reads', 'hears', 'visits', 'keeps'] as const;

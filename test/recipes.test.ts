@@ -52,6 +52,35 @@ describe('recipes', () => {
     await expect(runRecipe(recipe(steps, 'one'), { ...quiet, out: run })).rejects.toThrow(/step 'base' \(init-base\) changed since it completed/);
   });
 
+  it('runs train-gate, gates, a composed eval with every setting, and upcycle', async () => {
+    const data = (t: string): string => join(import.meta.dirname, '..', 'recipes', 'data', `${t}.csv`);
+    const train = { steps: 2, batchSize: 4, seqLen: 24, lr: 1e-2, ...cols };
+    const experts = { color: '$run/adapters/color', sound: '$run/adapters/sound' };
+    const file = recipe(
+      [
+        TINY[0],
+        { type: 'train-adapter', out: 'adapters/color', model: '$run/base', data: data('color'), ...train },
+        { type: 'train-adapter', out: 'adapters/sound', model: '$run/base', data: data('sound'), ...train },
+        { type: 'train-gate', out: 'gate', model: '$run/base', data: data('mixed'), experts, granularity: 'prefix', temperature: 1, maskDropout: 0.5, ...train },
+        { type: 'gates', out: 'gates.json', model: '$run/base', data: 'test.csv', experts, gate: '$run/gate', seqLen: 24, ...cols },
+        { type: 'eval', out: 'summary.json', model: '$run/base', data: 'test.csv', experts, gate: '$run/gate', samples: 1, seqLen: 24, ...cols },
+        { type: 'upcycle', out: 'moe', model: '$run/base', experts: 4, topK: 2 },
+      ],
+      'mole',
+    );
+    const run = join(tmp.dir, 'mole');
+    const printed: string[] = [];
+    const r = await runRecipe(file, { ...quiet, out: run, print: (t) => printed.push(t) });
+    expect(r.ran).toHaveLength(7);
+    const summary = JSON.parse(readFileSync(join(run, 'summary.json'), 'utf8'));
+    expect(Object.keys(summary.settings)).toEqual(['base', 'adapter:color', 'adapter:sound', 'static-equal', 'gate', 'gate-mask:color', 'gate-mask:sound']);
+    expect(summary.gates.experts).toEqual(['color', 'sound']);
+    expect(new Set(summary.samples.map((s: { setting: string }) => s.setting))).toEqual(new Set(['gate', 'gate-mask:color', 'gate-mask:sound']));
+    expect(printed.join('')).toContain('gate-mask:sound');
+    expect(JSON.parse(readFileSync(join(run, 'gates.json'), 'utf8')).experts).toEqual(['color', 'sound']);
+    expect(JSON.parse(readFileSync(join(run, 'moe', 'config.json'), 'utf8')).num_local_experts).toBe(4);
+  });
+
   it('rejects an unknown step type or field before running anything, naming the step', () => {
     expect(() => loadRecipe(recipe([TINY[0], { type: 'train-adaptor', out: 'x' }]))).toThrow(/step 2 has unknown type "train-adaptor"/);
     expect(() => loadRecipe(recipe([{ ...TINY[0], layer: 2 }]))).toThrow(/step 'base' \(init-base\): unknown field 'layer'/);

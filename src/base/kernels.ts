@@ -6,8 +6,8 @@ import type { BackendWasm } from '@tensorflow/tfjs-backend-wasm';
  *
  * wasm kernels replaced:
  * - BatchMatMul: only a flag-free, unbatched product reached XNNPACK (~20 GFLOP/s); flags and
- *   batches ran a naive loop (~1-2 GFLOP/s). Now transposes are materialised and every batch
- *   slice runs on XNNPACK through zero-copy views.
+ *   batches ran a naive loop (~1-2 GFLOP/s). Now transposes are materialised (on whichever side
+ *   moves fewer elements) and every batch slice runs on XNNPACK through zero-copy views.
  * - _FusedMatMul: gave wrong numbers (bias with a flag or a batch; relu past 48 inner dims,
  *   where its blocked loop clamps partial sums). Now the matMul above, then Add and the
  *   activation kernels.
@@ -25,6 +25,10 @@ import type { BackendWasm } from '@tensorflow/tfjs-backend-wasm';
  *   product.
  * - GatherV2: one segment sum for any axis and batchDims (the stock one loops over batches).
  * - TopK (values), GatherNd, StridedSlice: missing.
+ *
+ * molora's own kernels (wasm and cpu, in JS; ops.ts uses stock ops on other backends):
+ * - MoloraSplitHeads / MoloraMergeHeads: RoPE, the attention score scale and the head
+ *   transpose in one pass, each the other's gradient.
  *
  * Not patched: tf.fused.matMul leaks one tensor per call in tfjs-core itself (all backends);
  * molora's linear never fuses.

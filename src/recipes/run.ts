@@ -53,7 +53,7 @@ export async function runRecipe(file: string, o: RunRecipeOptions = {}): Promise
   for (const [i, step] of recipe.steps.entries()) {
     const label = `[${i + 1}/${total}] ${step.type} '${step.id}'`;
     const marker = markerPath(recipe.run, step);
-    const spec = specOf(step);
+    const spec = specOf(step, recipe.run);
     if (existsSync(marker) && existsSync(outputOf(step))) {
       const done = JSON.parse(readFileSync(marker, 'utf8')) as { spec?: unknown };
       if (JSON.stringify(done.spec) !== JSON.stringify(spec)) {
@@ -87,7 +87,8 @@ function markerPath(run: string, step: Step): string {
   return join(run, MARKER_DIR, `${step.id.replace(/[^A-Za-z0-9._-]+/g, '_')}.json`);
 }
 
-/** What identifies a step's work: its type, output and fields, with paths as given relative to the run. */
-function specOf(step: Step): unknown {
-  return { type: step.type, out: step.out, fields: step.fields };
+/** What identifies a step's work: its type, output and fields, with run-folder paths as `$run/…` so a moved run folder still matches. */
+function specOf(step: Step, run: string): unknown {
+  const json = JSON.stringify({ type: step.type, out: step.out, fields: step.fields });
+  return JSON.parse(json.split(JSON.stringify(run).slice(1, -1)).join('$run'));
 }

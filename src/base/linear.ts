@@ -34,8 +34,10 @@ export class Linear {
 
   forward(x: tf.Tensor2D, ctx: ForwardContext): tf.Tensor2D {
     const bias = this.bias ?? undefined;
-    const trains = this.weightT instanceof tf.Variable && this.weightT.trainable;
-    let y = ctx.training && !trains ? frozenLinear(x, this.weightT, () => this.weight(), bias) : linear(x, this.weightT, bias);
+    const frozen = !(this.weightT instanceof tf.Variable && this.weightT.trainable);
+    let y = ctx.training && frozen
+      ? frozenLinear(x, this.weightT, () => this.weight(), bias)
+      : linear(x, this.weightT, bias);
     for (const h of this.hooks) y = y.add(h.delta(x, ctx));
     return y;
   }

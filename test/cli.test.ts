@@ -25,7 +25,9 @@ afterAll(() => tmp.cleanup());
 describe('molora CLI', () => {
   it('--help lists every command', () => {
     const help = run('--help');
-    for (const c of ['forward', 'generate', 'init-base', 'inspect', 'merge', 'train-adapter', 'train-gate', 'gates', 'eval', 'report', 'bench']) expect(help).toContain(c);
+    for (const c of ['forward', 'generate', 'init-base', 'inspect', 'merge', 'train-adapter', 'train-gate', 'gates', 'eval', 'report', 'upcycle', 'train-moe', 'bench']) expect(help).toContain(c);
+    // Every command, however nested, takes --backend.
+    for (const c of [['train-gate'], ['bench', 'train'], ['bench', 'compose'], ['bench', 'moe'], ['upcycle']]) expect(run(...c, '--help')).toContain('--backend');
   });
 
   it('forward --json keeps its contract and matches the reference', () => {

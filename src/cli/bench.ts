@@ -1,3 +1,5 @@
+import type { Command } from 'commander';
+import { int } from './args.js';
 import { benchForward, type BenchForwardOptions, type ModelShape } from '../bench/forward.js';
 import { benchTrain, type BenchTrainOptions } from '../bench/train.js';
 import { benchCompose, type BenchComposeOptions } from '../bench/compose.js';
@@ -57,4 +59,15 @@ export async function runBenchGate(o: ModelShape & { experts: number; rank: numb
 export async function runBenchCompose(o: BenchComposeOptions & { json?: boolean }): Promise<void> {
   const s = await benchCompose(o);
   process.stdout.write(o.json ? JSON.stringify(s.settings) + '\n' : `exact match (%) on ${o.testRows} test rows:\n${summaryTable(s)}\nsummary: ${o.out}/summary.json (molora report ${o.out} draws it)\n`);
+}
+
+/** The random benchmark model's sizes; the defaults are the PyTorch peer's. */
+export function addModelShapeFlags(c: Command): Command {
+  return c
+    .option('--layers <n>', 'blocks', int(1), 4)
+    .option('--hidden <d>', 'hidden size', int(1), 256)
+    .option('--heads <h>', 'heads', int(1), 4)
+    .option('--kv-heads <k>', 'key/value heads', int(1), 4)
+    .option('--ffn <f>', 'feed-forward size', int(1), 688)
+    .option('--vocab <v>', 'vocabulary', int(1), 2048);
 }

@@ -8,7 +8,7 @@ import { addComposeFlags, addScoringFlags } from './compose.js';
 import { runGates, runTrainGate } from './gates.js';
 import { runReport } from '../report/cli.js';
 import { addMixLoraFlags, registerMoeCommands } from './moe.js';
-import { runBenchCompose, runBenchForward, runBenchGate, runBenchSwap, runBenchTrain } from './bench.js';
+import { addModelShapeFlags, runBenchCompose, runBenchForward, runBenchGate, runBenchSwap, runBenchTrain } from './bench.js';
 import { choice, collect, float, idList, int, namedPaths, nameList, rangeList } from './args.js';
 
 const program = new Command('molora')
@@ -143,15 +143,11 @@ program
   .action(runInspect);
 
 const bench = program.command('bench').description('Benchmarks (speed figures, not tests).');
-bench
-  .command('forward')
-  .description('Prefill tokens/s, and decode tokens/s with and without the KV cache, on a random Llama-style model.')
-  .option('--layers <n>', 'blocks', int(1), 4)
-  .option('--hidden <d>', 'hidden size', int(1), 256)
-  .option('--heads <h>', 'heads', int(1), 4)
-  .option('--kv-heads <k>', 'key/value heads', int(1), 4)
-  .option('--ffn <f>', 'feed-forward size', int(1), 688)
-  .option('--vocab <v>', 'vocabulary', int(1), 2048)
+addModelShapeFlags(
+  bench
+    .command('forward')
+    .description('Prefill tokens/s, and decode tokens/s with and without the KV cache, on a random Llama-style model.'),
+)
   .option('--batch <b>', 'prefill batch', int(1), 4)
   .option('--seq <t>', 'prefill length', int(1), 128)
   .option('--new-tokens <n>', 'tokens to decode', int(1), 256)
@@ -160,28 +156,15 @@ bench
 
 registerMoeCommands(program, bench);
 
-// Every command takes --backend, wherever it sits on the command line.
-const leaves = (c: Command): Command[] => (c.commands.length ? c.commands.flatMap(leaves) : [c]);
-for (const c of leaves(program)) {
-  c.addOption(
-    new Option('--backend <name>', 'tfjs backend (default: tensorflow if tfjs-node is installed, else wasm)')
-      .choices(BACKENDS)
-      .env('MOLORA_BACKEND'),
-  );
-}
 
-bench
-  .command('train')
-  .description('Time AdamW LoRA training steps on a random Llama-style model; same flags as ../shared/peers/torch_lora_step.py.')
-  .option('--layers <n>', 'blocks', int(1), 4)
-  .option('--hidden <d>', 'hidden size', int(1), 256)
-  .option('--heads <h>', 'heads', int(1), 4)
-  .option('--kv-heads <k>', 'key/value heads', int(1), 4)
-  .option('--ffn <f>', 'feed-forward size', int(1), 688)
-  .option('--vocab <v>', 'vocabulary', int(1), 2048)
+addModelShapeFlags(
+  bench
+    .command('train')
+    .description('Time AdamW LoRA training steps on a random Llama-style model; same flags as ../shared/peers/torch_lora_step.py.'),
+)
   .option('--rank <r>', 'LoRA rank', int(1), 8)
   .option('--alpha <a>', 'LoRA alpha', float(0), 16)
-  .option('--targets <list>', 'target modules, comma-separated', (v: string) => v.split(','), ['q_proj', 'v_proj'])
+  .option('--targets <list>', 'target modules, comma-separated', nameList, ['q_proj', 'v_proj'])
   .option('--batch <b>', 'batch size', int(1), 4)
   .option('--seq <t>', 'sequence length', int(1), 128)
   .option('--steps <n>', 'timed steps', int(1), 8)
@@ -198,16 +181,12 @@ bench
   .option('--json', 'print one JSON line')
   .action(runBenchSwap);
 
-bench
-  .command('gate')
-  .description('Gate-training step over N frozen experts against a single-LoRA training step, same shapes.')
+addModelShapeFlags(
+  bench
+    .command('gate')
+    .description('Gate-training step over N frozen experts against a single-LoRA training step, same shapes.'),
+)
   .option('--experts <n>', 'frozen experts', int(2), 4)
-  .option('--layers <n>', 'blocks', int(1), 4)
-  .option('--hidden <d>', 'hidden size', int(1), 256)
-  .option('--heads <h>', 'heads', int(1), 4)
-  .option('--kv-heads <k>', 'key/value heads', int(1), 4)
-  .option('--ffn <f>', 'feed-forward size', int(1), 688)
-  .option('--vocab <v>', 'vocabulary', int(1), 2048)
   .option('--rank <r>', 'LoRA rank', int(1), 8)
   .option('--targets <list>', 'adapted modules', nameList, ['q_proj', 'v_proj'])
   .option('--batch <b>', 'batch size', int(1), 4)
@@ -229,6 +208,16 @@ bench
   .option('--progress <mode>', 'auto, bar, lines or off', choice(['auto', 'bar', 'lines', 'off'] as const), 'auto')
   .option('--json', 'print the settings as JSON')
   .action(runBenchCompose);
+
+// Every command takes --backend, wherever it sits on the command line.
+const leaves = (c: Command): Command[] => (c.commands.length ? c.commands.flatMap(leaves) : [c]);
+for (const c of leaves(program)) {
+  c.addOption(
+    new Option('--backend <name>', 'tfjs backend (default: tensorflow if tfjs-node is installed, else wasm)')
+      .choices(BACKENDS)
+      .env('MOLORA_BACKEND'),
+  );
+}
 
 program.parseAsync().catch((err: unknown) => {
   process.stderr.write(`molora: error: ${err instanceof Error ? err.message : String(err)}\n`);

@@ -5,6 +5,7 @@ import { maskExperts, parseExpertMask } from '../gating/moe.js';
 import { applyProfile, profileFor, readProfiles } from '../gating/profile.js';
 import { MoleModel } from '../gating/session.js';
 import { collect, int, nameList, namedNumbers, namedPaths } from './args.js';
+import { addColumnFlags } from './train.js';
 
 /** The flags that choose what runs on the base: plain adapters, or experts with a gate, weights, a mask or a profile. */
 export interface ComposeFlags {
@@ -35,13 +36,7 @@ export function addComposeFlags(c: Command): Command {
 
 /** The data flags of the commands that run a model over a CSV without training (eval, gates). */
 export function addScoringFlags(c: Command): Command {
-  return c
-    .requiredOption('--data <file.csv>', 'CSV to run')
-    .option('--text-column <name>', 'column of documents (loss only)', 'text')
-    .option('--prompt-column <name>', 'prompt column (with --completion-column: exact match too)')
-    .option('--completion-column <name>', 'reference completion column')
-    .option('--task-column <name>', 'report per task')
-    .option('--seq-len <n>', 'longest sequence; longer rows are truncated', int(2), 256);
+  return addColumnFlags(c).option('--seq-len <n>', 'longest sequence; longer rows are truncated', int(2), 256);
 }
 
 /** The base with its adapters and expert composition, as the flags ask. */

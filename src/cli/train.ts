@@ -8,14 +8,19 @@ import { choice, float, int } from './args.js';
 import { mixLoraOptions, type MixLoraFlags } from './moe.js';
 import { byteProgress } from './progress.js';
 
+/** Which CSV columns hold what: shared by every command that reads a CSV. */
+export function addColumnFlags(c: Command): Command {
+  return c
+    .requiredOption('--data <file.csv>', 'the CSV (header row required)')
+    .option('--text-column <name>', 'column of documents: plain LM loss, packed and eos-separated', 'text')
+    .option('--prompt-column <name>', 'prompt column; with --completion-column, loss (and exact match) on the completion only')
+    .option('--completion-column <name>', 'completion column (needs --prompt-column)')
+    .option('--task-column <name>', "column naming each row's task: per-task reports, gating, mask dropout");
+}
+
 /** The CSV flags every training command shares. */
 export function addDataFlags(c: Command): Command {
-  return c
-    .requiredOption('--data <file.csv>', 'training CSV (header row required)')
-    .option('--text-column <name>', 'column of documents for plain LM loss (packed, eos-separated)', 'text')
-    .option('--prompt-column <name>', 'prompt column; with --completion-column, loss on completion tokens only')
-    .option('--completion-column <name>', 'completion column (needs --prompt-column)')
-    .option('--task-column <name>', 'column naming each row\'s task (kept for per-task eval and gating)')
+  return addColumnFlags(c)
     .option('--val-data <file.csv>', 'validation CSV with the same columns')
     .option('--val-split <fraction>', 'hold out this fraction of rows for validation, deterministic by seed', float(0, 0.9))
     .option('--skip-bad-rows', 'skip and count ragged, badly quoted or non-UTF-8 rows instead of stopping')

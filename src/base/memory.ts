@@ -41,7 +41,7 @@ export interface TrainingShape {
  * masked scores and probabilities. The loss keeps about four [tokens, vocab] tensors (logits,
  * log-probabilities and their products). Gradients and Adam's two moments add three floats per
  * trainable parameter. The heap keeps its high-water mark and fragments: add a quarter. Against
- * the one point measured (9.5M params, B=8, T=128, V=8192: a 1.2 GiB heap) this gives 1.3-1.6
+ * the one point measured (9.5M params, B=8, T=128, V=8192: a 1.2 GiB heap) this gives 1.3-1.7
  * GiB for the plausible shapes of that model, erring on the high side as it should.
  */
 export function estimateTrainingBytes(s: TrainingShape): number {
@@ -50,7 +50,9 @@ export function estimateTrainingBytes(s: TrainingShape): number {
   const activations = 2 * F32 * tokens * s.layers * perTokenLayer;
   const logits = 2 * F32 * 4 * tokens * s.vocab;
   const optimizer = 3 * F32 * s.trainableParams;
-  return 1.25 * (estimateModelBytes(s.params) + activations + logits + optimizer);
+  // Training keeps a transposed copy of each frozen weight for its input gradient (ops.frozenLinear),
+  // packed by XNNPACK too: the weights count twice over.
+  return 1.25 * (2 * estimateModelBytes(s.params) + activations + logits + optimizer);
 }
 
 function fmt(bytes: number): string {

@@ -39,8 +39,11 @@ describe('recipes', () => {
     expect(summary.settings.adapters.tasks.color.n).toBe(1);
     expect(summary.samples.length).toBe(2);
     expect(readFileSync(join(run, 'report.html'), 'utf8')).toContain('<html');
-    const second = await runRecipe(file, { ...quiet, out: run });
+    const printed: string[] = [];
+    const second = await runRecipe(file, { ...quiet, out: run, print: (t) => printed.push(t) });
     expect(second.ran).toEqual([]);
+    // The skipped eval still shows its table.
+    expect(printed.join('')).toMatch(/setting\tcolor\tsound\toverall\nadapters\t/);
     expect(second.skipped).toEqual(first.ran);
   });
 

@@ -3,7 +3,7 @@ import { basename, dirname, extname, join, resolve } from 'node:path';
 import { writeJsonAtomic } from '../base/atomic.js';
 import type { ProgressMode } from '../train/progress.js';
 import { parseRecipe, type Recipe, type Step } from './format.js';
-import { outputOf, runStep } from './steps.js';
+import { outputOf, replayStep, runStep } from './steps.js';
 
 /** Markers live here, one per completed step: `<run>/.recipe/<id>.json`. */
 export const MARKER_DIR = '.recipe';
@@ -60,6 +60,7 @@ export async function runRecipe(file: string, o: RunRecipeOptions = {}): Promise
         throw new Error(`${file}: step '${step.id}' (${step.type}) changed since it completed in ${recipe.run}; delete ${step.out} and ${marker}, or run with another --out`);
       }
       log(`${label}: complete, skipping`);
+      replayStep(step, { run: recipe.run, progress: o.progress ?? 'auto', log, print });
       result.skipped.push(step.id);
       continue;
     }

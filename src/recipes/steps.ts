@@ -1,4 +1,4 @@
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { LoraConfig } from '../adapters/config.js';
 import { trainAdapter } from '../adapters/train.js';
@@ -13,6 +13,7 @@ import { gateStatsOn, trainGate } from '../gating/train.js';
 import { upcycleFolder } from '../gating/train-moe.js';
 import { collectRun } from '../report/collect.js';
 import { renderReport } from '../report/page.js';
+import type { Summary } from '../report/summary.js';
 import { loadLmData, type LmTrainOptions } from '../train/lm.js';
 import { pretrain } from '../train/pretrain.js';
 import type { ProgressMode } from '../train/progress.js';
@@ -118,7 +119,7 @@ export async function runStep(step: Step, ctx: StepContext): Promise<TrainResult
     case 'eval': {
       const s = await evalSettings({ ...(f as Omit<Parameters<typeof evalSettings>[0], 'log'>), log: ctx.log });
       writeJsonAtomic(step.out, s);
-      ctx.print(`exact match (%) by setting and task:\n${summaryTable(s)}\n`);
+      printSummary(s, ctx);
       return 'done';
     }
     case 'gates': {
@@ -142,4 +143,13 @@ export async function runStep(step: Step, ctx: StepContext): Promise<TrainResult
       return 'done';
     }
   }
+}
+
+/** A skipped step's result, shown again: an eval's table, so a rerun of a finished recipe still prints it. */
+export function replayStep(step: Step, ctx: StepContext): void {
+  if (step.type === 'eval') printSummary(JSON.parse(readFileSync(step.out, 'utf8')) as Summary, ctx);
+}
+
+function printSummary(s: Summary, ctx: StepContext): void {
+  ctx.print(`exact match (%) by setting and task:\n${summaryTable(s)}\n`);
 }

@@ -15,7 +15,7 @@ export type StepType = (typeof STEP_TYPES)[number];
 type Kind = 'string' | 'path' | 'number' | 'int' | 'bool' | 'strings' | 'paths' | 'named-paths' | 'temperature';
 
 // The trainer and data fields every training step shares (LmTrainOptions, CLI names in camelCase).
-const TRAINER: Record<string, Kind> = {
+export const TRAINER: Record<string, Kind> = {
   steps: 'int',
   epochs: 'int',
   lr: 'number',
@@ -33,7 +33,7 @@ const TRAINER: Record<string, Kind> = {
   valData: 'path',
   skipBadRows: 'bool',
 };
-const COLUMNS: Record<string, Kind> = { textColumn: 'string', promptColumn: 'string', completionColumn: 'string', taskColumn: 'string' };
+export const COLUMNS: Record<string, Kind> = { textColumn: 'string', promptColumn: 'string', completionColumn: 'string', taskColumn: 'string' };
 
 /** Each step type's fields (besides type, id and out) and which of them it needs. */
 const FIELDS: Record<StepType, { required: string[]; fields: Record<string, Kind> }> = {

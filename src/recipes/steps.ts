@@ -19,7 +19,7 @@ import { pretrain } from '../train/pretrain.js';
 import type { ProgressMode } from '../train/progress.js';
 import type { TrainResult } from '../train/trainer.js';
 import { evalSettings } from './eval-step.js';
-import type { Step, StepType } from './format.js';
+import { COLUMNS, TRAINER, type Step, type StepType } from './format.js';
 
 export interface StepContext {
   run: string;
@@ -44,16 +44,20 @@ export function outputOf(step: Step): string {
 
 type F = Record<string, unknown>;
 
-/** The trainer fields of a step as trainLm options (prompt/completion/task columns when given). */
+/** The fields of a step that belong to `keys` (its trainer or column fields). */
+function pick(f: F, keys: Record<string, unknown>): F {
+  return Object.fromEntries(Object.entries(f).filter(([k]) => k in keys));
+}
+
+/** The trainer and column fields of a step as trainLm options, with the CLI's defaults. */
 function trainerOptions(f: F, out: string, ctx: StepContext): LmTrainOptions {
-  const { model: _m, data, name: _n, rank: _r, alpha: _a, dropout: _d, rslora: _s, targets: _t, experts: _e, level: _l, granularity: _g, topK: _k, balance: _b, temperature: _tt, maskDropout: _md, ...rest } = f;
   return {
     batchSize: 8,
     seqLen: 256,
     lr: 1e-3,
     seed: 0,
-    ...(rest as Partial<LmTrainOptions>),
-    data: data as string,
+    ...(pick(f, { ...TRAINER, ...COLUMNS }) as Partial<LmTrainOptions>),
+    data: f.data as string,
     out,
     // An interrupted run left checkpoints: pick up from the last one.
     resume: existsSync(join(out, 'latest')) ? out : undefined,
@@ -128,7 +132,7 @@ export async function runStep(step: Step, ctx: StepContext): Promise<TrainResult
         for (const [name, dir] of f.experts as [string, string][]) m.addExpert(name, dir);
         m.useGate(f.gate as string);
         const seqLen = (f.seqLen as number | undefined) ?? 256;
-        const { dataset } = await loadLmData(m.base, { ...(f as F), data: f.data as string, seqLen, batchSize: 8, seed: 0 }, () => {});
+        const { dataset } = await loadLmData(m.base, { ...pick(f, COLUMNS), data: f.data as string, seqLen, batchSize: 8, seed: 0 }, () => {});
         writeJsonAtomic(step.out, gateStatsOn(m.composition, dataset.train, dataset.taskNames, seqLen, Infinity));
       } finally {
         m.dispose();

@@ -8,6 +8,7 @@ import { addComposeFlags, addScoringFlags } from './compose.js';
 import { runGates, runTrainGate } from './gates.js';
 import { runReport } from '../report/cli.js';
 import { addMixLoraFlags, registerMoeCommands } from './moe.js';
+import { registerRecipeCommands } from './recipes.js';
 import { addModelShapeFlags, runBenchCompose, runBenchForward, runBenchGate, runBenchSwap, runBenchTrain } from './bench.js';
 import { choice, collect, float, idList, int, namedPaths, nameList, rangeList } from './args.js';
 
@@ -155,6 +156,7 @@ addModelShapeFlags(
   .action(runBenchForward);
 
 registerMoeCommands(program, bench);
+registerRecipeCommands(program);
 
 
 addModelShapeFlags(

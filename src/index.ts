@@ -41,3 +41,7 @@ export { collectRun } from './report/collect.js';
 export { upcycleFolder, trainMoe, expertParams, routingOn, type TrainMoeOptions } from './gating/train-moe.js';
 export { createMixLora, MixLoraAdapter, type MixLoraConfig, type MixLoraOptions } from './gating/mixlora.js';
 export { loadMixLora, saveMixLora, attachAdapterFolders } from './gating/mixlora-io.js';
+export { runRecipe, loadRecipe } from './recipes/run.js';
+export { pretrain, allParams } from './train/pretrain.js';
+export { writeDemoData, demoTasks } from './data/demo.js';
+export { writeCorpus } from './data/corpus.js';

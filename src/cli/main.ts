@@ -16,8 +16,8 @@ const program = new Command('molora')
   .description('Mixture-of-LoRA experts for Node: load Hugging Face transformers, train and compose LoRA adapters.')
   .showHelpAfterError()
   .hook('preAction', async (_program, action) => {
-    // The report is plain HTML from JSON files: no tensors, no backend to start.
-    if (action.name() !== 'report') await initBackend({ backend: action.opts().backend });
+    // The report and the demo data are plain files: no tensors, no backend to start.
+    if (!['report', 'demo-data'].includes(action.name())) await initBackend({ backend: action.opts().backend });
   });
 
 addComposeFlags(

@@ -2,7 +2,6 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { keywordTasks, writeTaskCsv } from '../data/synthetic.js';
 import { initBase } from '../base/init.js';
-import { Rng } from '../base/rng.js';
 import { composeExperiment } from '../gating/experiment.js';
 import type { Summary } from '../report/summary.js';
 
@@ -34,7 +33,6 @@ export async function benchCompose(o: BenchComposeOptions): Promise<Summary> {
   });
   writeTaskCsv(join(data, 'mixed.csv'), tasks, o.rows * tasks.length, o.seed + 100);
   writeTaskCsv(join(data, 'test.csv'), tasks, o.testRows, o.seed + 200);
-  const rng = new Rng(o.seed + 300);
   return composeExperiment({
     base,
     out: o.out,
@@ -43,10 +41,7 @@ export async function benchCompose(o: BenchComposeOptions): Promise<Summary> {
     testData: join(data, 'test.csv'),
     adapter: { steps: o.adapterSteps, lr: 1e-2, batchSize: 16, seqLen: 32, seed: o.seed, lora: { r: 8, loraAlpha: 16, targetModules: ['q_proj', 'v_proj', 'o_proj', 'up_proj', 'down_proj', 'lm_head'] } },
     gate: { steps: o.gateSteps, lr: o.gateLr, batchSize: 16, seqLen: 32, seed: o.seed, options: { granularity: 'prefix', temperature: { mode: 'fixed', value: 1 } }, maskDropout: 0.7 },
-    samplePrompts: tasks.map((t) => {
-      const e = t.example(rng);
-      return { task: t.name, prompt: e.prompt, reference: e.completion };
-    }),
+    samples: 1,
     progress: o.progress,
   });
 }

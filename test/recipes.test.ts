@@ -55,7 +55,7 @@ describe('recipes', () => {
     await expect(runRecipe(recipe(steps, 'one'), { ...quiet, out: run })).rejects.toThrow(/step 'base' \(init-base\) changed since it completed/);
   });
 
-  it('runs train-gate, gates, a composed eval with every setting, and upcycle', async () => {
+  it('runs train-gate, gates, a composed eval with every setting, upcycle and train-moe', async () => {
     const data = (t: string): string => join(import.meta.dirname, '..', 'recipes', 'data', `${t}.csv`);
     const train = { steps: 2, batchSize: 4, seqLen: 24, lr: 1e-2, ...cols };
     const experts = { color: '$run/adapters/color', sound: '$run/adapters/sound' };
@@ -68,13 +68,14 @@ describe('recipes', () => {
         { type: 'gates', out: 'gates.json', model: '$run/base', data: 'test.csv', experts, gate: '$run/gate', seqLen: 24, ...cols },
         { type: 'eval', out: 'summary.json', model: '$run/base', data: 'test.csv', experts, gate: '$run/gate', samples: 1, seqLen: 24, ...cols },
         { type: 'upcycle', out: 'moe', model: '$run/base', experts: 4, topK: 2 },
+        { type: 'train-moe', out: 'moe-trained', model: '$run/moe', data: data('mixed'), ...train },
       ],
       'mole',
     );
     const run = join(tmp.dir, 'mole');
     const printed: string[] = [];
     const r = await runRecipe(file, { ...quiet, out: run, print: (t) => printed.push(t) });
-    expect(r.ran).toHaveLength(7);
+    expect(r.ran).toHaveLength(8);
     const summary = JSON.parse(readFileSync(join(run, 'summary.json'), 'utf8'));
     expect(Object.keys(summary.settings)).toEqual(['base', 'adapter:color', 'adapter:sound', 'static-equal', 'gate', 'gate-mask:color', 'gate-mask:sound']);
     expect(summary.gates.experts).toEqual(['color', 'sound']);
@@ -82,6 +83,12 @@ describe('recipes', () => {
     expect(printed.join('')).toContain('gate-mask:sound');
     expect(JSON.parse(readFileSync(join(run, 'gates.json'), 'utf8')).experts).toEqual(['color', 'sound']);
     expect(JSON.parse(readFileSync(join(run, 'moe', 'config.json'), 'utf8')).num_local_experts).toBe(4);
+    expect(readFileSync(join(run, 'moe-trained', 'metrics.jsonl'), 'utf8')).toMatch(/"router"/);
+  });
+
+  it('the shipped MoE upcycle demo recipe parses with its inputs present', () => {
+    const r = loadRecipe(join(import.meta.dirname, '..', 'recipes', 'moe-upcycle.json'));
+    expect(r.steps.map((s) => s.type)).toEqual(['upcycle', 'eval', 'train-moe', 'eval', 'report']);
   });
 
   it('rejects an unknown step type or field before running anything, naming the step', () => {

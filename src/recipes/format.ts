@@ -9,7 +9,7 @@ import { isAbsolute, join } from 'node:path';
  * folder, except those starting with `$run/`, which point into the run folder (earlier steps'
  * outputs). Absolute paths stay as they are.
  */
-export const STEP_TYPES = ['init-base', 'pretrain', 'train-adapter', 'train-gate', 'upcycle', 'eval', 'gates', 'report'] as const;
+export const STEP_TYPES = ['init-base', 'pretrain', 'train-adapter', 'train-gate', 'upcycle', 'train-moe', 'eval', 'gates', 'report'] as const;
 export type StepType = (typeof STEP_TYPES)[number];
 
 type Kind = 'string' | 'path' | 'number' | 'int' | 'bool' | 'strings' | 'paths' | 'named-paths' | 'temperature';
@@ -63,6 +63,10 @@ const FIELDS: Record<StepType, { required: string[]; fields: Record<string, Kind
     },
   },
   upcycle: { required: ['model', 'experts', 'topK'], fields: { model: 'path', experts: 'int', topK: 'int', shared: 'int', noise: 'number', seed: 'int' } },
+  'train-moe': {
+    required: ['model', 'data'],
+    fields: { model: 'path', data: 'path', routerOnly: 'bool', auxCoef: 'number', zCoef: 'number', balanceBias: 'number', ...COLUMNS, ...TRAINER },
+  },
   eval: {
     required: ['model', 'data'],
     fields: { model: 'path', data: 'path', adapters: 'paths', experts: 'named-paths', gate: 'path', settings: 'strings', samples: 'int', batchSize: 'int', seqLen: 'int', ...COLUMNS },

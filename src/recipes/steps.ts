@@ -10,7 +10,7 @@ import { GATE_CONFIG } from '../gating/gate-io.js';
 import type { GateOptions } from '../gating/mole.js';
 import { loadModel } from '../gating/session.js';
 import { gateStatsOn, trainGate } from '../gating/train.js';
-import { upcycleFolder } from '../gating/train-moe.js';
+import { trainMoe, upcycleFolder } from '../gating/train-moe.js';
 import { collectRun } from '../report/collect.js';
 import { renderReport } from '../report/page.js';
 import type { Summary } from '../report/summary.js';
@@ -35,6 +35,7 @@ export function outputOf(step: Step): string {
     'init-base': 'model.safetensors',
     pretrain: 'model.safetensors',
     upcycle: 'model.safetensors',
+    'train-moe': 'model.safetensors',
     'train-adapter': 'adapter_model.safetensors',
     'train-gate': GATE_CONFIG,
   };
@@ -120,6 +121,17 @@ export async function runStep(step: Step, ctx: StepContext): Promise<TrainResult
         warn: ctx.log,
       });
       return 'done';
+    case 'train-moe':
+      return (
+        await trainMoe({
+          ...trainerOptions(f, step.out, ctx),
+          model: f.model as string,
+          routerOnly: f.routerOnly as boolean | undefined,
+          auxCoef: f.auxCoef as number | undefined,
+          zCoef: f.zCoef as number | undefined,
+          balanceBias: f.balanceBias as number | undefined,
+        })
+      ).status;
     case 'eval': {
       const s = await evalSettings({ ...(f as Omit<Parameters<typeof evalSettings>[0], 'log'>), log: ctx.log });
       writeJsonAtomic(step.out, s);

@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs';
-import { existsSync, mkdirSync, readFileSync } from 'node:fs';
+import { existsSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { writeJsonAtomic } from '../base/atomic.js';
 import type { CausalLM } from '../base/model.js';
@@ -7,6 +7,7 @@ import { openSafetensors, writeSafetensors, type TensorToWrite } from '../base/s
 import { linearsByName, LoraAdapter, newLayer, peftKey } from './adapter.js';
 import { AdapterConfigError, loraConfigJson, moduleRankScale, parseLoraConfig, type LoraConfig } from './config.js';
 import type { LoraLayer } from './lora.js';
+import { readJsonObject } from '../base/json.js';
 
 export const ADAPTER_CONFIG = 'adapter_config.json';
 export const ADAPTER_WEIGHTS = 'adapter_model.safetensors';
@@ -42,14 +43,7 @@ export function readAdapterConfig(dir: string, warn: (m: string) => void): LoraC
     }
     throw new AdapterConfigError(`${path}: not found (is ${dir} a PEFT adapter folder?)`);
   }
-  let raw: unknown;
-  try {
-    raw = JSON.parse(readFileSync(path, 'utf8'));
-  } catch (e) {
-    throw new AdapterConfigError(`${path}: invalid JSON: ${(e as Error).message}`);
-  }
-  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw new AdapterConfigError(`${path}: expected a JSON object`);
-  return parseLoraConfig(raw as Record<string, unknown>, path, warn);
+  return parseLoraConfig(readJsonObject(path, (m) => new AdapterConfigError(m)), path, warn);
 }
 
 /**

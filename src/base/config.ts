@@ -1,5 +1,6 @@
-import { readFileSync, existsSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
+import { readJsonObject } from './json.js';
 
 /** Families molora runs; the values are the config.json `model_type`s each family covers. */
 export const SUPPORTED_MODEL_TYPES = ['llama', 'mistral', 'qwen2', 'gpt2', 'mixtral', 'qwen2_moe', 'olmoe'] as const;
@@ -61,16 +62,7 @@ export class ConfigError extends Error {}
 export function readConfig(dir: string): ModelConfig {
   const path = join(dir, 'config.json');
   if (!existsSync(path)) throw new ConfigError(`${path}: not found (is ${dir} a Hugging Face model folder?)`);
-  let raw: unknown;
-  try {
-    raw = JSON.parse(readFileSync(path, 'utf8'));
-  } catch (e) {
-    throw new ConfigError(`${path}: invalid JSON: ${(e as Error).message}`);
-  }
-  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) {
-    throw new ConfigError(`${path}: expected a JSON object`);
-  }
-  return parseConfig(raw as Record<string, unknown>, path);
+  return parseConfig(readJsonObject(path, (m) => new ConfigError(m)), path);
 }
 
 export function parseConfig(raw: Record<string, unknown>, source = 'config.json'): ModelConfig {

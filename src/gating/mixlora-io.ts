@@ -1,11 +1,12 @@
 import * as tf from '@tensorflow/tfjs';
-import { existsSync, mkdirSync, readFileSync } from 'node:fs';
+import { existsSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { attachAdapters } from '../adapters/peft.js';
 import { writeJsonAtomic } from '../base/atomic.js';
 import type { CausalLM } from '../base/model.js';
 import { openSafetensors, writeSafetensors, type TensorToWrite } from '../base/safetensors.js';
 import { buildMixLora, mixLoraKey, type MixLoraAdapter, type MixLoraConfig, type MixLoraValues } from './mixlora.js';
+import { readJsonObject } from '../base/json.js';
 
 /**
  * A MixLoRA adapter folder, kept apart from plain PEFT files so no LoRA loader half-reads it:
@@ -114,14 +115,7 @@ export function saveMixLora(adapter: MixLoraAdapter, dir: string): void {
 export function readMixLoraConfig(dir: string, warn: (m: string) => void): MixLoraConfig {
   const path = join(dir, MIXLORA_CONFIG);
   if (!existsSync(path)) throw new Error(`${path}: not found (is ${dir} a MixLoRA adapter folder?)`);
-  let raw: unknown;
-  try {
-    raw = JSON.parse(readFileSync(path, 'utf8'));
-  } catch (e) {
-    throw new Error(`${path}: invalid JSON: ${(e as Error).message}`);
-  }
-  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw new Error(`${path}: expected a JSON object`);
-  return parseMixLoraConfig(raw as Record<string, unknown>, path, warn);
+  return parseMixLoraConfig(readJsonObject(path), path, warn);
 }
 
 /**

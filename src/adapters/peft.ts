@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { writeJsonAtomic } from '../base/atomic.js';
 import type { CausalLM } from '../base/model.js';
 import { openSafetensors, writeSafetensors, type TensorToWrite } from '../base/safetensors.js';
-import { linearsByName, LoraAdapter, newLayer, peftKey } from './adapter.js';
+import { linearsByName, LoraAdapter, newLayer } from './adapter.js';
 import { AdapterConfigError, loraConfigJson, moduleRankScale, parseLoraConfig, type LoraConfig } from './config.js';
 import type { LoraLayer } from './lora.js';
 import { readJsonObject } from '../base/json.js';
@@ -12,17 +12,16 @@ import { readJsonObject } from '../base/json.js';
 export const ADAPTER_CONFIG = 'adapter_config.json';
 export const ADAPTER_WEIGHTS = 'adapter_model.safetensors';
 
-/** The adapter's tensors in PEFT's layout: lora_A [r, in], lora_B [out, r], for Linear and Conv1D alike. */
-export function adapterTensors(adapter: LoraAdapter): Record<string, TensorToWrite> {
+/**
+ * Variables kept transposed for fast matMuls, back in file orientation on the host, under their
+ * keys: for LoRA that is lora_A [r, in] and lora_B [out, r], for Linear and Conv1D alike.
+ */
+export function transposedTensors(params: Map<string, tf.Tensor>): Record<string, TensorToWrite> {
   const out: Record<string, TensorToWrite> = {};
-  const put = (key: string, t: tf.Tensor2D): void => {
-    const host = tf.tidy(() => t.transpose());
+  for (const [key, v] of params) {
+    const host = tf.tidy(() => v.transpose());
     out[key] = { dtype: 'F32', shape: host.shape, data: host.dataSync() as Float32Array };
     host.dispose();
-  };
-  for (const [module, l] of adapter.layers) {
-    put(peftKey(module, 'A'), l.aT);
-    put(peftKey(module, 'B'), l.bT);
   }
   return out;
 }
@@ -30,7 +29,7 @@ export function adapterTensors(adapter: LoraAdapter): Record<string, TensorToWri
 /** Write a PEFT adapter folder (adapter_config.json + adapter_model.safetensors), each file atomically. */
 export function saveAdapter(adapter: LoraAdapter, dir: string): void {
   mkdirSync(dir, { recursive: true });
-  writeSafetensors(join(dir, ADAPTER_WEIGHTS), adapterTensors(adapter), { format: 'pt' });
+  writeSafetensors(join(dir, ADAPTER_WEIGHTS), transposedTensors(adapter.params()), { format: 'pt' });
   writeJsonAtomic(join(dir, ADAPTER_CONFIG), loraConfigJson(adapter.config));
 }
 

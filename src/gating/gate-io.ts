@@ -4,7 +4,7 @@ import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { LoraAdapter } from '../adapters/adapter.js';
 import { loraConfigJson } from '../adapters/config.js';
-import { adapterTensors } from '../adapters/peft.js';
+import { transposedTensors } from '../adapters/peft.js';
 import { writeJsonAtomic } from '../base/atomic.js';
 import { openSafetensors, writeSafetensors, type TensorToWrite } from '../base/safetensors.js';
 import type { MoleComposition } from './composition.js';
@@ -36,7 +36,7 @@ export interface ExpertFingerprint {
 export function expertFingerprint(adapter: LoraAdapter): ExpertFingerprint {
   const config = createHash('sha256').update(JSON.stringify(loraConfigJson(adapter.config))).digest('hex');
   const h = createHash('sha256');
-  const tensors = adapterTensors(adapter);
+  const tensors = transposedTensors(adapter.params());
   for (const key of Object.keys(tensors).sort()) {
     const t = tensors[key]!;
     h.update(`${key}\0${t.dtype}\0${t.shape.join(',')}\0`);

@@ -1,10 +1,9 @@
-import * as tf from '@tensorflow/tfjs';
 import { existsSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { attachAdapters } from '../adapters/peft.js';
+import { attachAdapters, transposedTensors } from '../adapters/peft.js';
 import { writeJsonAtomic } from '../base/atomic.js';
 import type { CausalLM } from '../base/model.js';
-import { openSafetensors, writeSafetensors, type TensorToWrite } from '../base/safetensors.js';
+import { openSafetensors, writeSafetensors } from '../base/safetensors.js';
 import { buildMixLora, mixLoraKey, type MixLoraAdapter, type MixLoraConfig, type MixLoraValues } from './mixlora.js';
 import { readJsonObject } from '../base/json.js';
 
@@ -94,21 +93,10 @@ export function parseMixLoraConfig(raw: Record<string, unknown>, source: string,
   };
 }
 
-/** The adapter's tensors in file orientation: lora_A [r, in], lora_B [out, r], router [E, D]. */
-function mixLoraTensors(adapter: MixLoraAdapter): Record<string, TensorToWrite> {
-  const out: Record<string, TensorToWrite> = {};
-  for (const [key, v] of adapter.params()) {
-    const host = tf.tidy(() => v.transpose());
-    out[key] = { dtype: 'F32', shape: host.shape, data: host.dataSync() as Float32Array };
-    host.dispose();
-  }
-  return out;
-}
-
 /** Write mixlora_config.json + mixlora.safetensors, each atomically. */
 export function saveMixLora(adapter: MixLoraAdapter, dir: string): void {
   mkdirSync(dir, { recursive: true });
-  writeSafetensors(join(dir, MIXLORA_WEIGHTS), mixLoraTensors(adapter), { format: 'pt' });
+  writeSafetensors(join(dir, MIXLORA_WEIGHTS), transposedTensors(adapter.params()), { format: 'pt' });
   writeJsonAtomic(join(dir, MIXLORA_CONFIG), mixLoraConfigJson(adapter.config));
 }
 

@@ -33,3 +33,15 @@ export function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
   for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i]! - b[i]!));
   return m;
 }
+
+/** Largest absolute difference relative to the reference's largest magnitude (lengths must match). */
+export function maxRelErr(got: ArrayLike<number>, ref: ArrayLike<number>): number {
+  if (got.length !== ref.length) throw new Error(`length ${got.length} != ${ref.length}`);
+  let m = 0;
+  let scale = 1e-6;
+  for (let i = 0; i < got.length; i++) {
+    m = Math.max(m, Math.abs(got[i]! - ref[i]!));
+    scale = Math.max(scale, Math.abs(ref[i]!));
+  }
+  return m / scale;
+}

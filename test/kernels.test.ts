@@ -4,6 +4,7 @@ import type { BackendWasm } from '@tensorflow/tfjs-backend-wasm';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { installKernelPatches } from '../src/base/kernels.js';
 import { Rng } from '../src/base/rng.js';
+import { maxRelErr } from './helpers.js';
 
 /** The stock wasm kernels, captured before the patches replace them, to pin the traps. */
 const stock = new Map<string, tf.KernelConfig>();
@@ -29,16 +30,6 @@ function rand(shape: number[], seed: number): tf.Tensor {
 
 const f64 = (t: tf.Tensor) => Float64Array.from(t.dataSync());
 
-function maxRelErr(got: ArrayLike<number>, ref: ArrayLike<number>): number {
-  expect(got.length).toBe(ref.length);
-  let m = 0;
-  let scale = 1e-6;
-  for (let i = 0; i < got.length; i++) {
-    m = Math.max(m, Math.abs(got[i]! - ref[i]!));
-    scale = Math.max(scale, Math.abs(ref[i]!));
-  }
-  return m / scale;
-}
 
 interface F64 {
   data: Float64Array;

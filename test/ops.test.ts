@@ -3,6 +3,7 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { initBackend } from '../src/base/backend.js';
 import { bmm, bmmT, frozenLinear, globalNorm, linear, matMul, mergeHeads, mergeHeadsOps, splitHeads, splitHeadsOps, stableSum } from '../src/base/ops.js';
 import { Rng } from '../src/base/rng.js';
+import { maxRelErr } from './helpers.js';
 
 beforeAll(async () => {
   await initBackend({ backend: 'wasm' });
@@ -34,15 +35,7 @@ function refTranspose(x: Float64Array, r: number, c: number): Float64Array {
 }
 
 function close(t: tf.Tensor, ref: ArrayLike<number>, tol: number): void {
-  const got = t.dataSync();
-  expect(got.length).toBe(ref.length);
-  let m = 0;
-  let scale = 1e-6;
-  for (let i = 0; i < got.length; i++) {
-    m = Math.max(m, Math.abs(got[i]! - ref[i]!));
-    scale = Math.max(scale, Math.abs(ref[i]!));
-  }
-  expect(m / scale).toBeLessThan(tol);
+  expect(maxRelErr(t.dataSync(), ref)).toBeLessThan(tol);
 }
 
 /** Float64 reference of a batch of products; each slice [M,K] @ [K,P]. */

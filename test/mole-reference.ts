@@ -9,7 +9,8 @@ import type { MoleGates } from '../src/gating/mole.js';
 
 /**
  * MoLE written out from REFERENCE.md §3 in float64 on the host, as plain linear hooks, to check
- * the composition against: E_Ω = LN(⊕ Eᵢ), ε = E_Ω e, G = softmax(ε/τ),
+ * the composition against: E_Ω = LN(⊕ Eᵢ), ε = E_Ω e (per token, or averaged over the row's real
+ * tokens: all of them per sequence, those so far per prefix), G = softmax(ε/τ),
  * G' = mG / Σ mG, top-k kept and renormalised, Σ G'ᵢ Eᵢ.
  */
 export interface Reference {
@@ -67,7 +68,8 @@ export function installReference(model: CausalLM, ref: Reference): () => void {
         if (!gate) {
           for (let t = 0; t < R; t++) for (let i = 0; i < N; i++) w[t * N + i] = (ref.weights?.[i] ?? 1) * maskOf(Math.floor(t / T))[i]!;
         } else if (module === gate.input) {
-          w.set(gateWeights(E, R, out, N, eHost!, tau, ctx, ref.gates!.options, maskOf));
+          const layout = { batch: ctx.batch, seq: T, real: ctx.tokenMask.dataSync() };
+          w.set(gateWeights(E, R, out, N, eHost!, tau, layout, ref.gates!.options, maskOf));
           if (gate.modules.length > 1) {
             if (!blockG.has(ctx)) blockG.set(ctx, new Map());
             blockG.get(ctx)!.set(gate.name, w);
@@ -91,12 +93,12 @@ export function installReference(model: CausalLM, ref: Reference): () => void {
   };
 }
 
-function host(t: tf.Tensor): Float64Array {
+export function host(t: tf.Tensor): Float64Array {
   return Float64Array.from(t.dataSync());
 }
 
 /** scale · x A B with A [in, r], B [r, out] (the transposed layout molora keeps). */
-function expertOut(x: Float64Array, R: number, inF: number, p: { a: Float64Array; b: Float64Array; r: number; scale: number }, out: number): Float64Array {
+export function expertOut(x: Float64Array, R: number, inF: number, p: { a: Float64Array; b: Float64Array; r: number; scale: number }, out: number): Float64Array {
   const xa = new Float64Array(R * p.r);
   for (let t = 0; t < R; t++) for (let k = 0; k < p.r; k++) {
     let s = 0;
@@ -112,48 +114,30 @@ function expertOut(x: Float64Array, R: number, inF: number, p: { a: Float64Array
   return y;
 }
 
+/** Batch layout for the host gate: rows of `seq` tokens, real[t] 1 for a real token, 0 for padding. */
+export interface Layout {
+  batch: number;
+  seq: number;
+  real: ArrayLike<number>;
+}
+
 /** G' per token [R, N]. */
-function gateWeights(
+export function gateWeights(
   E: (Float64Array | null)[],
   R: number,
   out: number,
   N: number,
   e: Float64Array,
   tau: number,
-  ctx: ForwardContext,
-  opts: MoleGates['options'],
-  maskOf: (row: number) => number[],
+  layout: Layout,
+  opts: Pick<MoleGates['options'], 'granularity' | 'topK'>,
+  maskOf: (row: number) => number[] = () => Array<number>(N).fill(1),
 ): Float64Array {
-  const W = N * out;
-  const z = new Float64Array(R * N);
-  for (let t = 0; t < R; t++) {
-    const cat = new Float64Array(W);
-    E.forEach((x, i) => x && cat.set(x.subarray(t * out, (t + 1) * out), i * out));
-    const mean = cat.reduce((a, v) => a + v, 0) / W;
-    const v = cat.reduce((a, c) => a + (c - mean) ** 2, 0) / W;
-    for (let k = 0; k < W; k++) cat[k] = (cat[k]! - mean) / Math.sqrt(v + 1e-5);
-    for (let j = 0; j < N; j++) {
-      let s = 0;
-      for (let k = 0; k < W; k++) s += cat[k]! * e[k * N + j]!;
-      z[t * N + j] = s;
-    }
-  }
-  const T = ctx.seq;
+  const z = gateLogits(E, R, out, N, e);
+  const T = layout.seq;
   const perSeq = opts.granularity === 'sequence';
-  const units = perSeq ? ctx.batch : R;
-  let zu = z;
-  if (perSeq) {
-    const m = ctx.tokenMask.dataSync();
-    zu = new Float64Array(units * N);
-    for (let b = 0; b < units; b++) {
-      let n = 0;
-      for (let t = b * T; t < (b + 1) * T; t++) {
-        n += m[t]!;
-        for (let j = 0; j < N; j++) zu[b * N + j] += m[t]! * z[t * N + j]!;
-      }
-      for (let j = 0; j < N; j++) zu[b * N + j] /= Math.max(n, 1);
-    }
-  }
+  const units = perSeq ? layout.batch : R;
+  const zu = perSeq ? sequenceMeans(z, N, layout) : opts.granularity === 'prefix' ? prefixMeans(z, N, layout) : z;
   const g = new Float64Array(units * N);
   for (let u = 0; u < units; u++) {
     const row = Array.from(zu.subarray(u * N, (u + 1) * N), (v) => v / tau);
@@ -174,6 +158,59 @@ function gateWeights(
   const w = new Float64Array(R * N);
   for (let t = 0; t < R; t++) w.set(g.subarray(Math.floor(t / T) * N, (Math.floor(t / T) + 1) * N), t * N);
   return w;
+}
+
+/** ε = LN(⊕ Eᵢ) · e per token, [R, N]. */
+function gateLogits(E: (Float64Array | null)[], R: number, out: number, N: number, e: Float64Array): Float64Array {
+  const W = N * out;
+  const z = new Float64Array(R * N);
+  for (let t = 0; t < R; t++) {
+    const cat = new Float64Array(W);
+    E.forEach((x, i) => x && cat.set(x.subarray(t * out, (t + 1) * out), i * out));
+    const mean = cat.reduce((a, v) => a + v, 0) / W;
+    const v = cat.reduce((a, c) => a + (c - mean) ** 2, 0) / W;
+    for (let k = 0; k < W; k++) cat[k] = (cat[k]! - mean) / Math.sqrt(v + 1e-5);
+    for (let j = 0; j < N; j++) {
+      let s = 0;
+      for (let k = 0; k < W; k++) s += cat[k]! * e[k * N + j]!;
+      z[t * N + j] = s;
+    }
+  }
+  return z;
+}
+
+/** [B, N]: each row's mean logits over its real tokens (0 for a row without any). */
+function sequenceMeans(z: Float64Array, N: number, { batch, seq: T, real }: Layout): Float64Array {
+  const zu = new Float64Array(batch * N);
+  for (let b = 0; b < batch; b++) {
+    let n = 0;
+    for (let t = b * T; t < (b + 1) * T; t++) {
+      n += real[t]!;
+      for (let j = 0; j < N; j++) zu[b * N + j] += real[t]! * z[t * N + j]!;
+    }
+    for (let j = 0; j < N; j++) zu[b * N + j] /= Math.max(n, 1);
+  }
+  return zu;
+}
+
+/**
+ * [R, N]: at each position, the mean logits over the row's real tokens up to and including it;
+ * 0 before the row's first real token. Padding after the last real token keeps the full mean.
+ */
+function prefixMeans(z: Float64Array, N: number, { batch, seq: T, real }: Layout): Float64Array {
+  const out = new Float64Array(batch * T * N);
+  for (let b = 0; b < batch; b++) {
+    const sum = new Float64Array(N);
+    let n = 0;
+    for (let t = b * T; t < (b + 1) * T; t++) {
+      if (real[t]) {
+        n++;
+        for (let j = 0; j < N; j++) sum[j] += z[t * N + j]!;
+      }
+      if (n > 0) for (let j = 0; j < N; j++) out[t * N + j] = sum[j]! / n;
+    }
+  }
+  return out;
 }
 
 function renormalise(p: number[]): number[] {

@@ -1,14 +1,17 @@
+import * as tf from '@tensorflow/tfjs';
 import { join } from 'node:path';
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { LoraAdapter } from '../src/adapters/adapter.js';
 import { initBackend } from '../src/base/backend.js';
 import { loadBase } from '../src/base/load.js';
+import { lmLoss, type LmBatch } from '../src/base/loss.js';
 import type { CausalLM, TokenBatch } from '../src/base/model.js';
 import { Rng } from '../src/base/rng.js';
+import { BALANCE_AUX } from '../src/gating/balance.js';
 import { MoleComposition } from '../src/gating/composition.js';
-import type { GateLevel } from '../src/gating/mole.js';
+import { TAU_MIN, type GateLevel, type Granularity } from '../src/gating/mole.js';
 import { MODEL_FIXTURES, maxAbsDiff } from './helpers.js';
-import { installReference, logits, randomExpert } from './mole-reference.js';
+import { expertOut, gateWeights, host, installReference, logits, randomExpert, type Layout } from './mole-reference.js';
 
 let model: CausalLM;
 beforeAll(async () => {
@@ -59,6 +62,13 @@ const MIXED = batchOf([
   { ids: [61, 2, 19, 44, 9, 70], real: [1, 1, 1, 1, 1, 1] },
 ]);
 const BATCHES: Record<string, TokenBatch> = { 'left-padded': LEFT_PADDED, 'right-padded': RIGHT_PADDED, mixed: MIXED };
+
+/** Next-token targets; the loss skips padding and each row's last position. */
+function lmBatch(batch: TokenBatch): LmBatch {
+  const targets = Int32Array.from(batch.ids, (_, i) => batch.ids[i + 1] ?? 0);
+  const lossMask = Float32Array.from(batch.attentionMask!, (m, i) => ((i + 1) % batch.seq === 0 ? 0 : m));
+  return { ...batch, targets, lossMask };
+}
 
 /** Row b's real tokens alone, unpadded, and where they sit in the padded row. */
 function realPart(batch: TokenBatch, b: number): { alone: TokenBatch; positions: number[] } {
@@ -122,5 +132,222 @@ describe('prefix gate against the float64 reference', () => {
       const got = positions.flatMap((t) => [...padded.subarray((b * MIXED.seq + t) * V, (b * MIXED.seq + t + 1) * V)]);
       expect(maxAbsDiff(got, logits(model, alone)), `row ${b}`).toBeLessThan(1e-5);
     }
+  });
+});
+
+/**
+ * Gradient checks against central differences in float64. When no gate's input depends on another
+ * gate (lm_head alone; q_proj and v_proj of block 0, which read the embeddings' norm), the inputs
+ * of the gated linears are fixed, so the training loss is a host function of the gates' (e, ρ):
+ * CE(base + Σ Gᵢ Eᵢ) at lm_head, plus α·(−Σ log qᵢ), q the mean over gates of real-token means.
+ */
+interface HostGate {
+  module: string;
+  /** Per expert [R, out], its delta at the gate's linear (null where it does not adapt it). */
+  E: (Float64Array | null)[];
+  out: number;
+}
+
+interface HostProblem {
+  batch: LmBatch;
+  layout: Layout;
+  gates: HostGate[];
+  /** [R, V]: the base's logits. */
+  base: Float64Array;
+}
+
+interface GateParams {
+  e: Float64Array;
+  rho: number;
+}
+
+const ALPHA = 0.5;
+
+/** Capture each gated linear's input on a base-only pass, then the experts' deltas in float64. */
+function hostProblem(comp: MoleComposition, experts: LoraAdapter[], tokens: TokenBatch): HostProblem {
+  const R = tokens.batch * tokens.seq;
+  const linears = model.linears().filter((l) => comp.gate!.gateFor(l.name));
+  const inputs = new Map<string, Float64Array>();
+  comp.detach();
+  const hooks = linears.map((l) => {
+    const hook = { delta: (x: tf.Tensor2D) => (inputs.set(l.name, host(x)), tf.zeros([R, l.outFeatures]) as tf.Tensor2D) };
+    l.hooks.push(hook);
+    return hook;
+  });
+  const base = logits(model, tokens);
+  linears.forEach((l, k) => l.hooks.splice(l.hooks.indexOf(hooks[k]!), 1));
+  comp.attach();
+  const gates = linears.map((l) => ({
+    module: l.name,
+    out: l.outFeatures,
+    E: experts.map((ex) => {
+      const p = ex.layers.get(l.name);
+      return p ? expertOut(inputs.get(l.name)!, R, l.inFeatures, { a: host(p.aT), b: host(p.bT), r: p.rank, scale: p.scale }, l.outFeatures) : null;
+    }),
+  }));
+  return { batch: lmBatch(tokens), layout: { batch: tokens.batch, seq: tokens.seq, real: tokens.attentionMask! }, gates, base: Float64Array.from(base) };
+}
+
+/** Host float64 loss: α·(−Σ log qᵢ), plus the mean CE when `task` (lm_head must be the only gate). */
+function hostLoss(p: HostProblem, params: GateParams[], granularity: Granularity, task: boolean): number {
+  const R = p.layout.batch * p.layout.seq;
+  const N = NAMES.length;
+  const G = p.gates.map((g, k) => gateWeights(g.E, R, g.out, N, params[k]!.e, TAU_MIN + Math.log1p(Math.exp(params[k]!.rho)), p.layout, { granularity, topK: null }));
+  const real = Array.from(p.layout.real).reduce((a, b) => a + b, 0);
+  const q = Array.from({ length: N }, (_, i) => G.reduce((s, Gk) => s + realSum(Gk, p.layout.real, N, i), 0) / real / G.length);
+  const bal = -ALPHA * q.reduce((s, qi) => s + Math.log(qi), 0);
+  return task ? bal + headCe(p, G[0]!) : bal;
+}
+
+function realSum(G: Float64Array, real: ArrayLike<number>, N: number, i: number): number {
+  let s = 0;
+  for (let t = 0; t < real.length; t++) s += real[t]! * G[t * N + i]!;
+  return s;
+}
+
+/** Mean next-token CE of base + Σ Gᵢ Eᵢ at lm_head over the loss mask. */
+function headCe(p: HostProblem, G: Float64Array): number {
+  const { E, module } = p.gates[0]!;
+  expect([module, p.gates.length]).toEqual(['lm_head', 1]);
+  const N = E.length;
+  let ce = 0;
+  let count = 0;
+  for (let t = 0; t < p.batch.lossMask.length; t++) {
+    if (!p.batch.lossMask[t]) continue;
+    const z = Array.from({ length: V }, (_, v) => p.base[t * V + v]! + E.reduce((s, Ei, i) => s + G[t * N + i]! * Ei![t * V + v]!, 0));
+    const mx = Math.max(...z);
+    ce += mx + Math.log(z.reduce((s, zv) => s + Math.exp(zv - mx), 0)) - z[p.batch.targets[t]!]!;
+    count++;
+  }
+  return ce / count;
+}
+
+/** Central differences of f at x, every entry, in float64. */
+function centralDiff(f: (x: Float64Array) => number, x: Float64Array, h: number): Float64Array {
+  return Float64Array.from(x, (_, i) => {
+    const [xp, xm] = [x.slice(), x.slice()];
+    xp[i] += h;
+    xm[i] -= h;
+    return (f(xp) - f(xm)) / (2 * h);
+  });
+}
+
+/**
+ * How far the autodiff gradient is from the finite differences: the worst relative error over
+ * entries with |fd| ≥ floor·max|fd| (a 5% scale bug gives 0.05 there), how many those are, and
+ * the worst absolute error over every entry relative to max|fd|.
+ */
+function gradErrors(got: ArrayLike<number>, fd: ArrayLike<number>, floor = 1e-2): { rel: number; abs: number; checked: number } {
+  const scale = Math.max(...Array.from(fd, Math.abs));
+  let [rel, abs, checked] = [0, 0, 0];
+  for (let i = 0; i < fd.length; i++) {
+    const err = Math.abs(got[i]! - fd[i]!);
+    abs = Math.max(abs, err / scale);
+    if (Math.abs(fd[i]!) < floor * scale) continue;
+    rel = Math.max(rel, err / Math.abs(fd[i]!));
+    checked++;
+  }
+  return { rel, abs, checked };
+}
+
+/** The balance loss alone: the aux loss of a training pass (through the head, which may be gated). */
+function balanceOnly(tokens: TokenBatch): tf.Scalar {
+  const { h, ctx } = model.hidden(tokens, { training: true });
+  model.parts.head.forward(h, ctx);
+  const aux = ctx.aux.filter((a) => a.name === BALANCE_AUX);
+  expect(aux).toHaveLength(1);
+  return aux[0]!.value;
+}
+
+const HEAD = NAMES.map(() => ['lm_head']);
+// Two gates in block 0 (math and law adapt q_proj, math and code v_proj), on the same fixed input.
+const BLOCK0 = [['model.layers.0.self_attn.q_proj', 'model.layers.0.self_attn.v_proj'], ['model.layers.0.self_attn.v_proj'], ['model.layers.0.self_attn.q_proj']];
+
+describe('gate gradients against float64 central differences', () => {
+  const setups = [
+    ['lm_head', HEAD, true],
+    ['lm_head', HEAD, false],
+    ['q_proj + v_proj of block 0', BLOCK0, false],
+  ] as const;
+  const cases = (['token', 'prefix'] as Granularity[]).flatMap((g) => setups.map(([name, targets, task]) => [g, name, task ? 'task + balance' : 'balance alone', targets, task] as const));
+  it.each(cases)('%s gate on %s, %s: ∂/∂e and ∂/∂ρ', (granularity, _, __, targets, task) => {
+    const { comp, experts } = compose(targets.map((t) => [...t]), 2);
+    const gates = comp.initGate({ granularity, balanceAlpha: ALPHA }, new Rng(21), SHARP).gates;
+    expect(gates.length).toBe(targets === BLOCK0 ? 2 : 1);
+    const p = hostProblem(comp, experts, MIXED);
+    const loss = (): tf.Scalar => (task ? lmLoss(model, p.batch, { training: true }) : balanceOnly(MIXED));
+    const { value, grads } = tf.variableGrads(loss, gates.flatMap((g) => [g.e, g.rho!]));
+    const at: GateParams[] = gates.map((g) => ({ e: host(g.e), rho: g.rho!.dataSync()[0]! }));
+    // The host loss is the one tfjs computes, up to float32 rounding.
+    expect(Math.abs(value.dataSync()[0]! - hostLoss(p, at, granularity, task))).toBeLessThan(1e-5);
+    gates.forEach((g, k) => {
+      const withGate = (q: Partial<GateParams>): GateParams[] => at.map((a, j) => (j === k ? { ...a, ...q } : a));
+      const fdE = centralDiff((e) => hostLoss(p, withGate({ e }), granularity, task), at[k]!.e, 1e-5);
+      const fdRho = centralDiff(([rho]) => hostLoss(p, withGate({ rho }), granularity, task), Float64Array.of(at[k]!.rho), 1e-5);
+      const errE = gradErrors(grads[g.e.name]!.dataSync(), fdE);
+      const errRho = gradErrors(grads[g.rho!.name]!.dataSync(), fdRho);
+      expect(errE.checked, g.name).toBeGreaterThan(0.5 * g.e.size);
+      expect(errE.rel, g.name).toBeLessThan(1e-3);
+      expect(errE.abs, g.name).toBeLessThan(1e-4);
+      expect(Math.abs(fdRho[0]!), g.name).toBeGreaterThan(1e-3);
+      expect(errRho.rel, g.name).toBeLessThan(1e-3);
+    });
+    value.dispose();
+    tf.dispose(Object.values(grads));
+  });
+});
+
+/**
+ * Through the whole network, where gates feed later gates and a block gate's weights serve
+ * several linears, the loss is only available in float32. Fourth-order central differences
+ * (Richardson) with a step of 0.01 balance truncation (the loss is sharply curved along the
+ * largest entries: 0.03 was 4% off there) against float32 rounding (worse below 0.005).
+ */
+function richardson(f: (d: number) => number, h: number): number {
+  return (8 * (f(h) - f(-h)) - (f(2 * h) - f(-2 * h))) / (12 * h);
+}
+
+/** Indices to check: each gate's largest gradients (best signal) and some random ones. */
+function entriesToCheck(g: Float32Array, rng: Rng, largest: number, random: number): number[] {
+  const order = [...g.keys()].sort((a, b) => Math.abs(g[b]!) - Math.abs(g[a]!));
+  const picked = new Set(order.slice(0, largest));
+  while (picked.size < Math.min(g.length, largest + random)) picked.add(rng.int(g.length));
+  return [...picked];
+}
+
+describe('gate gradients through the network against float32 finite differences', () => {
+  const cases = (['layer', 'block'] as GateLevel[]).flatMap((level) => (['token', 'prefix'] as Granularity[]).map((g) => [level, g] as const));
+  it.each(cases)('per %s, %s: task + balance loss, ∂/∂e and ∂/∂ρ of every gate', (level, granularity) => {
+    const { comp } = compose(TARGETS);
+    const gates = comp.initGate({ level, granularity, balanceAlpha: ALPHA }, new Rng(4), SHARP).gates;
+    const batch = lmBatch(MIXED);
+    const loss = (): tf.Scalar => lmLoss(model, batch, { training: true });
+    const vars = gates.flatMap((g) => [g.e, g.rho!] as tf.Variable[]);
+    const { value, grads } = tf.variableGrads(loss, vars);
+    const scale = Math.max(...vars.map((v) => Math.max(...Array.from(grads[v.name]!.dataSync(), Math.abs))));
+    const rng = new Rng(5);
+    let [worst, big] = [0, 0];
+    for (const v of vars) {
+      const g = grads[v.name]!.dataSync() as Float32Array;
+      const orig = v.dataSync().slice();
+      for (const i of entriesToCheck(g, rng, 6, 4)) {
+        const fd = richardson((d) => {
+          const x = orig.slice();
+          x[i] += d;
+          return tf.tidy(() => {
+            v.assign(tf.tensor(x, v.shape));
+            return loss().dataSync()[0]!;
+          });
+        }, 0.01);
+        // Relative error, measured against at least 5% of the largest gradient.
+        worst = Math.max(worst, Math.abs(g[i]! - fd) / Math.max(Math.abs(fd), 0.05 * scale));
+        if (Math.abs(fd) >= 0.05 * scale) big++;
+      }
+      tf.tidy(() => v.assign(tf.tensor(orig, v.shape)));
+    }
+    expect(big).toBeGreaterThanOrEqual(3 * gates.length);
+    expect(worst).toBeLessThan(1e-2);
+    value.dispose();
+    tf.dispose(Object.values(grads));
   });
 });

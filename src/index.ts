@@ -25,6 +25,8 @@ export { trainAdapter, type TrainAdapterOptions } from './adapters/train.js';
 export { loadModel, MoleModel, type LoadModelOptions } from './gating/session.js';
 export { MoleComposition, type RowSpec } from './gating/composition.js';
 export { saveGate, loadGate, expertFingerprint } from './gating/gate-io.js';
+export { saveRouting, loadRouting } from './gating/router-io.js';
+export { PromptRouter, createRouter, centroidRouter, promptFeatures, routeWeights, DEFAULT_ROUTER_OPTIONS, type RouterOptions } from './gating/prompt-router.js';
 export type { GateOptions, GateLevel, Granularity } from './gating/mole.js';
 export { trainGate, gateStatsOn, type TrainGateOptions } from './gating/train.js';
 export { readProfiles, applyProfile, type Profiles, type ProfileEntry } from './gating/profile.js';

@@ -15,4 +15,6 @@ export interface ForwardContext {
   aux: { name: string; value: tf.Scalar }[];
   /** Randomness for dropout and noisy routing; null means deterministic. */
   rng: Rng | null;
+  /** The base alone: linear hooks (adapters, gates) and input hooks stay off (a router's reading pass). */
+  plain?: boolean;
 }

@@ -50,8 +50,10 @@ export function generate(model: CausalLM, prompts: number[][], opts: GenerateOpt
   const kept: Float32Array[][] = prompts.map(() => []);
   const done = new Array<boolean>(B).fill(false);
   const cache = useCache ? model.newCache(B) : undefined;
+  // Every step routes on the prompt alone, as the cached steps do (their router read the prefill).
+  const promptLens = Int32Array.from(prompts, (p) => p.length);
   try {
-    let step: TokenBatch = batchOf(rows, masks);
+    let step: TokenBatch = batchOf(rows, masks, promptLens);
     for (let n = 0; n < maxNew && !done.every(Boolean); n++) {
       const last = lastLogits(model, step, cache);
       for (let b = 0; b < B; b++) {
@@ -65,7 +67,7 @@ export function generate(model: CausalLM, prompts: number[][], opts: GenerateOpt
         opts.onToken?.(b, id);
         if (stop.has(id)) done[b] = true;
       }
-      step = cache ? batchOf(rows.map((r) => [r[r.length - 1]!]), masks.map((m) => [m[m.length - 1]!])) : batchOf(rows, masks);
+      step = cache ? batchOf(rows.map((r) => [r[r.length - 1]!]), masks.map((m) => [m[m.length - 1]!]), promptLens) : batchOf(rows, masks, promptLens);
     }
   } finally {
     cache?.dispose();
@@ -73,9 +75,9 @@ export function generate(model: CausalLM, prompts: number[][], opts: GenerateOpt
   return opts.keepLogits ? { tokens, logits: kept } : { tokens };
 }
 
-function batchOf(rows: number[][], masks: number[][]): TokenBatch {
+function batchOf(rows: number[][], masks: number[][], promptLens: Int32Array): TokenBatch {
   const T = rows[0]!.length;
-  return { ids: Int32Array.from(rows.flat()), attentionMask: Uint8Array.from(masks.flat()), batch: rows.length, seq: T };
+  return { ids: Int32Array.from(rows.flat()), attentionMask: Uint8Array.from(masks.flat()), batch: rows.length, seq: T, promptLens };
 }
 
 /**

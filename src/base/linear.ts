@@ -38,7 +38,7 @@ export class Linear {
     let y = ctx.training && frozen
       ? frozenLinear(x, this.weightT, () => this.weight(), bias)
       : linear(x, this.weightT, bias);
-    for (const h of this.hooks) y = y.add(h.delta(x, ctx));
+    if (!ctx.plain) for (const h of this.hooks) y = y.add(h.delta(x, ctx));
     return y;
   }
 

@@ -56,6 +56,8 @@ export interface LmBatch {
   targets: Int32Array;
   lossMask: Float32Array;
   attentionMask?: Uint8Array;
+  /** See TokenBatch.promptLens. */
+  promptLens?: Int32Array;
   batch: number;
   seq: number;
 }

@@ -16,12 +16,26 @@ export interface TokenBatch {
   batch: number;
   seq: number;
   attentionMask?: Uint8Array;
+  /**
+   * Per row, how many of its real tokens (counted from its first real one) are the prompt: what a
+   * router may read. Absent: every real token. Teacher-forced batches set it so that a router
+   * never sees the completion; generate sets it so that every step routes on the prompt alone.
+   */
+  promptLens?: Int32Array;
 }
+
+/**
+ * Runs at the start of every pass that is not plain, before any layer: a router reads the
+ * batch here and decides which experts the pass's linear hooks use.
+ */
+export type InputHook = (input: TokenBatch, opts: ForwardOptions) => void;
 
 export interface ForwardOptions {
   cache?: KVCache;
   training?: boolean;
   rng?: Rng | null;
+  /** The base alone: no linear hooks, no input hooks (see ForwardContext.plain). */
+  plain?: boolean;
 }
 
 /** A named embedding table [V, D] (token or position). */
@@ -44,6 +58,7 @@ export interface ModelParts {
 /** A frozen decoder-only transformer: embeddings → blocks → final norm → lm_head. */
 export class CausalLM {
   readonly blocks: Block[];
+  readonly inputHooks: InputHook[] = [];
 
   constructor(
     readonly config: ModelConfig,
@@ -64,6 +79,7 @@ export class CausalLM {
     const { batch: B, seq: T } = input;
     if (input.ids.length !== B * T) throw new Error(`ids has ${input.ids.length} entries, expected batch×seq = ${B * T}`);
     const mask = input.attentionMask ?? new Uint8Array(B * T).fill(1);
+    if (!opts.plain) for (const hook of this.inputHooks) hook(input, opts);
     const cache = opts.cache;
     let keyMask: Uint8Array;
     let positions: Int32Array;
@@ -86,6 +102,7 @@ export class CausalLM {
       tokenMask: tf.tensor2d(Float32Array.from(mask), [B * T, 1]),
       aux: [],
       rng: opts.rng ?? null,
+      plain: opts.plain ?? false,
     };
     const inputs: AttentionInputs = {
       rope: p.rope ? p.rope.tables(positions) : null,

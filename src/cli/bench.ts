@@ -2,8 +2,9 @@ import type { Command } from 'commander';
 import { int } from './args.js';
 import { benchForward, type BenchForwardOptions, type ModelShape } from '../bench/forward.js';
 import { benchTrain, type BenchTrainOptions } from '../bench/train.js';
-import { benchCompose, type BenchComposeOptions } from '../bench/compose.js';
-import { summaryTable } from '../gating/experiment.js';
+import { SHIPPED_BASE } from './recipes.js';
+import { probeFamily, type ProbeOptions } from '../bench/probe.js';
+import { benchCompose, suiteTable, type BenchComposeOptions } from '../bench/compose.js';
 import { benchGateStep, benchSwap, SMOL_135M } from '../bench/mole.js';
 
 export async function runBenchForward(o: BenchForwardOptions & { json?: boolean }): Promise<void> {
@@ -56,9 +57,15 @@ export async function runBenchGate(o: ModelShape & { experts: number; rank: numb
   );
 }
 
-export async function runBenchCompose(o: BenchComposeOptions & { json?: boolean }): Promise<void> {
-  const s = await benchCompose(o);
-  process.stdout.write(o.json ? JSON.stringify(s.settings) + '\n' : `exact match (%) on ${o.testRows} test rows:\n${summaryTable(s)}\nsummary: ${o.out}/summary.json (molora report ${o.out} draws it)\n`);
+export async function runBenchCompose(o: Omit<BenchComposeOptions, 'model'> & { model?: string; json?: boolean }): Promise<void> {
+  const r = await benchCompose({ ...o, model: o.model ?? SHIPPED_BASE });
+  process.stdout.write(o.json ? JSON.stringify(r) + '\n' : `exact match (%) on held-out rows:\n\n${suiteTable(r)}\nresults: ${o.out}/suite.json\n`);
+}
+
+export async function runBenchProbe(o: Omit<ProbeOptions, 'model'> & { model?: string; json?: boolean }): Promise<void> {
+  const rows = await probeFamily({ ...o, model: o.model ?? SHIPPED_BASE });
+  const pct = (x: number): string => (100 * x).toFixed(0);
+  process.stdout.write(o.json ? JSON.stringify(rows) + '\n' : ['| feature | fit acc. | held-out acc. |', '|---|---|---|', ...rows.map((r) => `| ${r.feature} | ${pct(r.train)} | ${pct(r.test)} |`)].join('\n') + '\n');
 }
 
 /** The random benchmark model's sizes; the defaults are the PyTorch peer's. */

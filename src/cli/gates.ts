@@ -1,30 +1,22 @@
 import { dirname } from 'node:path';
 import { writeFileAtomic } from '../base/atomic.js';
-import { gateStatsOn, trainGate } from '../gating/train.js';
+import { gateStatsOn, routerSettings, trainGate, type RouterFlags } from '../gating/train.js';
 import { renderReport } from '../report/page.js';
 import { parseGates } from '../report/summary.js';
-import type { GateOptions } from '../gating/mole.js';
 import type { GateStatsReport } from '../gating/stats.js';
 import { loadLmData } from '../train/lm.js';
 import { openComposed, type ComposeFlags } from './compose.js';
 import { lmOptions, type CliTrainFlags } from './train.js';
 
-export async function runTrainGate(
-  o: CliTrainFlags & { model: string; expert: [string, string][]; level: GateOptions['level']; granularity: GateOptions['granularity']; topK?: number; balance: number; temperature: string; maskDropout: number },
-): Promise<void> {
+export async function runTrainGate(o: CliTrainFlags & RouterFlags & { model: string; expert: [string, string][]; temperature?: string | number }): Promise<void> {
   const opts = lmOptions(o);
-  const temperature: GateOptions['temperature'] = o.temperature === 'learn' ? { mode: 'learned' } : { mode: 'fixed', value: Number(o.temperature) };
-  if (temperature.mode === 'fixed' && !(temperature.value > 0)) throw new Error(`--temperature must be 'learn' or a positive number, got '${o.temperature}'`);
+  const t = o.temperature;
+  const temperature = t === undefined || t === 'learn' ? t : Number(t);
+  if (typeof temperature === 'number' && !(temperature > 0)) throw new Error(`--temperature must be 'learn' or a positive number, got '${t}'`);
   try {
-    const r = await trainGate({
-      ...opts,
-      model: o.model,
-      experts: o.expert,
-      gate: { level: o.level, granularity: o.granularity, topK: o.topK ?? null, balanceAlpha: o.balance, temperature },
-      maskDropout: o.maskDropout,
-    });
+    const r = await trainGate({ ...opts, model: o.model, experts: o.expert, ...routerSettings({ ...o, temperature }) });
     if (r.status === 'interrupted') process.exitCode = 130;
-    else process.stderr.write(`molora: trained the gate for ${r.step} steps; gate folder ${o.out}\n`);
+    else process.stderr.write(`molora: trained the ${o.router ?? 'prompt'} router for ${r.step} steps; gate folder ${o.out}\n`);
   } finally {
     opts.stopProgress();
   }

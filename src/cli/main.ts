@@ -9,7 +9,9 @@ import { runGates, runTrainGate } from './gates.js';
 import { runReport } from '../report/cli.js';
 import { addMixLoraFlags, registerMoeCommands } from './moe.js';
 import { registerRecipeCommands } from './recipes.js';
-import { addModelShapeFlags, runBenchCompose, runBenchForward, runBenchGate, runBenchSwap, runBenchTrain } from './bench.js';
+import { ROUTER_VARIANTS } from '../bench/compose.js';
+import { taskFamilies } from '../data/families.js';
+import { addModelShapeFlags, runBenchProbe, runBenchCompose, runBenchForward, runBenchGate, runBenchSwap, runBenchTrain } from './bench.js';
 import { choice, collect, float, idList, int, namedPaths, nameList, rangeList } from './args.js';
 
 const program = new Command('molora')
@@ -86,16 +88,18 @@ addTrainerFlags(
   addDataFlags(
     program
       .command('train-gate')
-      .description('Train MoLE gates over frozen LoRA experts (base and experts stay frozen); writes gate_config.json + gate.safetensors, metrics.jsonl and checkpoints.')
+      .description('Train a router over frozen LoRA experts (base and experts stay frozen): by default the prompt router, which reads each prompt through the base and sends the row to its best expert at full strength. Writes gate_config.json + gate.safetensors, metrics.jsonl and checkpoints.')
       .requiredOption('--model <dir>', 'base model folder')
-      .option('--expert <name=dir>', 'a frozen PEFT LoRA expert; repeat (at least 2); the order fixes the gate columns', namedPaths, [])
-      .requiredOption('--out <dir>', 'output folder for the gate')
-      .option('--level <level>', 'one gate per gated linear (layer) or per transformer block (block)', choice(['layer', 'block'] as const), 'layer')
-      .option('--granularity <g>', "token: weights per position; sequence: one per row, pooled over its real tokens (the paper; sees the answer while training); prefix: per row but causal, pooled over the tokens so far (best for prompt/completion data)", choice(['token', 'sequence', 'prefix'] as const), 'token')
-      .option('--top-k <k>', 'keep the k largest gate weights per unit, renormalised', int(1))
-      .option('--balance <alpha>', 'balance-loss coefficient α in α·(−Σ log qᵢ); 0 disables it', float(0), 0.5)
-      .option('--temperature <t>', "'learn' for a learnable τ, or a fixed positive value", 'learn')
-      .option('--mask-dropout <p>', "train for masking: each row drops one random expert (never the one named like the row's --task-column task) with probability p", float(0, 0.99), 0),
+      .option('--expert <name=dir>', 'a frozen PEFT LoRA expert; repeat (at least 2); the order fixes the router columns. With --task-column, rows whose task equals an expert name teach the router', namedPaths, [])
+      .requiredOption('--out <dir>', 'output folder for the router')
+      .option('--router <kind>', "prompt: one decision per row from the base's hidden states at the prompt (default); centroid: the same feature, training-free nearest task centroid (needs --task-column); mole: the MoLE paper's gates in every adapted linear", choice(['prompt', 'centroid', 'mole'] as const))
+      .option('--routing-loss <kind>', "prompt router: labels (cross-entropy on --task-column values that name experts), lm (the LM loss alone: each row's likelihood under its routed expert), both; auto (default) takes labels when the task column names experts, else lm", choice(['auto', 'labels', 'lm', 'both'] as const))
+      .option('--top-k <k>', 'experts per row (prompt, centroid; default 1: the chosen expert at full strength) or per unit (mole), renormalised', int(1))
+      .option('--level <level>', 'mole only: one gate per gated linear (layer, default) or per transformer block (block)', choice(['layer', 'block'] as const))
+      .option('--granularity <g>', "mole only: token (default): weights per position; sequence: one per row, pooled over its real tokens (sees the answer while training); prefix: per row but causal", choice(['token', 'sequence', 'prefix'] as const))
+      .option('--balance <alpha>', 'mole only: balance-loss coefficient α in α·(−Σ log qᵢ) (default 0.5); 0 disables it', float(0))
+      .option('--temperature <t>', "mole only: 'learn' (default) for a learnable τ, or a fixed positive value")
+      .option('--mask-dropout <p>', "mole only: each training row drops one random expert (never the one named like its task) with probability p (default 0)", float(0, 0.99)),
   ),
 ).action(runTrainGate);
 
@@ -199,17 +203,29 @@ addModelShapeFlags(
 
 bench
   .command('compose')
-  .description('The fuller MoLE composition experiment on synthetic keyword tasks: adapters, gate, and the mask-effect table (resumable).')
+  .description('The composition benchmark suite: task families whose prompts never name their task, with held-out test inputs (checked disjoint in code); per family, one LoRA expert per task, then each router variant scored per task: adapters alone, oracle routing, static equal weights, the router, the router with each expert masked, and the routing share. Resumable; writes suite.json and prints markdown tables.')
   .option('--out <dir>', 'run folder', 'runs/bench-compose')
-  .option('--rows <n>', 'training rows per task', int(16), 400)
-  .option('--test-rows <n>', 'test rows', int(8), 200)
-  .option('--adapter-steps <n>', 'updates per adapter', int(1), 120)
-  .option('--gate-steps <n>', 'gate updates', int(1), 400)
-  .option('--gate-lr <lr>', 'gate learning rate (higher rates saturated the gate softmax early in our runs)', float(0), 1e-3)
+  .option('--model <dir>', 'frozen base (default: the shipped models/tiny-llama)')
+  .option('--families <list>', `families to run (default: all of ${taskFamilies().map((f) => f.name).join(', ')})`, nameList)
+  .option('--routers <list>', `router variants (default: all of ${Object.keys(ROUTER_VARIANTS).join(', ')})`, nameList)
+  .option('--task-rows <n>', 'training rows in each adapter file', int(16), 400)
+  .option('--gate-rows <n>', "rows in each family's router file", int(16), 1200)
+  .option('--test-rows <n>', 'held-out test rows per task', int(4), 50)
+  .option('--adapter-steps <n>', 'updates per adapter', int(1), 400)
+  .option('--gate-steps <n>', 'router updates', int(1), 400)
   .option('--seed <n>', 'seed', int(0), 0)
   .option('--progress <mode>', 'auto, bar, lines or off', choice(['auto', 'bar', 'lines', 'off'] as const), 'auto')
-  .option('--json', 'print the settings as JSON')
+  .option('--json', 'print suite.json instead of the tables')
   .action(runBenchCompose);
+
+bench
+  .command('probe')
+  .description("Linear probes of routing features on a family folder of `bench compose`: can what a MoLE gate reads (the experts' normalised outputs, at each position before the prompt's end), the linears' inputs, or the prompt router's feature predict the row's task? Fitted on the family's router file, scored on its held-out rows.")
+  .requiredOption('--dir <dir>', 'a family folder of a bench compose run (it holds data/ and adapters/)')
+  .option('--model <dir>', 'the frozen base the adapters were trained on (default: the shipped models/tiny-llama)')
+  .option('--modules <list>', 'adapted linears to probe (default: the first and the last)', nameList)
+  .option('--json', 'print JSON rows')
+  .action(runBenchProbe);
 
 // Every command takes --backend, wherever it sits on the command line.
 const leaves = (c: Command): Command[] => (c.commands.length ? c.commands.flatMap(leaves) : [c]);

@@ -9,6 +9,8 @@ import { choice, int } from './args.js';
 
 /** The shipped recipes folder (next to dist/ in the package). */
 export const RECIPES_DIR = fileURLToPath(new URL('../../recipes/', import.meta.url));
+/** The shipped tiny base, inside the installed package. */
+export const SHIPPED_BASE = fileURLToPath(new URL('../../models/tiny-llama', import.meta.url));
 
 /** `run`, `quickstart` and `demo-data`. */
 export function registerRecipeCommands(program: Command): void {

@@ -21,6 +21,8 @@ export interface Batch {
   attentionMask: Float32Array;
   /** Per row, an index into the dataset's taskNames (0 without a task column). */
   taskIds: Int32Array;
+  /** Completion mode: per row, its prompt tokens (what a router may read); null for text. */
+  promptLens: Int32Array | null;
   batch: number;
   seq: number;
 }
@@ -31,6 +33,8 @@ export interface Layout {
   /** Input/target pairs in sequence k (1 … seqLen). */
   pairs(k: number): number;
   task(k: number): number;
+  /** Prompt tokens of sequence k within its row; null when sequences have no prompt (text). */
+  promptLen(k: number): number | null;
   /** Writes sequence k into row `row` of `b`; the caller has filled the row with padding. */
   write(k: number, b: Batch, row: number): void;
 }
@@ -64,12 +68,14 @@ export function makeBatch(layout: Layout, seqs: ArrayLike<number>, padId: number
     lossMask: new Float32Array(B * T),
     attentionMask: new Float32Array(B * T),
     taskIds: new Int32Array(B),
+    promptLens: B > 0 && layout.promptLen(seqs[0]!) !== null ? new Int32Array(B) : null,
     batch: B,
     seq: T,
   };
   for (let r = 0; r < B; r++) {
     layout.write(seqs[r]!, b, r);
     b.taskIds[r] = layout.task(seqs[r]!);
+    if (b.promptLens) b.promptLens[r] = layout.promptLen(seqs[r]!)!;
   }
   return b;
 }
@@ -131,6 +137,10 @@ class TextLayout implements Layout {
     return this.tasks[k]!;
   }
 
+  promptLen(): null {
+    return null;
+  }
+
   write(k: number, b: Batch, row: number): void {
     const s = this.starts[k]!;
     const e = this.ends[k]!;
@@ -173,6 +183,10 @@ class CompletionLayout implements Layout {
 
   task(k: number): number {
     return this.store.taskIds[this.items[k]!]!;
+  }
+
+  promptLen(k: number): number {
+    return Math.min(this.store.promptLens[this.items[k]!]!, this.pairs(k));
   }
 
   write(k: number, b: Batch, row: number): void {

@@ -2,9 +2,11 @@ import * as tf from '@tensorflow/tfjs';
 import { linearsByName, LoraAdapter } from '../adapters/adapter.js';
 import type { ForwardContext } from '../base/context.js';
 import type { Linear, LinearHook } from '../base/linear.js';
-import type { CausalLM } from '../base/model.js';
+import type { CausalLM, ForwardOptions, InputHook, TokenBatch } from '../base/model.js';
+import type { KVCache } from '../base/kvcache.js';
 import { Rng } from '../base/rng.js';
 import { createGates, gateWeights, perToken, selection, type GateInit, type GateOptions, type MoleGate, type MoleGates, type Selection } from './mole.js';
+import { routeWeights, type PromptRouter } from './prompt-router.js';
 import { GateStats, type GateStatsReport } from './stats.js';
 
 /**
@@ -37,8 +39,17 @@ interface Expert {
   trainable: boolean[];
 }
 
-/** static: Σ wᵢ Eᵢ(x), weights by name (null: every expert at 1, absent names 0). gate: MoLE. */
-type Mixing = { kind: 'static'; weights: Map<string, number> | null } | { kind: 'gate'; gates: MoleGates };
+/**
+ * static: Σ wᵢ Eᵢ(x), weights by name (null: every expert at 1, absent names 0). gate: MoLE.
+ * router: per-row weights that a prompt router chose before the pass (see routeInput).
+ */
+type Mixing = { kind: 'static'; weights: Map<string, number> | null } | { kind: 'gate'; gates: MoleGates } | { kind: 'router'; router: PromptRouter };
+
+/** A router's choice for the rows of the current pass: probabilities and the weights applied, [B][N]. */
+export interface Routing {
+  probs: number[][];
+  weights: number[][];
+}
 
 /** What the hooks of one forward pass share, built by the first gated linear that runs. */
 interface Pass {
@@ -73,6 +84,10 @@ export class MoleComposition {
   private stats: GateStats | null = null;
   private collecting = false;
   private trace: Map<string, GateTrace> | null = null;
+  private readonly inputHook: InputHook = (input, opts) => this.routeInput(input, opts);
+  /** The router's choice for the pass about to run, and the choices cached decoding steps reuse. */
+  private routing: Routing | null = null;
+  private readonly cachedRouting = new WeakMap<KVCache, Routing>();
 
   constructor(readonly model: CausalLM) {}
 
@@ -94,9 +109,18 @@ export class MoleComposition {
     return this.mixing.kind === 'gate' ? this.mixing.gates : null;
   }
 
-  /** Trainable variables: the gate's (empty under static weights; experts and base are frozen). */
+  get router(): PromptRouter | null {
+    return this.mixing.kind === 'router' ? this.mixing.router : null;
+  }
+
+  /** Trainable variables: the gate's or the router's (none under static weights; experts and base are frozen). */
   params(): Map<string, tf.Variable> {
-    return this.gate?.params() ?? new Map();
+    return this.gate?.params() ?? this.router?.params() ?? new Map();
+  }
+
+  /** The router's choice for the rows of the last pass it routed (null before one, or without a router). */
+  lastRouting(): Routing | null {
+    return this.router ? this.routing : null;
   }
 
   /** Add a frozen expert. Not once a gate is set: its shape depends on the experts. */
@@ -185,8 +209,30 @@ export class MoleComposition {
   }
 
   /**
+   * Route each row with this prompt router (over these experts, in this order): before every
+   * pass it reads the prompts and picks each row's top-k allowed experts. Disposes a previous gate.
+   */
+  useRouter(router: PromptRouter): void {
+    if (router.experts.join('\n') !== this.experts.join('\n')) {
+      throw new Error(`router is over experts [${router.experts.join(', ')}], the composition has [${this.experts.join(', ')}]`);
+    }
+    const features = 2 * this.model.config.hidden;
+    if (router.weight.shape[0] !== features) throw new Error(`router reads ${router.weight.shape[0]} features, this base gives ${features} (2 × hidden_size)`);
+    this.setMixing({ kind: 'router', router });
+  }
+
+  /** Stop routing and hand the router back undisposed; mixing returns to static (every expert at 1). */
+  releaseRouter(): PromptRouter {
+    const router = this.router;
+    if (!router) throw new Error('release router: the composition has no router');
+    this.mixing = { kind: 'static', weights: null };
+    this.routing = null;
+    return router;
+  }
+
+  /**
    * Static mixing Σ wᵢ Eᵢ(x), no gate: weights in expert order, or by name (unnamed experts get 0).
-   * A gate in use is disposed.
+   * A gate or router in use is disposed.
    */
   useWeights(weights: number[] | Record<string, number>): void {
     const named = Array.isArray(weights) ? null : Object.entries(weights);
@@ -223,7 +269,7 @@ export class MoleComposition {
       spec.weights?.forEach((row, b) => {
         if (row.length !== N || !row.every(Number.isFinite)) throw new Error(`row spec: weights row ${b} must hold ${N} finite numbers`);
       });
-      if (spec.weights && this.gate) throw new Error('row spec: per-row weights are for static mixing; the gate sets its own (use mask)');
+      if (spec.weights && this.mixing.kind !== 'static') throw new Error(`row spec: per-row weights are for static mixing; the ${this.mixing.kind} sets its own (use mask)`);
     }
     this.rows = spec;
   }
@@ -259,6 +305,8 @@ export class MoleComposition {
   detach(): void {
     for (const [lin, hook] of this.hooks) lin.hooks.splice(lin.hooks.indexOf(hook), 1);
     this.hooks.clear();
+    const at = this.model.inputHooks.indexOf(this.inputHook);
+    if (at >= 0) this.model.inputHooks.splice(at, 1);
     this.attached = false;
   }
 
@@ -271,6 +319,7 @@ export class MoleComposition {
   dispose(): void {
     this.detach();
     this.gate?.dispose();
+    this.router?.dispose();
     for (const e of this.entries) e.adapter.dispose();
     this.entries.length = 0;
   }
@@ -283,7 +332,9 @@ export class MoleComposition {
 
   private setMixing(m: Mixing): void {
     if (this.gate && (m.kind !== 'gate' || m.gates !== this.gate)) this.gate.dispose();
+    if (this.router && (m.kind !== 'router' || m.router !== this.router)) this.router.dispose();
     this.mixing = m;
+    this.routing = null;
     if (this.stats) this.stats = new GateStats(this.experts);
   }
 
@@ -292,6 +343,7 @@ export class MoleComposition {
     this.detach();
     this.attached = attached;
     if (!attached) return;
+    this.model.inputHooks.push(this.inputHook);
     const linears = linearsByName(this.model);
     for (const module of this.gatedModules()) {
       const lin = linears.get(module)!;
@@ -314,7 +366,7 @@ export class MoleComposition {
       return kept.length === 0 ? zeros() : kept.length === 1 ? kept[0]! : tf.addN(kept);
     };
 
-    if (this.mixing.kind === 'static') {
+    if (this.mixing.kind !== 'gate') {
       return sum(pass.weights.map((w, i) => (w === 0 ? null : (output(i)?.mul(w) as tf.Tensor2D | undefined) ?? null)));
     }
     const { gates } = this.mixing;
@@ -373,17 +425,21 @@ export class MoleComposition {
     const allowed = this.allowedRows();
     const pass: Pass = { allowed, selection: null, weights: [], blockWeights: new Map() };
     const mixing = this.mixing;
+    if (mixing.kind === 'router') {
+      if (!this.routing || this.routing.weights.length !== B) throw new Error(`composition: the router chose for ${this.routing?.weights.length ?? 0} rows, the batch has ${B}`);
+      // The router applied the masks when it chose.
+      pass.weights = this.experts.map((_, i) => rowColumn(this.routing!.weights.map((w) => w[i]!), T));
+      return pass;
+    }
     if (mixing.kind === 'static') {
       const base = this.experts.map((n) => (mixing.weights ? (mixing.weights.get(n) ?? 0) : 1));
       const rowWeights = rows?.weights;
       if (!rowWeights && (!allowed || allowed.length === 1)) {
         pass.weights = base.map((w, i) => (allowed && !allowed[0]![i] ? 0 : w));
       } else {
-        pass.weights = base.map((w, i) => {
-          const col = new Float32Array(B * T);
-          for (let b = 0; b < B; b++) col.fill((rowWeights ? rowWeights[b]![i]! : w) * (allowed ? allowed[allowed.length === 1 ? 0 : b]![i]! : 1), b * T, (b + 1) * T);
-          return col.every((v) => v === 0) ? 0 : tf.tensor2d(col, [B * T, 1]);
-        });
+        pass.weights = base.map((w, i) =>
+          rowColumn(Array.from({ length: B }, (_, b) => (rowWeights ? rowWeights[b]![i]! : w) * (allowed ? allowed[allowed.length === 1 ? 0 : b]![i]! : 1)), T),
+        );
       }
       return pass;
     }
@@ -394,6 +450,35 @@ export class MoleComposition {
       pass.selection = selection(units, perSequence ? B : B * T, N);
     }
     return pass;
+  }
+
+  /**
+   * The input hook: under a router, choose each row's experts from its prompt before the pass
+   * runs. A cached decoding step reuses the choice its prefill made (the prompt is all it read).
+   */
+  private routeInput(input: TokenBatch, opts: ForwardOptions): void {
+    if (this.mixing.kind !== 'router') return;
+    const cache = opts.cache;
+    const reused = cache && cache.length > 0 ? this.cachedRouting.get(cache) : undefined;
+    if (reused) {
+      this.routing = reused;
+      return;
+    }
+    const router = this.mixing.router;
+    const probs = router.probabilities(this.model, input);
+    this.routing = { probs, weights: routeWeights(probs, this.allowedRows(), router.options.topK) };
+    if (cache) this.cachedRouting.set(cache, this.routing);
+    if (this.collecting) this.recordRouting(this.routing.weights);
+  }
+
+  /** Routing statistics: one 'router' gate whose units are rows. */
+  private recordRouting(weights: number[][]): void {
+    const B = weights.length;
+    tf.tidy(() => {
+      const w = tf.tensor2d(weights.flat(), [B, this.entries.length]);
+      const rowsCtx = { batch: B, seq: 1, training: false, tokenMask: tf.ones([B, 1]) as tf.Tensor2D, aux: [], rng: null };
+      this.stats!.record('router', [], w, rowsCtx, this.rows?.tasks?.map(String) ?? null);
+    });
   }
 
   /** The global mask ANDed with the row masks, collapsed to one row when all rows agree. */
@@ -407,4 +492,12 @@ export class MoleComposition {
     const rows = rowMask.map((row) => row.map((m, i) => m * global[i]!));
     return rows.every((r) => r.join() === rows[0]!.join()) ? [rows[0]!] : rows;
   }
+}
+
+/** One weight per row → 0 when all are 0 (the expert is skipped), else a [B·T, 1] column, each row's weight on its tokens. */
+function rowColumn(rowWeights: number[], T: number): number | tf.Tensor2D {
+  if (rowWeights.every((w) => w === 0)) return 0;
+  const col = new Float32Array(rowWeights.length * T);
+  rowWeights.forEach((w, b) => col.fill(w, b * T, (b + 1) * T));
+  return tf.tensor2d(col, [rowWeights.length * T, 1]);
 }

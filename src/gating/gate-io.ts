@@ -68,10 +68,7 @@ export function saveGate(composition: MoleComposition, dir: string): void {
   const config: GateConfigJson = {
     format: FORMAT,
     version: VERSION,
-    experts: gates.experts.map((name) => {
-      const f = expertFingerprint(composition.expert(name));
-      return { name, config_sha256: f.config, tensors_sha256: f.tensors };
-    }),
+    experts: expertRecords(composition),
     level: o.level,
     granularity: o.granularity,
     top_k: o.topK,
@@ -97,15 +94,7 @@ export function loadGate(composition: MoleComposition, dir: string): MoleGates {
   };
   const trained = cfg.experts.map((e) => e.name);
   const loaded = composition.experts;
-  for (const e of cfg.experts) {
-    if (!loaded.includes(e.name)) fail(`expert '${e.name}' is missing: the gate was trained with [${trained.join(', ')}], the composition has [${loaded.join(', ')}]`);
-    const f = expertFingerprint(composition.expert(e.name));
-    if (f.config !== e.config_sha256) fail(`expert '${e.name}' changed: its adapter_config.json differs from the one the gate was trained with (sha256 ${short(f.config)}, expected ${short(e.config_sha256)})`);
-    if (f.tensors !== e.tensors_sha256) fail(`expert '${e.name}' changed: its tensors differ from the ones the gate was trained with (sha256 ${short(f.tensors)}, expected ${short(e.tensors_sha256)})`);
-  }
-  for (const name of loaded) {
-    if (!trained.includes(name)) fail(`expert '${name}' is extra: the gate was trained with [${trained.join(', ')}] only`);
-  }
+  checkExperts(composition, cfg.experts, fail);
   const modules = composition.gatedModules();
   if (cfg.modules.join('\n') !== modules.join('\n')) fail(`gates modules [${cfg.modules.join(', ')}], the experts adapt [${modules.join(', ')}] on this base`);
 
@@ -145,6 +134,31 @@ export function loadGate(composition: MoleComposition, dir: string): MoleGates {
   const gates = new MoleGates(loaded, options, built);
   composition.useGate(gates);
   return gates;
+}
+
+export type ExpertRecord = GateConfigJson['experts'][number];
+
+/** The records of the composition's experts, in its order, as gate and router configs store them. */
+export function expertRecords(composition: MoleComposition): ExpertRecord[] {
+  return composition.experts.map((name) => {
+    const f = expertFingerprint(composition.expert(name));
+    return { name, config_sha256: f.config, tensors_sha256: f.tensors };
+  });
+}
+
+/** The composition must hold exactly the recorded experts (any order), each unchanged by fingerprint. */
+export function checkExperts(composition: MoleComposition, records: readonly ExpertRecord[], fail: (msg: string) => never): void {
+  const trained = records.map((e) => e.name);
+  const loaded = composition.experts;
+  for (const e of records) {
+    if (!loaded.includes(e.name)) fail(`expert '${e.name}' is missing: the gate was trained with [${trained.join(', ')}], the composition has [${loaded.join(', ')}]`);
+    const f = expertFingerprint(composition.expert(e.name));
+    if (f.config !== e.config_sha256) fail(`expert '${e.name}' changed: its adapter_config.json differs from the one the gate was trained with (sha256 ${short(f.config)}, expected ${short(e.config_sha256)})`);
+    if (f.tensors !== e.tensors_sha256) fail(`expert '${e.name}' changed: its tensors differ from the ones the gate was trained with (sha256 ${short(f.tensors)}, expected ${short(e.tensors_sha256)})`);
+  }
+  for (const name of loaded) {
+    if (!trained.includes(name)) fail(`expert '${name}' is extra: the gate was trained with [${trained.join(', ')}] only`);
+  }
 }
 
 function short(sha: string): string {

@@ -7,7 +7,7 @@ import type { CausalLM } from '../base/model.js';
 import { promptIds } from '../base/prompt.js';
 import { Rng } from '../base/rng.js';
 import { MoleComposition, type RowSpec } from './composition.js';
-import { loadGate, saveGate } from './gate-io.js';
+import { loadRouting, saveRouting } from './router-io.js';
 import type { GateInit, GateOptions, MoleGates } from './mole.js';
 
 export interface LoadModelOptions {
@@ -85,14 +85,14 @@ export class MoleModel {
     return this.composition.initGate(options, new Rng(seed), init);
   }
 
-  /** Load a gate folder trained with exactly these experts. */
+  /** Load a gate (or router) folder trained with exactly these experts. */
   useGate(dir: string): this {
-    loadGate(this.composition, dir);
+    loadRouting(this.composition, dir);
     return this;
   }
 
   saveGate(dir: string): void {
-    saveGate(this.composition, dir);
+    saveRouting(this.composition, dir);
   }
 
   /** Mix with fixed weights instead of a gate. */

@@ -1,19 +1,39 @@
 import * as tf from '@tensorflow/tfjs';
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { GATE_CONFIG } from './gate-io.js';
 import { loadBase } from '../base/load.js';
 import { Rng } from '../base/rng.js';
 import { evalBatches, type TokenStore } from '../data/index.js';
-import { toLmBatch, trainLm, type LmTrainOptions } from '../train/lm.js';
+import { loadLmData, toLmBatch, trainLm, type LmData, type LmTrainOptions } from '../train/lm.js';
 import type { TrainResult } from '../train/trainer.js';
 import { loadAdapter } from '../adapters/peft.js';
 import { MoleComposition } from './composition.js';
-import { saveGate } from './gate-io.js';
+import type { CausalLM } from '../base/model.js';
 import type { GateOptions } from './mole.js';
+import { centroidRouter, createRouter, type RouterOptions } from './prompt-router.js';
+import { saveRouting } from './router-io.js';
+import { featureStats, resolveRoutingLoss, routedLoss, routerLoss, routingAccuracy, ROUTING_LOSSES, taskExperts } from './router-train.js';
 import type { GateStatsReport } from './stats.js';
+
+/**
+ * 'prompt' (default): the prompt router, one hard decision per row from the base's hidden states
+ * (prompt-router.ts). 'centroid': the same feature, training-free, nearest task centroid (needs a
+ * task column naming experts). 'mole': the paper's gates inside every adapted linear (mole.ts).
+ */
+export const ROUTERS = ['prompt', 'centroid', 'mole'] as const;
+export type RouterKind = (typeof ROUTERS)[number];
 
 export interface TrainGateOptions extends LmTrainOptions {
   model: string;
   /** Expert name → PEFT adapter folder; the order fixes the gate's columns. */
   experts: [string, string][];
+  router?: RouterKind;
+  /** Prompt and centroid routers. */
+  routerOptions?: Partial<RouterOptions>;
+  /** Prompt router: what teaches it (router-train.ts); 'auto' by default. */
+  routingLoss?: (typeof ROUTING_LOSSES)[number];
+  /** MoLE gates (router 'mole'). */
   gate?: Partial<GateOptions>;
   /**
    * Mask robustness: in training, each row drops one random expert with this probability, never
@@ -21,6 +41,44 @@ export interface TrainGateOptions extends LmTrainOptions {
    * need, so masking one expert at inference spares the other tasks. 0 (default) turns it off.
    */
   maskDropout?: number;
+}
+
+/** The routing flags as the CLI and recipes spell them (each optional; MoLE's only with router 'mole'). */
+export interface RouterFlags {
+  router?: string;
+  topK?: number;
+  routingLoss?: string;
+  level?: string;
+  granularity?: string;
+  balance?: number;
+  /** 'learn' or a fixed positive τ. */
+  temperature?: 'learn' | number;
+  maskDropout?: number;
+}
+
+/** Flags → train-gate options, refusing MoLE flags for other routers (they would be ignored). */
+export function routerSettings(f: RouterFlags): Pick<TrainGateOptions, 'router' | 'routerOptions' | 'routingLoss' | 'gate' | 'maskDropout'> {
+  const router = (f.router ?? 'prompt') as RouterKind;
+  if (!ROUTERS.includes(router)) throw new Error(`router must be one of ${ROUTERS.join(', ')}, got '${f.router}'`);
+  const mole = { level: f.level, granularity: f.granularity, balance: f.balance, temperature: f.temperature, maskDropout: f.maskDropout };
+  const given = Object.entries(mole).filter(([, v]) => v !== undefined).map(([k]) => k);
+  if (router !== 'mole') {
+    if (given.length) throw new Error(`${given.join(', ')}: MoLE gate settings, for router 'mole' only (this is router '${router}')`);
+    if (f.routingLoss !== undefined && !(ROUTING_LOSSES as readonly string[]).includes(f.routingLoss)) throw new Error(`routing loss must be one of ${ROUTING_LOSSES.join(', ')}, got '${f.routingLoss}'`);
+    if (f.routingLoss !== undefined && router === 'centroid') throw new Error(`the centroid router is not trained: routing loss is for router 'prompt'`);
+    return { router, routerOptions: f.topK !== undefined ? { topK: f.topK } : undefined, routingLoss: f.routingLoss as TrainGateOptions['routingLoss'] };
+  }
+  if (f.routingLoss !== undefined) throw new Error(`routing loss is for router 'prompt', not 'mole'`);
+  const t = f.temperature ?? 'learn';
+  if (t !== 'learn' && !(typeof t === 'number' && t > 0)) throw new Error(`temperature must be 'learn' or a positive number, got '${t}'`);
+  const gate: Partial<GateOptions> = {
+    temperature: t === 'learn' ? { mode: 'learned' } : { mode: 'fixed', value: t },
+    ...(f.level !== undefined && { level: f.level as GateOptions['level'] }),
+    ...(f.granularity !== undefined && { granularity: f.granularity as GateOptions['granularity'] }),
+    ...(f.topK !== undefined && { topK: f.topK }),
+    ...(f.balance !== undefined && { balanceAlpha: f.balance }),
+  };
+  return { router, gate, maskDropout: f.maskDropout };
 }
 
 /** Validation batches the per-eval gate statistics look at (enough for stable means, cheap). */
@@ -34,14 +92,20 @@ const STATS_BATCHES = 8;
  */
 export async function trainGate(o: TrainGateOptions): Promise<TrainResult> {
   if (o.experts.length < 2) throw new Error(`a gate composes at least 2 experts; got ${o.experts.length}`);
+  const kind = o.router ?? 'prompt';
+  if (!ROUTERS.includes(kind)) throw new Error(`router must be one of ${ROUTERS.join(', ')}, got '${kind}'`);
+  if (kind !== 'mole' && (o.gate || o.maskDropout)) throw new Error(`MoLE gate options (level, granularity, temperature, balance, mask dropout) are for --router mole, not '${kind}'`);
+  if (kind === 'mole' && (o.routerOptions || o.routingLoss)) throw new Error(`router options (top-k, routing loss) are for --router prompt or centroid, not 'mole'`);
   const model = loadBase(o.model, { warn: o.log });
   const comp = new MoleComposition(model);
   try {
     for (const [name, dir] of o.experts) comp.addExpert(name, loadAdapter(model, dir, { name, warn: o.log }));
+    if (kind === 'prompt') return await trainPromptRouter(model, comp, o);
+    if (kind === 'centroid') return await fitCentroidRouter(model, comp, o);
     comp.initGate(o.gate ?? {}, new Rng(o.seed));
     const p = o.maskDropout ?? 0;
     if (!(p >= 0 && p < 1)) throw new Error(`mask dropout must be in [0, 1), got ${p}`);
-    return await trainLm(model, comp.params(), (dir) => saveGate(comp, dir), {
+    return await trainLm(model, comp.params(), (dir) => saveRouting(comp, dir), {
       ...o,
       beforeBatch:
         p > 0 ? (b, training, rng, { dataset }) => comp.setRows(training ? { mask: dropoutMasks(comp.experts, b.taskIds, dataset.taskNames, p, rng) } : null) : undefined,
@@ -51,6 +115,66 @@ export async function trainGate(o: TrainGateOptions): Promise<TrainResult> {
     comp.dispose();
     model.dispose();
   }
+}
+
+/**
+ * The prompt router: trained by the shared trainer (resume, checkpoints, eval) on its routing
+ * loss; validation reports the routed model's LM loss and the routing accuracy. The composition
+ * stays on static weights while it trains (the loss routes each row itself); the saved folder
+ * holds the router.
+ */
+async function trainPromptRouter(model: CausalLM, comp: MoleComposition, o: TrainGateOptions): Promise<TrainResult> {
+  const log = o.log ?? ((m: string) => process.stderr.write(`molora: ${m}\n`));
+  const router = createRouter(comp.experts, model.config.hidden, o.routerOptions ?? {}, new Rng(o.seed));
+  let labels: Int32Array | null = null;
+  let kind: ReturnType<typeof resolveRoutingLoss>['loss'] = 'labels';
+  // At the first batch: which loss the data allows, and the features' standardiser (one plain pass).
+  const resolve = (data: LmData): Int32Array => {
+    if (labels) return labels;
+    labels = taskExperts(data.dataset, comp.experts);
+    const r = resolveRoutingLoss(o.routingLoss ?? 'auto', labels, comp.experts);
+    kind = r.loss;
+    log(`router: routing loss '${kind}' (${r.why})`);
+    router.standardise(featureStats(comp, data, null, o.seqLen).std);
+    return labels;
+  };
+  try {
+    return await trainLm(model, router.params(), (dir) => saveRouter(comp, router, dir), {
+      ...o,
+      loss: (b, training, _rng, data) => {
+        const l = resolve(data);
+        return training ? routerLoss(comp, router, b, l, kind) : routedLoss(comp, router, b);
+      },
+      onEval: (_step, data) => ({ routing_accuracy: routingAccuracy(comp, router, data, resolve(data), o.seqLen) }),
+    });
+  } finally {
+    router.dispose();
+  }
+}
+
+/** Save the router through the composition (which takes it for the save, then lets it go). */
+function saveRouter(comp: MoleComposition, router: ReturnType<typeof createRouter>, dir: string): void {
+  comp.useRouter(router);
+  try {
+    saveRouting(comp, dir);
+  } finally {
+    comp.releaseRouter();
+  }
+}
+
+/** The training-free router: one plain pass over the training rows, centroids per labelled expert. */
+async function fitCentroidRouter(model: CausalLM, comp: MoleComposition, o: TrainGateOptions): Promise<TrainResult> {
+  const log = o.log ?? ((m: string) => process.stderr.write(`molora: ${m}\n`));
+  if (existsSync(join(o.out, GATE_CONFIG))) throw new Error(`${o.out} already holds a gate or router (${GATE_CONFIG}); choose another --out or remove it`);
+  const data = await loadLmData(model, o, log);
+  const labels = taskExperts(data.dataset, comp.experts);
+  if (!labels.some((e) => e >= 0)) throw new Error(`the centroid router needs a task column whose values name experts (${comp.experts.join(', ')})`);
+  const { sums, counts, std } = featureStats(comp, data, labels, o.seqLen);
+  const router = centroidRouter(comp.experts, sums, counts, std, o.routerOptions ?? {});
+  comp.useRouter(router);
+  saveRouting(comp, o.out);
+  log(`centroid router: ${counts.map((c, i) => `${comp.experts[i]} ${c} rows`).join(', ')}; wrote ${o.out}`);
+  return { status: 'done', step: 0, checkpoint: null, lastLoss: null, best: null };
 }
 
 /** Gate statistics (per task when the data has tasks) over a store's first batches, in order. */

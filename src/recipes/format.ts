@@ -52,6 +52,8 @@ const FIELDS: Record<StepType, { required: string[]; fields: Record<string, Kind
       model: 'path',
       data: 'path',
       experts: 'named-paths',
+      router: 'string',
+      routingLoss: 'string',
       level: 'string',
       granularity: 'string',
       topK: 'int',

@@ -7,9 +7,8 @@ import type { Arch } from '../base/config.js';
 import { initBase } from '../base/init.js';
 import { summaryTable } from '../gating/experiment.js';
 import { GATE_CONFIG } from '../gating/gate-io.js';
-import type { GateOptions } from '../gating/mole.js';
 import { loadModel } from '../gating/session.js';
-import { gateStatsOn, trainGate } from '../gating/train.js';
+import { gateStatsOn, routerSettings, trainGate, type RouterFlags } from '../gating/train.js';
 import { trainMoe, upcycleFolder } from '../gating/train-moe.js';
 import { collectRun } from '../report/collect.js';
 import { renderReport } from '../report/page.js';
@@ -98,15 +97,8 @@ export async function runStep(step: Step, ctx: StepContext): Promise<TrainResult
       return (await trainAdapter({ ...trainerOptions(f, step.out, ctx), model: f.model as string, name: (f.name as string | undefined) ?? step.id, lora })).status;
     }
     case 'train-gate': {
-      const t = f.temperature ?? 'learn';
-      const gate: Partial<GateOptions> = {
-        temperature: t === 'learn' ? { mode: 'learned' } : { mode: 'fixed', value: t as number },
-        ...(f.level !== undefined && { level: f.level as GateOptions['level'] }),
-        ...(f.granularity !== undefined && { granularity: f.granularity as GateOptions['granularity'] }),
-        ...(f.topK !== undefined && { topK: f.topK as number }),
-        ...(f.balance !== undefined && { balanceAlpha: f.balance as number }),
-      };
-      const r = await trainGate({ ...trainerOptions(f, step.out, ctx), model: f.model as string, experts: f.experts as [string, string][], gate, maskDropout: f.maskDropout as number | undefined });
+      const flags = { ...f, temperature: f.temperature as 'learn' | number | undefined } as RouterFlags;
+      const r = await trainGate({ ...trainerOptions(f, step.out, ctx), model: f.model as string, experts: f.experts as [string, string][], ...routerSettings(flags) });
       return r.status;
     }
     case 'upcycle':

@@ -69,7 +69,7 @@ export function evaluate(model: CausalLM, store: TokenStore, o: EvaluateOptions)
 }
 
 /** Per-position next-token loss, logsumexp(z) − z[target], [N]. */
-function tokenLosses(logits: tf.Tensor2D, targets: Int32Array): tf.Tensor1D {
+export function tokenLosses(logits: tf.Tensor2D, targets: Int32Array): tf.Tensor1D {
   const [N, V] = logits.shape;
   const flat = Int32Array.from(targets, (t, i) => i * V + Math.max(0, Math.min(V - 1, t)));
   return logits.logSumExp(-1).sub(tf.gather(logits.reshape([N * V]), tf.tensor1d(flat, 'int32'))) as tf.Tensor1D;

@@ -54,6 +54,8 @@ export interface LmTrainOptions extends LmDataOptions {
   buffers?: Map<string, tf.Variable>;
   /** Runs before each batch's forward pass (e.g. to set per-row expert masks), with the run's seeded stream. */
   beforeBatch?: (b: Batch, training: boolean, rng: Rng, data: LmData) => void;
+  /** Replaces the next-token loss (e.g. a router's loss); runs after beforeBatch. */
+  loss?: (b: Batch, training: boolean, rng: Rng, data: LmData) => tf.Scalar;
   /** Extra values for each eval entry of metrics.jsonl (e.g. gate weights); gets the validation store. */
   onEval?: (step: number, data: LmData) => Record<string, unknown>;
 }
@@ -96,7 +98,8 @@ export async function loadLmData(model: CausalLM, o: LmDataOptions, log: (m: str
 
 /** The model-facing view of a data batch. */
 export function toLmBatch(b: Batch): LmBatch {
-  return { ids: b.ids, targets: b.targets, lossMask: b.lossMask, attentionMask: Uint8Array.from(b.attentionMask), batch: b.batch, seq: b.seq };
+  const batch: LmBatch = { ids: b.ids, targets: b.targets, lossMask: b.lossMask, attentionMask: Uint8Array.from(b.attentionMask), batch: b.batch, seq: b.seq };
+  return b.promptLens ? { ...batch, promptLens: b.promptLens } : batch;
 }
 
 /**
@@ -128,7 +131,7 @@ export async function trainLm(model: CausalLM, params: Map<string, tf.Variable>,
     buffers: o.buffers,
     loss: (b, training, rng) => {
       o.beforeBatch?.(b, training, rng, { dataset, sampler });
-      return lmLoss(model, toLmBatch(b), { training, rng });
+      return o.loss ? o.loss(b, training, rng, { dataset, sampler }) : lmLoss(model, toLmBatch(b), { training, rng });
     },
     batches,
     evalSet: val ? () => evalBatches(val, { batchSize: o.batchSize, seqLen: o.seqLen }) : undefined,

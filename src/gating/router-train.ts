@@ -1,0 +1,152 @@
+import * as tf from '@tensorflow/tfjs';
+import { lmLoss, type LmBatch } from '../base/loss.js';
+import { evalBatches, type Batch, type Dataset } from '../data/index.js';
+import { tokenLosses } from '../train/evaluate.js';
+import { toLmBatch, type LmData } from '../train/lm.js';
+import type { MoleComposition } from './composition.js';
+import { promptFeatures, routeWeights, standardiser, type PromptRouter, type Standardiser } from './prompt-router.js';
+
+/**
+ * What teaches the router:
+ * - 'labels': routing cross-entropy against the row's task, where the task column names an
+ *   expert (MoA-style supervision); one plain pass per batch.
+ * - 'lm': the LM loss alone. Each row is modelled by one expert chosen with the router's
+ *   probability pᵢ, so its likelihood is Σᵢ pᵢ·exp(−NLLᵢ) with NLLᵢ the row's completion loss
+ *   under expert i alone (at full strength); the loss is −log of that, per loss token. Its
+ *   gradient pᵢ − posteriorᵢ moves each row toward the experts that explain it best. Costs
+ *   one pass per expert.
+ * - 'both': the sum.
+ * - 'auto' (default): 'labels' when the task column names experts, else 'lm'.
+ */
+export type RoutingLoss = 'labels' | 'lm' | 'both';
+export const ROUTING_LOSSES = ['auto', 'labels', 'lm', 'both'] as const;
+
+/** Per task id of the dataset, the index of the expert named like it, or −1. */
+export function taskExperts(dataset: Dataset, experts: readonly string[]): Int32Array {
+  return Int32Array.from(dataset.taskNames, (t) => experts.indexOf(t));
+}
+
+/** The loss that resolves 'auto' for this data, and why (for the log). */
+export function resolveRoutingLoss(wanted: (typeof ROUTING_LOSSES)[number], labels: Int32Array, experts: readonly string[]): { loss: RoutingLoss; why: string } {
+  const named = labels.some((e) => e >= 0);
+  if ((wanted === 'labels' || wanted === 'both') && !named) {
+    throw new Error(`routing loss '${wanted}' needs a task column whose values name experts (${experts.join(', ')}); none of the data's tasks does`);
+  }
+  if (wanted !== 'auto') return { loss: wanted, why: 'as asked' };
+  return named ? { loss: 'labels', why: 'the task column names experts' } : { loss: 'lm', why: 'no task column names an expert, so the LM loss alone teaches it' };
+}
+
+/** The router's training loss on one batch (only the router's variables get a gradient). */
+export function routerLoss(comp: MoleComposition, router: PromptRouter, b: Batch, labels: Int32Array, kind: RoutingLoss): tf.Scalar {
+  const lb = toLmBatch(b);
+  const logp = tf.logSoftmax(router.logits(promptFeatures(comp.model, lb)));
+  const terms: tf.Scalar[] = [];
+  if (kind !== 'lm') terms.push(labelLoss(logp, Array.from(b.taskIds, (t) => labels[t] ?? -1)));
+  if (kind !== 'labels') terms.push(mixtureLoss(logp, expertLosses(comp, lb)));
+  return terms.length === 1 ? terms[0]! : tf.addN(terms);
+}
+
+/** Mean over labelled rows of −log p(label); 0 (with a zero gradient) when no row has a label. */
+function labelLoss(logp: tf.Tensor2D, label: number[]): tf.Scalar {
+  const [B, N] = logp.shape;
+  const pick = new Float32Array(B * N);
+  const rows = label.filter((e) => e >= 0).length;
+  label.forEach((e, b) => {
+    if (e >= 0) pick[b * N + e] = 1 / rows;
+  });
+  return logp.mul(tf.tensor2d(pick, [B, N])).sum().neg() as tf.Scalar;
+}
+
+/** −log Σᵢ pᵢ·exp(−NLLᵢ), per loss token of the row, averaged over rows with loss tokens. */
+function mixtureLoss(logp: tf.Tensor2D, nll: { sums: Float32Array; tokens: Float32Array }): tf.Scalar {
+  const [B, N] = logp.shape;
+  const rows = nll.tokens.filter((n) => n > 0).length;
+  const perRow = Float32Array.from(nll.tokens, (n) => (n > 0 ? 1 / (n * rows) : 0));
+  const joint = logp.sub(tf.tensor2d(nll.sums, [B, N]));
+  return joint.logSumExp(1).mul(tf.tensor1d(perRow)).sum().neg() as tf.Scalar;
+}
+
+/**
+ * Each row's summed completion loss under each expert alone, [B·N] row-major, and its loss
+ * tokens [B]: one pass per expert, on the host (constants for the router's gradient).
+ */
+export function expertLosses(comp: MoleComposition, lb: LmBatch): { sums: Float32Array; tokens: Float32Array } {
+  const { batch: B, seq: T } = lb;
+  const N = comp.experts.length;
+  const sums = new Float32Array(B * N);
+  const tokens = new Float32Array(B);
+  for (let r = 0; r < B; r++) for (let t = 0; t < T; t++) tokens[r]! += lb.lossMask[r * T + t]!;
+  comp.experts.forEach((name, i) => {
+    comp.mask([name]);
+    const host = tf.tidy(() => tokenLosses(comp.model.forward(lb), lb.targets).dataSync());
+    for (let r = 0; r < B; r++) {
+      let s = 0;
+      for (let t = 0; t < T; t++) s += lb.lossMask[r * T + t]! * host[r * T + t]!;
+      sums[r * N + i] = s;
+    }
+  });
+  comp.mask(null);
+  return { sums, tokens };
+}
+
+/** The LM loss of the routed model (each row through its top-k experts): what validation reports. */
+export function routedLoss(comp: MoleComposition, router: PromptRouter, b: Batch): tf.Scalar {
+  const lb = toLmBatch(b);
+  const weights = routeWeights(router.probabilities(comp.model, lb), null, router.options.topK);
+  comp.setRows({ weights });
+  try {
+    return lmLoss(comp.model, lb);
+  } finally {
+    comp.setRows(null);
+  }
+}
+
+/**
+ * Routing accuracy on the validation rows whose task names an expert: the share routed to that
+ * expert (top-1); null without such rows.
+ */
+export function routingAccuracy(comp: MoleComposition, router: PromptRouter, data: LmData, labels: Int32Array, seqLen: number): number | null {
+  const store = data.dataset.val ?? data.dataset.train;
+  let hit = 0;
+  let n = 0;
+  for (const b of evalBatches(store, { batchSize: 16, seqLen })) {
+    const probs = router.probabilities(comp.model, toLmBatch(b));
+    probs.forEach((p, r) => {
+      const want = labels[b.taskIds[r]!] ?? -1;
+      if (want < 0) return;
+      n++;
+      if (p.indexOf(Math.max(...p)) === want) hit++;
+    });
+  }
+  return n ? hit / n : null;
+}
+
+/**
+ * One plain pass over the training rows: per expert, the sum of the features of the rows
+ * labelled with it and their count (the centroid router's input), and the standardiser of all
+ * rows' features (the prompt router's conditioning).
+ */
+export function featureStats(comp: MoleComposition, data: LmData, labels: Int32Array | null, seqLen: number): { sums: Float64Array; counts: number[]; std: Standardiser } {
+  const N = comp.experts.length;
+  const F = 2 * comp.model.config.hidden;
+  const sums = new Float64Array(N * F);
+  const counts = new Array<number>(N).fill(0);
+  const all = new Float64Array(F);
+  const allSq = new Float64Array(F);
+  let rows = 0;
+  for (const b of evalBatches(data.dataset.train, { batchSize: 16, seqLen })) {
+    const f = tf.tidy(() => promptFeatures(comp.model, toLmBatch(b)).dataSync());
+    for (let r = 0; r < b.batch; r++, rows++) {
+      const row = f.subarray(r * F, (r + 1) * F);
+      for (let k = 0; k < F; k++) {
+        all[k]! += row[k]!;
+        allSq[k]! += row[k]! ** 2;
+      }
+      const e = labels?.[b.taskIds[r]!] ?? -1;
+      if (e < 0) continue;
+      counts[e]!++;
+      for (let k = 0; k < F; k++) sums[e * F + k]! += row[k]!;
+    }
+  }
+  return { sums, counts, std: standardiser(all, allSq, rows) };
+}

@@ -97,7 +97,7 @@ describe('molora CLI', () => {
     const experts = ['--expert', `a=${join(tmp.dir, 'expert-a')}`, '--expert', `b=${join(tmp.dir, 'expert-b')}`];
     const cols = ['--data', csv, '--prompt-column', 'prompt', '--completion-column', 'completion', '--task-column', 'task'];
     const gate = join(tmp.dir, 'gate');
-    run('train-gate', '--model', base, ...experts, ...cols, '--out', gate, '--steps', '3', '--batch-size', '4', '--seq-len', '16', '--granularity', 'prefix', '--progress', 'off');
+    run('train-gate', '--model', base, ...experts, ...cols, '--out', gate, '--steps', '3', '--batch-size', '4', '--seq-len', '16', '--router', 'mole', '--granularity', 'prefix', '--progress', 'off');
     expect(existsSync(join(gate, 'gate_config.json')) && existsSync(join(gate, 'gate.safetensors'))).toBe(true);
     const html = join(tmp.dir, 'gates.html');
     const stats = JSON.parse(run('gates', '--model', base, ...experts, '--gate', gate, ...cols, '--seq-len', '16', '--json', '--html', html));

@@ -36,6 +36,7 @@ function writeRows(path: string, n: number, seed: number, only?: string): void {
 
 let model: MoleModel;
 const gateStepTensors: number[] = [];
+const routerStepTensors: number[] = [];
 let test: Awaited<ReturnType<typeof loadLmData>>;
 const exact = (r: EvalReport): Record<string, number> => Object.fromEntries(Object.entries(r.tasks).map(([t, s]) => [t, s.exact_match!]));
 const score = (): Record<string, number> => exact(evaluate(model.base, test.dataset.train, { batchSize: 30, seqLen: 32, useCache: model.cacheSafe }));
@@ -60,10 +61,16 @@ beforeAll(async () => {
     // 1e-2 sometimes settles with one task mis-weighted under all experts; 3e-3 did not (seeds 0, 1).
     lr: 3e-3,
     experts: Object.keys(TASKS).map((t) => [t, join(tmp.dir, t)]),
+    router: 'mole',
     gate: { granularity: 'prefix', temperature: { mode: 'fixed', value: 1 } },
     maskDropout: 0.7,
     afterStep: () => gateStepTensors.push(tf.memory().numTensors),
   });
+  // The default router (prompt, labels from the task column), and one taught by the LM loss alone.
+  const experts: [string, string][] = Object.keys(TASKS).map((t) => [t, join(tmp.dir, t)]);
+  const router = { ...train, data: join(tmp.dir, 'mixed.csv'), valSplit: 0.1, steps: 200, evalEvery: 200, lr: 1e-3, experts };
+  await trainGate({ ...router, out: join(tmp.dir, 'router'), afterStep: () => routerStepTensors.push(tf.memory().numTensors) });
+  await trainGate({ ...router, taskColumn: undefined, out: join(tmp.dir, 'router-lm') });
   model = await loadModel(base);
   for (const t of Object.keys(TASKS)) model.addExpert(t, join(tmp.dir, t));
   test = await loadLmData(model.base, { data: join(tmp.dir, 'test.csv'), ...cols, seqLen: 32, batchSize: 30, seed: 0 }, () => {});
@@ -71,6 +78,35 @@ beforeAll(async () => {
 afterAll(() => {
   model?.dispose();
   tmp.cleanup();
+});
+
+describe('prompt routers over three task experts', () => {
+  const own = (): Record<string, number> => Object.fromEntries(Object.keys(TASKS).map((t) => [t, score.call(null, model.only(t))[t]!]));
+
+  it('the default router (task labels) matches each adapter alone; masking an expert loses only its task', () => {
+    const alone = own();
+    model.mask(null).useGate(join(tmp.dir, 'router'));
+    const routed = score();
+    for (const t of Object.keys(TASKS)) {
+      expect(alone[t]).toBeGreaterThanOrEqual(0.9);
+      expect(routed[t], `router on ${t}`).toBeGreaterThanOrEqual(0.95 * alone[t]!);
+      model.mask([t]);
+      const masked = score();
+      expect(masked[t], `masking ${t}`).toBeLessThanOrEqual(0.1);
+      for (const other of Object.keys(TASKS).filter((o) => o !== t)) expect(Math.abs(masked[other]! - routed[other]!), `masking ${t} moves ${other}`).toBeLessThanOrEqual(0.05);
+      model.mask(null);
+    }
+    const evals = readMetrics(join(tmp.dir, 'router', 'metrics.jsonl')).filter((m) => 'routing_accuracy' in m);
+    expect(evals.at(-1)!.routing_accuracy).toBeGreaterThanOrEqual(0.95);
+    expect(new Set(routerStepTensors.slice(1)).size).toBe(1);
+  });
+
+  it('the router taught by the LM loss alone reaches 90% of each adapter alone', () => {
+    const alone = own();
+    model.mask(null).useGate(join(tmp.dir, 'router-lm'));
+    const routed = score();
+    for (const t of Object.keys(TASKS)) expect(routed[t], `LM-loss router on ${t}`).toBeGreaterThanOrEqual(0.9 * alone[t]!);
+  });
 });
 
 describe('MoLE composition of three task experts', () => {

@@ -64,7 +64,7 @@ describe('recipes', () => {
         TINY[0],
         { type: 'train-adapter', out: 'adapters/color', model: '$run/base', data: data('color'), ...train },
         { type: 'train-adapter', out: 'adapters/sound', model: '$run/base', data: data('sound'), ...train },
-        { type: 'train-gate', out: 'gate', model: '$run/base', data: data('mixed'), experts, granularity: 'prefix', temperature: 1, maskDropout: 0.5, ...train },
+        { type: 'train-gate', out: 'gate', model: '$run/base', data: data('mixed'), experts, router: 'mole', granularity: 'prefix', temperature: 1, maskDropout: 0.5, ...train },
         { type: 'gates', out: 'gates.json', model: '$run/base', data: 'test.csv', experts, gate: '$run/gate', seqLen: 24, ...cols },
         { type: 'eval', out: 'summary.json', model: '$run/base', data: 'test.csv', experts, gate: '$run/gate', samples: 1, seqLen: 24, ...cols },
         { type: 'upcycle', out: 'moe', model: '$run/base', experts: 4, topK: 2 },

@@ -99,7 +99,8 @@ export class PromptRouter {
   standardise(s: Standardiser | null): void {
     this.standard?.mean.dispose();
     this.standard?.invStd.dispose();
-    this.standard = s ? { mean: tf.tensor1d(s.mean), invStd: tf.tensor1d(s.invStd) } : null;
+    // Kept: this may run inside a trainer's tidy, which would free them at its end.
+    this.standard = s ? { mean: tf.keep(tf.tensor1d(s.mean)), invStd: tf.keep(tf.tensor1d(s.invStd)) } : null;
   }
 
   /** Expert scores z = ((f − μ)·σ⁻¹)·W + b, [B, N] (plain f·W + b without a standardiser). */

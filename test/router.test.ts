@@ -1,0 +1,279 @@
+import * as tf from '@tensorflow/tfjs';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { initBackend } from '../src/base/backend.js';
+import { generate } from '../src/base/generate.js';
+import { loadBase } from '../src/base/load.js';
+import type { LmBatch } from '../src/base/loss.js';
+import type { CausalLM, TokenBatch } from '../src/base/model.js';
+import { Rng } from '../src/base/rng.js';
+import { MoleComposition } from '../src/gating/composition.js';
+import { createRouter, promptFeatures, routeWeights, type PromptRouter } from '../src/gating/prompt-router.js';
+import { loadRouting, saveRouting } from '../src/gating/router-io.js';
+import { expertLosses, routerLoss, taskExperts } from '../src/gating/router-train.js';
+import type { Batch } from '../src/data/index.js';
+import { MODEL_FIXTURES, maxAbsDiff, tempDir } from './helpers.js';
+import { logits, randomExpert } from './mole-reference.js';
+
+let model: CausalLM;
+const tmp = tempDir();
+beforeAll(async () => {
+  await initBackend();
+  model = loadBase(join(MODEL_FIXTURES, 'llama-gqa'));
+});
+afterAll(() => tmp.cleanup());
+
+const NAMES = ['math', 'code', 'law'];
+const TARGETS = [['q_proj', 'v_proj'], ['v_proj', 'down_proj'], ['q_proj', 'up_proj', 'down_proj']];
+const live: MoleComposition[] = [];
+afterEach(() => {
+  while (live.length) live.pop()!.dispose();
+});
+
+/** Three random experts and a router with large random weights (so rows route differently). */
+function routed(seed = 1): { comp: MoleComposition; router: PromptRouter } {
+  const comp = new MoleComposition(model);
+  NAMES.forEach((name, i) => comp.addExpert(name, randomExpert(model, name, TARGETS[i]!, seed * 10 + i)));
+  const router = createRouter(NAMES, model.config.hidden, {}, new Rng(seed));
+  router.weight.assign(tf.randomNormal(router.weight.shape, 0, 1, 'float32', seed));
+  comp.useRouter(router);
+  live.push(comp);
+  return { comp, router };
+}
+
+// Row 0 is left-padded by two tokens, row 1 right-padded by one; row 2 is full.
+const BATCH: TokenBatch = {
+  ids: Int32Array.from([0, 0, 5, 17, 33, 8, 12, 40, 3, 77, 61, 0, 9, 22, 31, 4, 55, 70]),
+  attentionMask: Uint8Array.from([0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1, 1, 1, 1]),
+  batch: 3,
+  seq: 6,
+};
+
+function row(batch: TokenBatch, b: number): TokenBatch {
+  const T = batch.seq;
+  const r: TokenBatch = { ids: batch.ids.slice(b * T, (b + 1) * T), attentionMask: batch.attentionMask!.slice(b * T, (b + 1) * T), batch: 1, seq: T };
+  return batch.promptLens ? { ...r, promptLens: batch.promptLens.slice(b, b + 1) } : r;
+}
+
+/** The router's feature and logits written out in float64 from the base's final hidden states. */
+function referenceLogits(router: PromptRouter, batch: TokenBatch): number[][] {
+  const { batch: B, seq: T } = batch;
+  const D = model.config.hidden;
+  const h = tf.tidy(() => model.hidden(batch, { plain: true }).h.dataSync());
+  const W = router.weight.dataSync();
+  const bias = router.bias.dataSync();
+  const N = NAMES.length;
+  const ln = (v: number[]): number[] => {
+    const m = v.reduce((a, x) => a + x, 0) / v.length;
+    const s = v.reduce((a, x) => a + (x - m) ** 2, 0) / v.length;
+    return v.map((x) => (x - m) / Math.sqrt(s + 1e-5));
+  };
+  return Array.from({ length: B }, (_, b) => {
+    const real = Array.from({ length: T }, (_, t) => t).filter((t) => batch.attentionMask![b * T + t]);
+    const prompt = real.slice(0, batch.promptLens?.[b] ?? real.length);
+    const vec = (t: number): number[] => Array.from(h.subarray((b * T + t) * D, (b * T + t + 1) * D));
+    const mean = vec(0).map((_, d) => prompt.reduce((a, t) => a + vec(t)[d]!, 0) / prompt.length);
+    const f = [...ln(mean), ...ln(vec(prompt.at(-1)!))];
+    return Array.from({ length: N }, (_, i) => f.reduce((a, x, k) => a + x * W[k * N + i]!, bias[i]!));
+  });
+}
+
+describe('prompt router', () => {
+  it('scores match a float64 reference on left-, right- and un-padded rows, with and without prompt lengths', () => {
+    const { router } = routed();
+    for (const batch of [BATCH, { ...BATCH, promptLens: Int32Array.from([2, 3, 6]) }]) {
+      const got = tf.tidy(() => router.logits(promptFeatures(model, batch)).arraySync());
+      expect(maxAbsDiff(got.flat(), referenceLogits(router, batch).flat())).toBeLessThan(1e-4);
+    }
+    // Prompt lengths change what is read (a wrong pooling would not).
+    const a = tf.tidy(() => promptFeatures(model, BATCH).dataSync());
+    const b = tf.tidy(() => promptFeatures(model, { ...BATCH, promptLens: Int32Array.from([2, 3, 6]) }).dataSync());
+    expect(maxAbsDiff(a.subarray(0, 64), b.subarray(0, 64))).toBeGreaterThan(1e-2);
+  });
+
+  it('each routed row equals its chosen expert alone, at full strength', () => {
+    const { comp } = routed();
+    const all = logits(model, BATCH);
+    const chosen = comp.lastRouting()!.weights.map((w) => w.indexOf(1));
+    expect(new Set(chosen).size).toBeGreaterThan(1);
+    const V = model.config.vocabSize;
+    const T = BATCH.seq;
+    chosen.forEach((e, b) => {
+      comp.mask([NAMES[e]!]);
+      const alone = logits(model, row(BATCH, b));
+      const mask = BATCH.attentionMask!.slice(b * T, (b + 1) * T);
+      for (let t = 0; t < T; t++) {
+        if (!mask[t]) continue;
+        expect(maxAbsDiff(all.subarray((b * T + t) * V, (b * T + t + 1) * V), alone.subarray(t * V, (t + 1) * V))).toBeLessThan(1e-5);
+      }
+    });
+  });
+
+  it('a padded row equals the row alone', () => {
+    const { comp } = routed(2);
+    const all = logits(model, BATCH);
+    const V = model.config.vocabSize;
+    const T = BATCH.seq;
+    for (let b = 0; b < BATCH.batch; b++) {
+      const alone = logits(model, row(BATCH, b));
+      for (let t = 0; t < T; t++) if (BATCH.attentionMask![b * T + t]) expect(maxAbsDiff(all.subarray((b * T + t) * V, (b * T + t + 1) * V), alone.subarray(t * V, (t + 1) * V))).toBeLessThan(1e-5);
+    }
+    expect(comp.lastRouting()!.weights).toHaveLength(1);
+  });
+
+  it('KV-cache decoding equals full recomputation, and the route is read from the prompt alone', () => {
+    routed(3);
+    const prompts = [[5, 17, 33, 8], [12, 40, 3], [9, 22, 31, 4, 55]];
+    const cached = generate(model, prompts, { maxNewTokens: 6, keepLogits: true });
+    const full = generate(model, prompts, { maxNewTokens: 6, keepLogits: true, useCache: false });
+    expect(cached.tokens).toEqual(full.tokens);
+    cached.logits!.forEach((rows, b) => rows.forEach((l, k) => expect(maxAbsDiff(l, full.logits![b]![k]!)).toBeLessThan(1e-4)));
+  });
+
+  it('masks: the best allowed expert is chosen; a row with none allowed runs the base alone; tensors stay flat', () => {
+    const { comp } = routed(4);
+    logits(model, BATCH);
+    const { probs, weights } = comp.lastRouting()!;
+    const first = weights[0]!.indexOf(1);
+    comp.mask(NAMES.filter((_, i) => i !== first));
+    logits(model, BATCH);
+    const second = probs[0]!.map((p, i) => (i === first ? -1 : p));
+    expect(comp.lastRouting()!.weights[0]!.indexOf(1)).toBe(second.indexOf(Math.max(...second)));
+    comp.mask([]);
+    const none = logits(model, BATCH);
+    comp.detach();
+    expect(maxAbsDiff(none, logits(model, BATCH))).toBe(0);
+    comp.attach();
+    comp.mask(null);
+    logits(model, BATCH);
+    const before = tf.memory().numTensors;
+    for (let i = 0; i < 5; i++) logits(model, BATCH);
+    generate(model, [[5, 17, 33]], { maxNewTokens: 3 });
+    expect(tf.memory().numTensors).toBe(before);
+  });
+
+  it('routeWeights keeps the top-k allowed experts, renormalised', () => {
+    const p = [[0.5, 0.3, 0.2], [0.1, 0.6, 0.3]];
+    expect(routeWeights(p, null, 1)).toEqual([[1, 0, 0], [0, 1, 0]]);
+    const two = routeWeights(p, [[0, 1, 1]], 2);
+    expect(two[0]![1]).toBeCloseTo(0.6, 6);
+    expect(two[0]![2]).toBeCloseTo(0.4, 6);
+    expect(two[1]![0]).toBe(0);
+    expect(routeWeights(p, [[0, 0, 0], [1, 0, 0]], 1)).toEqual([[0, 0, 0], [1, 0, 0]]);
+  });
+
+  it('a saved router loads back with the same scores, in any expert order; a changed expert is refused', () => {
+    const { comp, router } = routed(5);
+    router.standardise({ mean: Float32Array.from({ length: 64 }, (_, i) => Math.sin(i)), invStd: Float32Array.from({ length: 64 }, (_, i) => 1 + (i % 5)) });
+    const want = router.probabilities(model, BATCH);
+    const dir = join(tmp.dir, 'router');
+    saveRouting(comp, dir);
+    // The same experts in another order load the router, its columns permuted to that order.
+    comp.detach();
+    const reordered = new MoleComposition(model);
+    live.push(reordered);
+    [2, 0, 1].forEach((i) => reordered.addExpert(NAMES[i]!, randomExpert(model, NAMES[i]!, TARGETS[i]!, 50 + i)));
+    loadRouting(reordered, dir);
+    // Other tensors under the same names are refused.
+    const changed = new MoleComposition(model);
+    live.push(changed);
+    NAMES.forEach((name, i) => changed.addExpert(name, randomExpert(model, name, TARGETS[i]!, 90 + i)));
+    expect(() => loadRouting(changed, dir)).toThrow(/expert 'math' changed: its tensors differ/);
+    changed.detach();
+    const got = reordered.router!.probabilities(model, BATCH);
+    expect(maxAbsDiff(got.flat(), want.flatMap((p) => [p[2]!, p[0]!, p[1]!]))).toBeLessThan(1e-5);
+    writeFileSync(join(dir, 'gate_config.json'), JSON.stringify({ format: 'molora.prompt_router', version: 1, experts: [], top_k: 1, feature: 'x', hidden_size: 32 }));
+    expect(() => loadRouting(reordered, dir)).toThrow(/router .*: version|feature|experts/);
+  });
+});
+
+describe('routing losses', () => {
+  /** A teacher-forced batch over BATCH: the last two real tokens of each row are the completion. */
+  function batch(): Batch {
+    const { batch: B, seq: T } = BATCH;
+    const lossMask = new Float32Array(B * T);
+    const promptLens = new Int32Array(B);
+    for (let b = 0; b < B; b++) {
+      const real = Array.from({ length: T }, (_, t) => t).filter((t) => BATCH.attentionMask![b * T + t]);
+      promptLens[b] = real.length - 2;
+      lossMask[b * T + real.at(-3)!] = 1;
+      lossMask[b * T + real.at(-2)!] = 1;
+    }
+    return {
+      ids: BATCH.ids,
+      targets: Int32Array.from(BATCH.ids, (_, i) => BATCH.ids[i + 1] ?? 0),
+      lossMask,
+      attentionMask: Float32Array.from(BATCH.attentionMask!),
+      taskIds: Int32Array.from([0, 2, 1]),
+      promptLens,
+      batch: B,
+      seq: T,
+    };
+  }
+
+  /** The loss in float64 from the (constant) features, as a function of W and b. */
+  function hostLoss(f: Float32Array, W: Float64Array, bias: Float64Array, kind: 'labels' | 'lm', labels: number[], nll: { sums: Float32Array; tokens: Float32Array }): number {
+    const N = NAMES.length;
+    const F = f.length / labels.length;
+    let total = 0;
+    labels.forEach((label, b) => {
+      const z = Array.from({ length: N }, (_, i) => bias[i]! + Array.from({ length: F }, (_, k) => f[b * F + k]! * W[k * N + i]!).reduce((a, x) => a + x, 0));
+      const m = Math.max(...z);
+      const lse = m + Math.log(z.reduce((a, x) => a + Math.exp(x - m), 0));
+      if (kind === 'labels') total += (lse - z[label]!) / labels.length;
+      else {
+        const joint = z.map((x, i) => x - lse - nll.sums[b * N + i]!);
+        const jm = Math.max(...joint);
+        total -= (jm + Math.log(joint.reduce((a, x) => a + Math.exp(x - jm), 0))) / nll.tokens[b]! / labels.length;
+      }
+    });
+    return total;
+  }
+
+  it.each(['labels', 'lm'] as const)('%s: the loss and its gradients match float64 central differences', (kind) => {
+    const comp = new MoleComposition(model);
+    live.push(comp);
+    NAMES.forEach((name, i) => comp.addExpert(name, randomExpert(model, name, TARGETS[i]!, 70 + i)));
+    const router = createRouter(NAMES, model.config.hidden, {}, new Rng(7));
+    router.weight.assign(tf.randomNormal(router.weight.shape, 0, 0.3, 'float32', 7));
+    try {
+      const b = batch();
+      const labels = Array.from(b.taskIds);
+      const f = tf.tidy(() => promptFeatures(model, { ...b, attentionMask: Uint8Array.from(b.attentionMask) }).dataSync() as Float32Array);
+      const nll = expertLosses(comp, { ...b, attentionMask: Uint8Array.from(b.attentionMask) } as LmBatch);
+      expect(new Set(Array.from(nll.sums).map((x) => x.toFixed(3))).size).toBeGreaterThan(3);
+      const lossOf = (): tf.Scalar => routerLoss(comp, router, b, Int32Array.from([0, 1, 2]), kind);
+      const { value, grads } = tf.variableGrads(lossOf, [router.weight, router.bias]);
+      const W = Float64Array.from(router.weight.dataSync());
+      const bias = Float64Array.from(router.bias.dataSync());
+      expect(Math.abs(value.dataSync()[0]! - hostLoss(f, W, bias, kind, labels, nll))).toBeLessThan(1e-5);
+      const h = 1e-4;
+      const check = (x: Float64Array, g: Float32Array, name: string): void => {
+        const scale = Math.max(...Array.from(g, Math.abs));
+        expect(scale).toBeGreaterThan(1e-4);
+        for (let i = 0; i < x.length; i++) {
+          const keep = x[i]!;
+          x[i] = keep + h;
+          const up = hostLoss(f, W, bias, kind, labels, nll);
+          x[i] = keep - h;
+          const down = hostLoss(f, W, bias, kind, labels, nll);
+          x[i] = keep;
+          const fd = (up - down) / (2 * h);
+          expect(Math.abs(fd - g[i]!), `${name}[${i}]: fd ${fd}, grad ${g[i]}`).toBeLessThan(1e-3 * scale + 1e-3 * Math.abs(fd));
+        }
+      };
+      check(W, grads[router.weight.name]!.dataSync() as Float32Array, 'W');
+      check(bias, grads[router.bias.name]!.dataSync() as Float32Array, 'b');
+      value.dispose();
+      for (const g of Object.values(grads)) g.dispose();
+    } finally {
+      router.dispose();
+    }
+  });
+
+  it('labels map tasks to experts by name; unnamed tasks teach nothing', () => {
+    const names = taskExperts({ taskNames: ['law', 'other', 'math'] } as never, NAMES);
+    expect(Array.from(names)).toEqual([2, -1, 0]);
+  });
+});

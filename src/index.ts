@@ -44,4 +44,5 @@ export { loadMixLora, saveMixLora, attachAdapterFolders } from './gating/mixlora
 export { runRecipe, loadRecipe } from './recipes/run.js';
 export { pretrain, allParams } from './train/pretrain.js';
 export { writeDemoData, demoTasks } from './data/demo.js';
+export { writeMoeDemoData, moeDemoTasks, isHeldOutWord } from './data/moe-demo.js';
 export { writeCorpus } from './data/corpus.js';

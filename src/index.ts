@@ -44,6 +44,8 @@ export { upcycleFolder, trainMoe, expertParams, routingOn, type TrainMoeOptions 
 export { createMixLora, MixLoraAdapter, type MixLoraConfig, type MixLoraOptions } from './gating/mixlora.js';
 export { loadMixLora, saveMixLora, attachAdapterFolders } from './gating/mixlora-io.js';
 export { runRecipe, loadRecipe } from './recipes/run.js';
+export { assertHeldOut, findSharedPrompt, trainingFiles, HeldOutError } from './recipes/heldout.js';
 export { pretrain, allParams } from './train/pretrain.js';
 export { writeDemoData, demoTasks } from './data/demo.js';
+export { writeMoeDemoData, moeDemoTasks, isHeldOutWord } from './data/moe-demo.js';
 export { writeCorpus } from './data/corpus.js';

@@ -23,7 +23,8 @@ const TINY = [
 
 beforeAll(async () => {
   await initBackend();
-  writeFileSync(join(tmp.dir, 'test.csv'), 'prompt,completion,task\ncolor: sky =, blue,color\nsound: cow =, moo,sound\n');
+  // Held out: no training file of these recipes holds either prompt.
+  writeFileSync(join(tmp.dir, 'test.csv'), 'prompt,completion,task\ncolor: moss =, green,color\nsound: goat =, bleat,sound\n');
 });
 
 describe('recipes', () => {

@@ -3,6 +3,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { CORPUS_DOCS, CORPUS_FILE, writeCorpus } from '../data/corpus.js';
 import { writeDemoData } from '../data/demo.js';
+import { MOE_DATA_DIR, writeMoeDemoData } from '../data/moe-demo.js';
 import { runRecipe } from '../recipes/run.js';
 import type { ProgressMode } from '../train/progress.js';
 import { choice, int } from './args.js';
@@ -32,7 +33,7 @@ export function registerRecipeCommands(program: Command): void {
 
   program
     .command('demo-data')
-    .description('Write the demo CSVs (prompt,completion,task): one training file per task, mixed.csv and test.csv; and corpus.csv (text), the pretraining corpus of the tiny base.')
+    .description('Write the demo CSVs (prompt,completion,task): one training file per task, mixed.csv and test.csv; corpus.csv (text), the pretraining corpus of the tiny base; and moe/train.csv, moe/test.csv (held-out words) for recipes/moe-upcycle.json.')
     .option('--out <dir>', 'folder to write', 'recipes/data')
     .option('--rows <n>', 'training rows per task', int(1), 400)
     .option('--test-rows <n>', 'test rows', int(1), 150)
@@ -40,7 +41,8 @@ export function registerRecipeCommands(program: Command): void {
     .action((o: { out: string; rows: number; testRows: number; seed: number }) => {
       const files = writeDemoData(o);
       writeCorpus(join(o.out, CORPUS_FILE), CORPUS_DOCS, o.seed);
-      process.stderr.write(`molora: wrote ${[...Object.values(files.tasks), files.mixed, files.test, CORPUS_FILE].join(', ')} in ${o.out}\n`);
+      writeMoeDemoData({ out: join(o.out, MOE_DATA_DIR), seed: o.seed });
+      process.stderr.write(`molora: wrote ${[...Object.values(files.tasks), files.mixed, files.test, CORPUS_FILE, `${MOE_DATA_DIR}/train.csv`, `${MOE_DATA_DIR}/test.csv`].join(', ')} in ${o.out}\n`);
     });
 }
 

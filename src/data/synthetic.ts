@@ -7,7 +7,8 @@ export interface SyntheticTask {
   example(rng: Rng): { prompt: string; completion: string };
 }
 
-const letters = (rng: Rng, n: number): string => Array.from({ length: n }, () => String.fromCharCode(97 + rng.int(26))).join('');
+/** `n` random lowercase letters. */
+export const letters = (rng: Rng, n: number): string => Array.from({ length: n }, () => String.fromCharCode(97 + rng.int(26))).join('');
 
 /**
  * Keyword tasks: "<task> <3 random letters> =" → " <the task's word>". Each is trivial alone and

@@ -3,6 +3,7 @@ import { basename, dirname, extname, join, resolve } from 'node:path';
 import { writeJsonAtomic } from '../base/atomic.js';
 import type { ProgressMode } from '../train/progress.js';
 import { parseRecipe, type Recipe, type Step } from './format.js';
+import { assertHeldOut } from './heldout.js';
 import { outputOf, replayStep, runStep } from './steps.js';
 
 /** Markers live here, one per completed step: `<run>/.recipe/<id>.json`. */
@@ -42,7 +43,8 @@ export function loadRecipe(file: string, run?: string): Recipe & { run: string }
  * `molora run FILE`: the recipe's steps in order. A step whose output exists and whose marker
  * (written when it finished) is present is skipped; so a rerun after an interruption picks up at
  * the first unfinished step, and a training step there resumes from its last checkpoint. A
- * completed step whose fields changed since is an error, not a silent skip.
+ * completed step whose fields changed since is an error, not a silent skip. An eval step that
+ * scores a prompt one of the recipe's training files holds is an error (see heldout.ts).
  */
 export async function runRecipe(file: string, o: RunRecipeOptions = {}): Promise<RecipeRun> {
   const log = o.log ?? ((m: string) => process.stderr.write(`molora: ${m}\n`));
@@ -50,6 +52,8 @@ export async function runRecipe(file: string, o: RunRecipeOptions = {}): Promise
   const recipe = loadRecipe(file, o.out);
   const result: RecipeRun = { recipe, run: recipe.run, ran: [], skipped: [], status: 'done' };
   const total = recipe.steps.length;
+  // Refuse at once to score training prompts; an eval step whose files come from earlier steps is checked when it runs.
+  const heldOutChecked = await assertHeldOut(recipe, file, undefined, { skipMissing: true });
   for (const [i, step] of recipe.steps.entries()) {
     const label = `[${i + 1}/${total}] ${step.type} '${step.id}'`;
     const marker = markerPath(recipe.run, step);
@@ -64,6 +68,7 @@ export async function runRecipe(file: string, o: RunRecipeOptions = {}): Promise
       result.skipped.push(step.id);
       continue;
     }
+    if (step.type === 'eval' && !heldOutChecked.has(step.id)) await assertHeldOut(recipe, file, [step]);
     log(`${label}: running`);
     const started = Date.now();
     let status: RecipeRun['status'];

@@ -56,11 +56,12 @@ function row(batch: TokenBatch, b: number): TokenBatch {
   return batch.promptLens ? { ...r, promptLens: batch.promptLens.slice(b, b + 1) } : r;
 }
 
-/** The router's feature and logits written out in float64 from the base's final hidden states. */
+/** The router's feature and logits written out in float64 from the embeddings and the base's final hidden states. */
 function referenceLogits(router: PromptRouter, batch: TokenBatch): number[][] {
   const { batch: B, seq: T } = batch;
   const D = model.config.hidden;
   const h = tf.tidy(() => model.hidden(batch, { plain: true }).h.dataSync());
+  const emb = model.parts.embed.weight.dataSync();
   const W = router.weight.dataSync();
   const bias = router.bias.dataSync();
   const N = NAMES.length;
@@ -69,12 +70,16 @@ function referenceLogits(router: PromptRouter, batch: TokenBatch): number[][] {
     const s = v.reduce((a, x) => a + (x - m) ** 2, 0) / v.length;
     return v.map((x) => (x - m) / Math.sqrt(s + 1e-5));
   };
+  const mean = (rows: number[][]): number[] => rows[0]!.map((_, d) => rows.reduce((a, r) => a + r[d]!, 0) / rows.length);
   return Array.from({ length: B }, (_, b) => {
     const real = Array.from({ length: T }, (_, t) => t).filter((t) => batch.attentionMask![b * T + t]);
     const prompt = real.slice(0, batch.promptLens?.[b] ?? real.length);
-    const vec = (t: number): number[] => Array.from(h.subarray((b * T + t) * D, (b * T + t + 1) * D));
-    const mean = vec(0).map((_, d) => prompt.reduce((a, t) => a + vec(t)[d]!, 0) / prompt.length);
-    const f = [...ln(mean), ...ln(vec(prompt.at(-1)!))];
+    const hidden = (t: number): number[] => Array.from(h.subarray((b * T + t) * D, (b * T + t + 1) * D));
+    const embedding = (t: number): number[] => {
+      const id = batch.ids[b * T + t]!;
+      return Array.from(emb.subarray(id * D, (id + 1) * D));
+    };
+    const f = [...ln(mean(prompt.map(embedding))), ...ln(mean(prompt.map(hidden))), ...ln(hidden(prompt.at(-1)!))];
     return Array.from({ length: N }, (_, i) => f.reduce((a, x, k) => a + x * W[k * N + i]!, bias[i]!));
   });
 }
@@ -89,7 +94,7 @@ describe('prompt router', () => {
     // Prompt lengths change what is read (a wrong pooling would not).
     const a = tf.tidy(() => promptFeatures(model, BATCH).dataSync());
     const b = tf.tidy(() => promptFeatures(model, { ...BATCH, promptLens: Int32Array.from([2, 3, 6]) }).dataSync());
-    expect(maxAbsDiff(a.subarray(0, 64), b.subarray(0, 64))).toBeGreaterThan(1e-2);
+    expect(maxAbsDiff(a.subarray(0, 96), b.subarray(0, 96))).toBeGreaterThan(1e-2);
   });
 
   it('each routed row equals its chosen expert alone, at full strength', () => {
@@ -165,7 +170,7 @@ describe('prompt router', () => {
 
   it('a saved router loads back with the same scores, in any expert order; a changed expert is refused', () => {
     const { comp, router } = routed(5);
-    router.standardise({ mean: Float32Array.from({ length: 64 }, (_, i) => Math.sin(i)), invStd: Float32Array.from({ length: 64 }, (_, i) => 1 + (i % 5)) });
+    router.standardise({ mean: Float32Array.from({ length: 96 }, (_, i) => Math.sin(i)), invStd: Float32Array.from({ length: 96 }, (_, i) => 1 + (i % 5)) });
     const want = router.probabilities(model, BATCH);
     const dir = join(tmp.dir, 'router');
     saveRouting(comp, dir);

@@ -6,7 +6,7 @@ import type { LinearHook } from '../base/linear.js';
 import { evalBatches } from '../data/index.js';
 import { MoleComposition } from '../gating/composition.js';
 import { normalise } from '../gating/mole.js';
-import { promptFeatures } from '../gating/prompt-router.js';
+import { FEATURE_PARTS, featureParts, type FeaturePart } from '../gating/prompt-router.js';
 import { loadLmData, toLmBatch } from '../train/lm.js';
 
 /**
@@ -17,7 +17,7 @@ import { loadLmData, toLmBatch } from '../train/lm.js';
  *   at the k-th token before the prompt's end (k = 0 is where the answer's first token is chosen);
  * - `mole <module> prefix-mean`: the same, averaged over the prompt (MoLE 'prefix' at its end);
  * - `input <module> @ last−k`: LN(x), the linear's input (what MoLE's released code gates on);
- * - `router`: the prompt router's feature (final hidden state, prompt mean ⊕ last token).
+ * - `router`: the prompt router's feature, whole and by part (prompt-router.ts).
  * Features are taken with every expert on at weight 1/N, as a fresh near-uniform gate mixes.
  */
 export interface ProbeOptions {
@@ -87,10 +87,15 @@ function collectFeatures(comp: MoleComposition, store: Parameters<typeof evalBat
     for (const b of evalBatches(store, { batchSize: 16, seqLen: 32 })) {
       const lb = toLmBatch(b);
       tf.tidy(() => void model.forward(lb));
-      const router = tf.tidy(() => promptFeatures(model, lb).arraySync());
+      const parts = tf.tidy(() => {
+        const p = featureParts(model, lb);
+        return Object.fromEntries(FEATURE_PARTS.map((k) => [k, p[k].arraySync()])) as Record<FeaturePart, number[][]>;
+      });
       for (let r = 0; r < b.batch; r++) {
         labels.push(b.taskIds[r]!);
-        push('router (final hidden: prompt mean ⊕ last)', router[r]!);
+        push(`router: ${FEATURE_PARTS.join(' ⊕ ')} (the default)`, FEATURE_PARTS.flatMap((k) => parts[k][r]!));
+        for (const k of FEATURE_PARTS) push(`router part: ${k}`, parts[k][r]!);
+        push('router part: final-mean ⊕ final-last', [...parts['final-mean'][r]!, ...parts['final-last'][r]!]);
         const end = r * b.seq + b.promptLens![r]! - 1;
         for (const m of modules) {
           const s = seen.get(m)!;

@@ -1,6 +1,6 @@
 import { dirname } from 'node:path';
 import { writeFileAtomic } from '../base/atomic.js';
-import { gateStatsOn, routerSettings, trainGate, type RouterFlags } from '../gating/train.js';
+import { DEFAULT_GATE_LR, gateStatsOn, routerSettings, trainGate, type RouterFlags } from '../gating/train.js';
 import { renderReport } from '../report/page.js';
 import { parseGates } from '../report/summary.js';
 import type { GateStatsReport } from '../gating/stats.js';
@@ -8,15 +8,16 @@ import { loadLmData } from '../train/lm.js';
 import { openComposed, type ComposeFlags } from './compose.js';
 import { lmOptions, type CliTrainFlags } from './train.js';
 
-export async function runTrainGate(o: CliTrainFlags & RouterFlags & { model: string; expert: [string, string][]; temperature?: string | number }): Promise<void> {
-  const opts = lmOptions(o);
+export async function runTrainGate(o: Omit<CliTrainFlags, 'lr'> & RouterFlags & { lr?: number; model: string; expert: [string, string][]; temperature?: string | number }): Promise<void> {
   const t = o.temperature;
   const temperature = t === undefined || t === 'learn' ? t : Number(t);
   if (typeof temperature === 'number' && !(temperature > 0)) throw new Error(`--temperature must be 'learn' or a positive number, got '${t}'`);
+  const settings = routerSettings({ ...o, temperature });
+  const opts = lmOptions({ ...o, lr: o.lr ?? DEFAULT_GATE_LR[settings.router!] });
   try {
-    const r = await trainGate({ ...opts, model: o.model, experts: o.expert, ...routerSettings({ ...o, temperature }) });
+    const r = await trainGate({ ...opts, model: o.model, experts: o.expert, ...settings });
     if (r.status === 'interrupted') process.exitCode = 130;
-    else process.stderr.write(`molora: trained the ${o.router ?? 'prompt'} router for ${r.step} steps; gate folder ${o.out}\n`);
+    else process.stderr.write(`molora: trained the ${settings.router} router for ${r.step} steps; gate folder ${o.out}\n`);
   } finally {
     opts.stopProgress();
   }

@@ -10,6 +10,7 @@ import { runReport } from '../report/cli.js';
 import { addMixLoraFlags, registerMoeCommands } from './moe.js';
 import { registerRecipeCommands } from './recipes.js';
 import { ROUTER_VARIANTS } from '../bench/compose.js';
+import { DEFAULT_GATE_LR } from '../gating/train.js';
 import { taskFamilies } from '../data/families.js';
 import { addModelShapeFlags, runBenchProbe, runBenchCompose, runBenchForward, runBenchGate, runBenchSwap, runBenchTrain } from './bench.js';
 import { choice, collect, float, idList, int, namedPaths, nameList, rangeList } from './args.js';
@@ -101,6 +102,7 @@ addTrainerFlags(
       .option('--temperature <t>', "mole only: 'learn' (default) for a learnable τ, or a fixed positive value")
       .option('--mask-dropout <p>', "mole only: each training row drops one random expert (never the one named like its task) with probability p (default 0)", float(0, 0.99)),
   ),
+  { help: `peak learning rate (default: ${Object.entries(DEFAULT_GATE_LR).map(([r, lr]) => `${lr} for ${r}`).join(', ')})` },
 ).action(runTrainGate);
 
 addScoringFlags(addComposeFlags(
@@ -211,7 +213,7 @@ bench
   .option('--task-rows <n>', 'training rows in each adapter file', int(16), 400)
   .option('--gate-rows <n>', "rows in each family's router file", int(16), 1200)
   .option('--test-rows <n>', 'held-out test rows per task', int(4), 50)
-  .option('--adapter-steps <n>', 'updates per adapter', int(1), 400)
+  .option('--adapter-steps <n>', 'updates per adapter', int(1), 600)
   .option('--gate-steps <n>', 'router updates', int(1), 400)
   .option('--seed <n>', 'seed', int(0), 0)
   .option('--progress <mode>', 'auto, bar, lines or off', choice(['auto', 'bar', 'lines', 'off'] as const), 'auto')

@@ -27,12 +27,12 @@ export function addDataFlags(c: Command): Command {
     .option('--cache-dir <dir>', 'cache the tokenized data here (reused when the CSV and tokenizer are unchanged)');
 }
 
-/** The optimisation flags every training command shares. */
-export function addTrainerFlags(c: Command): Command {
+/** The optimisation flags every training command shares; `lr` overrides the learning rate's default and help. */
+export function addTrainerFlags(c: Command, lr: { help: string; default?: number } = { help: 'peak learning rate', default: 1e-3 }): Command {
   return c
     .option('--epochs <n>', 'passes over the training data (ignored when --steps is given)', int(1), 1)
     .option('--steps <n>', 'optimizer updates', int(1))
-    .option('--lr <lr>', 'peak learning rate', float(0), 1e-3)
+    .option('--lr <lr>', lr.help, float(0), lr.default)
     .option('--batch-size <n>', 'sequences per micro-batch', int(1), 8)
     .option('--grad-accum <n>', 'micro-batches per update', int(1), 1)
     .option('--seq-len <n>', 'tokens per sequence; longer examples are truncated and counted', int(2), 256)

@@ -6,7 +6,7 @@ import type { CausalLM, ForwardOptions, InputHook, TokenBatch } from '../base/mo
 import type { KVCache } from '../base/kvcache.js';
 import { Rng } from '../base/rng.js';
 import { createGates, gateWeights, perToken, selection, type GateInit, type GateOptions, type MoleGate, type MoleGates, type Selection } from './mole.js';
-import { routeWeights, type PromptRouter } from './prompt-router.js';
+import { FEATURE_PARTS, featureWidth, routeWeights, type PromptRouter } from './prompt-router.js';
 import { GateStats, type GateStatsReport } from './stats.js';
 
 /**
@@ -20,6 +20,11 @@ export interface RowSpec {
   weights?: number[][];
   /** A task label per row, for gate statistics per task. */
   tasks?: (string | number)[];
+  /**
+   * Per row, the index of the expert its task names, or −1: while training, each MoLE gate then
+   * adds a routing cross-entropy on its probabilities at the row's real tokens (MoA-style labels).
+   */
+  routeTo?: number[];
 }
 
 /** One gate's most recent weights, on the host: probs is G, weights is what was applied. */
@@ -216,8 +221,8 @@ export class MoleComposition {
     if (router.experts.join('\n') !== this.experts.join('\n')) {
       throw new Error(`router is over experts [${router.experts.join(', ')}], the composition has [${this.experts.join(', ')}]`);
     }
-    const features = 2 * this.model.config.hidden;
-    if (router.weight.shape[0] !== features) throw new Error(`router reads ${router.weight.shape[0]} features, this base gives ${features} (2 × hidden_size)`);
+    const features = featureWidth(this.model.config.hidden);
+    if (router.weight.shape[0] !== features) throw new Error(`router reads ${router.weight.shape[0]} features, this base gives ${features} (${FEATURE_PARTS.length} × hidden_size)`);
     this.setMixing({ kind: 'router', router });
   }
 
@@ -400,6 +405,8 @@ export class MoleComposition {
   /** Balance loss, statistics and trace for one gate's run; probs and weights are per token. */
   private observe(gates: MoleGates, gate: MoleGate, ctx: ForwardContext, probs: tf.Tensor2D, weights: tf.Tensor2D): void {
     gates.balance.add(ctx, gate.name, probs);
+    const routeTo = this.rows?.routeTo;
+    if (ctx.training && routeTo) ctx.aux.push({ name: ROUTING_AUX, value: routingCrossEntropy(probs, routeTo, ctx, gates.gates.length) });
     if (this.collecting) this.stats!.record(gate.name, gate.modules, weights, ctx, this.rows?.tasks?.map(String) ?? null);
     if (this.trace) {
       this.trace.set(gate.name, { gate: gate.name, modules: gate.modules, rows: weights.shape[0], probs: probs.dataSync() as Float32Array, weights: weights.dataSync() as Float32Array });
@@ -419,7 +426,7 @@ export class MoleComposition {
     const { batch: B, seq: T } = ctx;
     const N = this.entries.length;
     const rows = this.rows;
-    for (const [field, n] of [['mask', rows?.mask?.length], ['weights', rows?.weights?.length], ['tasks', rows?.tasks?.length]] as const) {
+    for (const [field, n] of [['mask', rows?.mask?.length], ['weights', rows?.weights?.length], ['tasks', rows?.tasks?.length], ['routeTo', rows?.routeTo?.length]] as const) {
       if (n !== undefined && n !== B) throw new Error(`composition: row ${field} were set for ${n} rows, the batch has ${B}`);
     }
     const allowed = this.allowedRows();
@@ -500,4 +507,22 @@ function rowColumn(rowWeights: number[], T: number): number | tf.Tensor2D {
   const col = new Float32Array(rowWeights.length * T);
   rowWeights.forEach((w, b) => col.fill(w, b * T, (b + 1) * T));
   return tf.tensor2d(col, [rowWeights.length * T, 1]);
+}
+
+/** The name under which MoLE gates leave their routing cross-entropy in ForwardContext.aux. */
+export const ROUTING_AUX = 'mole_routing';
+
+/**
+ * −log G_label at every real token of the labelled rows, averaged, and divided by the number of
+ * gates so that the sum over gates is their mean. probs: [B·T, N] per token.
+ */
+function routingCrossEntropy(probs: tf.Tensor2D, routeTo: number[], ctx: ForwardContext, gates: number): tf.Scalar {
+  const { batch: B, seq: T } = ctx;
+  const N = probs.shape[1];
+  const pick = new Float32Array(B * T * N);
+  routeTo.forEach((e, b) => {
+    if (e >= 0) for (let t = 0; t < T; t++) pick[(b * T + t) * N + e] = 1;
+  });
+  const picked = tf.tensor2d(pick, [B * T, N]).mul(ctx.tokenMask);
+  return probs.maximum(1e-9).log().mul(picked).sum().div(picked.sum().maximum(1).mul(-gates)) as tf.Scalar;
 }

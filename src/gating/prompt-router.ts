@@ -25,18 +25,35 @@ export interface RouterOptions {
 
 export const DEFAULT_ROUTER_OPTIONS: RouterOptions = { topK: 1 };
 
-/** A router's features per row of a batch: [B, 2D] (see PromptRouter). */
+/**
+ * The parts of a row's feature, each [B, D] and layer-normalised: the mean token embedding of the
+ * prompt (what the input is made of), and the mean and last final hidden states over the prompt.
+ */
+export const FEATURE_PARTS = ['embed-mean', 'final-mean', 'final-last'] as const;
+export type FeaturePart = (typeof FEATURE_PARTS)[number];
+
+export function featureParts(model: CausalLM, input: TokenBatch): Record<FeaturePart, tf.Tensor2D> {
+  const { batch: B, seq: T } = input;
+  const D = model.config.hidden;
+  const { mean, last } = promptWeights(input);
+  // [B, 1, T] × [B, T, D] → [B, D]: a weighted sum over each row's positions.
+  const pool = (w: Float32Array, x: tf.Tensor2D): tf.Tensor2D => normalise(tf.matMul(tf.tensor3d(w, [B, 1, T]), x.reshape([B, T, D])).reshape([B, D]));
+  const { h } = model.hidden(input, { plain: true });
+  const embeddings = tf.gather(model.parts.embed.weight, tf.tensor1d(input.ids, 'int32')) as tf.Tensor2D;
+  return { 'embed-mean': pool(mean, embeddings), 'final-mean': pool(mean, h), 'final-last': pool(last, h) };
+}
+
+/** A router's features per row of a batch: the FEATURE_PARTS side by side, [B, 3D] (see PromptRouter). */
 export function promptFeatures(model: CausalLM, input: TokenBatch): tf.Tensor2D {
   return tf.tidy(() => {
-    const { batch: B, seq: T } = input;
-    const D = model.config.hidden;
-    const { h } = model.hidden(input, { plain: true });
-    const { mean, last } = promptWeights(input);
-    const h3 = h.reshape([B, T, D]);
-    // [B, 1, T] × [B, T, D] → [B, D]: a weighted sum over each row's positions.
-    const pool = (w: Float32Array): tf.Tensor2D => tf.matMul(tf.tensor3d(w, [B, 1, T]), h3).reshape([B, D]);
-    return tf.concat([normalise(pool(mean)), normalise(pool(last))], 1);
+    const parts = featureParts(model, input);
+    return tf.concat(FEATURE_PARTS.map((p) => parts[p]), 1);
   });
+}
+
+/** Width of the router's feature for a base of this hidden size. */
+export function featureWidth(hidden: number): number {
+  return FEATURE_PARTS.length * hidden;
 }
 
 /**
@@ -78,7 +95,7 @@ export function standardiser(sum: Float64Array, sumSq: Float64Array, n: number):
   return { mean, invStd };
 }
 
-/** The router's parameters: W [2D, N] and b [N], over experts in a fixed order. */
+/** The router's parameters: W [F, N] and b [N] (F = featureWidth), over experts in a fixed order. */
 export class PromptRouter {
   /** Applied to features before W (training only; folded into W and b when saved). */
   private standard: { mean: tf.Tensor1D; invStd: tf.Tensor1D } | null = null;
@@ -149,7 +166,8 @@ export const ROUTER_BIAS = 'router.bias';
 /** A fresh router: W ~ N(0, 0.01²) and b = 0, so every expert starts equally likely. */
 export function createRouter(experts: readonly string[], hidden: number, options: Partial<RouterOptions>, rng: Rng): PromptRouter {
   const N = experts.length;
-  const w = tf.tidy(() => tf.variable(tf.tensor2d(rng.normalArray(2 * hidden * N, 0.01), [2 * hidden, N]), true));
+  const F = featureWidth(hidden);
+  const w = tf.tidy(() => tf.variable(tf.tensor2d(rng.normalArray(F * N, 0.01), [F, N]), true));
   const b = tf.tidy(() => tf.variable(tf.zeros([N]) as tf.Tensor1D, true));
   return new PromptRouter(experts, { ...DEFAULT_ROUTER_OPTIONS, ...options }, w, b);
 }

@@ -6,18 +6,18 @@ import { readJsonObject } from '../base/json.js';
 import { openSafetensors, writeSafetensors } from '../base/safetensors.js';
 import type { MoleComposition } from './composition.js';
 import { checkExperts, expertRecords, GATE_CONFIG, GATE_WEIGHTS, GateFolderError, loadGate, saveGate, type ExpertRecord } from './gate-io.js';
-import { PromptRouter, validateRouterOptions } from './prompt-router.js';
+import { FEATURE_PARTS, featureWidth, PromptRouter, validateRouterOptions } from './prompt-router.js';
 
 /**
  * A router folder has a gate folder's two files, so every `--gate DIR` takes either:
  * gate_config.json (format molora.prompt_router: experts with fingerprints, top_k, the feature)
- * and gate.safetensors with `router.weight` [N, 2D] and `router.bias` [N], in PyTorch's Linear
+ * and gate.safetensors with `router.weight` [N, F] and `router.bias` [N] (F = featureWidth), in PyTorch's Linear
  * layout (out × in), so the router is one nn.Linear over the feature for anyone reading it.
  */
 const FORMAT = 'molora.prompt_router';
 const VERSION = 1;
 /** What the router reads, recorded so that a later molora with other features refuses old files. */
-const FEATURE = 'final_hidden:mean_prompt+last_prompt';
+const FEATURE = FEATURE_PARTS.join('+');
 
 interface RouterConfigJson {
   format: string;
@@ -36,7 +36,7 @@ export function saveRouting(composition: MoleComposition, dir: string): void {
   const config: RouterConfigJson = { format: FORMAT, version: VERSION, experts: expertRecords(composition), top_k: router.options.topK, feature: FEATURE, hidden_size: D };
   const N = router.experts.length;
   const folded = router.folded();
-  const F = 2 * D;
+  const F = featureWidth(D);
   // [F, N] → PyTorch's [N, F].
   const weight = new Float32Array(N * F);
   for (let f = 0; f < F; f++) for (let i = 0; i < N; i++) weight[i * F + f] = folded.weight[f * N + i]!;
@@ -44,7 +44,7 @@ export function saveRouting(composition: MoleComposition, dir: string): void {
   writeSafetensors(
     join(dir, GATE_WEIGHTS),
     {
-      'router.weight': { dtype: 'F32', shape: [N, 2 * D], data: weight },
+      'router.weight': { dtype: 'F32', shape: [N, F], data: weight },
       'router.bias': { dtype: 'F32', shape: [N], data: folded.bias },
     },
     { format: 'pt' },
@@ -91,15 +91,16 @@ function readRouter(composition: MoleComposition, dir: string, cfg: RouterConfig
     return t.data as Float32Array;
   };
   for (const key of file.tensors.keys()) if (key !== 'router.weight' && key !== 'router.bias') fail(`${GATE_WEIGHTS} holds unexpected tensor '${key}'`);
-  const w = read('router.weight', [N, 2 * D]);
+  const F = featureWidth(D);
+  const w = read('router.weight', [N, F]);
   const b = read('router.bias', [N]);
   // File row i is expert cfg.experts[i]; the composition may list them in another order.
   const order = composition.experts.map((name) => cfg.experts.findIndex((e) => e.name === name));
-  const wT = new Float32Array(2 * D * N);
+  const wT = new Float32Array(F * N);
   order.forEach((src, i) => {
-    for (let f = 0; f < 2 * D; f++) wT[f * N + i] = w[src * 2 * D + f]!;
+    for (let f = 0; f < F; f++) wT[f * N + i] = w[src * F + f]!;
   });
-  const weight = tf.variable(tf.tensor2d(wT, [2 * D, N]), true);
+  const weight = tf.variable(tf.tensor2d(wT, [F, N]), true);
   const bias = tf.variable(tf.tensor1d(order.map((src) => b[src]!)), true);
   return new PromptRouter(composition.experts, { topK: cfg.top_k }, weight, bias);
 }

@@ -4,7 +4,7 @@ import { evalBatches, type Batch, type Dataset } from '../data/index.js';
 import { tokenLosses } from '../train/evaluate.js';
 import { toLmBatch, type LmData } from '../train/lm.js';
 import type { MoleComposition } from './composition.js';
-import { promptFeatures, routeWeights, standardiser, type PromptRouter, type Standardiser } from './prompt-router.js';
+import { featureWidth, promptFeatures, routeWeights, standardiser, type PromptRouter, type Standardiser } from './prompt-router.js';
 
 /**
  * What teaches the router:
@@ -128,7 +128,7 @@ export function routingAccuracy(comp: MoleComposition, router: PromptRouter, dat
  */
 export function featureStats(comp: MoleComposition, data: LmData, labels: Int32Array | null, seqLen: number): { sums: Float64Array; counts: number[]; std: Standardiser } {
   const N = comp.experts.length;
-  const F = 2 * comp.model.config.hidden;
+  const F = featureWidth(comp.model.config.hidden);
   const sums = new Float64Array(N * F);
   const counts = new Array<number>(N).fill(0);
   const all = new Float64Array(F);

@@ -24,6 +24,13 @@ import type { GateStatsReport } from './stats.js';
 export const ROUTERS = ['prompt', 'centroid', 'mole'] as const;
 export type RouterKind = (typeof ROUTERS)[number];
 
+/**
+ * Learning rates that need no tuning: the prompt router is one linear layer over standardised
+ * features (convex with labels), and 1e-3 left it short of separable tasks in 400 steps where
+ * 1e-2 routed them all (docs/routing.md); MoLE's gates keep the trainer's 1e-3.
+ */
+export const DEFAULT_GATE_LR: Record<RouterKind, number> = { prompt: 1e-2, centroid: 1e-2, mole: 1e-3 };
+
 export interface TrainGateOptions extends LmTrainOptions {
   model: string;
   /** Expert name → PEFT adapter folder; the order fixes the gate's columns. */
@@ -107,8 +114,14 @@ export async function trainGate(o: TrainGateOptions): Promise<TrainResult> {
     if (!(p >= 0 && p < 1)) throw new Error(`mask dropout must be in [0, 1), got ${p}`);
     return await trainLm(model, comp.params(), (dir) => saveRouting(comp, dir), {
       ...o,
-      beforeBatch:
-        p > 0 ? (b, training, rng, { dataset }) => comp.setRows(training ? { mask: dropoutMasks(comp.experts, b.taskIds, dataset.taskNames, p, rng) } : null) : undefined,
+      // Rows whose task names an expert teach every gate to pick it (routing cross-entropy); mask
+      // dropout trains for masking.
+      beforeBatch: (b, training, rng, { dataset }) => {
+        if (!training) return comp.setRows(null);
+        const routeTo = Array.from(b.taskIds, (t) => comp.experts.indexOf(dataset.taskNames[t] ?? ''));
+        const mask = p > 0 ? dropoutMasks(comp.experts, b.taskIds, dataset.taskNames, p, rng) : undefined;
+        comp.setRows(routeTo.some((e) => e >= 0) || mask ? { ...(mask && { mask }), ...(routeTo.some((e) => e >= 0) && { routeTo }) } : null);
+      },
       onEval: (_step, { dataset }) => ({ gates: summariseGates(gateStatsOn(comp, dataset.val ?? dataset.train, dataset.taskNames, o.seqLen)) }),
     });
   } finally {

@@ -8,7 +8,7 @@ import { initBase } from '../base/init.js';
 import { summaryTable } from '../gating/experiment.js';
 import { GATE_CONFIG } from '../gating/gate-io.js';
 import { loadModel } from '../gating/session.js';
-import { gateStatsOn, routerSettings, trainGate, type RouterFlags } from '../gating/train.js';
+import { DEFAULT_GATE_LR, gateStatsOn, routerSettings, trainGate, type RouterFlags } from '../gating/train.js';
 import { trainMoe, upcycleFolder } from '../gating/train-moe.js';
 import { collectRun } from '../report/collect.js';
 import { renderReport } from '../report/page.js';
@@ -98,7 +98,9 @@ export async function runStep(step: Step, ctx: StepContext): Promise<TrainResult
     }
     case 'train-gate': {
       const flags = { ...f, temperature: f.temperature as 'learn' | number | undefined } as RouterFlags;
-      const r = await trainGate({ ...trainerOptions(f, step.out, ctx), model: f.model as string, experts: f.experts as [string, string][], ...routerSettings(flags) });
+      const settings = routerSettings(flags);
+      const lr = (f.lr as number | undefined) ?? DEFAULT_GATE_LR[settings.router!];
+      const r = await trainGate({ ...trainerOptions(f, step.out, ctx), lr, model: f.model as string, experts: f.experts as [string, string][], ...settings });
       return r.status;
     }
     case 'upcycle':

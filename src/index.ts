@@ -46,6 +46,7 @@ export { loadMixLora, saveMixLora, attachAdapterFolders } from './gating/mixlora
 export { runRecipe, loadRecipe } from './recipes/run.js';
 export { assertHeldOut, findSharedPrompt, trainingFiles, HeldOutError } from './recipes/heldout.js';
 export { pretrain, allParams } from './train/pretrain.js';
-export { writeDemoData, demoTasks } from './data/demo.js';
+export { writeDemoData } from './data/demo.js';
+export { taskFamilies, demoFamily, writeFamily, assertInputsHeldOut, type TaskFamily, type FamilyTask } from './data/families.js';
 export { writeMoeDemoData, moeDemoTasks, isHeldOutWord } from './data/moe-demo.js';
 export { writeCorpus } from './data/corpus.js';

@@ -65,18 +65,20 @@ describe('recipes', () => {
         TINY[0],
         { type: 'train-adapter', out: 'adapters/color', model: '$run/base', data: data('color'), ...train },
         { type: 'train-adapter', out: 'adapters/sound', model: '$run/base', data: data('sound'), ...train },
-        { type: 'train-gate', out: 'gate', model: '$run/base', data: data('mixed'), experts, router: 'mole', granularity: 'prefix', temperature: 1, maskDropout: 0.5, ...train },
+        { type: 'train-gate', out: 'gate', model: '$run/base', data: data('gate'), experts, router: 'mole', granularity: 'prefix', temperature: 1, maskDropout: 0.5, ...train },
         { type: 'gates', out: 'gates.json', model: '$run/base', data: 'test.csv', experts, gate: '$run/gate', seqLen: 24, ...cols },
         { type: 'eval', out: 'summary.json', model: '$run/base', data: 'test.csv', experts, gate: '$run/gate', samples: 1, seqLen: 24, ...cols },
         { type: 'upcycle', out: 'moe', model: '$run/base', experts: 4, topK: 2 },
-        { type: 'train-moe', out: 'moe-trained', model: '$run/moe', data: data('mixed'), ...train },
+        { type: 'train-moe', out: 'moe-trained', model: '$run/moe', data: data('gate'), ...train },
+        { type: 'train-gate', out: 'router', model: '$run/base', data: data('gate'), experts, ...train },
+        { type: 'eval', out: 'router.json', model: '$run/base', data: 'test.csv', experts, gate: '$run/router', settings: ['gate', 'masks'], seqLen: 24, ...cols },
       ],
       'mole',
     );
     const run = join(tmp.dir, 'mole');
     const printed: string[] = [];
     const r = await runRecipe(file, { ...quiet, out: run, print: (t) => printed.push(t) });
-    expect(r.ran).toHaveLength(8);
+    expect(r.ran).toHaveLength(10);
     const summary = JSON.parse(readFileSync(join(run, 'summary.json'), 'utf8'));
     expect(Object.keys(summary.settings)).toEqual(['base', 'adapter:color', 'adapter:sound', 'static-equal', 'gate', 'gate-mask:color', 'gate-mask:sound']);
     expect(summary.gates.experts).toEqual(['color', 'sound']);
@@ -85,6 +87,12 @@ describe('recipes', () => {
     expect(JSON.parse(readFileSync(join(run, 'gates.json'), 'utf8')).experts).toEqual(['color', 'sound']);
     expect(JSON.parse(readFileSync(join(run, 'moe', 'config.json'), 'utf8')).num_local_experts).toBe(4);
     expect(readFileSync(join(run, 'moe-trained', 'metrics.jsonl'), 'utf8')).toMatch(/"router"/);
+    // The default train-gate step trains the prompt router; its eval routes every row to one expert.
+    expect(JSON.parse(readFileSync(join(run, 'router', 'gate_config.json'), 'utf8')).format).toBe('molora.prompt_router');
+    const routed = JSON.parse(readFileSync(join(run, 'router.json'), 'utf8'));
+    expect(Object.keys(routed.settings)).toEqual(['gate', 'gate-mask:color', 'gate-mask:sound']);
+    expect(routed.gates.layers).toEqual(['router']);
+    for (const w of routed.gates.overall[0]) expect([0, 0.5, 1]).toContain(w);
   });
 
   it('the shipped MoE upcycle demo recipe parses with its inputs present', () => {

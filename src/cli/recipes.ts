@@ -27,22 +27,23 @@ export function registerRecipeCommands(program: Command): void {
   progress(
     program
       .command('quickstart')
-      .description('The whole mission on the shipped tiny base and demo data: one LoRA per task, a MoLE gate, every setting scored with and without masks, summary.json and report.html (= molora run recipes/quickstart.json).')
+      .description('The whole mission on the shipped tiny base and demo data: one LoRA per task, a prompt router over them, every setting scored on held-out inputs with and without masks, summary.json and report.html (= molora run recipes/quickstart.json).')
       .option('--out <dir>', 'run folder', 'runs/quickstart'),
   ).action((o: { out: string; progress: ProgressMode }) => runAndReport(`${RECIPES_DIR}quickstart.json`, o));
 
   program
     .command('demo-data')
-    .description('Write the demo CSVs (prompt,completion,task): one training file per task, mixed.csv and test.csv; corpus.csv (text), the pretraining corpus of the tiny base; and moe/train.csv, moe/test.csv (held-out words) for recipes/moe-upcycle.json.')
+    .description("Write the demo CSVs: the quickstart's task files (prompt,completion,task; tasks never named in the prompt), gate.csv for its router and test.csv / test-unlabelled.csv with held-out inputs; corpus.csv (text), the pretraining corpus of the tiny base; and moe/train.csv, moe/test.csv (held-out words) for recipes/moe-upcycle.json.")
     .option('--out <dir>', 'folder to write', 'recipes/data')
     .option('--rows <n>', 'training rows per task', int(1), 400)
-    .option('--test-rows <n>', 'test rows', int(1), 150)
+    .option('--gate-rows <n>', "rows of the router's file", int(1), 1200)
+    .option('--test-rows <n>', 'held-out test rows per task', int(1), 50)
     .option('--seed <n>', 'seed', int(0), 0)
-    .action((o: { out: string; rows: number; testRows: number; seed: number }) => {
+    .action((o: { out: string; rows: number; gateRows: number; testRows: number; seed: number }) => {
       const files = writeDemoData(o);
       writeCorpus(join(o.out, CORPUS_FILE), CORPUS_DOCS, o.seed);
       writeMoeDemoData({ out: join(o.out, MOE_DATA_DIR), seed: o.seed });
-      process.stderr.write(`molora: wrote ${[...Object.values(files.tasks), files.mixed, files.test, CORPUS_FILE, `${MOE_DATA_DIR}/train.csv`, `${MOE_DATA_DIR}/test.csv`].join(', ')} in ${o.out}\n`);
+      process.stderr.write(`molora: wrote ${[...Object.values(files.tasks), files.gate, files.test, files.testUnlabelled, CORPUS_FILE, `${MOE_DATA_DIR}/train.csv`, `${MOE_DATA_DIR}/test.csv`].join(', ')} in ${o.out}\n`);
     });
 }
 

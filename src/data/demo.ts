@@ -1,36 +1,13 @@
-import { join } from 'node:path';
-import type { Rng } from '../base/rng.js';
-import { writeTaskCsv, type SyntheticTask } from './synthetic.js';
-
-const TABLES: Record<string, Record<string, string>> = {
-  color: { sky: 'blue', grass: 'green', snow: 'white', coal: 'black', blood: 'red', sun: 'yellow', plum: 'purple', rust: 'orange' },
-  opposite: { hot: 'cold', up: 'down', big: 'small', fast: 'slow', old: 'new', wet: 'dry', day: 'night', open: 'shut' },
-  sound: { cat: 'meow', dog: 'woof', cow: 'moo', duck: 'quack', sheep: 'baa', owl: 'hoot', pig: 'oink', bee: 'buzz' },
-};
-
-/**
- * The demo's lookup tasks: "<task>: <word> =" → " <answer>", eight words per task. The answer
- * depends on the word, so each task is a skill of its own held by its own adapter, and a
- * composition must route each prompt to the right one. Each table is small enough for a LoRA on
- * the tiny base to learn in about a minute on two cores.
- */
-export function demoTasks(): SyntheticTask[] {
-  return Object.entries(TABLES).map(([name, table]) => {
-    const words = Object.keys(table);
-    return {
-      name,
-      example: (rng: Rng) => {
-        const w = words[rng.int(words.length)]!;
-        return { prompt: `${name}: ${w} =`, completion: ` ${table[w]}` };
-      },
-    };
-  });
-}
+import { relative } from 'node:path';
+import { demoFamily, writeFamily } from './families.js';
 
 export interface DemoDataOptions {
   out: string;
-  /** Training rows per task file; mixed.csv gets this many per task. */
+  /** Training rows per task file. */
   rows?: number;
+  /** Rows of the router's file. */
+  gateRows?: number;
+  /** Held-out test rows per task. */
   testRows?: number;
   seed?: number;
 }
@@ -38,24 +15,23 @@ export interface DemoDataOptions {
 /** The files writeDemoData produces, relative to its folder. */
 export interface DemoDataFiles {
   tasks: Record<string, string>;
-  mixed: string;
+  gate: string;
   test: string;
+  testUnlabelled: string;
 }
 
 /**
- * Write the demo CSVs (prompt,completion,task): one training file per task, mixed.csv for the
- * gate and test.csv for scoring, each from its own seed so no file is a prefix of another.
+ * Write the quickstart's CSVs (prompt,completion,task) for demoFamily: one training file per
+ * task, gate.csv for the router, and test.csv (with and without its task column) whose inputs no
+ * training file holds (writeFamily checks it on the rows it writes).
  */
 export function writeDemoData(o: DemoDataOptions): DemoDataFiles {
-  const tasks = demoTasks();
-  const rows = o.rows ?? 400;
-  const seed = o.seed ?? 0;
-  const files: DemoDataFiles = { tasks: {}, mixed: 'mixed.csv', test: 'test.csv' };
-  tasks.forEach((t, i) => {
-    files.tasks[t.name] = `${t.name}.csv`;
-    writeTaskCsv(join(o.out, `${t.name}.csv`), tasks, rows, seed + i + 1, t.name);
-  });
-  writeTaskCsv(join(o.out, files.mixed), tasks, rows * tasks.length, seed + 100);
-  writeTaskCsv(join(o.out, files.test), tasks, o.testRows ?? 150, seed + 200);
-  return files;
+  const files = writeFamily(o.out, demoFamily(), { taskRows: o.rows ?? 400, gateRows: o.gateRows ?? 1200, testRows: o.testRows ?? 50, seed: o.seed ?? 0 });
+  const rel = (p: string): string => relative(o.out, p);
+  return {
+    tasks: Object.fromEntries(Object.entries(files.tasks).map(([t, p]) => [t, rel(p)])),
+    gate: rel(files.gate),
+    test: rel(files.test),
+    testUnlabelled: rel(files.testUnlabelled),
+  };
 }

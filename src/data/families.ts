@@ -94,6 +94,18 @@ export function taskFamilies(): TaskFamily[] {
   ];
 }
 
+/**
+ * The quickstart's family: two lookups keyed by a word inside random noise, and two skills told
+ * apart only by the letters they are given. No prompt names its task.
+ */
+export function demoFamily(): TaskFamily {
+  return {
+    name: 'demo',
+    cue: 'two lookups keyed by a word inside noise, and two skills told apart by their letters (a-m or n-z)',
+    tasks: [lookup('color', 'color'), lookup('sound', 'sound'), skill('swap', 'swap', pair(LOW, LOW)), skill('double', 'first', pair(HIGH, HIGH))],
+  };
+}
+
 /** True when an input belongs to the test pool: a seeded hash, so the split is fixed per seed. */
 export function isTestInput(input: string, seed: number, testShare = 0.2): boolean {
   const h = createHash('sha256').update(`${seed}\0${input}`).digest();
@@ -157,7 +169,7 @@ export function writeFamily(dir: string, family: TaskFamily, s: FamilySizes): Fa
   });
   training.push(familyRows(family.tasks, s.gateRows, s.seed * 1000 + 100, 'train', s.seed));
   const test = familyRows(family.tasks, s.testRows * family.tasks.length, s.seed * 1000 + 200, 'test', s.seed);
-  assertHeldOut(training.flat(), test, family.name);
+  assertInputsHeldOut(training.flat(), test, family.name);
   family.tasks.forEach((t, i) => writeRows(files.tasks[t.name]!, training[i]!, true));
   writeRows(files.gate, training.at(-1)!, true);
   writeRows(files.test, test, true);
@@ -166,7 +178,7 @@ export function writeFamily(dir: string, family: TaskFamily, s: FamilySizes): Fa
 }
 
 /** Throws when a test row's input or prompt occurs in any training row. */
-export function assertHeldOut(training: readonly Row[], test: readonly Row[], what: string): void {
+export function assertInputsHeldOut(training: readonly Row[], test: readonly Row[], what: string): void {
   const inputs = new Set(training.map((r) => r.input));
   const prompts = new Set(training.map((r) => r.prompt));
   const leak = test.find((r) => inputs.has(r.input) || prompts.has(r.prompt));

@@ -10,17 +10,6 @@ export interface SyntheticTask {
 /** `n` random lowercase letters. */
 export const letters = (rng: Rng, n: number): string => Array.from({ length: n }, () => String.fromCharCode(97 + rng.int(26))).join('');
 
-/**
- * Keyword tasks: "<task> <3 random letters> =" → " <the task's word>". Each is trivial alone and
- * indistinguishable without the first word, so a composition must route by the prompt.
- */
-export function keywordTasks(words: Record<string, string> = { color: 'red', fruit: 'fig', pet: 'cat' }): SyntheticTask[] {
-  return Object.entries(words).map(([name, word]) => ({
-    name,
-    example: (rng) => ({ prompt: `${name} ${letters(rng, 3)} =`, completion: ` ${word}` }),
-  }));
-}
-
 /** Write `n` rows of prompt,completion,task drawn from the tasks (one task when `only` names it). */
 export function writeTaskCsv(path: string, tasks: SyntheticTask[], n: number, seed: number, only?: string): void {
   const rng = new Rng(seed);

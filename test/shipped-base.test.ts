@@ -48,6 +48,6 @@ describe('shipped tiny base', () => {
       }
     }
     const q = loadRecipe(join(ROOT, 'recipes', 'quickstart.json'), join(tmp.dir, 'q'));
-    expect(q.steps.filter((s) => s.type === 'train-adapter').map((s) => s.fields.model)).toEqual([MODEL, MODEL, MODEL]);
+    expect(q.steps.filter((s) => s.type === 'train-adapter').map((s) => s.fields.model)).toEqual([MODEL, MODEL, MODEL, MODEL]);
   });
 });

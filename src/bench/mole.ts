@@ -5,7 +5,11 @@ import { lmLoss } from '../base/loss.js';
 import type { CausalLM } from '../base/model.js';
 import { Rng } from '../base/rng.js';
 import { MoleComposition } from '../gating/composition.js';
+import type { Batch } from '../data/index.js';
+import { createRouter } from '../gating/prompt-router.js';
+import { routerLoss } from '../gating/router-train.js';
 import { accumulateGrads, disposeAccumulated } from '../train/grads.js';
+import { toLmBatch } from '../train/lm.js';
 import { AdamW } from '../train/optimizer.js';
 import { randomLlama, type ModelShape } from './forward.js';
 
@@ -68,30 +72,41 @@ export function benchSwap(shape: ModelShape, o: { experts: number; rank: number;
 export interface GateStepResult {
   experts: number;
   lora_step_ms: number;
+  /** A MoLE gate step (gates in every adapted linear, trained through the whole network). */
   gate_step_ms: number;
-  /** gate step ÷ single-LoRA step (target ≤ 1.3). */
+  /** MoLE gate step ÷ single-LoRA step. */
   ratio: number;
+  /** A prompt-router step taught by labels (one plain pass, no backward through the base). */
+  router_labels_step_ms: number;
+  router_labels_ratio: number;
+  /** A prompt-router step taught by the LM loss alone (a plain pass plus one pass per expert). */
+  router_lm_step_ms: number;
+  router_lm_ratio: number;
   backend: string;
 }
 
-/** A gate-training step over N frozen experts against a single-LoRA training step, same shapes. */
+/** Training steps over N frozen experts (MoLE gates; the prompt router, both losses) against a single-LoRA step, same shapes. */
 export function benchGateStep(shape: ModelShape, o: { experts: number; rank: number; targets: string[]; batch: number; seq: number; steps: number }): GateStepResult {
   const model = randomLlama({ ...shape, maxPositions: o.seq });
   const rng = new Rng(3);
   const N = o.batch * o.seq;
-  const batch = {
+  const batch: Batch = {
     ids: Int32Array.from({ length: N }, () => rng.int(shape.vocab)),
     targets: Int32Array.from({ length: N }, () => rng.int(shape.vocab)),
     lossMask: new Float32Array(N).fill(1),
+    attentionMask: new Float32Array(N).fill(1),
+    taskIds: Int32Array.from({ length: o.batch }, (_, b) => b % o.experts),
+    promptLens: new Int32Array(o.batch).fill(Math.max(1, o.seq >> 1)),
     batch: o.batch,
     seq: o.seq,
   };
-  const time = (params: Map<string, tf.Variable>): number => {
+  const lm = toLmBatch(batch);
+  const time = (params: Map<string, tf.Variable>, loss: () => tf.Scalar): number => {
     const opt = new AdamW(params);
     const times: number[] = [];
     for (let i = 0; i < o.steps + 2; i++) {
       const t0 = performance.now();
-      const acc = accumulateGrads(params, 1, () => lmLoss(model, batch, { training: true }));
+      const acc = accumulateGrads(params, 1, loss);
       opt.apply(acc.grads, 1e-3);
       acc.loss.dataSync();
       disposeAccumulated(acc);
@@ -100,17 +115,34 @@ export function benchGateStep(shape: ModelShape, o: { experts: number; rank: num
     opt.dispose();
     return median(times);
   };
+  const trainLoss = (): tf.Scalar => lmLoss(model, lm, { training: true });
   try {
     const [single] = adapters(model, 1, o.rank, o.targets, 4);
     single!.attach(model);
-    const loraMs = time(single!.params());
+    const loraMs = time(single!.params(), trainLoss);
     single!.dispose();
     const comp = new MoleComposition(model);
     adapters(model, o.experts, o.rank, o.targets, 5).forEach((a) => comp.addExpert(a.name, a));
     comp.initGate({}, new Rng(6));
-    const gateMs = time(comp.params());
+    const gateMs = time(comp.params(), trainLoss);
+    comp.useWeights(comp.experts.map(() => 1));
+    const router = createRouter(comp.experts, shape.hidden, {}, new Rng(7));
+    const labels = Int32Array.from(comp.experts, (_, i) => i);
+    const labelsMs = time(router.params(), () => routerLoss(comp, router, batch, labels, 'labels'));
+    const lmMs = time(router.params(), () => routerLoss(comp, router, batch, labels, 'lm'));
+    router.dispose();
     comp.dispose();
-    return { experts: o.experts, lora_step_ms: loraMs, gate_step_ms: gateMs, ratio: gateMs / loraMs, backend: tf.getBackend() };
+    return {
+      experts: o.experts,
+      lora_step_ms: loraMs,
+      gate_step_ms: gateMs,
+      ratio: gateMs / loraMs,
+      router_labels_step_ms: labelsMs,
+      router_labels_ratio: labelsMs / loraMs,
+      router_lm_step_ms: lmMs,
+      router_lm_ratio: lmMs / loraMs,
+      backend: tf.getBackend(),
+    };
   } finally {
     model.dispose();
   }

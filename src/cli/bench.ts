@@ -53,7 +53,13 @@ export async function runBenchGate(o: ModelShape & { experts: number; rank: numb
   process.stdout.write(
     o.json
       ? JSON.stringify(r) + '\n'
-      : `backend: ${r.backend}\nsingle-LoRA step: ${r.lora_step_ms.toFixed(1)} ms; gate step over ${r.experts} frozen experts: ${r.gate_step_ms.toFixed(1)} ms (${r.ratio.toFixed(2)}×)\n`,
+      : [
+          `backend: ${r.backend}`,
+          `single-LoRA step: ${r.lora_step_ms.toFixed(1)} ms; over ${r.experts} frozen experts:`,
+          `  MoLE gate step: ${r.gate_step_ms.toFixed(1)} ms (${r.ratio.toFixed(2)}×)`,
+          `  prompt-router step, labels: ${r.router_labels_step_ms.toFixed(1)} ms (${r.router_labels_ratio.toFixed(2)}×)`,
+          `  prompt-router step, LM loss alone: ${r.router_lm_step_ms.toFixed(1)} ms (${r.router_lm_ratio.toFixed(2)}×)`,
+        ].join('\n') + '\n',
   );
 }
 

@@ -8,8 +8,8 @@ import { lmLoss, type LmBatch } from '../src/base/loss.js';
 import type { CausalLM, TokenBatch } from '../src/base/model.js';
 import { Rng } from '../src/base/rng.js';
 import { BALANCE_AUX } from '../src/gating/balance.js';
-import { MoleComposition } from '../src/gating/composition.js';
-import { TAU_MIN, type GateLevel, type Granularity } from '../src/gating/mole.js';
+import { MoleComposition, ROUTING_AUX } from '../src/gating/composition.js';
+import { TAU_MIN, type GateInit, type GateLevel, type Granularity } from '../src/gating/mole.js';
 import { MODEL_FIXTURES, maxAbsDiff } from './helpers.js';
 import { expertOut, gateWeights, host, installReference, logits, randomExpert, type Layout } from './mole-reference.js';
 
@@ -188,15 +188,52 @@ function hostProblem(comp: MoleComposition, experts: LoraAdapter[], tokens: Toke
   return { batch: lmBatch(tokens), layout: { batch: tokens.batch, seq: tokens.seq, real: tokens.attentionMask! }, gates, base: Float64Array.from(base) };
 }
 
-/** Host float64 loss: α·(−Σ log qᵢ), plus the mean CE when `task` (lm_head must be the only gate). */
-function hostLoss(p: HostProblem, params: GateParams[], granularity: Granularity, task: boolean): number {
+/** Which terms of the training loss the host adds up. */
+interface Terms {
+  /** The mean CE at lm_head (lm_head must be the only gate). */
+  task: boolean;
+  /** α·(−Σ log qᵢ). */
+  balance: boolean;
+  /** Per row, the label of the routing cross-entropy (−1: none); null: no routing term. */
+  routeTo: number[] | null;
+}
+
+/** Each gate's softmax G [R, N] at (e, ρ) in float64 (no masks, no top-k). */
+function hostGates(p: HostProblem, params: GateParams[], granularity: Granularity): Float64Array[] {
   const R = p.layout.batch * p.layout.seq;
+  return p.gates.map((g, k) => gateWeights(g.E, R, g.out, NAMES.length, params[k]!.e, TAU_MIN + Math.log1p(Math.exp(params[k]!.rho)), p.layout, { granularity, topK: null }));
+}
+
+/** Host float64 loss: the sum of the chosen terms. */
+function hostLoss(p: HostProblem, params: GateParams[], granularity: Granularity, { task, balance, routeTo }: Terms): number {
   const N = NAMES.length;
-  const G = p.gates.map((g, k) => gateWeights(g.E, R, g.out, N, params[k]!.e, TAU_MIN + Math.log1p(Math.exp(params[k]!.rho)), p.layout, { granularity, topK: null }));
+  const G = hostGates(p, params, granularity);
   const real = Array.from(p.layout.real).reduce((a, b) => a + b, 0);
   const q = Array.from({ length: N }, (_, i) => G.reduce((s, Gk) => s + realSum(Gk, p.layout.real, N, i), 0) / real / G.length);
-  const bal = -ALPHA * q.reduce((s, qi) => s + Math.log(qi), 0);
-  return task ? bal + headCe(p, G[0]!) : bal;
+  const bal = balance ? -ALPHA * q.reduce((s, qi) => s + Math.log(qi), 0) : 0;
+  const route = routeTo ? hostRouting(G, p.layout, routeTo) : 0;
+  return (task ? headCe(p, G[0]!) : 0) + bal + route;
+}
+
+/**
+ * The routing cross-entropy from its definition: −(1/gates)·Σ over gates of the mean, over the real
+ * tokens of the rows with a label, of log G_label.
+ */
+function hostRouting(G: Float64Array[], layout: Layout, routeTo: number[]): number {
+  const N = NAMES.length;
+  let loss = 0;
+  for (const Gk of G) {
+    let [sum, n] = [0, 0];
+    for (let t = 0; t < layout.batch * layout.seq; t++) {
+      const label = routeTo[Math.floor(t / layout.seq)]!;
+      if (!layout.real[t] || label < 0) continue;
+      sum += Math.log(Gk[t * N + label]!);
+      n++;
+    }
+    expect(n).toBeGreaterThan(0);
+    loss -= sum / n / G.length;
+  }
+  return loss;
 }
 
 function realSum(G: Float64Array, real: ArrayLike<number>, N: number, i: number): number {
@@ -250,18 +287,55 @@ function gradErrors(got: ArrayLike<number>, fd: ArrayLike<number>, floor = 1e-2)
   return { rel, abs, checked };
 }
 
-/** The balance loss alone: the aux loss of a training pass (through the head, which may be gated). */
-function balanceOnly(tokens: TokenBatch): tf.Scalar {
+/**
+ * The sum of a training pass's aux losses with these names (through the head, which may be
+ * gated); counts: how many of each the pass must leave.
+ */
+function auxSum(tokens: TokenBatch, counts: Record<string, number>): tf.Scalar {
   const { h, ctx } = model.hidden(tokens, { training: true });
   model.parts.head.forward(h, ctx);
-  const aux = ctx.aux.filter((a) => a.name === BALANCE_AUX);
-  expect(aux).toHaveLength(1);
-  return aux[0]!.value;
+  const aux = ctx.aux.filter((a) => a.name in counts);
+  for (const [name, n] of Object.entries(counts)) expect(aux.filter((a) => a.name === name), name).toHaveLength(n);
+  return tf.addN(aux.map((a) => a.value));
 }
 
 const HEAD = NAMES.map(() => ['lm_head']);
 // Two gates in block 0 (math and law adapt q_proj, math and code v_proj), on the same fixed input.
 const BLOCK0 = [['model.layers.0.self_attn.q_proj', 'model.layers.0.self_attn.v_proj'], ['model.layers.0.self_attn.v_proj'], ['model.layers.0.self_attn.q_proj']];
+
+/**
+ * The training loss made of `terms` (task needs the gate on lm_head alone, and brings every aux
+ * loss with it, as lmLoss adds them all), differentiated by tfjs with respect to every gate's e
+ * and ρ, against float64 central differences of the host loss.
+ */
+function checkGradients(granularity: Granularity, targets: readonly (readonly string[])[], terms: Terms, init: GateInit = SHARP, tolerance = 1e-5): void {
+  const { comp, experts } = compose(targets.map((t) => [...t]), 2);
+  const gates = comp.initGate({ granularity, balanceAlpha: ALPHA }, new Rng(21), init).gates;
+  expect(gates.length).toBe(targets === BLOCK0 ? 2 : 1);
+  if (terms.task) expect(terms.balance).toBe(true);
+  if (terms.routeTo) comp.setRows({ routeTo: terms.routeTo });
+  const p = hostProblem(comp, experts, MIXED);
+  const counts = { ...(terms.balance && { [BALANCE_AUX]: 1 }), ...(terms.routeTo && { [ROUTING_AUX]: gates.length }) };
+  const loss = (): tf.Scalar => (terms.task ? lmLoss(model, p.batch, { training: true }) : auxSum(MIXED, counts));
+  const { value, grads } = tf.variableGrads(loss, gates.flatMap((g) => [g.e, g.rho!]));
+  const at: GateParams[] = gates.map((g) => ({ e: host(g.e), rho: g.rho!.dataSync()[0]! }));
+  // The host loss is the one tfjs computes, up to float32 rounding.
+  expect(Math.abs(value.dataSync()[0]! - hostLoss(p, at, granularity, terms))).toBeLessThan(tolerance);
+  gates.forEach((g, k) => {
+    const withGate = (q: Partial<GateParams>): GateParams[] => at.map((a, j) => (j === k ? { ...a, ...q } : a));
+    const fdE = centralDiff((e) => hostLoss(p, withGate({ e }), granularity, terms), at[k]!.e, 1e-5);
+    const fdRho = centralDiff(([rho]) => hostLoss(p, withGate({ rho }), granularity, terms), Float64Array.of(at[k]!.rho), 1e-5);
+    const errE = gradErrors(grads[g.e.name]!.dataSync(), fdE);
+    const errRho = gradErrors(grads[g.rho!.name]!.dataSync(), fdRho);
+    expect(errE.checked, g.name).toBeGreaterThan(0.5 * g.e.size);
+    expect(errE.rel, g.name).toBeLessThan(1e-3);
+    expect(errE.abs, g.name).toBeLessThan(1e-4);
+    expect(Math.abs(fdRho[0]!), g.name).toBeGreaterThan(1e-3);
+    expect(errRho.rel, g.name).toBeLessThan(1e-3);
+  });
+  value.dispose();
+  tf.dispose(Object.values(grads));
+}
 
 describe('gate gradients against float64 central differences', () => {
   const setups = [
@@ -271,29 +345,121 @@ describe('gate gradients against float64 central differences', () => {
   ] as const;
   const cases = (['token', 'prefix'] as Granularity[]).flatMap((g) => setups.map(([name, targets, task]) => [g, name, task ? 'task + balance' : 'balance alone', targets, task] as const));
   it.each(cases)('%s gate on %s, %s: ∂/∂e and ∂/∂ρ', (granularity, _, __, targets, task) => {
-    const { comp, experts } = compose(targets.map((t) => [...t]), 2);
-    const gates = comp.initGate({ granularity, balanceAlpha: ALPHA }, new Rng(21), SHARP).gates;
-    expect(gates.length).toBe(targets === BLOCK0 ? 2 : 1);
+    checkGradients(granularity, targets, { task, balance: true, routeTo: null });
+  });
+});
+
+/** The labels of MIXED's rows: left-padded row 0 and full row 2 name experts, right-padded row 1 none. */
+const ROUTE = [2, -1, 0];
+
+/** Each routing aux loss of one pass (training unless told), on the host, in the order the gates ran. */
+function routingTerms(tokens: TokenBatch, training = true): number[] {
+  return tf.tidy(() => {
+    const { h, ctx } = model.hidden(tokens, { training });
+    model.parts.head.forward(h, ctx);
+    return ctx.aux.filter((a) => a.name === ROUTING_AUX).map((a) => a.value.dataSync()[0]!);
+  });
+}
+
+const sum = (xs: number[]): number => xs.reduce((a, b) => a + b, 0);
+
+describe('routing cross-entropy against its float64 definition', () => {
+  const setups = [
+    ['lm_head (1 gate)', HEAD],
+    ['q_proj + v_proj of block 0 (2 gates)', BLOCK0],
+  ] as const;
+  const cases = (['token', 'prefix', 'sequence'] as Granularity[]).flatMap((g) => setups.map(([name, targets]) => [g, name, targets] as const));
+  it.each(cases)('%s gate on %s, left- and right-padded rows, unlabelled rows', (granularity, _, targets) => {
+    const { comp, experts } = compose(targets.map((t) => [...t]), 3);
+    const gates = comp.initGate({ granularity, balanceAlpha: ALPHA }, new Rng(22), SHARP).gates;
     const p = hostProblem(comp, experts, MIXED);
-    const loss = (): tf.Scalar => (task ? lmLoss(model, p.batch, { training: true }) : balanceOnly(MIXED));
-    const { value, grads } = tf.variableGrads(loss, gates.flatMap((g) => [g.e, g.rho!]));
-    const at: GateParams[] = gates.map((g) => ({ e: host(g.e), rho: g.rho!.dataSync()[0]! }));
-    // The host loss is the one tfjs computes, up to float32 rounding.
-    expect(Math.abs(value.dataSync()[0]! - hostLoss(p, at, granularity, task))).toBeLessThan(1e-5);
-    gates.forEach((g, k) => {
-      const withGate = (q: Partial<GateParams>): GateParams[] => at.map((a, j) => (j === k ? { ...a, ...q } : a));
-      const fdE = centralDiff((e) => hostLoss(p, withGate({ e }), granularity, task), at[k]!.e, 1e-5);
-      const fdRho = centralDiff(([rho]) => hostLoss(p, withGate({ rho }), granularity, task), Float64Array.of(at[k]!.rho), 1e-5);
-      const errE = gradErrors(grads[g.e.name]!.dataSync(), fdE);
-      const errRho = gradErrors(grads[g.rho!.name]!.dataSync(), fdRho);
-      expect(errE.checked, g.name).toBeGreaterThan(0.5 * g.e.size);
-      expect(errE.rel, g.name).toBeLessThan(1e-3);
-      expect(errE.abs, g.name).toBeLessThan(1e-4);
-      expect(Math.abs(fdRho[0]!), g.name).toBeGreaterThan(1e-3);
-      expect(errRho.rel, g.name).toBeLessThan(1e-3);
-    });
+    const G = hostGates(p, gates.map((g) => ({ e: host(g.e), rho: g.rho!.dataSync()[0]! })), granularity);
+    const values: number[] = [];
+    // Labels on the left-padded and full rows; on the right-padded row alone; on every row.
+    for (const routeTo of [ROUTE, [-1, 1, -1], [1, 1, 2]]) {
+      comp.setRows({ routeTo });
+      const got = routingTerms(MIXED);
+      // One term per gate, each −(1/gates)·(its mean): their sum is the mean over gates.
+      expect(got).toHaveLength(gates.length);
+      got.forEach((v, k) => expect(Math.abs(v - hostRouting([G[k]!], p.layout, routeTo) / gates.length), `gate ${k}, labels ${routeTo}`).toBeLessThan(1e-5));
+      expect(Math.abs(sum(got) - hostRouting(G, p.layout, routeTo)), `labels ${routeTo}`).toBeLessThan(1e-5);
+      values.push(sum(got));
+    }
+    // The labels matter: the checks above are not of one constant.
+    expect(Math.max(...values) - Math.min(...values)).toBeGreaterThan(1e-2);
+  });
+
+  it.each(['layer', 'block'] as GateLevel[])('per %s through the network: every gate’s term, from its traced probabilities', (level) => {
+    const { comp } = compose(TARGETS);
+    const gates = comp.initGate({ level, granularity: 'prefix', balanceAlpha: ALPHA }, new Rng(4), SHARP).gates;
+    expect(gates.length).toBeGreaterThanOrEqual(2);
+    comp.traceWeights(true);
+    comp.setRows({ routeTo: ROUTE });
+    const got = routingTerms(MIXED);
+    // The probabilities G before masks and top-k (float32; the network makes them), per gate.
+    const G = [...comp.lastWeights().values()].map((t) => Float64Array.from(t.probs));
+    expect(got).toHaveLength(gates.length);
+    expect(G).toHaveLength(gates.length);
+    const layout = { batch: MIXED.batch, seq: MIXED.seq, real: MIXED.attentionMask! };
+    expect(Math.abs(sum(got) - hostRouting(G, layout, ROUTE))).toBeLessThan(1e-5);
+  });
+
+  it('absent outside training and without labels; 0 when no row has one', () => {
+    const { comp, experts } = compose(HEAD, 3);
+    const gates = comp.initGate({ granularity: 'prefix', balanceAlpha: ALPHA }, new Rng(22), SHARP).gates;
+    const p = hostProblem(comp, experts, MIXED);
+    const at = gates.map((g) => ({ e: host(g.e), rho: g.rho!.dataSync()[0]! }));
+    const loss = (training: boolean): number => tf.tidy(() => lmLoss(model, p.batch, { training }).dataSync()[0]!);
+    // Not training: no aux loss at all, the loss is the task's.
+    comp.setRows({ routeTo: ROUTE });
+    expect(routingTerms(MIXED, false)).toEqual([]);
+    expect(Math.abs(loss(false) - hostLoss(p, at, 'prefix', { task: true, balance: false, routeTo: null }))).toBeLessThan(1e-5);
+    // Training with labels: lmLoss adds the term.
+    expect(Math.abs(loss(true) - hostLoss(p, at, 'prefix', { task: true, balance: true, routeTo: ROUTE }))).toBeLessThan(1e-5);
+    // Training without labels: none, whether rows are unset, cleared, or carry only masks and tasks.
+    for (const rows of [null, { mask: [[1, 1, 1], [1, 0, 1], [0, 1, 1]] }, { tasks: ['a', 'b', 'c'] }]) {
+      comp.setRows(rows);
+      expect(routingTerms(MIXED), JSON.stringify(rows)).toEqual([]);
+    }
+    comp.setRows(null);
+    expect(Math.abs(loss(true) - hostLoss(p, at, 'prefix', { task: true, balance: true, routeTo: null }))).toBeLessThan(1e-5);
+    // Labels that name no expert: the term is there and 0, not NaN, with a zero gradient.
+    comp.setRows({ routeTo: [-1, -1, -1] });
+    expect(routingTerms(MIXED).map(Math.abs)).toEqual([0]);
+    const { value, grads } = tf.variableGrads(() => auxSum(MIXED, { [ROUTING_AUX]: 1 }), [gates[0]!.e, gates[0]!.rho!]);
+    expect(Math.abs(value.dataSync()[0]!)).toBe(0);
+    for (const g of Object.values(grads)) expect(Math.max(...Array.from(g.dataSync(), Math.abs))).toBe(0);
     value.dispose();
     tf.dispose(Object.values(grads));
+  });
+});
+
+describe('routing cross-entropy gradients against float64 central differences', () => {
+  const setups = [
+    ['lm_head', HEAD, 'routing alone', { task: false, balance: false }],
+    ['q_proj + v_proj of block 0', BLOCK0, 'routing alone', { task: false, balance: false }],
+    ['lm_head', HEAD, 'routing + task + balance', { task: true, balance: true }],
+    ['q_proj + v_proj of block 0', BLOCK0, 'routing + balance', { task: false, balance: true }],
+  ] as const;
+  const cases = (['token', 'prefix'] as Granularity[]).flatMap((g) => setups.map(([name, targets, what, terms]) => [g, name, what, targets, terms] as const));
+  it.each(cases)('%s gate on %s, %s: ∂/∂e and ∂/∂ρ', (granularity, _, __, targets, terms) => {
+    checkGradients(granularity, targets, { ...terms, routeTo: ROUTE });
+  });
+
+  it('a confidently wrong gate, where G_label underflows float32: exact value and gradients', () => {
+    const terms = { task: false, balance: false, routeTo: ROUTE };
+    const init = { eStd: 3, tau: 0.7 };
+    // The setup checkGradients builds: some labelled token has log G_label far below float32's
+    // smallest number (about −103), so log of G itself would be −∞ (or a clamp, with no gradient).
+    const { comp, experts } = compose(HEAD, 2);
+    const gate = comp.initGate({ granularity: 'token' }, new Rng(21), init).gates[0]!;
+    const G = hostGates(hostProblem(comp, experts, MIXED), [{ e: host(gate.e), rho: gate.rho!.dataSync()[0]! }], 'token')[0]!;
+    const logLabel = [...Array(MIXED.batch * MIXED.seq).keys()].filter((t) => MIXED.attentionMask![t] && ROUTE[Math.floor(t / MIXED.seq)]! >= 0).map((t) => Math.log(G[t * 3 + ROUTE[Math.floor(t / MIXED.seq)]!]!));
+    expect(Math.min(...logLabel)).toBeLessThan(-150);
+    comp.dispose();
+    live.splice(live.indexOf(comp), 1);
+    // float32 rounding of logits in the hundreds.
+    checkGradients('token', HEAD, terms, init, 1e-4);
   });
 });
 

@@ -223,6 +223,10 @@ describe('MoLE gate', () => {
     const { comp } = compose();
     expect(() => comp.mask(['math', 'poetry'])).toThrow(/no expert 'poetry'/);
     expect(() => comp.setRows({ mask: [[1, 0]] })).toThrow(/mask row 0 must hold 3 entries/);
+    // A label past the last expert would mark the next token's first expert instead.
+    expect(() => comp.setRows({ routeTo: [0, 3] })).toThrow(/routeTo row 1 must be an expert index in \[0, 3\) or −1, got 3/);
+    expect(() => comp.setRows({ routeTo: [0, -2] })).toThrow(/routeTo row 1/);
+    expect(() => comp.setRows({ tasks: ['a', 'b'], routeTo: [0] })).toThrow(/different row counts \(2, 1\)/);
     expect(() => comp.useWeights([1, 2])).toThrow(/2 given for 3 experts/);
     comp.setRows({ mask: [[1, 0, 1]] });
     expect(() => logits(model, BATCH)).toThrow(/set for 1 rows, the batch has 2/);

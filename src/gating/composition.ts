@@ -266,8 +266,11 @@ export class MoleComposition {
   setRows(spec: RowSpec | null): void {
     if (spec) {
       const N = this.entries.length;
-      const lengths = [spec.mask?.length, spec.weights?.length, spec.tasks?.length].filter((n) => n !== undefined);
-      if (lengths.some((n) => n !== lengths[0])) throw new Error(`row spec: mask, weights and tasks give different row counts (${lengths.join(', ')})`);
+      const lengths = [spec.mask?.length, spec.weights?.length, spec.tasks?.length, spec.routeTo?.length].filter((n) => n !== undefined);
+      if (lengths.some((n) => n !== lengths[0])) throw new Error(`row spec: mask, weights, tasks and routeTo give different row counts (${lengths.join(', ')})`);
+      spec.routeTo?.forEach((e, b) => {
+        if (!Number.isInteger(e) || e < -1 || e >= N) throw new Error(`row spec: routeTo row ${b} must be an expert index in [0, ${N}) or −1, got ${e}`);
+      });
       spec.mask?.forEach((row, b) => {
         if (row.length !== N || row.some((m) => m !== 0 && m !== 1)) throw new Error(`row spec: mask row ${b} must hold ${N} entries of 0 or 1 (experts ${this.experts.join(', ')})`);
       });
@@ -389,9 +392,10 @@ export class MoleComposition {
     if (module === gate.input) {
       outs = this.entries.map((_, i) => output(i));
       const { granularity, topK } = gates.options;
-      const g = gateWeights(gate.scaledLogits(outs.map((o) => o ?? zeros()), ctx, granularity), pass.selection, topK);
+      const z = gate.scaledLogits(outs.map((o) => o ?? zeros()), ctx, granularity);
+      const g = gateWeights(z, pass.selection, topK);
       weights = perToken(g.weights, ctx, granularity);
-      this.observe(gates, gate, ctx, perToken(g.probs, ctx, granularity), weights);
+      this.observe(gates, gate, ctx, z, perToken(g.probs, ctx, granularity), weights);
       if (gate.modules.length > 1) pass.blockWeights.set(gate.name, weights);
     } else {
       const shared = pass.blockWeights.get(gate.name);
@@ -402,11 +406,19 @@ export class MoleComposition {
     return sum(outs.map((o, i) => (o && !(kept && !kept[i]) ? (o.mul(weights.slice([0, i], [-1, 1])) as tf.Tensor2D) : null)));
   }
 
-  /** Balance loss, statistics and trace for one gate's run; probs and weights are per token. */
-  private observe(gates: MoleGates, gate: MoleGate, ctx: ForwardContext, probs: tf.Tensor2D, weights: tf.Tensor2D): void {
+  /**
+   * Balance loss, routing cross-entropy, statistics and trace for one gate's run; z is the gate's
+   * scaled logits per unit, probs (G = softmax z) and weights are per token.
+   */
+  private observe(gates: MoleGates, gate: MoleGate, ctx: ForwardContext, z: tf.Tensor2D, probs: tf.Tensor2D, weights: tf.Tensor2D): void {
     gates.balance.add(ctx, gate.name, probs);
     const routeTo = this.rows?.routeTo;
-    if (ctx.training && routeTo) ctx.aux.push({ name: ROUTING_AUX, value: routingCrossEntropy(probs, routeTo, ctx, gates.gates.length) });
+    if (ctx.training && routeTo) {
+      // log G from the logits: log of G itself would underflow (or need a clamp that stops the
+      // gradient) exactly where the gate is confidently wrong.
+      const logProbs = perToken(tf.logSoftmax(z), ctx, gates.options.granularity);
+      ctx.aux.push({ name: ROUTING_AUX, value: routingCrossEntropy(logProbs, routeTo, ctx, gates.gates.length) });
+    }
     if (this.collecting) this.stats!.record(gate.name, gate.modules, weights, ctx, this.rows?.tasks?.map(String) ?? null);
     if (this.trace) {
       this.trace.set(gate.name, { gate: gate.name, modules: gate.modules, rows: weights.shape[0], probs: probs.dataSync() as Float32Array, weights: weights.dataSync() as Float32Array });
@@ -514,15 +526,15 @@ export const ROUTING_AUX = 'mole_routing';
 
 /**
  * −log G_label at every real token of the labelled rows, averaged, and divided by the number of
- * gates so that the sum over gates is their mean. probs: [B·T, N] per token.
+ * gates so that the sum over gates is their mean. logProbs: log G, [B·T, N] per token.
  */
-function routingCrossEntropy(probs: tf.Tensor2D, routeTo: number[], ctx: ForwardContext, gates: number): tf.Scalar {
+function routingCrossEntropy(logProbs: tf.Tensor2D, routeTo: number[], ctx: ForwardContext, gates: number): tf.Scalar {
   const { batch: B, seq: T } = ctx;
-  const N = probs.shape[1];
+  const N = logProbs.shape[1];
   const pick = new Float32Array(B * T * N);
   routeTo.forEach((e, b) => {
     if (e >= 0) for (let t = 0; t < T; t++) pick[(b * T + t) * N + e] = 1;
   });
   const picked = tf.tensor2d(pick, [B * T, N]).mul(ctx.tokenMask);
-  return probs.maximum(1e-9).log().mul(picked).sum().div(picked.sum().maximum(1).mul(-gates)) as tf.Scalar;
+  return logProbs.mul(picked).sum().div(picked.sum().maximum(1).mul(-gates)) as tf.Scalar;
 }

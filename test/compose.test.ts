@@ -81,7 +81,7 @@ afterAll(() => {
 });
 
 describe('prompt routers over three task experts', () => {
-  const own = (): Record<string, number> => Object.fromEntries(Object.keys(TASKS).map((t) => [t, score.call(null, model.only(t))[t]!]));
+  const own = (): Record<string, number> => Object.fromEntries(Object.keys(TASKS).map((t) => [t, (model.only(t), score())[t]!]));
 
   it('the default router (task labels) matches each adapter alone; masking an expert loses only its task', () => {
     const alone = own();
@@ -112,7 +112,7 @@ describe('prompt routers over three task experts', () => {
 describe('MoLE composition of three task experts', () => {
   it('the gate recovers each task close to its own adapter and beats static equal weights; masking an expert loses its task and spares the others', () => {
     const own: Record<string, number> = {};
-    for (const t of Object.keys(TASKS)) own[t] = score.call(null, model.only(t))[t]!;
+    for (const t of Object.keys(TASKS)) own[t] = (model.only(t), score())[t]!;
     model.mask(null).useWeights({ color: 1 / 3, fruit: 1 / 3, pet: 1 / 3 });
     const equal = score();
     model.useGate(join(tmp.dir, 'gate'));

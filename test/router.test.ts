@@ -5,7 +5,6 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { initBackend } from '../src/base/backend.js';
 import { generate } from '../src/base/generate.js';
 import { loadBase } from '../src/base/load.js';
-import type { LmBatch } from '../src/base/loss.js';
 import type { CausalLM, TokenBatch } from '../src/base/model.js';
 import { Rng } from '../src/base/rng.js';
 import { MoleComposition } from '../src/gating/composition.js';
@@ -13,6 +12,7 @@ import { createRouter, promptFeatures, routeWeights, type PromptRouter } from '.
 import { loadRouting, saveRouting } from '../src/gating/router-io.js';
 import { expertLosses, routerLoss, taskExperts } from '../src/gating/router-train.js';
 import type { Batch } from '../src/data/index.js';
+import { toLmBatch } from '../src/train/lm.js';
 import { MODEL_FIXTURES, maxAbsDiff, tempDir } from './helpers.js';
 import { logits, randomExpert } from './mole-reference.js';
 
@@ -245,8 +245,8 @@ describe('routing losses', () => {
     try {
       const b = batch();
       const labels = Array.from(b.taskIds);
-      const f = tf.tidy(() => promptFeatures(model, { ...b, attentionMask: Uint8Array.from(b.attentionMask) }).dataSync() as Float32Array);
-      const nll = expertLosses(comp, { ...b, attentionMask: Uint8Array.from(b.attentionMask) } as LmBatch);
+      const f = tf.tidy(() => promptFeatures(model, toLmBatch(b)).dataSync() as Float32Array);
+      const nll = expertLosses(comp, toLmBatch(b));
       expect(new Set(Array.from(nll.sums).map((x) => x.toFixed(3))).size).toBeGreaterThan(3);
       const lossOf = (): tf.Scalar => routerLoss(comp, router, b, Int32Array.from([0, 1, 2]), kind);
       const { value, grads } = tf.variableGrads(lossOf, [router.weight, router.bias]);

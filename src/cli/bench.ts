@@ -4,7 +4,7 @@ import { benchForward, type BenchForwardOptions, type ModelShape } from '../benc
 import { benchTrain, type BenchTrainOptions } from '../bench/train.js';
 import { SHIPPED_BASE } from './recipes.js';
 import { probeFamily, type ProbeOptions } from '../bench/probe.js';
-import { benchCompose, suiteTable, type BenchComposeOptions } from '../bench/compose.js';
+import { benchCompose, suiteSummary, suiteTable, type BenchComposeOptions } from '../bench/compose.js';
 import { benchGateStep, benchSwap, SMOL_135M } from '../bench/mole.js';
 
 export async function runBenchForward(o: BenchForwardOptions & { json?: boolean }): Promise<void> {
@@ -65,7 +65,7 @@ export async function runBenchGate(o: ModelShape & { experts: number; rank: numb
 
 export async function runBenchCompose(o: Omit<BenchComposeOptions, 'model'> & { model?: string; json?: boolean }): Promise<void> {
   const r = await benchCompose({ ...o, model: o.model ?? SHIPPED_BASE });
-  process.stdout.write(o.json ? JSON.stringify(r) + '\n' : `exact match (%) on held-out rows:\n\n${suiteTable(r)}\nresults: ${o.out}/suite.json\n`);
+  process.stdout.write(o.json ? JSON.stringify(r) + '\n' : `exact match (%) on held-out rows:\n\n${suiteSummary(r)}\n\n${suiteTable(r)}\nresults: ${o.out}/suite.json\n`);
 }
 
 export async function runBenchProbe(o: Omit<ProbeOptions, 'model'> & { model?: string; json?: boolean }): Promise<void> {

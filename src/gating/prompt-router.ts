@@ -116,7 +116,7 @@ export class PromptRouter {
   standardise(s: Standardiser | null): void {
     this.standard?.mean.dispose();
     this.standard?.invStd.dispose();
-    // Kept: this may run inside a trainer's tidy, which would free them at its end.
+    // Kept: a caller's tidy must not free them.
     this.standard = s ? { mean: tf.keep(tf.tensor1d(s.mean)), invStd: tf.keep(tf.tensor1d(s.invStd)) } : null;
   }
 

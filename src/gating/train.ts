@@ -5,7 +5,7 @@ import { GATE_CONFIG } from './gate-io.js';
 import { loadBase } from '../base/load.js';
 import { Rng } from '../base/rng.js';
 import { evalBatches, type TokenStore } from '../data/index.js';
-import { loadLmData, toLmBatch, trainLm, type LmData, type LmTrainOptions } from '../train/lm.js';
+import { loadLmData, toLmBatch, trainLm, type LmTrainOptions } from '../train/lm.js';
 import type { TrainResult } from '../train/trainer.js';
 import { loadAdapter } from '../adapters/peft.js';
 import { MoleComposition } from './composition.js';
@@ -13,7 +13,7 @@ import type { CausalLM } from '../base/model.js';
 import type { GateOptions } from './mole.js';
 import { centroidRouter, createRouter, type RouterOptions } from './prompt-router.js';
 import { saveRouting } from './router-io.js';
-import { featureStats, resolveRoutingLoss, routedLoss, routerLoss, routingAccuracy, ROUTING_LOSSES, taskExperts } from './router-train.js';
+import { featureStats, resolveRoutingLoss, routedLoss, routerLoss, routingAccuracy, ROUTING_LOSSES, taskExperts, type RoutingLoss } from './router-train.js';
 import type { GateStatsReport } from './stats.js';
 
 /**
@@ -139,26 +139,21 @@ export async function trainGate(o: TrainGateOptions): Promise<TrainResult> {
 async function trainPromptRouter(model: CausalLM, comp: MoleComposition, o: TrainGateOptions): Promise<TrainResult> {
   const log = o.log ?? ((m: string) => process.stderr.write(`molora: ${m}\n`));
   const router = createRouter(comp.experts, model.config.hidden, o.routerOptions ?? {}, new Rng(o.seed));
-  let labels: Int32Array | null = null;
-  let kind: ReturnType<typeof resolveRoutingLoss>['loss'] = 'labels';
-  // At the first batch: which loss the data allows, and the features' standardiser (one plain pass).
-  const resolve = (data: LmData): Int32Array => {
-    if (labels) return labels;
-    labels = taskExperts(data.dataset, comp.experts);
-    const r = resolveRoutingLoss(o.routingLoss ?? 'auto', labels, comp.experts);
-    kind = r.loss;
-    log(`router: routing loss '${kind}' (${r.why})`);
-    router.standardise(featureStats(comp, data, null, o.seqLen).std);
-    return labels;
-  };
+  let labels: Int32Array = new Int32Array(0);
+  let kind: RoutingLoss = 'labels';
   try {
     return await trainLm(model, router.params(), (dir) => saveRouter(comp, router, dir), {
       ...o,
-      loss: (b, training, _rng, data) => {
-        const l = resolve(data);
-        return training ? routerLoss(comp, router, b, l, kind) : routedLoss(comp, router, b);
+      // Which loss the data allows, and the features' standardiser (one plain pass), before step 1.
+      onData: (data) => {
+        labels = taskExperts(data.dataset, comp.experts);
+        const r = resolveRoutingLoss(o.routingLoss ?? 'auto', labels, comp.experts);
+        kind = r.loss;
+        log(`router: routing loss '${kind}' (${r.why})`);
+        router.standardise(featureStats(comp, data, null, o.seqLen).std);
       },
-      onEval: (_step, data) => ({ routing_accuracy: routingAccuracy(comp, router, data, resolve(data), o.seqLen) }),
+      loss: (b, training) => (training ? routerLoss(comp, router, b, labels, kind) : routedLoss(comp, router, b)),
+      onEval: (_step, data) => ({ routing_accuracy: routingAccuracy(comp, router, data, labels, o.seqLen) }),
     });
   } finally {
     router.dispose();

@@ -54,6 +54,8 @@ export interface LmTrainOptions extends LmDataOptions {
   buffers?: Map<string, tf.Variable>;
   /** Runs before each batch's forward pass (e.g. to set per-row expert masks), with the run's seeded stream. */
   beforeBatch?: (b: Batch, training: boolean, rng: Rng, data: LmData) => void;
+  /** Runs once the data is loaded, before the first step (e.g. statistics a loss needs). */
+  onData?: (data: LmData) => void;
   /** Replaces the next-token loss (e.g. a router's loss); runs after beforeBatch. */
   loss?: (b: Batch, training: boolean, rng: Rng, data: LmData) => tf.Scalar;
   /** Extra values for each eval entry of metrics.jsonl (e.g. gate weights); gets the validation store. */
@@ -109,6 +111,7 @@ export function toLmBatch(b: Batch): LmBatch {
 export async function trainLm(model: CausalLM, params: Map<string, tf.Variable>, save: (dir: string) => void, o: LmTrainOptions): Promise<TrainResult> {
   const log = o.log ?? ((m: string) => process.stderr.write(`molora: ${m}\n`));
   const { dataset, sampler } = await loadLmData(model, o, log);
+  o.onData?.({ dataset, sampler });
   const c = model.config;
   let trainable = 0;
   for (const v of params.values()) trainable += v.size;

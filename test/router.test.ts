@@ -10,7 +10,7 @@ import { Rng } from '../src/base/rng.js';
 import { MoleComposition } from '../src/gating/composition.js';
 import { createRouter, promptFeatures, routeWeights, type PromptRouter } from '../src/gating/prompt-router.js';
 import { loadRouting, saveRouting } from '../src/gating/router-io.js';
-import { expertLosses, routerLoss, taskExperts } from '../src/gating/router-train.js';
+import { ExpertLossCache, expertLosses, routerLoss, taskExperts } from '../src/gating/router-train.js';
 import type { Batch } from '../src/data/index.js';
 import { toLmBatch } from '../src/train/lm.js';
 import { MODEL_FIXTURES, maxAbsDiff, tempDir } from './helpers.js';
@@ -212,6 +212,7 @@ describe('routing losses', () => {
       attentionMask: Float32Array.from(BATCH.attentionMask!),
       taskIds: Int32Array.from([0, 2, 1]),
       promptLens,
+      seqs: Uint32Array.from({ length: B }, (_, i) => i),
       batch: B,
       seq: T,
     };
@@ -275,6 +276,25 @@ describe('routing losses', () => {
     } finally {
       router.dispose();
     }
+  });
+
+  it("the expert-loss cache returns each sequence's losses as computed, without recomputing them", () => {
+    const comp = new MoleComposition(model);
+    live.push(comp);
+    NAMES.forEach((name, i) => comp.addExpert(name, randomExpert(model, name, TARGETS[i]!, 80 + i)));
+    const b = batch();
+    const cache = new ExpertLossCache();
+    const direct = expertLosses(comp, toLmBatch(b));
+    expect(maxAbsDiff(cache.get(comp, b).sums, direct.sums)).toBe(0);
+    const replacement = randomExpert(model, 'math', TARGETS[0]!, 99);
+    comp.swapExpert('math', replacement);
+    replacement.dispose();
+    expect(maxAbsDiff(expertLosses(comp, toLmBatch(b)).sums, direct.sums)).toBeGreaterThan(1e-3);
+    // Rows in another order: same sequences, so the cached values, permuted.
+    const swapped: Batch = { ...b, seqs: Uint32Array.from([2, 0, 1]) };
+    const got = cache.get(comp, swapped);
+    expect(Array.from(got.sums.subarray(0, 3))).toEqual(Array.from(direct.sums.subarray(6, 9)));
+    expect(Array.from(got.tokens)).toEqual([direct.tokens[2], direct.tokens[0], direct.tokens[1]]);
   });
 
   it('labels map tasks to experts by name; unnamed tasks teach nothing', () => {

@@ -79,7 +79,10 @@ export interface GateStepResult {
   /** A prompt-router step taught by labels (one plain pass, no backward through the base). */
   router_labels_step_ms: number;
   router_labels_ratio: number;
-  /** A prompt-router step taught by the LM loss alone (a plain pass plus one pass per expert). */
+  /**
+   * A prompt-router step taught by the LM loss alone, first epoch: a plain pass plus one pass per
+   * expert (later epochs reuse each row's expert losses and cost about a labels step).
+   */
   router_lm_step_ms: number;
   router_lm_ratio: number;
   backend: string;
@@ -97,6 +100,7 @@ export function benchGateStep(shape: ModelShape, o: { experts: number; rank: num
     attentionMask: new Float32Array(N).fill(1),
     taskIds: Int32Array.from({ length: o.batch }, (_, b) => b % o.experts),
     promptLens: new Int32Array(o.batch).fill(Math.max(1, o.seq >> 1)),
+    seqs: Uint32Array.from({ length: o.batch }, (_, i) => i),
     batch: o.batch,
     seq: o.seq,
   };

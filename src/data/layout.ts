@@ -23,6 +23,8 @@ export interface Batch {
   taskIds: Int32Array;
   /** Completion mode: per row, its prompt tokens (what a router may read); null for text. */
   promptLens: Int32Array | null;
+  /** Per row, its sequence's index in the layout (stable for a store and seqLen: a cache key). */
+  seqs: Uint32Array;
   batch: number;
   seq: number;
 }
@@ -69,6 +71,7 @@ export function makeBatch(layout: Layout, seqs: ArrayLike<number>, padId: number
     attentionMask: new Float32Array(B * T),
     taskIds: new Int32Array(B),
     promptLens: B > 0 && layout.promptLen(seqs[0]!) !== null ? new Int32Array(B) : null,
+    seqs: Uint32Array.from(seqs),
     batch: B,
     seq: T,
   };

@@ -36,14 +36,39 @@ export function resolveRoutingLoss(wanted: (typeof ROUTING_LOSSES)[number], labe
   return named ? { loss: 'labels', why: 'the task column names experts' } : { loss: 'lm', why: 'no task column names an expert, so the LM loss alone teaches it' };
 }
 
-/** The router's training loss on one batch (only the router's variables get a gradient). */
-export function routerLoss(comp: MoleComposition, router: PromptRouter, b: Batch, labels: Int32Array, kind: RoutingLoss): tf.Scalar {
+/**
+ * The router's training loss on one batch (only the router's variables get a gradient). The
+ * experts' losses on a row never change (base and experts are frozen), so `cache` keeps them per
+ * training sequence: after the first epoch the LM loss costs no expert pass.
+ */
+export function routerLoss(comp: MoleComposition, router: PromptRouter, b: Batch, labels: Int32Array, kind: RoutingLoss, cache?: ExpertLossCache): tf.Scalar {
   const lb = toLmBatch(b);
   const logp = tf.logSoftmax(router.logits(promptFeatures(comp.model, lb)));
   const terms: tf.Scalar[] = [];
   if (kind !== 'lm') terms.push(labelLoss(logp, Array.from(b.taskIds, (t) => labels[t] ?? -1)));
-  if (kind !== 'labels') terms.push(mixtureLoss(logp, expertLosses(comp, lb)));
+  if (kind !== 'labels') terms.push(mixtureLoss(logp, cache ? cache.get(comp, b) : expertLosses(comp, lb)));
   return terms.length === 1 ? terms[0]! : tf.addN(terms);
+}
+
+/** Each training sequence's expert losses (summed over its completion) and loss tokens, computed once. */
+export class ExpertLossCache {
+  private readonly rows = new Map<number, { sums: Float32Array; tokens: number }>();
+
+  get(comp: MoleComposition, b: Batch): { sums: Float32Array; tokens: Float32Array } {
+    const N = comp.experts.length;
+    if (!Array.from(b.seqs).every((k) => this.rows.has(k))) {
+      const fresh = expertLosses(comp, toLmBatch(b));
+      b.seqs.forEach((k, r) => this.rows.set(k, { sums: fresh.sums.slice(r * N, (r + 1) * N), tokens: fresh.tokens[r]! }));
+    }
+    const sums = new Float32Array(b.batch * N);
+    const tokens = new Float32Array(b.batch);
+    b.seqs.forEach((k, r) => {
+      const row = this.rows.get(k)!;
+      sums.set(row.sums, r * N);
+      tokens[r] = row.tokens;
+    });
+    return { sums, tokens };
+  }
 }
 
 /** Mean over labelled rows of −log p(label); 0 (with a zero gradient) when no row has a label. */

@@ -13,7 +13,7 @@ import type { CausalLM } from '../base/model.js';
 import type { GateOptions } from './mole.js';
 import { centroidRouter, createRouter, type RouterOptions } from './prompt-router.js';
 import { saveRouting } from './router-io.js';
-import { featureStats, resolveRoutingLoss, routedLoss, routerLoss, routingAccuracy, ROUTING_LOSSES, taskExperts, type RoutingLoss } from './router-train.js';
+import { ExpertLossCache, featureStats, resolveRoutingLoss, routedLoss, routerLoss, routingAccuracy, ROUTING_LOSSES, taskExperts, type RoutingLoss } from './router-train.js';
 import type { GateStatsReport } from './stats.js';
 
 /**
@@ -141,6 +141,7 @@ async function trainPromptRouter(model: CausalLM, comp: MoleComposition, o: Trai
   const router = createRouter(comp.experts, model.config.hidden, o.routerOptions ?? {}, new Rng(o.seed));
   let labels: Int32Array = new Int32Array(0);
   let kind: RoutingLoss = 'labels';
+  const cache = new ExpertLossCache();
   try {
     return await trainLm(model, router.params(), (dir) => saveRouter(comp, router, dir), {
       ...o,
@@ -152,7 +153,7 @@ async function trainPromptRouter(model: CausalLM, comp: MoleComposition, o: Trai
         log(`router: routing loss '${kind}' (${r.why})`);
         router.standardise(featureStats(comp, data, null, o.seqLen).std);
       },
-      loss: (b, training) => (training ? routerLoss(comp, router, b, labels, kind) : routedLoss(comp, router, b)),
+      loss: (b, training) => (training ? routerLoss(comp, router, b, labels, kind, cache) : routedLoss(comp, router, b)),
       onEval: (_step, data) => ({ routing_accuracy: routingAccuracy(comp, router, data, labels, o.seqLen) }),
     });
   } finally {

@@ -95,6 +95,7 @@ addTrainerFlags(
       .requiredOption('--out <dir>', 'output folder for the router')
       .option('--router <kind>', "prompt: one decision per row from the base's hidden states at the prompt (default); centroid: the same feature, training-free nearest task centroid (needs --task-column); mole: the MoLE paper's gates in every adapted linear", choice(['prompt', 'centroid', 'mole'] as const))
       .option('--routing-loss <kind>', "prompt router: labels (cross-entropy on --task-column values that name experts), lm (the LM loss alone: each row's likelihood under its routed expert), both; auto (default) takes labels when the task column names experts, else lm", choice(['auto', 'labels', 'lm', 'both'] as const))
+      .option('--router-l2 <lambda>', 'prompt router: L2 penalty (λ/2)·|W|² on its standardised weights (default 1e-2)', float(0))
       .option('--top-k <k>', 'experts per row (prompt, centroid; default 1: the chosen expert at full strength) or per unit (mole), renormalised', int(1))
       .option('--level <level>', 'mole only: one gate per gated linear (layer, default) or per transformer block (block)', choice(['layer', 'block'] as const))
       .option('--granularity <g>', "mole only: token (default): weights per position; sequence: one per row, pooled over its real tokens (sees the answer while training); prefix: per row but causal", choice(['token', 'sequence', 'prefix'] as const))

@@ -13,7 +13,7 @@ import type { CausalLM } from '../base/model.js';
 import type { GateOptions } from './mole.js';
 import { centroidRouter, createRouter, type RouterOptions } from './prompt-router.js';
 import { saveRouting } from './router-io.js';
-import { ExpertLossCache, featureStats, resolveRoutingLoss, routedLoss, routerLoss, routingAccuracy, ROUTING_LOSSES, taskExperts, type RoutingLoss } from './router-train.js';
+import { DEFAULT_ROUTER_L2, ExpertLossCache, fitsFullBatch, l2Penalty, RouterTrainingSet, featureStats, resolveRoutingLoss, routedLoss, routerLoss, routingAccuracy, ROUTING_LOSSES, taskExperts, type RoutingLoss } from './router-train.js';
 import type { GateStatsReport } from './stats.js';
 
 /**
@@ -40,6 +40,8 @@ export interface TrainGateOptions extends LmTrainOptions {
   routerOptions?: Partial<RouterOptions>;
   /** Prompt router: what teaches it (router-train.ts); 'auto' by default. */
   routingLoss?: (typeof ROUTING_LOSSES)[number];
+  /** Prompt router: L2 penalty λ on its standardised weights (DEFAULT_ROUTER_L2). */
+  routerL2?: number;
   /** MoLE gates (router 'mole'). */
   gate?: Partial<GateOptions>;
   /**
@@ -55,6 +57,7 @@ export interface RouterFlags {
   router?: string;
   topK?: number;
   routingLoss?: string;
+  routerL2?: number;
   level?: string;
   granularity?: string;
   balance?: number;
@@ -64,7 +67,7 @@ export interface RouterFlags {
 }
 
 /** Flags → train-gate options, refusing MoLE flags for other routers (they would be ignored). */
-export function routerSettings(f: RouterFlags): Pick<TrainGateOptions, 'router' | 'routerOptions' | 'routingLoss' | 'gate' | 'maskDropout'> {
+export function routerSettings(f: RouterFlags): Pick<TrainGateOptions, 'router' | 'routerOptions' | 'routingLoss' | 'routerL2' | 'gate' | 'maskDropout'> {
   const router = (f.router ?? 'prompt') as RouterKind;
   if (!ROUTERS.includes(router)) throw new Error(`router must be one of ${ROUTERS.join(', ')}, got '${f.router}'`);
   const mole = { level: f.level, granularity: f.granularity, balance: f.balance, temperature: f.temperature, maskDropout: f.maskDropout };
@@ -72,10 +75,10 @@ export function routerSettings(f: RouterFlags): Pick<TrainGateOptions, 'router' 
   if (router !== 'mole') {
     if (given.length) throw new Error(`${given.join(', ')}: MoLE gate settings, for router 'mole' only (this is router '${router}')`);
     if (f.routingLoss !== undefined && !(ROUTING_LOSSES as readonly string[]).includes(f.routingLoss)) throw new Error(`routing loss must be one of ${ROUTING_LOSSES.join(', ')}, got '${f.routingLoss}'`);
-    if (f.routingLoss !== undefined && router === 'centroid') throw new Error(`the centroid router is not trained: routing loss is for router 'prompt'`);
-    return { router, routerOptions: f.topK !== undefined ? { topK: f.topK } : undefined, routingLoss: f.routingLoss as TrainGateOptions['routingLoss'] };
+    if (router === 'centroid' && (f.routingLoss !== undefined || f.routerL2 !== undefined)) throw new Error(`the centroid router is not trained: routing loss and L2 are for router 'prompt'`);
+    return { router, routerOptions: f.topK !== undefined ? { topK: f.topK } : undefined, routingLoss: f.routingLoss as TrainGateOptions['routingLoss'], routerL2: f.routerL2 };
   }
-  if (f.routingLoss !== undefined) throw new Error(`routing loss is for router 'prompt', not 'mole'`);
+  if (f.routingLoss !== undefined || f.routerL2 !== undefined) throw new Error(`routing loss and router L2 are for router 'prompt', not 'mole'`);
   const t = f.temperature ?? 'learn';
   if (t !== 'learn' && !(typeof t === 'number' && t > 0)) throw new Error(`temperature must be 'learn' or a positive number, got '${t}'`);
   const gate: Partial<GateOptions> = {
@@ -102,7 +105,7 @@ export async function trainGate(o: TrainGateOptions): Promise<TrainResult> {
   const kind = o.router ?? 'prompt';
   if (!ROUTERS.includes(kind)) throw new Error(`router must be one of ${ROUTERS.join(', ')}, got '${kind}'`);
   if (kind !== 'mole' && (o.gate || o.maskDropout)) throw new Error(`MoLE gate options (level, granularity, temperature, balance, mask dropout) are for --router mole, not '${kind}'`);
-  if (kind === 'mole' && (o.routerOptions || o.routingLoss)) throw new Error(`router options (top-k, routing loss) are for --router prompt or centroid, not 'mole'`);
+  if (kind === 'mole' && (o.routerOptions || o.routingLoss || o.routerL2 !== undefined)) throw new Error(`router options (top-k, routing loss, L2) are for --router prompt or centroid, not 'mole'`);
   const model = loadBase(o.model, { warn: o.log });
   const comp = new MoleComposition(model);
   try {
@@ -141,22 +144,36 @@ async function trainPromptRouter(model: CausalLM, comp: MoleComposition, o: Trai
   const router = createRouter(comp.experts, model.config.hidden, o.routerOptions ?? {}, new Rng(o.seed));
   let labels: Int32Array = new Int32Array(0);
   let kind: RoutingLoss = 'labels';
+  let full: RouterTrainingSet | null = null;
   const cache = new ExpertLossCache();
+  const l2 = o.routerL2 ?? DEFAULT_ROUTER_L2;
+  if (!(l2 >= 0 && Number.isFinite(l2))) throw new Error(`router L2 must be a finite number ≥ 0, got ${l2}`);
   try {
     return await trainLm(model, router.params(), (dir) => saveRouter(comp, router, dir), {
       ...o,
-      // Which loss the data allows, and the features' standardiser (one plain pass), before step 1.
+      // Which loss the data allows, the features' standardiser (one plain pass) and, for data
+      // small enough, the whole training set as one batch; before step 1.
       onData: (data) => {
         labels = taskExperts(data.dataset, comp.experts);
         const r = resolveRoutingLoss(o.routingLoss ?? 'auto', labels, comp.experts);
         kind = r.loss;
+        const stats = featureStats(comp, data, null, o.seqLen, fitsFullBatch(data.dataset.train.size, model.config.hidden));
+        router.standardise(stats.std);
         log(`router: routing loss '${kind}' (${r.why})`);
-        router.standardise(featureStats(comp, data, null, o.seqLen).std);
+        if (!stats.rows) return log(`router: ${data.dataset.train.size} training rows: trained on batches of ${o.batchSize}`);
+        full = new RouterTrainingSet(comp, stats.rows, labels, kind);
+        const fit = full.fit(router, kind, l2);
+        log(`router: fitted on all ${full.size} training rows first (${fit.iterations} full-batch iterations, loss ${fit.loss.toFixed(4)}); every step then uses them all`);
       },
-      loss: (b, training) => (training ? routerLoss(comp, router, b, labels, kind, cache) : routedLoss(comp, router, b)),
+      loss: (b, training) => {
+        if (!training) return routedLoss(comp, router, b);
+        const fit = full ? full.loss(router, kind) : routerLoss(comp, router, b, labels, kind, cache);
+        return l2 > 0 ? fit.add(l2Penalty(router, l2)) : fit;
+      },
       onEval: (_step, data) => ({ routing_accuracy: routingAccuracy(comp, router, data, labels, o.seqLen) }),
     });
   } finally {
+    (full as RouterTrainingSet | null)?.dispose();
     router.dispose();
   }
 }

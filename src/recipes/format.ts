@@ -54,6 +54,7 @@ const FIELDS: Record<StepType, { required: string[]; fields: Record<string, Kind
       experts: 'named-paths',
       router: 'string',
       routingLoss: 'string',
+      routerL2: 'number',
       level: 'string',
       granularity: 'string',
       topK: 'int',

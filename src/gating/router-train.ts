@@ -225,8 +225,8 @@ export const FULL_BATCH_ROWS = 8192;
 /** … and their features at most this many floats (64 MiB). */
 const FULL_BATCH_FLOATS = 16 * 2 ** 20;
 
-export function fitsFullBatch(rows: number, hidden: number): boolean {
-  return rows <= FULL_BATCH_ROWS && rows * featureWidth(hidden) <= FULL_BATCH_FLOATS;
+export function fitsFullBatch(rows: number, hidden: number, maxRows = FULL_BATCH_ROWS): boolean {
+  return rows <= maxRows && rows * featureWidth(hidden) <= FULL_BATCH_FLOATS;
 }
 
 /** The router's whole training set, held as one batch. */

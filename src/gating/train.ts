@@ -42,6 +42,8 @@ export interface TrainGateOptions extends LmTrainOptions {
   routingLoss?: (typeof ROUTING_LOSSES)[number];
   /** Prompt router: L2 penalty λ on its standardised weights (DEFAULT_ROUTER_L2). */
   routerL2?: number;
+  /** Prompt router: most training rows it fits full-batch (FULL_BATCH_ROWS); more train on batches. */
+  fullBatchRows?: number;
   /** MoLE gates (router 'mole'). */
   gate?: Partial<GateOptions>;
   /**
@@ -157,7 +159,7 @@ async function trainPromptRouter(model: CausalLM, comp: MoleComposition, o: Trai
         labels = taskExperts(data.dataset, comp.experts);
         const r = resolveRoutingLoss(o.routingLoss ?? 'auto', labels, comp.experts);
         kind = r.loss;
-        const stats = featureStats(comp, data, null, o.seqLen, fitsFullBatch(data.dataset.train.size, model.config.hidden));
+        const stats = featureStats(comp, data, null, o.seqLen, fitsFullBatch(data.dataset.train.size, model.config.hidden, o.fullBatchRows));
         router.standardise(stats.std);
         log(`router: routing loss '${kind}' (${r.why})`);
         if (!stats.rows) return log(`router: ${data.dataset.train.size} training rows: trained on batches of ${o.batchSize}`);

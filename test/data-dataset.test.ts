@@ -134,10 +134,11 @@ describe('bad input', () => {
   });
 
   it('stops at a bad row, or skips and reports it with skipBadRows', async () => {
-    const path = csv('text,id\nok,1\nragged\nfine,2\nalso,"x"y\n');
+    const path = csv('text,id\nok,1\nragged\nfine,2\nalso,"x\n"y\nlast,3\n');
     await expect(load(path)).rejects.toBeInstanceOf(RaggedRowError);
     const { stats } = await load(path, { skipBadRows: true });
-    expect(stats).toMatchObject({ rowsRead: 4, examples: 2, badRowsSkipped: 2 });
+    // The badly quoted row spans lines 5 and 6.
+    expect(stats).toMatchObject({ rowsRead: 5, examples: 3, badRowsSkipped: 2, badLinesSkipped: 3 });
     expect(stats.badRows).toEqual([
       { file: path, line: 3, reason: 'row has 1 fields, the header has 2' },
       { file: path, line: 5, reason: expect.stringContaining('malformed quoted field') },

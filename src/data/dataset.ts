@@ -48,6 +48,8 @@ export interface DatasetStats {
   emptySkipped: number;
   /** Ragged, badly quoted, oversized or non-UTF-8 rows skipped under skipBadRows. */
   badRowsSkipped: number;
+  /** Physical lines those rows spanned. */
+  badLinesSkipped: number;
   /** The first few of those, for the report. */
   badRows: { file: string; line: number; reason: string }[];
   /** Completion mode: examples longer than seqLen + 1 tokens, cut from the right. */
@@ -109,6 +111,7 @@ export async function loadDataset(opts: LoadDatasetOptions): Promise<Dataset> {
     valExamples: val?.size ?? 0,
     emptySkipped: sum((s) => s.emptySkipped),
     badRowsSkipped: sum((s) => s.badRowsSkipped),
+    badLinesSkipped: sum((s) => s.badLinesSkipped),
     badRows: loaded.flatMap((l, i) => l.stats.badRows.map((b) => ({ file: files[i]!, ...b }))),
     truncated: cut.reduce((a, c) => a + c.truncated, 0),
     promptTooLong: cut.reduce((a, c) => a + c.promptTooLong, 0),

@@ -22,6 +22,8 @@ export interface ReadStats {
   /** Blank lines, and rows whose text (or completion) is empty or only whitespace. */
   emptySkipped: number;
   badRowsSkipped: number;
+  /** Physical lines those rows spanned: a row with a stray quote can swallow many. */
+  badLinesSkipped: number;
   /** The first few skipped bad rows, for the report. */
   badRows: { line: number; reason: string }[];
 }
@@ -41,13 +43,14 @@ export async function tokenizeCsv(
 ): Promise<{ store: TokenStore; stats: ReadStats }> {
   const eos = encoder.eosId;
   if (eos === null) throw new Error('the tokenizer has no eos token, which training data needs to end each example');
-  const stats: ReadStats = { rowsRead: 0, examples: 0, emptySkipped: 0, badRowsSkipped: 0, badRows: [] };
+  const stats: ReadStats = { rowsRead: 0, examples: 0, emptySkipped: 0, badRowsSkipped: 0, badLinesSkipped: 0, badRows: [] };
   const table = await openCsv(file, {
     skipBadRows: opts.skipBadRows,
     onProgress: opts.onProgress,
-    onBadRow: (err) => {
+    onBadRow: (err, lines) => {
       stats.rowsRead++;
       stats.badRowsSkipped++;
+      stats.badLinesSkipped += lines;
       if (stats.badRows.length < BAD_ROW_SAMPLES) stats.badRows.push({ line: err.line!, reason: err.reason });
     },
   });

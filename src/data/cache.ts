@@ -18,7 +18,7 @@ import { writeFileAtomic, writeJsonAtomic } from '../base/atomic.js';
 import { TokenStore, type StoreMode } from './store.js';
 import type { ColumnSpec, ReadStats } from './tokenize.js';
 
-// 2: read stats count the lines of skipped rows, and skips that lose too much are refused.
+// 2: read stats count the lines of skipped bad rows and name empty rows; skips that lose too much are refused.
 const FORMAT = 2;
 
 export interface CacheKey {

@@ -1,5 +1,5 @@
 // The data pipeline's public API: CSV → token stores → batches.
-export { loadDataset, type Dataset, type DatasetStats, type LoadDatasetOptions } from './dataset.js';
+export { loadDataset, type DataRole, type Dataset, type DatasetStats, type LoadDatasetOptions } from './dataset.js';
 export { BatchSampler, evalBatches, type SamplerOptions, type SamplerState } from './sampler.js';
 export type { Batch } from './layout.js';
 export { TokenStore, type StoreMode, type TokenArray } from './store.js';
@@ -11,6 +11,7 @@ export {
   QuoteError,
   RaggedRowError,
   RowTooLongError,
+  TooManyBadRowsError,
   Utf8Error,
   type BadRowError,
 } from './errors.js';

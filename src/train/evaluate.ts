@@ -2,7 +2,7 @@ import * as tf from '@tensorflow/tfjs';
 import { generate } from '../base/generate.js';
 import type { CausalLM } from '../base/model.js';
 import { evalBatches, type TokenStore } from '../data/index.js';
-import { loadLmData, toLmBatch } from './lm.js';
+import { loadLmDataset, skippedNote, toLmBatch } from './lm.js';
 
 export interface TaskScore {
   /** Examples scored. */
@@ -101,10 +101,18 @@ export interface EvaluateCsvOptions extends Omit<EvaluateOptions, 'onProgress'> 
   taskColumn?: string;
   skipBadRows?: boolean;
   onProgress?: EvaluateOptions['onProgress'];
+  /** Where the data summary goes; stderr by default. */
+  log?: (msg: string) => void;
 }
 
-/** `molora eval`: every row of a CSV, tokenized with the model's tokenizer, scored per task. */
+/**
+ * `molora eval`: every row of a CSV, tokenized with the model's tokenizer, scored per task.
+ * Logs what was left out and why: blank rows, rows with an empty completion (no reference to
+ * score) and bad rows under skipBadRows.
+ */
 export async function evaluateCsv(model: CausalLM, o: EvaluateCsvOptions): Promise<EvalReport> {
-  const { dataset } = await loadLmData(model, { ...o, seed: 0 }, () => {});
-  return evaluate(model, dataset.train, o);
+  const log = o.log ?? ((m: string) => process.stderr.write(`molora: ${m}\n`));
+  const { train: store, stats } = await loadLmDataset(model, { ...o, seed: 0, role: 'evaluation' });
+  log(`eval data: ${stats.rowsRead} rows, ${stats.examples} examples` + skippedNote(stats));
+  return evaluate(model, store, o);
 }

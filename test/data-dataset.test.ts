@@ -4,6 +4,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { loadDataset, type LoadDatasetOptions } from '../src/data/dataset.js';
 import type { Encoder } from '../src/data/encoder.js';
 import { MissingColumnError, RaggedRowError } from '../src/data/errors.js';
+import { fitPrompts } from '../src/data/layout.js';
 import { evalBatches } from '../src/data/sampler.js';
 import { Rng } from '../src/base/rng.js';
 import { byteEncoder, bytesOf } from './fixtures/csv/byte-encoder.js';
@@ -121,6 +122,33 @@ describe('prompt/completion mode', () => {
   it('counts empty completions as empty rows but allows an empty prompt', async () => {
     const { stats } = await load(csv('p,c\na,\n,b\nc," "\n'), { promptColumn: 'p', completionColumn: 'c' });
     expect(stats).toMatchObject({ rowsRead: 3, examples: 1, emptySkipped: 2 });
+  });
+});
+
+describe('fitting completion rows to a scoring window', () => {
+  it('cuts long prompts from the left after their bos, keeps every completion whole, and leaves out what cannot fit', async () => {
+    const rows = [
+      ['ab', 'cd', 't1'], // 6 tokens: fits 8 as is
+      ['abcdefgh', 'xy', 't2'], // 12 tokens: bos + "efgh" + "xy" + eos
+      ['a', 'uvwxyz', 't1'], // 9 tokens: the completion and eos leave room for the bos only
+    ];
+    const path = csv('p,c,task\n' + rows.map((r) => r.join(',')).join('\n') + '\n');
+    const { train } = await load(path, { promptColumn: 'p', completionColumn: 'c', taskColumn: 'task' });
+    const fit = fitPrompts(train, 8, BOS);
+    expect([fit.cut, fit.skipped]).toEqual([1, 1]);
+    const examples = Array.from({ length: fit.store.size }, (_, i) => Array.from(fit.store.example(i)));
+    expect(examples).toEqual([
+      [BOS, ...bytesOf('abcd'), EOS],
+      [BOS, ...bytesOf('efghxy'), EOS],
+    ]);
+    expect(Array.from(fit.store.promptLens)).toEqual([3, 5]);
+    expect(fit.store.taskNames).toEqual(['t1', 't2']);
+    expect(Array.from(fit.store.taskIds)).toEqual([0, 1]);
+    // Without a bos to keep, the cut keeps only the prompt's end, and the third row fits one prompt token.
+    const plain = fitPrompts(train, 8, null);
+    expect([plain.cut, plain.skipped]).toEqual([2, 0]);
+    expect(Array.from(plain.store.example(1))).toEqual([...bytesOf('defghxy'), EOS]);
+    expect(Array.from(plain.store.example(2))).toEqual([...bytesOf('auvwxyz'), EOS]);
   });
 });
 

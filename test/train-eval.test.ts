@@ -37,6 +37,35 @@ async function evalOn(data: string, over: Partial<EvaluateCsvOptions> = {}) {
   return { report, logs };
 }
 
+describe('eval of rows longer than the window', () => {
+  it('cuts a long prompt from the left, keeping bos and the whole completion, and scores it as that cut prompt', async () => {
+    const long = 'a long preamble, then the question: 2+2=';
+    // Window 16 = bos + the prompt's last 12 bytes + " 4" + eos.
+    const { report, logs } = await evalOn(csv([['x=', ' 1'], [`"${long}"`, ' 4']]));
+    const { report: precut } = await evalOn(csv([['x=', ' 1'], [long.slice(-12), ' 4']]));
+    expect(report).toMatchObject({ truncated: 1, skipped: 0, overall: { n: 2, exact_match: precut.overall.exact_match } });
+    expect(precut).toMatchObject({ truncated: 0, skipped: 0 });
+    expect(report.overall.loss).toBeCloseTo(precut.overall.loss, 5);
+    expect(logs).toContain('eval: rows longer than 16 tokens: 1 scored with the prompt cut from the left, 0 left out (the completion alone fills them)');
+  });
+
+  it('leaves out and counts a row whose completion alone fills the window, and never pads one batch past the positions', async () => {
+    // Each row fits alone; together the longest prompt (12) and longest completion (13) would need 25 positions.
+    const rows = [['12345678901', 'x'], ['a', '123456789012'], ['b', '12345678901234567890']];
+    const { report, logs } = await evalOn(csv(rows));
+    expect(report).toMatchObject({ truncated: 0, skipped: 1, overall: { n: 2 } });
+    expect(logs[1]).toMatch(/0 scored with the prompt cut from the left, 1 left out \(the completion alone fills them\)/);
+    const alone = await Promise.all(rows.slice(0, 2).map((r) => evalOn(csv([r]))));
+    expect(report.overall.exact_match).toBe((alone[0]!.report.overall.exact_match! + alone[1]!.report.overall.exact_match!) / 2);
+  });
+
+  it('caps the window at the model positions in text mode too', async () => {
+    const { report } = await evalOn(csv([['a text much longer than sixteen positions']], 'text'), { promptColumn: undefined, completionColumn: undefined, textColumn: 'text' });
+    expect(report.overall.n).toBe(1);
+    expect(report.overall.loss).toBeGreaterThan(0);
+  });
+});
+
 describe('what eval and training say about the rows they leave out', () => {
   it('eval names the rows with an empty completion', async () => {
     const path = csv([['a', ' 1'], ['b', ''], ['c', ' 3'], ['d', '  ']]);

@@ -1,8 +1,8 @@
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { openCsv, type CsvOptions, type CsvRow } from '../src/data/csv.js';
-import { DataError, QuoteError, RaggedRowError, RowTooLongError, Utf8Error, type BadRowError } from '../src/data/errors.js';
+import { maxSkippedLines, openCsv, type CsvOptions, type CsvRow } from '../src/data/csv.js';
+import { DataError, QuoteError, RaggedRowError, RowTooLongError, TooManyBadRowsError, Utf8Error, type BadRowError } from '../src/data/errors.js';
 import { parseString } from '@fast-csv/parse';
 import { Rng } from '../src/base/rng.js';
 import { tempDir } from './helpers.js';
@@ -89,6 +89,56 @@ describe('csv reader', () => {
     await expect(readAll(file('a,b\n1,\u00a0"x\ny"\n'))).rejects.toMatchObject({ name: 'QuoteError', line: 2 });
   });
 
+  it('keeps a broken quote message short and names the line the quote opened on', async () => {
+    const rest = 'filler,row\n'.repeat(20_000);
+    const unclosed = file(`a,b\n1,2\n3,"x\ny"\n5,"never closed\n${rest}`);
+    const trailing = file(`a,b\n1,2\n3,"x"${'y'.repeat(200_000)}\n`);
+    for (const path of [unclosed, trailing]) {
+      const err = (await readAll(path).catch((e: unknown) => e)) as QuoteError;
+      expect(err).toBeInstanceOf(QuoteError);
+      expect(err.message.length).toBeLessThan(300);
+    }
+    await expect(readAll(unclosed)).rejects.toThrow(`${unclosed}:5: malformed quoted field: a quote opened on this line is never closed, so lines 5–20005 (the end of the file) read as one field`);
+    // A record whose second line opens the quote that never closes.
+    const second = file('a,b\n1,"x\ny", "z\n3,4\n');
+    await expect(readAll(second, { chunkBytes: 3 })).rejects.toMatchObject({ name: 'QuoteError', line: 3 });
+  });
+
+  it('reports how many lines each skipped row spans', async () => {
+    const path = file('a,b\n1,2\n3,"x\ny\nz"q\n4,"p\nq",r\n5,6\n');
+    for (const chunkBytes of CHUNKS) {
+      const bad: [string, number, number][] = [];
+      const { rows } = await readAll(path, { chunkBytes, skipBadRows: true, onBadRow: (e, lines) => bad.push([e.name, e.line!, lines]) });
+      expect(rows.map((r) => r.line)).toEqual([2, 8]);
+      expect(bad).toEqual([
+        ['QuoteError', 3, 3],
+        ['RaggedRowError', 6, 2],
+      ]);
+    }
+    await expect(readAll(path)).rejects.toThrow(/:3: malformed quoted field/);
+  });
+
+  it('refuses to skip bad rows that span more than 1% of the lines (at least 10)', async () => {
+    // One stray quote on line 6 of 395 swallows the 390 lines after it.
+    const rows = Array.from({ length: 394 }, (_, i) => `${i},${i === 4 ? '"stray' : 'ok'}`);
+    const stray = file(['a,b', ...rows].join('\n') + '\n');
+    const err = await readAll(stray, { skipBadRows: true }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(TooManyBadRowsError);
+    expect(err).toMatchObject({ file: stray, line: 6 });
+    expect((err as Error).message).toMatch(/skipping bad rows would drop 390 of the file's 395 lines, more than the 10 allowed .*lines 6–395: malformed quoted field: a quote opened on this line is never closed/);
+    // 2000 lines allow 20: a 15-line row passes, two of them do not.
+    const bigRow = (at: number): string => `${at},"${'x\n'.repeat(14)}"bad`;
+    const lines = (bad: number[]): string[] => Array.from({ length: 2000 - 1 - 14 * bad.length }, (_, i) => (bad.includes(i) ? bigRow(i) : `${i},ok`));
+    const one = file(['a,b', ...lines([100])].join('\n'));
+    const lost: number[] = [];
+    await readAll(one, { skipBadRows: true, onBadRow: (_, n) => lost.push(n) });
+    expect(lost).toEqual([15]);
+    const two = file(['a,b', ...lines([100, 900])].join('\n'));
+    await expect(readAll(two, { skipBadRows: true })).rejects.toThrow(/drop 30 of the file's 2000 lines, more than the 20 allowed/);
+    expect(maxSkippedLines(395)).toBe(10);
+    expect(maxSkippedLines(100_000)).toBe(1000);
+  });
+
   it('names the exact line of invalid UTF-8, even inside a multi-line field', async () => {
     const bytes = Buffer.concat([
       Buffer.from('a,b\n1,"ok\nstill ok\nbad '),
@@ -137,7 +187,7 @@ describe('csv reader', () => {
     ]);
     expect(bad).toHaveLength(1);
     expect(bad[0]).toBeInstanceOf(RowTooLongError);
-    expect(bad[0]!.message).toContain('never closed');
+    expect(bad[0]!.message).toContain('is the quote opened on line 3 never closed?');
   });
 
   it('never skips a bad header, and rejects a file without one', async () => {

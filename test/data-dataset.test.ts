@@ -4,6 +4,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { loadDataset, type LoadDatasetOptions } from '../src/data/dataset.js';
 import type { Encoder } from '../src/data/encoder.js';
 import { MissingColumnError, RaggedRowError } from '../src/data/errors.js';
+import { fitPrompts } from '../src/data/layout.js';
 import { evalBatches } from '../src/data/sampler.js';
 import { Rng } from '../src/base/rng.js';
 import { byteEncoder, bytesOf } from './fixtures/csv/byte-encoder.js';
@@ -124,6 +125,33 @@ describe('prompt/completion mode', () => {
   });
 });
 
+describe('fitting completion rows to a scoring window', () => {
+  it('cuts long prompts from the left after their bos, keeps every completion whole, and leaves out what cannot fit', async () => {
+    const rows = [
+      ['ab', 'cd', 't1'], // 6 tokens: fits 8 as is
+      ['abcdefgh', 'xy', 't2'], // 12 tokens: bos + "efgh" + "xy" + eos
+      ['a', 'uvwxyz', 't1'], // 9 tokens: the completion and eos leave room for the bos only
+    ];
+    const path = csv('p,c,task\n' + rows.map((r) => r.join(',')).join('\n') + '\n');
+    const { train } = await load(path, { promptColumn: 'p', completionColumn: 'c', taskColumn: 'task' });
+    const fit = fitPrompts(train, 8, BOS);
+    expect([fit.cut, fit.skipped]).toEqual([1, 1]);
+    const examples = Array.from({ length: fit.store.size }, (_, i) => Array.from(fit.store.example(i)));
+    expect(examples).toEqual([
+      [BOS, ...bytesOf('abcd'), EOS],
+      [BOS, ...bytesOf('efghxy'), EOS],
+    ]);
+    expect(Array.from(fit.store.promptLens)).toEqual([3, 5]);
+    expect(fit.store.taskNames).toEqual(['t1', 't2']);
+    expect(Array.from(fit.store.taskIds)).toEqual([0, 1]);
+    // Without a bos to keep, the cut keeps only the prompt's end, and the third row fits one prompt token.
+    const plain = fitPrompts(train, 8, null);
+    expect([plain.cut, plain.skipped]).toEqual([2, 0]);
+    expect(Array.from(plain.store.example(1))).toEqual([...bytesOf('defghxy'), EOS]);
+    expect(Array.from(plain.store.example(2))).toEqual([...bytesOf('auvwxyz'), EOS]);
+  });
+});
+
 describe('bad input', () => {
   it('names the missing column, the file and the columns there are', async () => {
     const path = csv('prompt,answer\na,b\n');
@@ -134,10 +162,11 @@ describe('bad input', () => {
   });
 
   it('stops at a bad row, or skips and reports it with skipBadRows', async () => {
-    const path = csv('text,id\nok,1\nragged\nfine,2\nalso,"x"y\n');
+    const path = csv('text,id\nok,1\nragged\nfine,2\nalso,"x\n"y\nlast,3\n');
     await expect(load(path)).rejects.toBeInstanceOf(RaggedRowError);
     const { stats } = await load(path, { skipBadRows: true });
-    expect(stats).toMatchObject({ rowsRead: 4, examples: 2, badRowsSkipped: 2 });
+    // The badly quoted row spans lines 5 and 6.
+    expect(stats).toMatchObject({ rowsRead: 5, examples: 3, badRowsSkipped: 2, badLinesSkipped: 3 });
     expect(stats.badRows).toEqual([
       { file: path, line: 3, reason: 'row has 1 fields, the header has 2' },
       { file: path, line: 5, reason: expect.stringContaining('malformed quoted field') },

@@ -29,7 +29,7 @@ export async function runGates(
   if (!o.gate) throw new Error('gates reports a trained gate: give --gate DIR with its --expert set');
   const m = openComposed(o);
   try {
-    const { dataset } = await loadLmData(m.base, { ...o, batchSize: 8, seed: 0 }, () => {});
+    const { dataset } = await loadLmData(m.base, { ...o, batchSize: 8, seed: 0, role: 'evaluation' }, () => {});
     const report = gateStatsOn(m.composition, dataset.train, dataset.taskNames, o.seqLen, Infinity);
     if (o.html) writeGatesPage(report, o.html);
     process.stdout.write(o.json ? JSON.stringify(report) + '\n' : gatesTable(report) + '\n');

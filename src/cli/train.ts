@@ -23,7 +23,7 @@ export function addDataFlags(c: Command): Command {
   return addColumnFlags(c)
     .option('--val-data <file.csv>', 'validation CSV with the same columns')
     .option('--val-split <fraction>', 'hold out this fraction of rows for validation, deterministic by seed', float(0, 0.9))
-    .option('--skip-bad-rows', 'skip and count ragged, badly quoted or non-UTF-8 rows instead of stopping')
+    .option('--skip-bad-rows', 'skip and count ragged, badly quoted or non-UTF-8 rows instead of stopping; still stops if they span more than 1% of the lines (10 in a small file)')
     .option('--cache-dir <dir>', 'cache the tokenized data here (reused when the CSV and tokenizer are unchanged)');
 }
 

@@ -18,7 +18,8 @@ import { writeFileAtomic, writeJsonAtomic } from '../base/atomic.js';
 import { TokenStore, type StoreMode } from './store.js';
 import type { ColumnSpec, ReadStats } from './tokenize.js';
 
-const FORMAT = 1;
+// 2: read stats count the lines of skipped bad rows and name empty rows; skips that lose too much are refused.
+const FORMAT = 2;
 
 export interface CacheKey {
   format: number;

@@ -12,6 +12,7 @@ import {
   QuoteError,
   RaggedRowError,
   RowTooLongError,
+  TooManyBadRowsError,
   Utf8Error,
   type BadRowError,
 } from './errors.js';
@@ -23,9 +24,14 @@ export interface CsvRow {
 }
 
 export interface CsvOptions {
-  /** Skip ragged, badly quoted, oversized and non-UTF-8 rows (reported to onBadRow) instead of throwing. */
+  /**
+   * Skip ragged, badly quoted, oversized and non-UTF-8 rows (reported to onBadRow) instead of
+   * throwing; but throw TooManyBadRowsError at the end if the skipped rows span more than
+   * maxSkippedLines(lines of the file).
+   */
   skipBadRows?: boolean;
-  onBadRow?: (err: BadRowError) => void;
+  /** `lines`: the physical lines the skipped row spans, all of them lost. */
+  onBadRow?: (err: BadRowError, lines: number) => void;
   /** Bytes of this file read so far. */
   onProgress?: (bytesRead: number) => void;
   /** Read size; also the usual batch size. */
@@ -44,14 +50,25 @@ export interface CsvTable {
   close(): Promise<void>;
 }
 
-type Parsed = CsvRow | { line: number; error: BadRowError };
+/** A record as framed: the line it starts on, the physical lines it spans, its fields or why it is bad. */
+type Parsed = { line: number; lines: number } & ({ fields: string[] } | { error: BadRowError });
 
 const DEFAULT_CHUNK = 1 << 20;
 const DEFAULT_MAX_ROW = 64 << 20;
 
+/**
+ * Most lines that skipped bad rows may span in a file of `lines` lines: 1 %, and at least 10 so
+ * that a small file can lose a few. More is a stray quote swallowing the file, or a file that is
+ * not this kind of CSV, and skipping it would train on a fraction of the data without saying so.
+ */
+export function maxSkippedLines(lines: number): number {
+  return Math.max(10, Math.floor(lines / 100));
+}
+
 /** Opens a CSV file and reads its header (the first non-blank row). */
 export async function openCsv(file: string, opts: CsvOptions = {}): Promise<CsvTable> {
-  const source = readRecords(file, opts);
+  const framer = new RecordFramer();
+  const source = readRecords(file, opts, framer);
   let header: CsvRow | undefined;
   while (header === undefined) {
     const next = await source.next();
@@ -64,17 +81,20 @@ export async function openCsv(file: string, opts: CsvOptions = {}): Promise<CsvT
     if (rec.fields.length > 0) header = rec;
   }
   const width = header.fields.length;
-  const bad = (err: BadRowError): void => {
+  const skipped = new SkipTally(file);
+  const bad = (err: BadRowError, rec: Parsed): void => {
     if (!opts.skipBadRows) throw err;
-    opts.onBadRow?.(err);
+    skipped.add(err, rec);
+    opts.onBadRow?.(err, rec.lines);
   };
   async function* rows(): AsyncGenerator<CsvRow> {
     for await (const rec of source) {
-      if ('error' in rec) bad(rec.error);
+      if ('error' in rec) bad(rec.error, rec);
       else if (rec.fields.length > 0 && rec.fields.length !== width) {
-        bad(new RaggedRowError(file, rec.line, rec.fields.length, width));
-      } else yield rec;
+        bad(new RaggedRowError(file, rec.line, rec.fields.length, width, rec.lines), rec);
+      } else yield { line: rec.line, fields: rec.fields };
     }
+    skipped.check(framer.lines);
   }
   const it = rows();
   return {
@@ -89,18 +109,45 @@ export async function openCsv(file: string, opts: CsvOptions = {}): Promise<CsvT
   };
 }
 
+/** The lines lost to skipped bad rows, and the bad row that lost most. */
+class SkipTally {
+  private lost = 0;
+  private worst: { err: BadRowError; line: number; lines: number } | null = null;
+
+  constructor(private readonly file: string) {}
+
+  /** `rec`: where the skipped row starts and how many lines it spans. */
+  add(err: BadRowError, rec: { line: number; lines: number }): void {
+    this.lost += rec.lines;
+    if (this.worst === null || rec.lines > this.worst.lines) this.worst = { err, line: rec.line, lines: rec.lines };
+  }
+
+  /** Throws when the skipped rows span more than the file of `total` lines may lose. */
+  check(total: number): void {
+    const allowed = maxSkippedLines(total);
+    if (this.lost <= allowed || this.worst === null) return;
+    const { err, line, lines } = this.worst;
+    const span = lines > 1 ? `lines ${line}–${line + lines - 1}` : `line ${line}`;
+    throw new TooManyBadRowsError(
+      this.file,
+      line,
+      `skipping bad rows would drop ${this.lost} of the file's ${total} lines, more than the ${allowed} allowed ` +
+        `(1% of the lines, at least 10); the largest bad row, ${span}: ${err.reason}`,
+    );
+  }
+}
+
 const BOM = [0xef, 0xbb, 0xbf];
 
-async function* readRecords(file: string, opts: CsvOptions): AsyncGenerator<Parsed> {
+async function* readRecords(file: string, opts: CsvOptions, framer: RecordFramer): AsyncGenerator<Parsed> {
   const maxRow = opts.maxRowBytes ?? DEFAULT_MAX_ROW;
-  const framer = new RecordFramer();
   const ends: number[] = [];
   const lines: number[] = [];
   // Bytes of the record still open at the end of the last chunk.
   let carry: Uint8Array[] = [];
   let carryBytes = 0;
-  // An oversized record was reported; drop its bytes until it ends.
-  let discarding = false;
+  // An oversized record being skipped: its bytes are dropped until it ends, then it is reported.
+  let discarding: RowTooLongError | null = null;
   let bytesRead = 0;
   const stream = createReadStream(file, { highWaterMark: opts.chunkBytes ?? DEFAULT_CHUNK });
   try {
@@ -112,12 +159,15 @@ async function* readRecords(file: string, opts: CsvOptions): AsyncGenerator<Pars
       ends.length = 0;
       lines.length = 0;
       framer.scan(chunk, ends, lines);
+      // The start of the record after the last one that ends here, so every record's span is known.
+      lines.push(framer.recordLine);
       // Where this chunk's kept records begin, as a byte offset and an index into ends/lines.
       let from = 0;
       let k0 = 0;
-      if (discarding) {
+      if (discarding !== null) {
         if (ends.length === 0) continue;
-        discarding = false;
+        yield { line: lines[0]!, lines: lines[1]! - lines[0]!, error: discarding };
+        discarding = null;
         from = ends[0]!;
         k0 = 1;
       }
@@ -125,12 +175,10 @@ async function* readRecords(file: string, opts: CsvOptions): AsyncGenerator<Pars
         carry.push(chunk.subarray(from));
         carryBytes += chunk.length - from;
         if (carryBytes > maxRow) {
-          const error = new RowTooLongError(file, framer.recordLine, maxRow, framer.inQuotes);
-          if (!opts.skipBadRows) throw error;
-          yield { line: framer.recordLine, error };
+          discarding = new RowTooLongError(file, framer.recordLine, maxRow, framer.inQuotes ? framer.quoteLine : null);
+          if (!opts.skipBadRows) throw discarding;
           carry = [];
           carryBytes = 0;
-          discarding = true;
         }
         continue;
       }
@@ -146,37 +194,52 @@ async function* readRecords(file: string, opts: CsvOptions): AsyncGenerator<Pars
   } finally {
     stream.destroy();
   }
-  if (carryBytes > 0 && !discarding) {
-    yield* parseBatch(file, Buffer.concat(carry), [carryBytes], [framer.recordLine]);
-  }
+  yield* lastRecord(file, framer, discarding, carryBytes > 0 ? Buffer.concat(carry) : null);
 }
 
-/** Parses whole records `batch[ends[k-1]..ends[k])`, which start on `lines[k]`. */
+/** The record the file ends inside: still being skipped, in an unclosed quote, or just without a line break. */
+async function* lastRecord(file: string, framer: RecordFramer, discarding: RowTooLongError | null, bytes: Uint8Array | null): AsyncGenerator<Parsed> {
+  const start = framer.recordLine;
+  const span = framer.lines + 1 - start;
+  if (discarding !== null) yield { line: start, lines: span, error: discarding };
+  else if (bytes === null) return;
+  else if (framer.inQuotes) {
+    // Not handed to fast-csv, whose message would quote the whole rest of the file.
+    const detail = `a quote opened on this line is never closed, so lines ${framer.quoteLine}–${framer.lines} (the end of the file) read as one field`;
+    yield { line: start, lines: span, error: new QuoteError(file, framer.quoteLine, detail) };
+  } else yield* parseBatch(file, bytes, [bytes.length], [start, start + span]);
+}
+
+/**
+ * Parses whole records `batch[ends[k-1]..ends[k])`, which start on `lines[k]`; `lines` has one
+ * more entry, the line the next record starts on.
+ */
 async function* parseBatch(file: string, batch: Uint8Array, ends: number[], lines: number[]): AsyncGenerator<Parsed> {
   const out: Parsed[] = [];
   const startOf = (k: number): number => (k === 0 ? 0 : ends[k - 1]!);
+  const at = (k: number): { line: number; lines: number } => ({ line: lines[k]!, lines: lines[k + 1]! - lines[k]! });
   const settle = async (lo: number, hi: number): Promise<void> => {
     const bytes = batch.subarray(startOf(lo), ends[hi - 1]);
     const text = decodeUtf8(bytes);
     if (text === null && hi - lo === 1) {
-      out.push({ line: lines[lo]!, error: new Utf8Error(file, invalidUtf8Line(bytes, lines[lo]!)) });
+      out.push({ ...at(lo), error: new Utf8Error(file, invalidUtf8Line(bytes, lines[lo]!)) });
       return;
     }
     if (text !== null) {
       try {
         const rows = await parseText(text);
         if (rows.length === hi - lo) {
-          rows.forEach((fields, k) => out.push({ line: lines[lo + k]!, fields }));
+          rows.forEach((fields, k) => out.push({ ...at(lo + k), fields }));
           return;
         }
         // fast-csv yields no row for a last record of only spaces.
         if (hi - lo === 1) {
-          out.push({ line: lines[lo]!, fields: [] });
+          out.push({ ...at(lo), fields: [] });
           return;
         }
       } catch (err) {
         if (hi - lo === 1) {
-          out.push({ line: lines[lo]!, error: new QuoteError(file, lines[lo]!, (err as Error).message) });
+          out.push({ ...at(lo), error: new QuoteError(file, lines[lo]!, (err as Error).message) });
           return;
         }
       }

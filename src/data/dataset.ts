@@ -5,10 +5,14 @@
 import { statSync } from 'node:fs';
 import { cacheKey, readCache, writeCache } from './cache.js';
 import type { Encoder } from './encoder.js';
+import { DataError } from './errors.js';
 import { layoutOf, truncation } from './layout.js';
 import { splitStore } from './split.js';
 import { TokenStore } from './store.js';
 import { tokenizeCsv, type ColumnSpec, type ReadStats } from './tokenize.js';
+
+/** What a data file is for, named in errors about it. */
+export type DataRole = 'training' | 'validation' | 'evaluation';
 
 export interface LoadDatasetOptions {
   path: string;
@@ -28,6 +32,8 @@ export interface LoadDatasetOptions {
   /** A separate validation CSV with the same columns (instead of valSplit). */
   valData?: string;
   seed: number;
+  /** What `path` is for, named in errors about it (valData is always validation data). Default training. */
+  role?: Exclude<DataRole, 'validation'>;
   /** Skip and count malformed rows instead of stopping at the first. */
   skipBadRows?: boolean;
   /** Where tokenized files are cached; no caching without it. */
@@ -46,8 +52,14 @@ export interface DatasetStats {
   valExamples: number;
   /** Blank lines and rows with an empty text (or completion). */
   emptySkipped: number;
+  /** Of those, the rows that are not blank lines. */
+  emptyRows: number;
+  /** The first few of their places. */
+  emptyLines: { file: string; line: number }[];
   /** Ragged, badly quoted, oversized or non-UTF-8 rows skipped under skipBadRows. */
   badRowsSkipped: number;
+  /** Physical lines those rows spanned. */
+  badLinesSkipped: number;
   /** The first few of those, for the report. */
   badRows: { file: string; line: number; reason: string }[];
   /** Completion mode: examples longer than seqLen + 1 tokens, cut from the right. */
@@ -88,7 +100,9 @@ export async function loadDataset(opts: LoadDatasetOptions): Promise<Dataset> {
   const loaded: { store: TokenStore; stats: ReadStats; hit: boolean }[] = [];
   let done = 0;
   for (const [i, file] of files.entries()) {
-    loaded.push(await loadFile(file, spec, opts, (n) => opts.onProgress?.(done + n, total)));
+    const one = await loadFile(file, spec, opts, (n) => opts.onProgress?.(done + n, total));
+    assertExamples(file, i === 0 ? (opts.role ?? 'training') : 'validation', spec, one.stats);
+    loaded.push(one);
     done += sizes[i]!;
     opts.onProgress?.(done, total);
   }
@@ -108,7 +122,10 @@ export async function loadDataset(opts: LoadDatasetOptions): Promise<Dataset> {
     trainExamples: train.size,
     valExamples: val?.size ?? 0,
     emptySkipped: sum((s) => s.emptySkipped),
+    emptyRows: sum((s) => s.emptyRows),
+    emptyLines: loaded.flatMap((l, i) => l.stats.emptyLines.map((line) => ({ file: files[i]!, line }))),
     badRowsSkipped: sum((s) => s.badRowsSkipped),
+    badLinesSkipped: sum((s) => s.badLinesSkipped),
     badRows: loaded.flatMap((l, i) => l.stats.badRows.map((b) => ({ file: files[i]!, ...b }))),
     truncated: cut.reduce((a, c) => a + c.truncated, 0),
     promptTooLong: cut.reduce((a, c) => a + c.promptTooLong, 0),
@@ -130,6 +147,19 @@ function columnSpec(opts: LoadDatasetOptions): ColumnSpec {
   if (prompt === undefined || completion === undefined) throw new Error('promptColumn and completionColumn go together');
   if (opts.textColumn !== undefined) throw new Error('give textColumn, or promptColumn with completionColumn, not both');
   return { mode: 'completion', prompt, completion, task };
+}
+
+/** A file with no example left is an error, not an empty run: say which file, what it was for and why. */
+function assertExamples(file: string, role: DataRole, spec: ColumnSpec, s: ReadStats): void {
+  if (s.examples > 0) return;
+  if (s.rowsRead === 0) throw new DataError(`the ${role} data has a header but no rows`, file, null);
+  const column = JSON.stringify(spec.mode === 'text' ? spec.text : spec.completion);
+  const blank = s.emptySkipped - s.emptyRows;
+  throw new DataError(
+    `the ${role} data has no usable rows: of its ${s.rowsRead}, ${blank} are blank, ${s.emptyRows} have an empty ${column} and ${s.badRowsSkipped} are bad`,
+    file,
+    null,
+  );
 }
 
 async function loadFile(

@@ -16,8 +16,10 @@ export class DataError extends Error {
 
 /** A row whose field count differs from the header's. */
 export class RaggedRowError extends DataError {
-  constructor(file: string, line: number, got: number, expected: number) {
-    super(`row has ${got} fields, the header has ${expected}`, file, line);
+  /** `lines`: the physical lines the row spans; a stray quote can make it hundreds. */
+  constructor(file: string, line: number, got: number, expected: number, lines = 1) {
+    const span = lines > 1 ? ` (the row spans lines ${line}–${line + lines - 1})` : '';
+    super(`row has ${got} fields, the header has ${expected}${span}`, file, line);
     this.name = 'RaggedRowError';
   }
 }
@@ -25,9 +27,17 @@ export class RaggedRowError extends DataError {
 /** A quoted field that never closes, or text after a closing quote. */
 export class QuoteError extends DataError {
   constructor(file: string, line: number, detail: string) {
-    super(`malformed quoted field: ${detail}`, file, line);
+    super(`malformed quoted field: ${excerpt(detail)}`, file, line);
     this.name = 'QuoteError';
   }
+}
+
+/** Longest parser detail kept in a message: the parser echoes the rest of the field, which can be the rest of the file. */
+const MAX_DETAIL = 120;
+
+function excerpt(detail: string): string {
+  if (detail.length <= MAX_DETAIL) return detail;
+  return `${detail.slice(0, MAX_DETAIL)}… (${detail.length - MAX_DETAIL} more characters)`;
 }
 
 /** Bytes that are not valid UTF-8. */
@@ -40,10 +50,19 @@ export class Utf8Error extends DataError {
 
 /** A record too long to hold in memory; almost always a quote that is never closed. */
 export class RowTooLongError extends DataError {
-  constructor(file: string, line: number, maxBytes: number, inQuotes: boolean) {
-    const hint = inQuotes ? ' (a quoted field that is never closed?)' : '';
+  /** `quoteLine`: where the quoted field still open at the limit began; null outside quotes. */
+  constructor(file: string, line: number, maxBytes: number, quoteLine: number | null) {
+    const hint = quoteLine === null ? '' : ` (is the quote opened on line ${quoteLine} never closed?)`;
     super(`row is longer than ${maxBytes} bytes${hint}`, file, line);
     this.name = 'RowTooLongError';
+  }
+}
+
+/** Skipped bad rows that hold too much of the file to be a few bad rows: a stray quote, or not this kind of CSV. */
+export class TooManyBadRowsError extends DataError {
+  constructor(file: string, line: number, reason: string) {
+    super(reason, file, line);
+    this.name = 'TooManyBadRowsError';
   }
 }
 

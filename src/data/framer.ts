@@ -24,7 +24,11 @@ const enum S {
 export class RecordFramer {
   /** Line on which the record being scanned starts. */
   recordLine = 1;
+  /** Line on which the quoted field being scanned opened (meaningful while inQuotes). */
+  quoteLine = 0;
   private line = 1;
+  /** The last byte scanned was a line break (true before any byte: an empty file has no lines). */
+  private endsInBreak = true;
   private state = S.FieldStart;
   /** The previous byte was a CR, so an LF now is the second half of CRLF. */
   private afterCR = false;
@@ -36,13 +40,18 @@ export class RecordFramer {
     return this.state === S.Quoted || this.state === S.QuoteInQuoted;
   }
 
+  /** Physical lines scanned so far, a last line without a line break included. */
+  get lines(): number {
+    return this.endsInBreak ? this.line - 1 : this.line;
+  }
+
   /**
    * Scans the next chunk of the file. For each record that ends in it, appends the offset just
    * past the record's terminator (relative to this chunk; 0 when a CR at the end of the
    * previous chunk ended it) and the line the record started on.
    */
   scan(chunk: Uint8Array, ends: number[], lines: number[]): void {
-    let { line, state, afterCR, endAtCR, recordLine } = this;
+    let { line, state, afterCR, endAtCR, recordLine, quoteLine } = this;
     for (let i = 0; i < chunk.length; i++) {
       const b = chunk[i]!;
       if (endAtCR) {
@@ -83,14 +92,18 @@ export class RecordFramer {
       } else if (b === CR) {
         state = S.FieldStart;
         endAtCR = true;
-      } else if (state === S.FieldStart && b === QUOTE) state = S.Quoted;
-      else if (!isSpace(b)) state = S.Unquoted;
+      } else if (state === S.FieldStart && b === QUOTE) {
+        state = S.Quoted;
+        quoteLine = line;
+      } else if (!isSpace(b)) state = S.Unquoted;
     }
     this.line = line;
     this.state = state;
     this.afterCR = afterCR;
     this.endAtCR = endAtCR;
     this.recordLine = recordLine;
+    this.quoteLine = quoteLine;
+    if (chunk.length > 0) this.endsInBreak = chunk[chunk.length - 1] === LF || chunk[chunk.length - 1] === CR;
   }
 }
 

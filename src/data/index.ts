@@ -1,7 +1,7 @@
 // The data pipeline's public API: CSV → token stores → batches.
-export { loadDataset, type Dataset, type DatasetStats, type LoadDatasetOptions } from './dataset.js';
+export { loadDataset, type DataRole, type Dataset, type DatasetStats, type LoadDatasetOptions } from './dataset.js';
 export { BatchSampler, evalBatches, type SamplerOptions, type SamplerState } from './sampler.js';
-export type { Batch } from './layout.js';
+export { fitPrompts, type Batch } from './layout.js';
 export { TokenStore, type StoreMode, type TokenArray } from './store.js';
 export type { Encoder } from './encoder.js';
 export { openCsv, type CsvOptions, type CsvRow, type CsvTable } from './csv.js';
@@ -11,6 +11,7 @@ export {
   QuoteError,
   RaggedRowError,
   RowTooLongError,
+  TooManyBadRowsError,
   Utf8Error,
   type BadRowError,
 } from './errors.js';

@@ -9,7 +9,7 @@
  *
  * Batches are as long as their longest sequence (at most seqLen) and padded on the right.
  */
-import type { TokenStore } from './store.js';
+import { TokenStoreBuilder, type TokenStore } from './store.js';
 
 /** ids[t] predicts targets[t]; all arrays are row-major [batch, seq]. */
 export interface Batch {
@@ -57,6 +57,33 @@ export function truncation(store: TokenStore, seqLen: number): { truncated: numb
     }
   }
   return { truncated, promptTooLong };
+}
+
+/**
+ * Completion examples fitted to `window` tokens for scoring. A longer one keeps its whole
+ * completion and the end of its prompt (the part next to the answer), after the prompt's bos
+ * when it starts with one: its prompt is cut from the left, where training cuts the completion
+ * from the right, because a score needs the whole reference. An example whose completion leaves
+ * no room for one prompt token cannot be scored and is left out.
+ */
+export function fitPrompts(store: TokenStore, window: number, bosId: number | null): { store: TokenStore; cut: number; skipped: number } {
+  const out = new TokenStoreBuilder('completion', store.padId);
+  let cut = 0;
+  let skipped = 0;
+  for (let i = 0; i < store.size; i++) {
+    const ex = store.example(i);
+    const p = store.promptLens[i]!;
+    const room = window - (ex.length - p);
+    const head = ex[0] === bosId ? 1 : 0;
+    const keep = (parts: ArrayLike<number>[], promptLen: number): void => out.add(parts, promptLen, store.taskIds[i]!, store.hashes[i]!);
+    if (p <= room) keep([ex], p);
+    else if (room <= head) skipped++;
+    else {
+      cut++;
+      keep([ex.subarray(0, head), ex.subarray(p - (room - head))], room);
+    }
+  }
+  return { store: out.finish(store.taskNames), cut, skipped };
 }
 
 /** A batch of the given sequences, padded to the longest. */

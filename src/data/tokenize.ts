@@ -21,7 +21,13 @@ export interface ReadStats {
   examples: number;
   /** Blank lines, and rows whose text (or completion) is empty or only whitespace. */
   emptySkipped: number;
+  /** Of those, the rows that are not blank lines: data with nothing to learn or score, worth naming. */
+  emptyRows: number;
+  /** The first few of their lines, for the report. */
+  emptyLines: number[];
   badRowsSkipped: number;
+  /** Physical lines those rows spanned: a row with a stray quote can swallow many. */
+  badLinesSkipped: number;
   /** The first few skipped bad rows, for the report. */
   badRows: { line: number; reason: string }[];
 }
@@ -31,7 +37,8 @@ export interface TokenizeOptions {
   onProgress?: (bytesRead: number) => void;
 }
 
-const BAD_ROW_SAMPLES = 10;
+/** Lines kept per kind of skipped row, for the report. */
+const SAMPLES = 10;
 
 export async function tokenizeCsv(
   file: string,
@@ -41,14 +48,15 @@ export async function tokenizeCsv(
 ): Promise<{ store: TokenStore; stats: ReadStats }> {
   const eos = encoder.eosId;
   if (eos === null) throw new Error('the tokenizer has no eos token, which training data needs to end each example');
-  const stats: ReadStats = { rowsRead: 0, examples: 0, emptySkipped: 0, badRowsSkipped: 0, badRows: [] };
+  const stats: ReadStats = { rowsRead: 0, examples: 0, emptySkipped: 0, emptyRows: 0, emptyLines: [], badRowsSkipped: 0, badLinesSkipped: 0, badRows: [] };
   const table = await openCsv(file, {
     skipBadRows: opts.skipBadRows,
     onProgress: opts.onProgress,
-    onBadRow: (err) => {
+    onBadRow: (err, lines) => {
       stats.rowsRead++;
       stats.badRowsSkipped++;
-      if (stats.badRows.length < BAD_ROW_SAMPLES) stats.badRows.push({ line: err.line!, reason: err.reason });
+      stats.badLinesSkipped += lines;
+      if (stats.badRows.length < SAMPLES) stats.badRows.push({ line: err.line!, reason: err.reason });
     },
   });
   try {
@@ -72,6 +80,10 @@ export async function tokenizeCsv(
       const f = row.fields;
       if (f.length === 0 || f[lossCol]!.trim() === '') {
         stats.emptySkipped++;
+        if (f.length > 0) {
+          stats.emptyRows++;
+          if (stats.emptyLines.length < SAMPLES) stats.emptyLines.push(row.line);
+        }
         continue;
       }
       let taskId = 0;

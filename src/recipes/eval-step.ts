@@ -5,7 +5,7 @@ import { MoleModel } from '../gating/session.js';
 import { gateStatsOn } from '../gating/train.js';
 import type { Sample, Summary } from '../report/summary.js';
 import { evaluate, type EvalReport } from '../train/evaluate.js';
-import { loadLmData } from '../train/lm.js';
+import { loadLmDataset } from '../train/lm.js';
 
 /** The settings an eval step can score; `adapters` and `masks` expand to one setting per expert. */
 export const EVAL_SETTINGS = ['base', 'adapters', 'static-equal', 'gate', 'masks'] as const;
@@ -54,8 +54,7 @@ export async function evalSettings(o: EvalStepOptions): Promise<Summary> {
   const plain = attachAdapters(base, o.adapters ?? [], o.log);
   try {
     for (const [name, dir] of experts) m.addExpert(name, dir);
-    const test = await loadLmData(base, { ...o, seqLen, batchSize, seed: 0 }, () => {});
-    const store = test.dataset.train;
+    const store = (await loadLmDataset(base, { ...o, seqLen, batchSize, seed: 0, role: 'evaluation' })).train;
     const settings: Record<string, EvalReport> = {};
     const score = (name: string): void => {
       const bar = byteProgress(`eval ${name}`, 'examples');

@@ -1,8 +1,8 @@
 import * as tf from '@tensorflow/tfjs';
 import { generate } from '../base/generate.js';
 import type { CausalLM } from '../base/model.js';
-import { evalBatches, type TokenStore } from '../data/index.js';
-import { loadLmData, toLmBatch } from './lm.js';
+import { evalBatches, fitPrompts, type TokenStore } from '../data/index.js';
+import { loadLmDataset, skippedNote, toLmBatch } from './lm.js';
 
 export interface TaskScore {
   /** Examples scored. */
@@ -18,10 +18,15 @@ export interface TaskScore {
 export interface EvalReport {
   tasks: Record<string, TaskScore>;
   overall: TaskScore;
+  /** Rows scored with their prompt cut from the left to fit (see evaluate). */
+  truncated: number;
+  /** Rows left out because their completion alone fills the window; not in any n. */
+  skipped: number;
 }
 
 export interface EvaluateOptions {
   batchSize: number;
+  /** Longest row scored (capped at the model's positions); longer ones are cut, see evaluate. */
   seqLen: number;
   /** Greedy-decode each completion and compare (completion-mode stores only). Default true. */
   exactMatch?: boolean;
@@ -29,20 +34,33 @@ export interface EvaluateOptions {
   useCache?: boolean;
   /** Called after each batch with examples done and the total (progress bars). */
   onProgress?: (done: number, total: number) => void;
+  /** Told, before scoring, of rows cut or left out to fit the window. */
+  log?: (msg: string) => void;
 }
 
 /**
  * Loss, perplexity and exact match of greedy completions, per task and overall. Loss runs the
  * batches in order; exact match decodes each prompt greedily for as many tokens as its reference
  * completion has and counts identical sequences (eos included).
+ *
+ * Rows are scored within min(seqLen, the model's positions) tokens. A longer completion row keeps
+ * its whole completion and the end of its prompt (fitPrompts), so loss and exact match score the
+ * same tokens; a row whose completion alone fills the window is counted in `skipped`. Text is
+ * cut into windows as in training.
  */
 export function evaluate(model: CausalLM, store: TokenStore, o: EvaluateOptions): EvalReport {
-  const T = store.taskNames.length || 1;
+  const window = Math.min(o.seqLen, model.config.maxPositions);
+  const fit = store.mode === 'completion' ? fitPrompts(store, window, model.tokenizer?.bosId ?? null) : { store, cut: 0, skipped: 0 };
+  const data = fit.store;
+  if (fit.cut > 0 || fit.skipped > 0) {
+    o.log?.(`eval: rows longer than ${window} tokens: ${fit.cut} scored with the prompt cut from the left, ${fit.skipped} left out (the completion alone fills them)`);
+  }
+  const T = data.taskNames.length || 1;
   const lossSum = new Float64Array(T);
   const tokenCount = new Float64Array(T);
   const examples = new Float64Array(T);
-  for (let i = 0; i < store.size; i++) examples[store.taskIds[i]!]++;
-  for (const b of evalBatches(store, o)) {
+  for (let i = 0; i < data.size; i++) examples[data.taskIds[i]!]++;
+  for (const b of evalBatches(data, { batchSize: o.batchSize, seqLen: window })) {
     const lb = toLmBatch(b);
     const perToken = tf.tidy(() => tokenLosses(model.forward(lb), lb.targets));
     const host = perToken.dataSync();
@@ -56,7 +74,7 @@ export function evaluate(model: CausalLM, store: TokenStore, o: EvaluateOptions)
       }
     }
   }
-  const exact = store.mode === 'completion' && (o.exactMatch ?? true) ? exactMatches(model, store, o) : null;
+  const exact = data.mode === 'completion' && (o.exactMatch ?? true) ? exactMatches(model, data, o) : null;
   const score = (tasks: number[]): TaskScore => {
     const sum = (xs: ArrayLike<number>): number => tasks.reduce((a, t) => a + xs[t]!, 0);
     const loss = sum(lossSum) / Math.max(sum(tokenCount), 1);
@@ -64,8 +82,8 @@ export function evaluate(model: CausalLM, store: TokenStore, o: EvaluateOptions)
     return { n, loss, perplexity: Math.exp(loss), exact_match: exact ? sum(exact) / Math.max(n, 1) : null };
   };
   const ids = Array.from({ length: T }, (_, t) => t);
-  const names = store.taskNames.length ? store.taskNames : ['all'];
-  return { tasks: Object.fromEntries(names.map((name, t) => [name, score([t])])), overall: score(ids) };
+  const names = data.taskNames.length ? data.taskNames : ['all'];
+  return { tasks: Object.fromEntries(names.map((name, t) => [name, score([t])])), overall: score(ids), truncated: fit.cut, skipped: fit.skipped };
 }
 
 /** Per-position next-token loss, logsumexp(z) − z[target], [N]. */
@@ -78,8 +96,8 @@ export function tokenLosses(logits: tf.Tensor2D, targets: Int32Array): tf.Tensor
 /** Exact-match counts per task, decoding prompts a batch at a time. */
 function exactMatches(model: CausalLM, store: TokenStore, o: EvaluateOptions): Float64Array {
   const hits = new Float64Array(store.taskNames.length || 1);
-  for (let start = 0; start < store.size; start += o.batchSize) {
-    const idx = Array.from({ length: Math.min(o.batchSize, store.size - start) }, (_, j) => start + j);
+  let done = 0;
+  for (const idx of decodeBatches(store, o.batchSize, model.config.maxPositions)) {
     const prompts = idx.map((i) => Array.from(store.example(i).subarray(0, store.promptLens[i]!)));
     const refs = idx.map((i) => Array.from(store.example(i).subarray(store.promptLens[i]!)));
     const maxNew = Math.max(...refs.map((r) => r.length));
@@ -88,12 +106,37 @@ function exactMatches(model: CausalLM, store: TokenStore, o: EvaluateOptions): F
       const got = tokens[j]!.slice(0, refs[j]!.length);
       if (got.length === refs[j]!.length && got.every((x, k) => x === refs[j]![k])) hits[store.taskIds[i]!]++;
     });
-    o.onProgress?.(start + idx.length, store.size);
+    done += idx.length;
+    o.onProgress?.(done, store.size);
   }
   return hits;
 }
 
-export interface EvaluateCsvOptions extends Omit<EvaluateOptions, 'onProgress'> {
+/**
+ * Consecutive examples, at most batchSize at a time, in batches that generate can decode: it
+ * pads every row to the longest prompt and decodes for the longest completion, so those two
+ * together must fit the model's positions even when each row alone does.
+ */
+function* decodeBatches(store: TokenStore, batchSize: number, positions: number): Generator<number[]> {
+  let batch: number[] = [];
+  let prompt = 0;
+  let completion = 0;
+  for (let i = 0; i < store.size; i++) {
+    const p = store.promptLens[i]!;
+    const c = store.length(i) - p;
+    if (batch.length === batchSize || (batch.length > 0 && Math.max(prompt, p) + Math.max(completion, c) > positions)) {
+      yield batch;
+      batch = [];
+      prompt = completion = 0;
+    }
+    batch.push(i);
+    prompt = Math.max(prompt, p);
+    completion = Math.max(completion, c);
+  }
+  if (batch.length > 0) yield batch;
+}
+
+export interface EvaluateCsvOptions extends Omit<EvaluateOptions, 'onProgress' | 'log'> {
   data: string;
   textColumn?: string;
   promptColumn?: string;
@@ -101,10 +144,18 @@ export interface EvaluateCsvOptions extends Omit<EvaluateOptions, 'onProgress'> 
   taskColumn?: string;
   skipBadRows?: boolean;
   onProgress?: EvaluateOptions['onProgress'];
+  /** Where the data summary and evaluate's notes go; stderr by default. */
+  log?: (msg: string) => void;
 }
 
-/** `molora eval`: every row of a CSV, tokenized with the model's tokenizer, scored per task. */
+/**
+ * `molora eval`: every row of a CSV, tokenized with the model's tokenizer, scored per task.
+ * Logs what was left out and why: blank rows, rows with an empty completion (no reference to
+ * score), bad rows under skipBadRows, and rows too long to score whole.
+ */
 export async function evaluateCsv(model: CausalLM, o: EvaluateCsvOptions): Promise<EvalReport> {
-  const { dataset } = await loadLmData(model, { ...o, seed: 0 }, () => {});
-  return evaluate(model, dataset.train, o);
+  const log = o.log ?? ((m: string) => process.stderr.write(`molora: ${m}\n`));
+  const { train: store, stats } = await loadLmDataset(model, { ...o, seed: 0, role: 'evaluation' });
+  log(`eval data: ${stats.rowsRead} rows, ${stats.examples} examples` + skippedNote(stats));
+  return evaluate(model, store, { ...o, log });
 }

@@ -6,7 +6,7 @@ import { lmLoss, type LmBatch } from '../base/loss.js';
 import { assertFitsHeap, estimateTrainingBytes } from '../base/memory.js';
 import type { CausalLM } from '../base/model.js';
 import { weightCount } from '../base/load.js';
-import { BatchSampler, evalBatches, loadDataset, type Batch, type Dataset } from '../data/index.js';
+import { BatchSampler, DataError, evalBatches, loadDataset, type Batch, type Dataset, type DatasetStats, type LoadDatasetOptions } from '../data/index.js';
 import type { Rng } from '../base/rng.js';
 import type { ScheduleKind } from './schedule.js';
 import { train, type Batches, type SignalSource, type TrainResult } from './trainer.js';
@@ -28,6 +28,8 @@ export interface LmDataOptions {
   /** Tokenized-data cache folder; none by default. */
   cacheDir?: string;
   onDataProgress?: (bytesRead: number, totalBytes: number) => void;
+  /** What `data` is for, named in errors about it (default training). */
+  role?: LoadDatasetOptions['role'];
 }
 
 /** The trainer flags shared by train-adapter, train-gate and train-moe. */
@@ -67,12 +69,13 @@ export interface LmData {
   sampler: BatchSampler;
 }
 
-/** Tokenize the CSV(s) with the model's tokenizer and report what was kept and dropped. */
-export async function loadLmData(model: CausalLM, o: LmDataOptions, log: (m: string) => void): Promise<LmData> {
+/** Tokenize the CSV(s) with the model's tokenizer. */
+export async function loadLmDataset(model: CausalLM, o: LmDataOptions): Promise<Dataset> {
   const tok = model.tokenizer;
   if (!tok) throw new Error(`${model.dir ?? 'the model'} has no tokenizer.json: training from CSV text needs one`);
-  const dataset = await loadDataset({
+  return loadDataset({
     path: o.data,
+    role: o.role,
     encoder: tok,
     tokenizerId: tokenizerFingerprint(model),
     textColumn: o.promptColumn ? undefined : (o.textColumn ?? 'text'),
@@ -87,15 +90,38 @@ export async function loadLmData(model: CausalLM, o: LmDataOptions, log: (m: str
     cacheDir: o.cacheDir,
     onProgress: o.onDataProgress,
   });
+}
+
+/** Tokenize the CSV(s), report what was kept and dropped, and draw batches of the training sequences. */
+export async function loadLmData(model: CausalLM, o: LmDataOptions, log: (m: string) => void): Promise<LmData> {
+  const dataset = await loadLmDataset(model, o);
   const s = dataset.stats;
   log(
     `data: ${s.rowsRead} rows, ${s.trainExamples} train / ${s.valExamples} val examples, ${s.tokens} tokens` +
-      (s.emptySkipped ? `, ${s.emptySkipped} empty skipped` : '') +
-      (s.badRowsSkipped ? `, ${s.badRowsSkipped} bad rows skipped` : '') +
+      skippedNote(s) +
       (s.truncated ? `, ${s.truncated} truncated at --seq-len ${o.seqLen}` : '') +
       (s.promptTooLong ? ` (${s.promptTooLong} with no room for a completion, left out)` : ''),
   );
+  if (s.trainSequences === 0) throw new DataError(noSequences(o, s), o.data, null);
   return { dataset, sampler: new BatchSampler(dataset.train, { batchSize: o.batchSize, seqLen: o.seqLen, seed: o.seed }) };
+}
+
+/** Why examples were read but none is a sequence to train on. */
+function noSequences(o: LmDataOptions, s: DatasetStats): string {
+  if (s.trainExamples === 0) return `--val-split ${o.valSplit} left none of its ${s.examples} examples for training`;
+  return `no ${o.role ?? 'training'} example fits --seq-len ${o.seqLen}: each prompt fills it, leaving no completion token`;
+}
+
+/** ", skipped: 1 blank, 2 with an empty completion (the first data.csv:5), 1 bad over 4 lines (the first data.csv:3: …)", or nothing. */
+export function skippedNote(s: DatasetStats): string {
+  const parts: string[] = [];
+  const blank = s.emptySkipped - s.emptyRows;
+  if (blank > 0) parts.push(`${blank} blank`);
+  const empty = s.emptyLines[0];
+  if (empty !== undefined) parts.push(`${s.emptyRows} with an empty ${s.mode === 'text' ? 'text' : 'completion'} (the first ${empty.file}:${empty.line})`);
+  const bad = s.badRows[0];
+  if (bad !== undefined) parts.push(`${s.badRowsSkipped} bad over ${s.badLinesSkipped} lines (the first ${bad.file}:${bad.line}: ${bad.reason})`);
+  return parts.length === 0 ? '' : `, skipped: ${parts.join(', ')}`;
 }
 
 /** The model-facing view of a data batch. */

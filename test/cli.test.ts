@@ -10,6 +10,7 @@ import { initBackend } from '../src/base/backend.js';
 import { loadBase } from '../src/base/load.js';
 import { Rng } from '../src/base/rng.js';
 import { MODEL_FIXTURES, readReference, tempDir, maxAbsDiff } from './helpers.js';
+import { randomExpert } from './mole-reference.js';
 
 // The CLI is tested as users run it: the built dist/ (npm test builds first).
 const CLI = join(import.meta.dirname, '..', 'dist', 'cli', 'main.js');
@@ -120,6 +121,39 @@ describe('molora CLI', () => {
     expect(maxAbsDiff(plain.logprobs[4], masked.logprobs[4])).toBeGreaterThan(1e-4);
     const bad = fail('forward', '--model', mixtral, '--ids', '1', '--mask-experts', '9');
     expect(bad.stderr).toMatch(/cannot mask expert 9; experts are 0\.\.3/);
+  });
+
+  it('refuses compositions that are the base alone or scale experts by nonsense; a mask renormalises shares', async () => {
+    await initBackend();
+    const llama = join(MODEL_FIXTURES, 'llama-gqa');
+    const model = loadBase(llama, { warn: () => {} });
+    for (const [name, seed] of [['a', 1], ['b', 2]] as const) {
+      const e = randomExpert(model, name, ['q_proj', 'v_proj'], seed);
+      saveAdapter(e, join(tmp.dir, `share-${name}`));
+      e.dispose();
+    }
+    model.dispose();
+    const experts = ['--expert', `a=${join(tmp.dir, 'share-a')}`, '--expert', `b=${join(tmp.dir, 'share-b')}`];
+    const forward = (...flags: string[]): string[] => ['forward', '--model', llama, '--ids', '3,1,4,1,5', '--json', ...flags];
+    const profiles = join(tmp.dir, 'profiles.json');
+    writeFileSync(profiles, JSON.stringify({ tasks: { none: { experts: { a: 'share-a', b: 'share-b' }, mask: ['a', 'b'] } } }));
+    const cases: [string[], RegExp][] = [
+      [[...experts, '--mask', 'a,b'], /mask: leaves none of the experts \[a, b\]; that is the base model alone/],
+      [[...experts, '--weights', 'a=0,b=0'], /every weight is 0/],
+      [[...experts, '--weights', 'a=-0.5,b=1.5'], /the weight of expert 'a' is -0\.5; weights are shares of the mix, ≥ 0/],
+      [[...experts, '--weights', 'a=1e30'], /the weights sum to 1e\+30 .*must sum to 1/],
+      [[...experts, '--weights', 'a=1', '--only', 'b'], /the experts kept \[b\] all have weight 0/],
+      [[...experts, '--weights', 'a=0.5,a=0.5'], /'a' is given twice/],
+      [['--profile', profiles, '--task', 'none'], /leaves none of the experts \[a, b\]/],
+    ];
+    for (const [flags, message] of cases) {
+      const r = fail(...forward(...flags));
+      expect(r.status, flags.join(' ')).toBe(1);
+      expect(r.stderr, flags.join(' ')).toMatch(message);
+    }
+    const only = JSON.parse(run(...forward(...experts, '--only', 'a')));
+    const masked = JSON.parse(run(...forward(...experts, '--weights', 'a=0.3,b=0.7', '--mask', 'b')));
+    expect(maxAbsDiff(masked.logprobs.flat(), only.logprobs.flat())).toBeLessThan(1e-6);
   });
 
   it('bad input fails with a clear message and a non-zero exit', () => {

@@ -156,6 +156,24 @@ describe('molora CLI', () => {
     expect(maxAbsDiff(masked.logprobs.flat(), only.logprobs.flat())).toBeLessThan(1e-6);
   });
 
+  it('a mistyped option is named with a suggestion; required options are marked; excess arguments are refused; --version', () => {
+    const llama = join(MODEL_FIXTURES, 'llama-gqa');
+    const typo = fail('forward', '--modle', llama, '--ids', '1');
+    expect(typo.status).toBe(1);
+    expect(typo.stderr).toMatch(/unknown option '--modle'\n\(Did you mean --model\?\)/);
+    expect(typo.stderr).not.toMatch(/required option/);
+    expect(fail('train-adapter', '--model', llama, '--out', join(tmp.dir, 'typo'), '--dtaa', 'x.csv').stderr).toMatch(/unknown option '--dtaa'\n\(Did you mean --data\?\)/);
+    expect(fail('forward', '--ids', '1').stderr).toMatch(/required option '--model <dir>' not specified/);
+    expect(fail('forward', 'extra', '--model', llama, '--ids', '1').stderr).toMatch(/too many arguments for 'forward'/);
+    const help = run('train-adapter', '--help').replace(/\s+/g, ' ');
+    // An option's help runs until the next option's flag.
+    const marked = (flag: string): boolean => new RegExp(`${flag} (?:(?! --[a-z]).)*\\(required\\)`).test(help);
+    for (const flag of ['--model <dir>', '--out <dir>', '--data <file.csv>']) expect(marked(flag), flag).toBe(true);
+    for (const flag of ['--name <name>', '--rank <r>']) expect(marked(flag), flag).toBe(false);
+    const { version } = JSON.parse(readFileSync(join(import.meta.dirname, '..', 'package.json'), 'utf8'));
+    expect(run('--version')).toBe(`${version}\n`);
+  });
+
   it('bad input fails with a clear message and a non-zero exit', () => {
     expect(fail('forward', '--model', join(MODEL_FIXTURES, 'llama-gqa'), '--ids', '1,x')).toMatchObject({ status: 1 });
     const r = fail('forward', '--model', join(MODEL_FIXTURES, 'llama-gqa'), '--ids', '1,500');

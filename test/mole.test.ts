@@ -134,9 +134,6 @@ describe('MoLE gate', () => {
     comp.mask(null);
     comp.setRows({ mask: [comp.maskRow(['code']), comp.maskRow(['math', 'code'])] });
     check((b) => (b === 0 ? [0, 1, 0] : [1, 1, 0]));
-    // A row with no expert left runs the base alone.
-    comp.setRows({ mask: [[0, 0, 0], [1, 1, 1]] });
-    check((b) => (b === 0 ? [0, 0, 0] : [1, 1, 1]));
   });
 
   it('with an expert masked, the output is the other experts under renormalised weights', () => {
@@ -156,9 +153,9 @@ describe('MoLE gate', () => {
     expect(maxAbsDiff(got, want)).toBeLessThan(1e-6);
   });
 
-  it('static weights equal the adapters attached with scaled deltas', () => {
+  it('static weights equal the adapters attached with scaled deltas; a mask renormalises them', () => {
     const { comp, experts } = compose();
-    const w = [0.5, -1.25, 2];
+    const w = [0.2, 0.3, 0.5];
     const scaledRun = (weights: number[]): Float32Array => {
       comp.detach();
       const scaled = experts.map((e, i) => new LoraAdapter(e.name, e.config, new Map([...e.layers].map(([m, l]) => [m, new LoraLayer(m, l.aT, l.bT, l.scale * weights[i]!, 0)]))));
@@ -172,12 +169,45 @@ describe('MoLE gate', () => {
     expect(maxAbsDiff(logits(model, BATCH), scaledRun([1, 1, 1]))).toBeLessThan(1e-5);
     comp.useWeights(w);
     expect(maxAbsDiff(logits(model, BATCH), scaledRun(w))).toBeLessThan(1e-5);
-    comp.useWeights({ law: 0.75 });
-    expect(maxAbsDiff(logits(model, BATCH), scaledRun([0, 0, 0.75]))).toBeLessThan(1e-5);
-    // Static weights are not renormalised by a mask: masked experts just drop out.
+    comp.useWeights({ law: 1 });
+    expect(maxAbsDiff(logits(model, BATCH), scaledRun([0, 0, 1]))).toBeLessThan(1e-5);
+    // Shares are renormalised over the experts a mask keeps, as gate weights are.
     comp.useWeights(w);
     comp.mask(['math', 'code']);
-    expect(maxAbsDiff(logits(model, BATCH), scaledRun([0.5, -1.25, 0]))).toBeLessThan(1e-5);
+    expect(maxAbsDiff(logits(model, BATCH), scaledRun([0.4, 0.6, 0]))).toBeLessThan(1e-5);
+    comp.mask(null);
+    // Under the plain sum a mask just drops experts: the rest stay at full strength.
+    comp.useWeights(null);
+    comp.mask(['math', 'law']);
+    expect(maxAbsDiff(logits(model, BATCH), scaledRun([1, 0, 1]))).toBeLessThan(1e-5);
+  });
+
+  it('refuses compositions that are the base alone or scale the experts by nonsense, and keeps its settings', () => {
+    const { comp } = compose();
+    comp.useWeights([0.2, 0.3, 0.5]);
+    comp.mask(['math', 'code']);
+    const before = logits(model, BATCH);
+    expect(() => comp.mask([])).toThrow(/mask: leaves none of the experts \[math, code, law\]; that is the base model alone/);
+    expect(() => comp.useWeights([0, 0, 0])).toThrow(/every weight is 0 \(math=0,code=0,law=0\)/);
+    expect(() => comp.useWeights([-0.5, 1, 0.5])).toThrow(/the weight of expert 'math' is -0\.5; weights are shares of the mix, ≥ 0/);
+    expect(() => comp.useWeights([NaN, 0.5, 0.5])).toThrow(/'math' is NaN, not a finite number/);
+    expect(() => comp.useWeights({ math: 1e30 })).toThrow(/the weights sum to 1e\+30 \(math=1e\+30\); .* must sum to 1/);
+    expect(() => comp.useWeights([1, 1, 1])).toThrow(/sum to 3 .*For every expert at full strength \(the plain sum\), give no weights/);
+    // Under the current mask (math, code) these shares leave nothing.
+    expect(() => comp.useWeights({ law: 1 })).toThrow(/the experts kept \[math, code\] all have weight 0/);
+    expect(() => comp.setRows({ mask: [[1, 1, 0], [0, 0, 1]] })).toThrow(/mask row 1 leaves none of the experts the global mask keeps/);
+    expect(() => comp.setRows({ weights: [[0.5, 0.5, 0], [0.5, 0.6, 0]] })).toThrow(/weights row 1: the weights sum to 1\.1/);
+    expect(() => comp.setRows({ weights: [[0.5, 0.5, 0], [0, 0, 1]] })).toThrow(/row 1\): the experts kept \[math, code\] all have weight 0/);
+    // Rounded shares pass, renormalised exactly.
+    comp.useWeights([0.33, 0.33, 0.33]);
+    comp.useWeights([0.2, 0.3, 0.5]);
+    // Every refusal left the settings as they were.
+    expect(maxAbsDiff(logits(model, BATCH), before)).toBe(0);
+    comp.mask(null);
+    comp.useWeights([0.5, 0.5, 0]);
+    expect(() => comp.only('law')).toThrow(/the experts kept \[law\] all have weight 0/);
+    comp.initGate({}, new Rng(9), SHARP);
+    expect(() => comp.setRows({ mask: [[0, 0, 0], [1, 1, 1]] })).toThrow(/mask row 0 leaves none of the experts; that row would be the base model alone/);
   });
 
   it.each<[string, Partial<GateOptions> | null]>([
@@ -187,7 +217,7 @@ describe('MoLE gate', () => {
   ])('mixed batch (%s): each row equals that row alone with its own experts', (_, options) => {
     const { comp } = compose();
     if (options) comp.initGate(options, new Rng(7), SHARP);
-    else comp.useWeights([0.5, 2, -1]);
+    else comp.useWeights([0.2, 0.3, 0.5]);
     const rows = [['code'], ['math', 'law']];
     comp.setRows({ mask: rows.map((r) => comp.maskRow(r)) });
     const mixed = logits(model, BATCH);
@@ -201,7 +231,7 @@ describe('MoLE gate', () => {
 
   it('static per-row weights equal each row run alone with those weights', () => {
     const { comp } = compose();
-    const rowWeights = [[1, 0, 0.5], [-0.5, 2, 1]];
+    const rowWeights = [[0.6, 0, 0.4], [0.1, 0.2, 0.7]];
     comp.setRows({ weights: rowWeights });
     const mixed = logits(model, BATCH);
     comp.setRows(null);

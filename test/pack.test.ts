@@ -44,11 +44,13 @@ describe('npm package', () => {
     expect(readFileSync(join(pkg, 'models', 'tiny-llama', 'model.safetensors'))).toEqual(readFileSync(join(ROOT, 'models', 'tiny-llama', 'model.safetensors')));
   });
 
-  it('`npx molora --help` runs from the empty folder and lists quickstart and run', () => {
+  it('`npx molora --help` runs from the empty folder and lists quickstart and run; --version is the package\'s', () => {
     const help = sh('npx', ['--no', '--', 'molora', '--help'], app);
     expect(help).toMatch(/^Usage: molora /);
     expect(help).toMatch(/\n\s+quickstart /);
     expect(help).toMatch(/\n\s+run /);
+    const { version } = JSON.parse(readFileSync(join(pkg, 'package.json'), 'utf8'));
+    expect(sh('npx', ['--no', '--', 'molora', '--version'], app)).toBe(`${version}\n`);
   });
 
   it('every installed recipe\'s inputs resolve inside the installed package (quickstart: models/tiny-llama)', () => {

@@ -7,8 +7,10 @@ import { logprobs } from '../src/base/scoring.js';
 import { MODEL_FIXTURES, maxAbsDiff, readReference } from './helpers.js';
 
 // Reference log-probs come from an independent float64 PyTorch implementation
-// (scripts/make_fixtures.py); REFERENCE.md §1 asks for agreement within 2e-3.
-const TOL = 2e-3;
+// (scripts/make_fixtures.py). float32 lands within about 1e-5 of it; 1e-4 still fails models that
+// are subtly wrong, such as exact-erf GELU for gpt2's gelu_new (8.8e-4 off) or rms_norm_eps 1e-6
+// for 1e-5 (5.2e-4 off), which the old 2e-3 let pass.
+const TOL = 1e-4;
 const MODELS = ['llama-gqa', 'mistral', 'qwen2', 'gpt2', 'gpt2-prefixed', 'llama-f16', 'llama-bf16', 'llama-sharded'];
 
 beforeAll(async () => {

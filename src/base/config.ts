@@ -210,22 +210,44 @@ function parseMoE(
   return null;
 }
 
+/** The config.json key each checked field is read from, so that errors name what the file says. */
+function configKeys(c: ModelConfig): Record<'vocabSize' | 'hidden' | 'layers' | 'heads' | 'kvHeads' | 'headDim' | 'ffn' | 'experts' | 'topK' | 'expertFfn', string> {
+  const gpt2 = c.arch === 'gpt2';
+  return {
+    vocabSize: 'vocab_size',
+    hidden: gpt2 ? 'n_embd' : 'hidden_size',
+    layers: gpt2 ? 'n_layer' : 'num_hidden_layers',
+    heads: gpt2 ? 'n_head' : 'num_attention_heads',
+    kvHeads: gpt2 ? 'n_head' : 'num_key_value_heads',
+    headDim: 'head_dim',
+    ffn: gpt2 ? 'n_inner' : 'intermediate_size',
+    experts: c.modelType === 'mixtral' ? 'num_local_experts' : 'num_experts',
+    topK: 'num_experts_per_tok',
+    expertFfn: c.modelType === 'qwen2_moe' ? 'moe_intermediate_size' : 'intermediate_size',
+  };
+}
+
 function validate(c: ModelConfig, source: string): void {
   const bad = (msg: string): never => {
     throw new ConfigError(`${source}: ${msg}`);
   };
-  for (const k of ['vocabSize', 'hidden', 'layers', 'heads', 'kvHeads', 'headDim', 'ffn'] as const) {
-    if (!Number.isInteger(c[k]) || c[k] <= 0) bad(`${k} must be a positive integer, got ${c[k]}`);
+  const key = configKeys(c);
+  // head_dim is hidden / heads unless the file sets it: then the fault is the division.
+  const derivedHeadDim = c.arch === 'gpt2' || c.raw.head_dim === undefined || c.raw.head_dim === null;
+  for (const k of ['vocabSize', 'hidden', 'layers', 'heads', 'kvHeads', 'ffn'] as const) {
+    if (!Number.isInteger(c[k]) || c[k] <= 0) bad(`${key[k]} must be a positive integer, got ${c[k]}`);
   }
+  if (derivedHeadDim && c.hidden % c.heads !== 0) bad(`${key.hidden} ${c.hidden} is not divisible by ${key.heads} ${c.heads}`);
+  if (!Number.isInteger(c.headDim) || c.headDim <= 0) bad(`head_dim must be a positive integer, got ${c.headDim}`);
   if (c.heads % c.kvHeads !== 0) bad(`num_attention_heads (${c.heads}) must be a multiple of num_key_value_heads (${c.kvHeads})`);
-  if (c.headDim % 2 !== 0 && c.arch === 'llama') bad(`head_dim (${c.headDim}) must be even for RoPE`);
+  if (c.headDim % 2 !== 0 && c.arch === 'llama') bad(`head_dim (${derivedHeadDim ? `${key.hidden} / ${key.heads} = ` : ''}${c.headDim}) must be even for RoPE`);
   if (c.clipQkv !== null && !(c.clipQkv > 0)) bad(`clip_qkv must be positive, got ${c.clipQkv}`);
   const m = c.moe;
   if (m && m.sparse.some((s) => s)) {
     for (const k of ['experts', 'topK', 'expertFfn'] as const) {
-      if (!Number.isInteger(m[k]) || m[k] <= 0) bad(`MoE ${k} must be a positive integer, got ${m[k]}`);
+      if (!Number.isInteger(m[k]) || m[k] <= 0) bad(`${key[k]} must be a positive integer, got ${m[k]}`);
     }
-    if (m.topK > m.experts) bad(`num_experts_per_tok (${m.topK}) exceeds the number of experts (${m.experts})`);
+    if (m.topK > m.experts) bad(`num_experts_per_tok (${m.topK}) exceeds ${key.experts} (${m.experts})`);
     if (!Number.isInteger(m.sharedFfn) || m.sharedFfn < 0) bad(`shared_expert_intermediate_size must be a non-negative integer, got ${m.sharedFfn}`);
     if (!(m.jitter >= 0 && m.jitter < 1)) bad(`router_jitter_noise must be in [0, 1), got ${m.jitter}`);
   }

@@ -129,7 +129,7 @@ export function benchGateStep(shape: ModelShape, o: { experts: number; rank: num
     adapters(model, o.experts, o.rank, o.targets, 5).forEach((a) => comp.addExpert(a.name, a));
     comp.initGate({}, new Rng(6));
     const gateMs = time(comp.params(), trainLoss);
-    comp.useWeights(comp.experts.map(() => 1));
+    comp.useWeights(null);
     const router = createRouter(comp.experts, shape.hidden, {}, new Rng(7));
     const labels = Int32Array.from(comp.experts, (_, i) => i);
     const labelsMs = time(router.params(), () => routerLoss(comp, router, batch, labels, 'labels'));

@@ -71,12 +71,13 @@ export function namedPaths(v: string, prev: [string, string][]): [string, string
 
 /** "a=0.5,b=1" → { a: 0.5, b: 1 }. */
 export function namedNumbers(v: string): Record<string, number> {
-  const out: Record<string, number> = {};
+  const out = new Map<string, number>();
   for (const part of nameList(v)) {
     const [name, w] = part.split('=');
     const n = Number(w);
     if (!name || w === undefined || !Number.isFinite(n)) throw new InvalidArgumentError(`expected NAME=WEIGHT pairs like a=0.5,b=0.5, got '${v}'`);
-    out[name] = n;
+    if (out.has(name)) throw new InvalidArgumentError(`'${name}' is given twice in '${v}'`);
+    out.set(name, n);
   }
-  return out;
+  return Object.fromEntries(out);
 }

@@ -26,9 +26,9 @@ export function addComposeFlags(c: Command): Command {
     .option('--adapter <dir>', 'PEFT LoRA (or MixLoRA) adapter folder, always on; repeat to sum several', collect, [])
     .option('--expert <name=dir>', 'a frozen LoRA expert for MoLE composition; repeat', namedPaths, [])
     .option('--gate <dir>', 'a trained gate folder (gate_config.json + gate.safetensors) over the --expert set')
-    .option('--weights <name=w,…>', 'static linear composition instead of a gate, e.g. a=0.5,b=0.5', namedNumbers)
-    .option('--mask <names>', 'drop these experts and renormalise the remaining gate weights', nameList)
-    .option('--only <name>', 'keep a single expert')
+    .option('--weights <name=w,…>', "static mix instead of a gate: each expert's share, ≥ 0 and summing to 1, e.g. a=0.5,b=0.5 (unnamed experts get 0). Without --gate or --weights every expert adds at full strength", namedNumbers)
+    .option('--mask <names>', 'drop these experts and renormalise the remaining gate weights or --weights shares; dropping every expert is an error', nameList)
+    .option('--only <name>', 'keep a single expert, at full strength')
     .option('--profile <file>', 'per-task profiles JSON: {"tasks": {"<task>": {"experts": {…}, "gate"?, "weights"?, "mask"?, "only"?}}}')
     .option('--task <name>', 'the profile to use (with --profile)')
     .option('--mask-experts <spec>', 'sparse MoE models: drop routed experts everywhere (3,5) or per layer (0:3,1:5); top-k renormalises over the rest');

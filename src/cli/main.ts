@@ -1,5 +1,6 @@
 #!/usr/bin/env node
-import { Command, Option } from 'commander';
+import { readFileSync } from 'node:fs';
+import { Command, Help, Option } from 'commander';
 import { BACKENDS, initBackend } from '../base/backend.js';
 import { runForward, runGenerate, runInitBase, runInspect, runMerge } from './commands.js';
 import { addDataFlags, addTrainerFlags, runTrainAdapter } from './train.js';
@@ -15,10 +16,48 @@ import { taskFamilies } from '../data/families.js';
 import { addModelShapeFlags, runBenchProbe, runBenchCompose, runBenchForward, runBenchGate, runBenchSwap, runBenchTrain } from './bench.js';
 import { choice, collect, float, idList, int, namedPaths, nameList, rangeList } from './args.js';
 
+/**
+ * Commander checks required options before unknown ones, so a typo (`--modle x`) was reported as
+ * a missing `--model` with no suggestion. Required options are therefore checked in preAction,
+ * after commander has refused unknown options (suggesting the closest flag) and excess arguments.
+ */
+const required = new Set<Option>();
+
+function deferRequiredOptions(root: Command): void {
+  for (const c of leaves(root)) {
+    for (const o of c.options.filter((o) => o.mandatory)) {
+      o.mandatory = false;
+      required.add(o);
+    }
+  }
+}
+
+function checkRequiredOptions(action: Command): void {
+  for (const o of action.options) {
+    if (required.has(o) && action.getOptionValue(o.attributeName()) === undefined) action.error(`error: required option '${o.flags}' not specified`);
+  }
+}
+
+/** --help marks required options, which commander does not. */
+function optionDescription(this: Help, o: Option): string {
+  const text = Help.prototype.optionDescription.call(this, o);
+  return required.has(o) || o.mandatory ? `${text} (required)` : text;
+}
+
+/** From package.json at run time: it sits two folders above dist/cli/main.js, in the repository and in the installed package. */
+function packageVersion(): string {
+  return (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
+}
+
+const leaves = (c: Command): Command[] => (c.commands.length ? c.commands.flatMap(leaves) : [c]);
+
 const program = new Command('molora')
   .description('Mixture-of-LoRA experts for Node: load Hugging Face transformers, train and compose LoRA adapters.')
+  .version(packageVersion())
+  .configureHelp({ optionDescription })
   .showHelpAfterError()
   .hook('preAction', async (_program, action) => {
+    checkRequiredOptions(action);
     // The report and the demo data are plain files: no tensors, no backend to start.
     if (!['report', 'demo-data'].includes(action.name())) await initBackend({ backend: action.opts().backend });
   });
@@ -231,7 +270,6 @@ bench
   .action(runBenchProbe);
 
 // Every command takes --backend, wherever it sits on the command line.
-const leaves = (c: Command): Command[] => (c.commands.length ? c.commands.flatMap(leaves) : [c]);
 for (const c of leaves(program)) {
   c.addOption(
     new Option('--backend <name>', 'tfjs backend (default: tensorflow if tfjs-node is installed, else wasm)')
@@ -239,6 +277,8 @@ for (const c of leaves(program)) {
       .env('MOLORA_BACKEND'),
   );
 }
+
+deferRequiredOptions(program);
 
 program.parseAsync().catch((err: unknown) => {
   process.stderr.write(`molora: error: ${err instanceof Error ? err.message : String(err)}\n`);

@@ -45,8 +45,9 @@ interface Expert {
 }
 
 /**
- * static: Σ wᵢ Eᵢ(x), weights by name (null: every expert at 1, absent names 0). gate: MoLE.
- * router: per-row weights that a prompt router chose before the pass (see routeInput).
+ * static: Σ wᵢ Eᵢ(x), shares by name summing to 1 (absent names 0), renormalised over the experts a
+ * mask keeps; null is the plain sum, every kept expert at 1. gate: MoLE. router: per-row weights
+ * that a prompt router chose before the pass (see routeInput).
  */
 type Mixing = { kind: 'static'; weights: Map<string, number> | null } | { kind: 'gate'; gates: MoleGates } | { kind: 'router'; router: PromptRouter };
 
@@ -236,26 +237,34 @@ export class MoleComposition {
   }
 
   /**
-   * Static mixing Σ wᵢ Eᵢ(x), no gate: weights in expert order, or by name (unnamed experts get 0).
-   * A gate or router in use is disposed.
+   * Static mixing Σ wᵢ Eᵢ(x), no gate: each expert's share of the mix, in expert order or by name
+   * (unnamed experts get 0). Shares are ≥ 0 and sum to 1 (see checkShares); null is the plain sum,
+   * every expert at full strength. A gate or router in use is disposed.
    */
-  useWeights(weights: number[] | Record<string, number>): void {
-    const named = Array.isArray(weights) ? null : Object.entries(weights);
-    if (Array.isArray(weights) && weights.length !== this.entries.length) {
-      throw new Error(`static weights: ${weights.length} given for ${this.entries.length} experts [${this.experts.join(', ')}]`);
+  useWeights(weights: number[] | Record<string, number> | null): void {
+    let shares: Map<string, number> | null = null;
+    if (weights) {
+      if (Array.isArray(weights) && weights.length !== this.entries.length) {
+        throw new Error(`static weights: ${weights.length} given for ${this.entries.length} experts [${this.experts.join(', ')}]`);
+      }
+      const pairs = Array.isArray(weights) ? this.experts.map((n, i) => [n, weights[i]!] as [string, number]) : Object.entries(weights);
+      for (const [n] of pairs) this.find(n);
+      checkShares(pairs, 'static weights');
+      shares = new Map(pairs);
     }
-    const pairs = named ?? this.experts.map((n, i) => [n, (weights as number[])[i]!] as [string, number]);
-    for (const [n, w] of pairs) {
-      this.find(n);
-      if (!Number.isFinite(w)) throw new Error(`static weight of expert '${n}' is not a finite number`);
-    }
-    this.setMixing({ kind: 'static', weights: new Map(pairs) });
+    this.validate(this.maskNames, this.rows, shares);
+    this.setMixing({ kind: 'static', weights: shares });
   }
 
-  /** Keep only these experts (gate weights renormalised over them); null keeps every expert. */
+  /**
+   * Keep only these experts (gate weights and static shares renormalised over them); null keeps
+   * every expert. Keeping none is refused: that is the base alone (detach() runs it).
+   */
   mask(names: string[] | null): void {
     if (names) for (const n of names) this.find(n);
-    this.maskNames = names ? new Set(names) : null;
+    const kept = names ? new Set(names) : null;
+    this.validate(kept, this.rows, this.staticShares());
+    this.maskNames = kept;
   }
 
   only(name: string): void {
@@ -275,9 +284,11 @@ export class MoleComposition {
         if (row.length !== N || row.some((m) => m !== 0 && m !== 1)) throw new Error(`row spec: mask row ${b} must hold ${N} entries of 0 or 1 (experts ${this.experts.join(', ')})`);
       });
       spec.weights?.forEach((row, b) => {
-        if (row.length !== N || !row.every(Number.isFinite)) throw new Error(`row spec: weights row ${b} must hold ${N} finite numbers`);
+        if (row.length !== N) throw new Error(`row spec: weights row ${b} must hold ${N} weights (experts ${this.experts.join(', ')})`);
+        checkShares(this.experts.map((n, i) => [n, row[i]!]), `row spec: weights row ${b}`);
       });
       if (spec.weights && this.mixing.kind !== 'static') throw new Error(`row spec: per-row weights are for static mixing; the ${this.mixing.kind} sets its own (use mask)`);
+      this.validate(this.maskNames, spec, this.staticShares());
     }
     this.rows = spec;
   }
@@ -381,7 +392,6 @@ export class MoleComposition {
     const gate = gates.gateFor(module)!;
     // With one mask for every row, excluded experts have weight 0 everywhere.
     const kept = pass.allowed?.length === 1 ? pass.allowed[0]! : null;
-    if (kept && !kept.includes(1)) return zeros();
     const observing = this.collecting || this.trace !== null;
     if (kept && kept.filter((m) => m === 1).length === 1 && !ctx.training && !observing) {
       // One expert left: G' = 1 exactly, so the gate need not run.
@@ -451,19 +461,12 @@ export class MoleComposition {
       return pass;
     }
     if (mixing.kind === 'static') {
-      const base = this.experts.map((n) => (mixing.weights ? (mixing.weights.get(n) ?? 0) : 1));
-      const rowWeights = rows?.weights;
-      if (!rowWeights && (!allowed || allowed.length === 1)) {
-        pass.weights = base.map((w, i) => (allowed && !allowed[0]![i] ? 0 : w));
-      } else {
-        pass.weights = base.map((w, i) =>
-          rowColumn(Array.from({ length: B }, (_, b) => (rowWeights ? rowWeights[b]![i]! : w) * (allowed ? allowed[allowed.length === 1 ? 0 : b]![i]! : 1)), T),
-        );
-      }
+      const w = this.staticRows(mixing.weights, allowed, rows?.weights);
+      pass.weights = w.length === 1 ? w[0]! : this.experts.map((_, i) => rowColumn(w.map((row) => row[i]!), T));
       return pass;
     }
     if (rows?.weights) throw new Error('composition: per-row weights are for static mixing; the gate sets its own (use mask)');
-    if (allowed && (allowed.length > 1 || allowed[0]!.includes(0)) && allowed.some((row) => row.includes(1))) {
+    if (allowed && (allowed.length > 1 || allowed[0]!.includes(0))) {
       const perSequence = mixing.gates.options.granularity === 'sequence';
       const units = allowed.length === 1 || perSequence ? allowed : allowed.flatMap((row) => Array<number[]>(T).fill(row));
       pass.selection = selection(units, perSequence ? B : B * T, N);
@@ -500,16 +503,52 @@ export class MoleComposition {
     });
   }
 
-  /** The global mask ANDed with the row masks, collapsed to one row when all rows agree. */
-  private allowedRows(): number[][] | null {
-    const names = this.maskNames;
-    const rowMask = this.rows?.mask;
+  /**
+   * The global mask ANDed with the row masks, collapsed to one row when all rows agree. A row
+   * that keeps no expert would silently run the base alone, so it is an error.
+   */
+  private allowedRows(names = this.maskNames, rowMask = this.rows?.mask): number[][] | null {
     if (!names && !rowMask) return null;
     const global = this.experts.map((n) => (!names || names.has(n) ? 1 : 0));
+    if (!global.includes(1)) throw new Error(`mask: leaves none of the experts [${this.experts.join(', ')}]; that is the base model alone, which needs no experts`);
     if (!rowMask) return [global];
     if (rowMask.some((row) => row.length !== global.length)) throw new Error(`composition: row masks must have ${global.length} columns (experts ${this.experts.join(', ')})`);
     const rows = rowMask.map((row) => row.map((m, i) => m * global[i]!));
+    rows.forEach((r, b) => {
+      if (!r.includes(1)) throw new Error(`row spec: mask row ${b} leaves none of the experts${names ? ' the global mask keeps' : ''}; that row would be the base model alone`);
+    });
     return rows.every((r) => r.join() === rows[0]!.join()) ? [rows[0]!] : rows;
+  }
+
+  /** The static shares in use; null under the plain sum, a gate or a router. */
+  private staticShares(): Map<string, number> | null {
+    return this.mixing.kind === 'static' ? this.mixing.weights : null;
+  }
+
+  /** Run the checks a pass would, on settings about to be made, so that the setter reports them. */
+  private validate(names: Set<string> | null, rows: RowSpec | null, shares: Map<string, number> | null): void {
+    const allowed = this.allowedRows(names, rows?.mask);
+    if (shares || rows?.weights) this.staticRows(shares, allowed, rows?.weights);
+  }
+
+  /**
+   * Static weights per row (one row when all rows agree): shares renormalised over the experts each
+   * row keeps, or under the plain sum (no shares) 1 for each kept expert.
+   */
+  private staticRows(shares: Map<string, number> | null, allowed: number[][] | null, rowShares: number[][] | undefined): number[][] {
+    const given = rowShares ?? [this.experts.map((n) => (shares ? (shares.get(n) ?? 0) : 1))];
+    const count = Math.max(given.length, allowed?.length ?? 1);
+    return Array.from({ length: count }, (_, b) => {
+      const mask = allowed?.[allowed.length === 1 ? 0 : b];
+      const kept = given[given.length === 1 ? 0 : b]!.map((w, i) => (mask ? w * mask[i]! : w));
+      if (!shares && !rowShares) return kept;
+      const total = kept.reduce((a, w) => a + w, 0);
+      if (total === 0) {
+        const names = this.experts.filter((_, i) => !mask || mask[i]);
+        throw new Error(`static weights${count > 1 ? ` (row ${b})` : ''}: the experts kept [${names.join(', ')}] all have weight 0; that is the base model alone`);
+      }
+      return kept.map((w) => w / total);
+    });
   }
 }
 
@@ -519,6 +558,28 @@ function rowColumn(rowWeights: number[], T: number): number | tf.Tensor2D {
   const col = new Float32Array(rowWeights.length * T);
   rowWeights.forEach((w, b) => col.fill(w, b * T, (b + 1) * T));
   return tf.tensor2d(col, [rowWeights.length * T, 1]);
+}
+
+/** Static shares must sum to 1 within this, so that typed decimals (0.33 × 3) pass; they are then renormalised exactly. */
+const SHARE_SUM_TOLERANCE = 0.01;
+
+/**
+ * Static weights are shares of the mix: finite, ≥ 0, summing to 1. A sum far from 1 scales every
+ * adapter (1e30 drowns the model, all zeros is the base alone), so it is refused rather than
+ * rescaled behind the user's back.
+ */
+function checkShares(pairs: [string, number][], what: string): void {
+  for (const [n, w] of pairs) {
+    if (typeof w !== 'number' || !Number.isFinite(w)) throw new Error(`${what}: the weight of expert '${n}' is ${String(w)}, not a finite number`);
+    if (w < 0) throw new Error(`${what}: the weight of expert '${n}' is ${w}; weights are shares of the mix, ≥ 0`);
+  }
+  const sum = pairs.reduce((a, [, w]) => a + w, 0);
+  const given = pairs.map(([n, w]) => `${n}=${w}`).join(',');
+  if (sum === 0) throw new Error(`${what}: every weight is 0 (${given}); that is the base model alone`);
+  // The 1e-12 keeps sums exactly 0.01 off inside: 0.33 × 3 is 1 − 0.010000000000000009 in floating point.
+  if (Math.abs(sum - 1) > SHARE_SUM_TOLERANCE + 1e-12) {
+    throw new Error(`${what}: the weights sum to ${sum} (${given}); they are each expert's share of the mix and must sum to 1, e.g. ${pairs.map(([n]) => `${n}=${+(1 / pairs.length).toFixed(3)}`).join(',')}. For every expert at full strength (the plain sum), give no weights`);
+  }
 }
 
 /** The name under which MoLE gates leave their routing cross-entropy in ForwardContext.aux. */

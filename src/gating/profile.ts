@@ -67,7 +67,9 @@ export function profileFor(p: Profiles, task: string): ProfileEntry {
 export function applyProfile(m: MoleModel, e: ProfileEntry): void {
   const c = m.composition;
   c.mask(null);
-  if (c.gate) c.useWeights(c.experts.map(() => 1));
+  // Back to the plain sum: a gate or router is over the old experts, and old shares by name
+  // would give the new experts weight 0.
+  c.useWeights(null);
   for (const name of c.experts) m.removeExpert(name);
   for (const [name, dir] of Object.entries(e.experts)) m.addExpert(name, dir);
   if (e.gate) m.useGate(e.gate);

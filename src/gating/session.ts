@@ -95,13 +95,16 @@ export class MoleModel {
     saveRouting(this.composition, dir);
   }
 
-  /** Mix with fixed weights instead of a gate. */
-  useWeights(weights: number[] | Record<string, number>): this {
+  /** Mix with fixed shares (≥ 0, summing to 1) instead of a gate; null: the plain sum, every expert at full strength. */
+  useWeights(weights: number[] | Record<string, number> | null): this {
     this.composition.useWeights(weights);
     return this;
   }
 
-  /** Drop these experts (as `--mask` does); the remaining gate weights renormalise. null clears the mask. */
+  /**
+   * Drop these experts (as `--mask` does); the remaining gate weights or static shares renormalise.
+   * Dropping all of them is refused. null clears the mask.
+   */
   mask(dropped: string[] | null): this {
     if (dropped) for (const n of dropped) this.composition.expert(n);
     this.composition.mask(dropped ? this.experts.filter((n) => !dropped.includes(n)) : null);

@@ -1,7 +1,7 @@
 import type * as tf from '@tensorflow/tfjs';
 import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { writeFileAtomic, writeJsonAtomic } from '../base/atomic.js';
+import { diskError, writeFileAtomic, writeJsonAtomic } from '../base/atomic.js';
 import type { RngState } from '../base/rng.js';
 import { openSafetensors, writeSafetensors, type TensorToWrite } from '../base/safetensors.js';
 import type { AdamW, AdamWState } from './optimizer.js';
@@ -96,7 +96,7 @@ export function saveCheckpoint(outDir: string, c: CheckpointContents): string {
     }
   } catch (e) {
     rmSync(tmp, { recursive: true, force: true });
-    throw e;
+    throw diskError(e, final, 'write the checkpoint');
   }
   writeFileAtomic(join(outDir, LATEST_FILE), name + '\n');
   return final;

@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { initBackend } from '../src/base/backend.js';
 import { Rng, type RngState } from '../src/base/rng.js';
+import { LOCK_FILE } from '../src/base/lock.js';
 import { LATEST_FILE, PARAMS_FILE, STATE_FILE } from '../src/train/checkpoint.js';
 import { readMetrics } from '../src/train/metrics.js';
 import { TrainError, sigint, train, type Batches, type SignalSource, type TrainSpec } from '../src/train/trainer.js';
@@ -316,4 +317,22 @@ describe('trainer', () => {
     remove();
     expect(process.listenerCount('SIGINT')).toBe(n);
   });
+
+
+
+  it('holds the output folder locked while it runs, and lets go however the run ends', async () => {
+    const dir = tmp();
+    const seen: unknown[] = [];
+    const s = spec(dir, { steps: 2, afterStep: () => seen.push(JSON.parse(readFileSync(join(dir, LOCK_FILE), 'utf8')).pid) });
+    await train(s);
+    expect(seen).toEqual([process.pid, process.pid]);
+    expect(existsSync(join(dir, LOCK_FILE))).toBe(false);
+    const failing = spec(tmp(), { steps: 2 });
+    failing.loss = () => {
+      throw new Error('boom');
+    };
+    await expect(train(failing)).rejects.toThrow('boom');
+    expect(existsSync(join(failing.outDir, LOCK_FILE))).toBe(false);
+  });
+
 });

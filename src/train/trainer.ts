@@ -1,7 +1,9 @@
 import * as tf from '@tensorflow/tfjs';
-import { existsSync, mkdirSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
+import { holding, type FolderLock } from '../base/lock.js';
 import { globalNorm } from '../base/ops.js';
+import { claimOutput, refuseArtifact, type Input } from '../base/output.js';
 import { Rng } from '../base/rng.js';
 import {
   CheckpointError,
@@ -76,6 +78,8 @@ export interface TrainSpec<B> {
   outDir: string;
   /** A run folder (its latest checkpoint) or a checkpoint folder to continue from. */
   resume?: string;
+  /** Start a fresh run in a folder that holds a model, adapter or gate (but no run). */
+  overwrite?: boolean;
   progress?: ProgressMode;
   /** Where messages go (interruption, warnings, eval results); stderr by default. */
   log?: (msg: string) => void;
@@ -119,6 +123,34 @@ export const sigint: SignalSource = (onInterrupt) => {
   return () => process.off('SIGINT', handler);
 };
 
+export interface RunFolder {
+  out: string;
+  resume?: string;
+  overwrite?: boolean;
+  log?: (m: string) => void;
+}
+
+/**
+ * Lock a training run's output folder and check it, before any work (before the data is read):
+ * it must be none of the inputs; a fresh run needs a folder without a run in it, and overwrite to
+ * replace a model, adapter or gate there.
+ */
+export function claimRunFolder(o: RunFolder, inputs: Input[] = []): FolderLock {
+  const lock = claimOutput({ out: o.out, inputs, log: o.log }, (out) => {
+    if (o.resume) return;
+    if (existsSync(join(out, LATEST_FILE))) {
+      throw new Error(`${out} already holds a run (it has a '${LATEST_FILE}' checkpoint pointer): resume it, or choose an empty output folder`);
+    }
+    if (!o.overwrite) refuseArtifact(out);
+  });
+  return lock;
+}
+
+/** `work` with the run folder claimed (claimRunFolder), released however it ends; a refusal rejects. */
+export async function inRunFolder<T>(o: RunFolder, inputs: Input[], work: () => Promise<T>): Promise<T> {
+  return holding(claimRunFolder(o, inputs), work);
+}
+
 /**
  * The training loop. One step: k micro-batches of forward/backward, one host read of
  * [loss, grad norm], a NaN/Inf check, clipping folded into the AdamW update, then logging, eval
@@ -146,11 +178,8 @@ export async function train<B>(spec: TrainSpec<B>): Promise<TrainResult> {
   if (!(clip >= 0)) throw new Error(`clip must be >= 0, got ${clip}`);
   if (params.size === 0) throw new Error('nothing to train: params is empty');
   for (const [name, v] of params) if (!v.trainable) throw new Error(`parameter '${name}' is a non-trainable variable`);
-  mkdirSync(outDir, { recursive: true });
-  if (!spec.resume && existsSync(join(outDir, LATEST_FILE))) {
-    throw new Error(`${outDir} already holds a run (it has a '${LATEST_FILE}' checkpoint pointer): resume it, or choose an empty output folder`);
-  }
-
+  // Callers that read data first claimed the folder before reading it; then this only counts.
+  const lock = claimRunFolder({ ...spec, out: outDir });
   const progressMode = spec.progress ?? 'auto';
   let progress: Progress | null = null;
   const say = spec.log ?? ((m: string) => (progress ? progress.log(m) : process.stderr.write(m + '\n')));
@@ -267,6 +296,7 @@ export async function train<B>(spec: TrainSpec<B>): Promise<TrainResult> {
     removeHandler();
     progress?.stop();
     optimizer.dispose();
+    lock.release();
   }
 }
 

@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs';
-import { existsSync, mkdtempSync, readdirSync, readFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
@@ -8,7 +8,7 @@ import { Rng, type RngState } from '../src/base/rng.js';
 import { LOCK_FILE } from '../src/base/lock.js';
 import { LATEST_FILE, PARAMS_FILE, STATE_FILE } from '../src/train/checkpoint.js';
 import { readMetrics } from '../src/train/metrics.js';
-import { TrainError, sigint, train, type Batches, type SignalSource, type TrainSpec } from '../src/train/trainer.js';
+import { TrainError, interrupts, train, type Batches, type SignalSource, type TrainSpec } from '../src/train/trainer.js';
 
 beforeAll(async () => {
   await initBackend();
@@ -306,16 +306,18 @@ describe('trainer', () => {
     await expect(train(spec(tmp(), { resume: join(dir, 'missing') }))).rejects.toThrow(/missing: not found/);
   });
 
-  it('the default SIGINT source asks once, then steps aside so a second Ctrl-C exits', () => {
-    const n = process.listenerCount('SIGINT');
-    let asked = 0;
-    const remove = sigint(() => asked++);
-    expect(process.listenerCount('SIGINT')).toBe(n + 1);
-    process.emit('SIGINT');
-    expect(asked).toBe(1);
-    expect(process.listenerCount('SIGINT')).toBe(n);
-    remove();
-    expect(process.listenerCount('SIGINT')).toBe(n);
+  it('the default interrupt source takes SIGINT and SIGTERM, asks once, then steps aside so a second signal exits', () => {
+    for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+      const n = [process.listenerCount('SIGINT'), process.listenerCount('SIGTERM')];
+      const asked: (string | undefined)[] = [];
+      const remove = interrupts((s) => asked.push(s));
+      expect([process.listenerCount('SIGINT'), process.listenerCount('SIGTERM')]).toEqual([n[0]! + 1, n[1]! + 1]);
+      process.emit(signal);
+      expect(asked).toEqual([signal]);
+      expect([process.listenerCount('SIGINT'), process.listenerCount('SIGTERM')]).toEqual(n);
+      remove();
+      expect([process.listenerCount('SIGINT'), process.listenerCount('SIGTERM')]).toEqual(n);
+    }
   });
 
 
@@ -335,4 +337,15 @@ describe('trainer', () => {
     expect(existsSync(join(failing.outDir, LOCK_FILE))).toBe(false);
   });
 
+  it('a run starting or resuming in a folder removes the temps a killed run left there', async () => {
+    const dir = tmp();
+    mkdirSync(join(dir, '.checkpoint-4.99999.tmp'));
+    writeFileSync(join(dir, '.checkpoint-4.99999.tmp', PARAMS_FILE), 'half');
+    writeFileSync(join(dir, '.adapter_model.safetensors.99999.1700000000000.tmp'), 'half');
+    writeFileSync(join(dir, 'notes.tmp'), 'the user\'s');
+    await train(spec(dir, { steps: 3, saveEvery: 0, evalEvery: 0 }));
+    mkdirSync(join(dir, '.checkpoint-5.99999.tmp'));
+    await train(spec(dir, { steps: 4, resume: dir, saveEvery: 0, evalEvery: 0 }));
+    expect(readdirSync(dir).sort()).toEqual(['checkpoint-3', 'checkpoint-4', LATEST_FILE, 'metrics.jsonl', 'notes.tmp']);
+  });
 });

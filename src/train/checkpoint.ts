@@ -1,5 +1,5 @@
 import type * as tf from '@tensorflow/tfjs';
-import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, statSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { diskError, writeFileAtomic, writeJsonAtomic } from '../base/atomic.js';
 import type { RngState } from '../base/rng.js';
@@ -100,6 +100,17 @@ export function saveCheckpoint(outDir: string, c: CheckpointContents): string {
   }
   writeFileAtomic(join(outDir, LATEST_FILE), name + '\n');
   return final;
+}
+
+/**
+ * Temp folders and files a killed run left in its folder: checkpoints being assembled
+ * (`.checkpoint-<step>.<pid>.tmp`) and writeFileAtomic's `.<file>.<pid>.<ms>.tmp`. Only safe to
+ * call holding the folder's lock: then no other writer's temp can be there.
+ */
+const STALE_TEMP = /^\.(checkpoint-\d+|.+\.\d+)\.\d+\.tmp$/;
+
+export function removeStaleTemps(outDir: string): void {
+  for (const f of readdirSync(outDir)) if (STALE_TEMP.test(f)) rmSync(join(outDir, f), { recursive: true, force: true });
 }
 
 function hostTensors(vars: Map<string, tf.Variable>, what: string): Record<string, TensorToWrite> {

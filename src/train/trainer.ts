@@ -9,6 +9,7 @@ import {
   CheckpointError,
   LATEST_FILE,
   loadCheckpoint,
+  removeStaleTemps,
   resolveCheckpoint,
   saveCheckpoint,
   type BestMetric,
@@ -33,8 +34,8 @@ export interface Batches<B> {
   epoch?(): number;
 }
 
-/** Installs an interrupt handler and returns its remover. */
-export type SignalSource = (onInterrupt: () => void) => () => void;
+/** Installs an interrupt handler and returns its remover; the handler gets the signal's name when there is one. */
+export type SignalSource = (onInterrupt: (signal?: string) => void) => () => void;
 
 export interface TrainSpec<B> {
   /** Exactly these train and carry optimizer state. */
@@ -83,7 +84,7 @@ export interface TrainSpec<B> {
   progress?: ProgressMode;
   /** Where messages go (interruption, warnings, eval results); stderr by default. */
   log?: (msg: string) => void;
-  /** Interrupt source; SIGINT by default. */
+  /** Interrupt source; SIGINT and SIGTERM by default. */
   signals?: SignalSource;
 }
 
@@ -111,16 +112,23 @@ export class TrainError extends Error {
 }
 
 /**
- * SIGINT: the first asks the loop to stop after the current step; a second, with the handler
- * removed, gets Node's default (exit).
+ * SIGINT (Ctrl-C) and SIGTERM (kill, a job scheduler's stop): the first asks the loop to stop
+ * after the current step and checkpoint; a second, with the handlers removed, gets Node's
+ * default (exit).
  */
-export const sigint: SignalSource = (onInterrupt) => {
-  const handler = (): void => {
-    process.off('SIGINT', handler);
-    onInterrupt();
+export const interrupts: SignalSource = (onInterrupt) => {
+  const handlers = (['SIGINT', 'SIGTERM'] as const).map((signal) => {
+    const handler = (): void => {
+      remove();
+      onInterrupt(signal);
+    };
+    return [signal, handler] as const;
+  });
+  const remove = (): void => {
+    for (const [signal, handler] of handlers) process.off(signal, handler);
   };
-  process.on('SIGINT', handler);
-  return () => process.off('SIGINT', handler);
+  for (const [signal, handler] of handlers) process.on(signal, handler);
+  return remove;
 };
 
 export interface RunFolder {
@@ -133,7 +141,7 @@ export interface RunFolder {
 /**
  * Lock a training run's output folder and check it, before any work (before the data is read):
  * it must be none of the inputs; a fresh run needs a folder without a run in it, and overwrite to
- * replace a model, adapter or gate there.
+ * replace a model, adapter or gate there. Temp files a killed run left go.
  */
 export function claimRunFolder(o: RunFolder, inputs: Input[] = []): FolderLock {
   const lock = claimOutput({ out: o.out, inputs, log: o.log }, (out) => {
@@ -143,6 +151,7 @@ export function claimRunFolder(o: RunFolder, inputs: Input[] = []): FolderLock {
     }
     if (!o.overwrite) refuseArtifact(out);
   });
+  removeStaleTemps(o.out);
   return lock;
 }
 
@@ -209,9 +218,9 @@ export async function train<B>(spec: TrainSpec<B>): Promise<TrainResult> {
     const metrics = new MetricsLog(outDir, spec.resume ? step : null);
     progress = new Progress({ total: spec.steps, start: step, mode: progressMode });
     let interrupted = false;
-    removeHandler = (spec.signals ?? sigint)(() => {
+    removeHandler = (spec.signals ?? interrupts)((signal) => {
       interrupted = true;
-      say('interrupt: finishing this step, then writing a checkpoint (interrupt again to quit at once)');
+      say(`${signal ?? 'interrupt'}: finishing this step, then writing a checkpoint (interrupt again to quit at once)`);
     });
 
     let last: Record<string, unknown> | null = null;

@@ -144,6 +144,13 @@ describe('train-adapter', () => {
     b.forEach((m, i) => expect(Math.abs((m.loss as number) - (a[i]!.loss as number))).toBeLessThan(1e-6));
   }, 180_000);
 
+  it('a diverged run (lr 1e30: the loss sticks, the gradient is 0, the weights near 1e30) stops, and writes no adapter', async () => {
+    const out = join(tmp.dir, 'diverged');
+    const err = await trainAdapter({ ...common, lr: 1e30, out, steps: 5, seed: 0 }).catch((e: unknown) => e);
+    expect((err as Error).message).toMatch(/^step 2: a parameter reached \d\.\d\de\+(29|30) in magnitude \(more than 1000000\): the run diverged; stopped before updating\./);
+    expect(readdirSync(out).filter((f) => f.startsWith('adapter_'))).toEqual([]);
+  });
+
   it('a bad CSV fails with its named error and leaves no adapter behind', () => {
     const bad = join(tmp.dir, 'bad.csv');
     writeFileSync(bad, 'question,answer\nhi,there\n');

@@ -8,7 +8,7 @@ import { Rng, type RngState } from '../src/base/rng.js';
 import { LOCK_FILE } from '../src/base/lock.js';
 import { LATEST_FILE, PARAMS_FILE, STATE_FILE } from '../src/train/checkpoint.js';
 import { readMetrics } from '../src/train/metrics.js';
-import { TrainError, interrupts, train, type Batches, type SignalSource, type TrainSpec } from '../src/train/trainer.js';
+import { DEAD_STEPS, TrainError, interrupts, train, type Batches, type SignalSource, type TrainSpec } from '../src/train/trainer.js';
 
 beforeAll(async () => {
   await initBackend();
@@ -320,7 +320,32 @@ describe('trainer', () => {
     }
   });
 
+  it('stops a diverged run (lr 1e8): exploded parameters are neither stepped on nor checkpointed', async () => {
+    // Adam moves each weight by about lr at once; loss and gradients stay finite, so only the
+    // parameters' magnitude shows the run is wrecked.
+    const dir = tmp();
+    const err = await train(spec(dir, { lr: 1e8, saveEvery: 0, evalEvery: 0 })).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(TrainError);
+    expect((err as TrainError).message).toMatch(/^step 2: a parameter reached \d\.\d\de\+7 in magnitude \(more than 1000000\): the run diverged; stopped before updating\. No checkpoint had been written yet\.$/);
+    expect(trainLosses(dir)).toHaveLength(1);
+    const saving = tmp();
+    const err1 = await train(spec(saving, { lr: 1e8, saveEvery: 1, evalEvery: 0 })).catch((e: unknown) => e);
+    expect((err1 as TrainError).message).toMatch(/^step 1: not saving a checkpoint, parameter '\w+' holds -?\d{7,}\S* at index \d+; the run diverged\. No checkpoint had been written yet\.$/);
+    expect(readdirSync(saving).filter((f) => f.startsWith('checkpoint-'))).toEqual([]);
+  });
 
+  it(`stops a dead run, whose gradient is exactly 0 for ${DEAD_STEPS} updates in a row, keeping the last checkpoint`, async () => {
+    const dir = tmp();
+    const s = spec(dir, { steps: DEAD_STEPS + 10, saveEvery: 5, evalEvery: 0 });
+    const loss = s.loss;
+    s.loss = (b, training, rng) => loss(b, training, rng).mul(0);
+    const err = await train(s).catch((e: unknown) => e);
+    expect((err as TrainError).message).toBe(
+      `step ${DEAD_STEPS}: the gradient has been exactly 0 for ${DEAD_STEPS} updates in a row: the run is dead (saturated) and learns nothing; stopped before updating. ` +
+        `The last good checkpoint, ${join(dir, 'checkpoint-15')}, was kept; resume from it (perhaps with a lower lr or clipping).`,
+    );
+    expect(readFileSync(join(dir, LATEST_FILE), 'utf8').trim()).toBe('checkpoint-15');
+  });
 
   it('holds the output folder locked while it runs, and lets go however the run ends', async () => {
     const dir = tmp();

@@ -22,6 +22,11 @@ export const BUFFERS_FILE = 'buffers.safetensors';
 export const OPTIMIZER_FILE = 'optimizer.safetensors';
 export const STATE_FILE = 'state.json';
 export const LATEST_FILE = 'latest';
+/**
+ * The largest parameter magnitude a checkpoint takes. Trained weights sit many orders below it (and
+ * F16 exports overflow at 65504); a run past it has diverged, though every value is still finite.
+ */
+export const MAX_PARAM = 1e6;
 const FORMAT = 'molora-train-checkpoint';
 const VERSION = 1;
 
@@ -62,12 +67,12 @@ export function checkpointName(step: number): string {
 
 /**
  * Write `<outDir>/checkpoint-<step>` and point `latest` at it; returns its path. Refuses (and
- * writes nothing) when a parameter holds NaN or Inf, so a good checkpoint is never replaced by a
- * diverged one.
+ * writes nothing) when a parameter holds NaN or Inf or exceeds MAX_PARAM, so a good checkpoint is
+ * never replaced by a diverged one.
  */
 export function saveCheckpoint(outDir: string, c: CheckpointContents): string {
-  const params = hostTensors(c.params, 'parameter');
-  const buffers = hostTensors(c.buffers, 'buffer');
+  const params = hostTensors(c.params, 'parameter', MAX_PARAM);
+  const buffers = hostTensors(c.buffers, 'buffer', Infinity);
   const name = checkpointName(c.state.step);
   const final = join(outDir, name);
   const tmp = join(outDir, `.${name}.${process.pid}.tmp`);
@@ -113,12 +118,12 @@ export function removeStaleTemps(outDir: string): void {
   for (const f of readdirSync(outDir)) if (STALE_TEMP.test(f)) rmSync(join(outDir, f), { recursive: true, force: true });
 }
 
-function hostTensors(vars: Map<string, tf.Variable>, what: string): Record<string, TensorToWrite> {
+function hostTensors(vars: Map<string, tf.Variable>, what: string, limit: number): Record<string, TensorToWrite> {
   const out: Record<string, TensorToWrite> = {};
   for (const [name, v] of vars) {
     const data = v.dataSync() as Float32Array;
     for (let i = 0; i < data.length; i++) {
-      if (!Number.isFinite(data[i]!)) throw new CheckpointError(`${what} '${name}' holds ${data[i]} at index ${i}`);
+      if (!(Number.isFinite(data[i]!) && Math.abs(data[i]!) <= limit)) throw new CheckpointError(`${what} '${name}' holds ${data[i]} at index ${i}`);
     }
     out[name] = { dtype: 'F32', shape: v.shape.slice(), data };
   }

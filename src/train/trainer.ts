@@ -8,6 +8,7 @@ import { Rng } from '../base/rng.js';
 import {
   CheckpointError,
   LATEST_FILE,
+  MAX_PARAM,
   loadCheckpoint,
   removeStaleTemps,
   resolveCheckpoint,
@@ -36,6 +37,9 @@ export interface Batches<B> {
 
 /** Installs an interrupt handler and returns its remover; the handler gets the signal's name when there is one. */
 export type SignalSource = (onInterrupt: (signal?: string) => void) => () => void;
+
+/** Exactly-zero gradients for this many updates in a row: the run is dead (saturated), not learning. */
+export const DEAD_STEPS = 20;
 
 export interface TrainSpec<B> {
   /** Exactly these train and carry optimizer state. */
@@ -162,9 +166,9 @@ export async function inRunFolder<T>(o: RunFolder, inputs: Input[], work: () => 
 
 /**
  * The training loop. One step: k micro-batches of forward/backward, one host read of
- * [loss, grad norm], a NaN/Inf check, clipping folded into the AdamW update, then logging, eval
- * and checkpoints when due. Resume restores parameters, buffers, moments, step, RNG and the
- * data stream, so the loss curve continues as if never stopped.
+ * [loss, grad norm, largest parameter], a divergence check, clipping folded into the AdamW
+ * update, then logging, eval and checkpoints when due. Resume restores parameters, buffers,
+ * moments, step, RNG and the data stream, so the loss curve continues as if never stopped.
  */
 export async function train<B>(spec: TrainSpec<B>): Promise<TrainResult> {
   const { params, batches, outDir } = spec;
@@ -225,6 +229,7 @@ export async function train<B>(spec: TrainSpec<B>): Promise<TrainResult> {
 
     let last: Record<string, unknown> | null = null;
     let lastLoss: number | null = null;
+    let zeroSteps = 0;
     const save = (): string => {
       const state: TrainState = {
         step,
@@ -259,15 +264,13 @@ export async function train<B>(spec: TrainSpec<B>): Promise<TrainResult> {
       let loss: number;
       let gradNorm: number;
       try {
-        // The only host reads of a step. The second costs nothing extra: the first already waited.
-        const norm = globalNorm([...acc.grads.values()]);
-        loss = acc.loss.dataSync()[0]! / k;
-        gradNorm = norm.dataSync()[0]! / k;
-        norm.dispose();
-        if (!Number.isFinite(loss) || !Number.isFinite(gradNorm)) {
-          const what = Number.isFinite(loss) ? `gradient norm is ${gradNorm}` : `loss is ${loss}`;
-          throw new TrainError(`step ${step + 1}: ${what}; stopped before updating. ${kept(checkpoint)}`, step + 1, checkpoint);
-        }
+        // The only host read of a step: loss, gradient norm, and the largest parameter magnitude.
+        const host = tf.tidy(() => tf.stack([acc.loss, globalNorm([...acc.grads.values()]), largestMagnitude(params)]).dataSync());
+        loss = host[0]! / k;
+        gradNorm = host[1]! / k;
+        zeroSteps = gradNorm === 0 ? zeroSteps + 1 : 0;
+        const why = divergence(loss, gradNorm, host[2]!, zeroSteps);
+        if (why) throw new TrainError(`step ${step + 1}: ${why}; stopped before updating. ${kept(checkpoint)}`, step + 1, checkpoint);
         optimizer.apply(acc.grads, lr, clipCoef(gradNorm, clip) / k);
       } finally {
         disposeAccumulated(acc);
@@ -307,6 +310,23 @@ export async function train<B>(spec: TrainSpec<B>): Promise<TrainResult> {
     optimizer.dispose();
     lock.release();
   }
+}
+
+/**
+ * Why a step must not update: a non-finite loss or gradient; parameters the last update blew up
+ * (still finite, so a checkpoint would take them, but the model is wrecked); or no gradient at
+ * all for DEAD_STEPS updates (saturated: the loss sticks and nothing is learned).
+ */
+function divergence(loss: number, gradNorm: number, peak: number, zeroSteps: number): string | null {
+  if (!Number.isFinite(loss)) return `loss is ${loss}`;
+  if (!Number.isFinite(gradNorm)) return `gradient norm is ${gradNorm}`;
+  if (!(peak <= MAX_PARAM)) return `a parameter reached ${peak.toPrecision(3)} in magnitude (more than ${MAX_PARAM}): the run diverged`;
+  if (zeroSteps >= DEAD_STEPS) return `the gradient has been exactly 0 for ${zeroSteps} updates in a row: the run is dead (saturated) and learns nothing`;
+  return null;
+}
+
+function largestMagnitude(params: Map<string, tf.Variable>): tf.Scalar {
+  return tf.max(tf.stack([...params.values()].map((v) => tf.max(tf.abs(v))))) as tf.Scalar;
 }
 
 function kept(checkpoint: string | null): string {

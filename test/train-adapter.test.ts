@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs';
-import { spawn, spawnSync } from 'node:child_process';
+import { spawn, spawnSync, type SpawnSyncReturns } from 'node:child_process';
 import { existsSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -9,6 +9,7 @@ import { initBackend } from '../src/base/backend.js';
 import { generate } from '../src/base/generate.js';
 import { initBase } from '../src/base/init.js';
 import { loadBase } from '../src/base/load.js';
+import { LOCK_FILE } from '../src/base/lock.js';
 import { Rng } from '../src/base/rng.js';
 import { evaluate } from '../src/train/evaluate.js';
 import { loadLmData } from '../src/train/lm.js';
@@ -87,9 +88,9 @@ describe('train-adapter', () => {
     model.dispose();
   });
 
-  // Batch 16 keeps the run several seconds long, so the SIGINT sent at its first progress line
+  // Batch 16 keeps the run several seconds long, so a signal sent at its first progress line
   // lands mid-run even on a loaded machine.
-  it('SIGINT checkpoints and exits; --resume then matches an uninterrupted run exactly', async () => {
+  it('SIGINT and SIGTERM checkpoint and exit; a second writer meanwhile is refused; --resume then matches an uninterrupted run exactly', async () => {
     const args = (out: string): string[] => [
       CLI, 'train-adapter', '--model', base, '--data', join(tmp.dir, 'train.csv'), '--prompt-column', 'prompt', '--completion-column', 'completion',
       '--out', out, '--steps', '300', '--batch-size', '16', '--seq-len', '32', '--lr', '5e-3', '--targets', 'q_proj,v_proj,lm_head', '--seed', '3', '--progress', 'lines',
@@ -98,18 +99,42 @@ describe('train-adapter', () => {
     expect(spawnSync('node', args(straight), { encoding: 'utf8' }).status).toBe(0);
 
     const cut = join(tmp.dir, 'cut');
-    const child = spawn('node', args(cut), { stdio: ['ignore', 'pipe', 'pipe'] });
-    let stderr = '';
-    child.stderr.on('data', (d: Buffer) => {
-      stderr += d.toString();
-      if (/step \d+\/300/.test(stderr) && !child.killed) child.kill('SIGINT');
+    /** Run on `cut` and send `signal` at its first progress line; `during` runs first, the run paused (SIGSTOP) but holding its folder. */
+    const interrupted = async (extra: string[], signal: NodeJS.Signals, during = (_pid: number): void => {}): Promise<number> => {
+      const child = spawn('node', [...args(cut), ...extra], { stdio: ['ignore', 'pipe', 'pipe'] });
+      let stderr = '';
+      child.stderr.on('data', (d: Buffer) => {
+        stderr += d.toString();
+        // A progress line, not the 'resumed … at step 8/300' note printed before the handlers are in.
+        if (!/^step \d+\/300 \|/m.test(stderr) || child.killed) return;
+        child.kill('SIGSTOP');
+        during(child.pid!);
+        child.kill('SIGCONT');
+        child.kill(signal);
+      });
+      const code = await new Promise<number | null>((resolve) => child.on('exit', resolve));
+      expect(code, stderr).toBe(130);
+      expect(stderr).toContain(`${signal}: finishing this step, then writing a checkpoint`);
+      expect(stderr).toMatch(/--resume/);
+      expect(existsSync(join(cut, LOCK_FILE))).toBe(false);
+      return readMetrics(join(cut, 'metrics.jsonl')).length;
+    };
+    // Two writers on one folder: the second, fresh or resuming, is refused at once, naming the holder.
+    const second: SpawnSyncReturns<string>[] = [];
+    let holder = 0;
+    const stopped = await interrupted([], 'SIGINT', (pid) => {
+      holder = pid;
+      for (const extra of [[], ['--resume', cut]]) second.push(spawnSync('node', [...args(cut), ...extra], { encoding: 'utf8' }));
     });
-    const code = await new Promise<number | null>((resolve) => child.on('exit', resolve));
-    expect(code).toBe(130);
-    expect(stderr).toMatch(/--resume/);
-    const stopped = readMetrics(join(cut, 'metrics.jsonl')).length;
+    for (const r of second) {
+      expect(r.status).toBe(1);
+      expect(r.stderr).toContain(`molora: error: ${cut} is in use by another molora process (pid ${holder} on `);
+    }
     expect(stopped).toBeGreaterThan(0);
     expect(stopped).toBeLessThan(300);
+    const stoppedAgain = await interrupted(['--resume', cut], 'SIGTERM');
+    expect(stoppedAgain).toBeGreaterThan(stopped);
+    expect(stoppedAgain).toBeLessThan(300);
 
     const resumed = spawnSync('node', [...args(cut), '--resume', cut], { encoding: 'utf8' });
     expect(resumed.status, resumed.stderr).toBe(0);
@@ -118,6 +143,13 @@ describe('train-adapter', () => {
     expect(b.map((m) => m.step)).toEqual(a.map((m) => m.step));
     b.forEach((m, i) => expect(Math.abs((m.loss as number) - (a[i]!.loss as number))).toBeLessThan(1e-6));
   }, 180_000);
+
+  it('a diverged run (lr 1e30: the loss sticks, the gradient is 0, the weights near 1e30) stops, and writes no adapter', async () => {
+    const out = join(tmp.dir, 'diverged');
+    const err = await trainAdapter({ ...common, lr: 1e30, out, steps: 5, seed: 0 }).catch((e: unknown) => e);
+    expect((err as Error).message).toMatch(/^step 2: a parameter reached \d\.\d\de\+(29|30) in magnitude \(more than 1000000\): the run diverged; stopped before updating\./);
+    expect(readdirSync(out).filter((f) => f.startsWith('adapter_'))).toEqual([]);
+  });
 
   it('a bad CSV fails with its named error and leaves no adapter behind', () => {
     const bad = join(tmp.dir, 'bad.csv');

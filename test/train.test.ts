@@ -1,13 +1,14 @@
 import * as tf from '@tensorflow/tfjs';
-import { existsSync, mkdtempSync, readdirSync, readFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { initBackend } from '../src/base/backend.js';
 import { Rng, type RngState } from '../src/base/rng.js';
+import { LOCK_FILE } from '../src/base/lock.js';
 import { LATEST_FILE, PARAMS_FILE, STATE_FILE } from '../src/train/checkpoint.js';
 import { readMetrics } from '../src/train/metrics.js';
-import { TrainError, sigint, train, type Batches, type SignalSource, type TrainSpec } from '../src/train/trainer.js';
+import { DEAD_STEPS, TrainError, interrupts, train, type Batches, type SignalSource, type TrainSpec } from '../src/train/trainer.js';
 
 beforeAll(async () => {
   await initBackend();
@@ -310,15 +311,71 @@ describe('trainer', () => {
     await expect(train(spec(tmp(), { resume: join(dir, 'missing') }))).rejects.toThrow(/missing: not found/);
   });
 
-  it('the default SIGINT source asks once, then steps aside so a second Ctrl-C exits', () => {
-    const n = process.listenerCount('SIGINT');
-    let asked = 0;
-    const remove = sigint(() => asked++);
-    expect(process.listenerCount('SIGINT')).toBe(n + 1);
-    process.emit('SIGINT');
-    expect(asked).toBe(1);
-    expect(process.listenerCount('SIGINT')).toBe(n);
-    remove();
-    expect(process.listenerCount('SIGINT')).toBe(n);
+  it('the default interrupt source takes SIGINT and SIGTERM, asks once, then steps aside so a second signal exits', () => {
+    for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+      const n = [process.listenerCount('SIGINT'), process.listenerCount('SIGTERM')];
+      const asked: (string | undefined)[] = [];
+      const remove = interrupts((s) => asked.push(s));
+      expect([process.listenerCount('SIGINT'), process.listenerCount('SIGTERM')]).toEqual([n[0]! + 1, n[1]! + 1]);
+      process.emit(signal);
+      expect(asked).toEqual([signal]);
+      expect([process.listenerCount('SIGINT'), process.listenerCount('SIGTERM')]).toEqual(n);
+      remove();
+      expect([process.listenerCount('SIGINT'), process.listenerCount('SIGTERM')]).toEqual(n);
+    }
+  });
+
+  it('stops a diverged run (lr 1e8): exploded parameters are neither stepped on nor checkpointed', async () => {
+    // Adam moves each weight by about lr at once; loss and gradients stay finite, so only the
+    // parameters' magnitude shows the run is wrecked.
+    const dir = tmp();
+    const err = await train(spec(dir, { lr: 1e8, saveEvery: 0, evalEvery: 0 })).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(TrainError);
+    expect((err as TrainError).message).toMatch(/^step 2: a parameter reached \d\.\d\de\+7 in magnitude \(more than 1000000\): the run diverged; stopped before updating\. No checkpoint had been written yet\.$/);
+    expect(trainLosses(dir)).toHaveLength(1);
+    const saving = tmp();
+    const err1 = await train(spec(saving, { lr: 1e8, saveEvery: 1, evalEvery: 0 })).catch((e: unknown) => e);
+    expect((err1 as TrainError).message).toMatch(/^step 1: not saving a checkpoint, parameter '\w+' holds -?\d{7,}\S* at index \d+; the run diverged\. No checkpoint had been written yet\.$/);
+    expect(readdirSync(saving).filter((f) => f.startsWith('checkpoint-'))).toEqual([]);
+  });
+
+  it(`stops a dead run, whose gradient is exactly 0 for ${DEAD_STEPS} updates in a row, keeping the last checkpoint`, async () => {
+    const dir = tmp();
+    const s = spec(dir, { steps: DEAD_STEPS + 10, saveEvery: 5, evalEvery: 0 });
+    const loss = s.loss;
+    s.loss = (b, training, rng) => loss(b, training, rng).mul(0);
+    const err = await train(s).catch((e: unknown) => e);
+    expect((err as TrainError).message).toBe(
+      `step ${DEAD_STEPS}: the gradient has been exactly 0 for ${DEAD_STEPS} updates in a row: the run is dead (saturated) and learns nothing; stopped before updating. ` +
+        `The last good checkpoint, ${join(dir, 'checkpoint-15')}, was kept; resume from it (perhaps with a lower lr or clipping).`,
+    );
+    expect(readFileSync(join(dir, LATEST_FILE), 'utf8').trim()).toBe('checkpoint-15');
+  });
+
+  it('holds the output folder locked while it runs, and lets go however the run ends', async () => {
+    const dir = tmp();
+    const seen: unknown[] = [];
+    const s = spec(dir, { steps: 2, afterStep: () => seen.push(JSON.parse(readFileSync(join(dir, LOCK_FILE), 'utf8')).pid) });
+    await train(s);
+    expect(seen).toEqual([process.pid, process.pid]);
+    expect(existsSync(join(dir, LOCK_FILE))).toBe(false);
+    const failing = spec(tmp(), { steps: 2 });
+    failing.loss = () => {
+      throw new Error('boom');
+    };
+    await expect(train(failing)).rejects.toThrow('boom');
+    expect(existsSync(join(failing.outDir, LOCK_FILE))).toBe(false);
+  });
+
+  it('a run starting or resuming in a folder removes the temps a killed run left there', async () => {
+    const dir = tmp();
+    mkdirSync(join(dir, '.checkpoint-4.99999.tmp'));
+    writeFileSync(join(dir, '.checkpoint-4.99999.tmp', PARAMS_FILE), 'half');
+    writeFileSync(join(dir, '.adapter_model.safetensors.99999.1700000000000.tmp'), 'half');
+    writeFileSync(join(dir, 'notes.tmp'), 'the user\'s');
+    await train(spec(dir, { steps: 3, saveEvery: 0, evalEvery: 0 }));
+    mkdirSync(join(dir, '.checkpoint-5.99999.tmp'));
+    await train(spec(dir, { steps: 4, resume: dir, saveEvery: 0, evalEvery: 0 }));
+    expect(readdirSync(dir).sort()).toEqual(['checkpoint-3', 'checkpoint-4', LATEST_FILE, 'metrics.jsonl', 'notes.tmp']);
   });
 });

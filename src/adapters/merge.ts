@@ -1,7 +1,12 @@
 import * as tf from '@tensorflow/tfjs';
+import { saveModel } from '../base/export.js';
 import type { Linear } from '../base/linear.js';
+import { loadBase } from '../base/load.js';
+import { holding } from '../base/lock.js';
 import type { CausalLM } from '../base/model.js';
+import { claimOutput, type Input } from '../base/output.js';
 import { linearsByName, type LoraAdapter } from './adapter.js';
+import { loadAdapter } from './peft.js';
 
 /** A merge that can be undone: the original base weights are kept, so unmerge restores them bit for bit. */
 export interface Merge {
@@ -35,4 +40,37 @@ export function mergeAdapters(model: CausalLM, adapters: LoraAdapter[]): Merge {
       originals.clear();
     },
   };
+}
+
+export interface MergeFolderOptions {
+  model: string;
+  adapters: string[];
+  out: string;
+  /** Replace a model already in `out` (never an input: the base or an adapter). */
+  overwrite?: boolean;
+}
+
+/**
+ * `molora merge`: the base with the adapters folded in, written as a plain model folder. The
+ * output may not be (or lie inside, or contain) an input, so merging onto the base itself is
+ * refused before anything is read; a failure leaves no new folder behind.
+ */
+export function mergeFolder(o: MergeFolderOptions): void {
+  if (o.adapters.length === 0) throw new Error('merge needs at least one --adapter DIR');
+  const inputs: Input[] = [['--model', o.model], ...o.adapters.map((dir): Input => ['--adapter', dir])];
+  holding(
+    claimOutput({ ...o, inputs }),
+    () => {
+      const model = loadBase(o.model);
+      try {
+        const adapters = o.adapters.map((dir) => loadAdapter(model, dir));
+        mergeAdapters(model, adapters);
+        saveModel(model, o.out);
+        for (const a of adapters) a.dispose();
+      } finally {
+        model.dispose();
+      }
+    },
+    { discard: true },
+  );
 }

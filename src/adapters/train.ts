@@ -4,7 +4,7 @@ import { createMixLora, type MixLoraOptions } from '../gating/mixlora.js';
 import { saveMixLora } from '../gating/mixlora-io.js';
 import { routingOn } from '../gating/train-moe.js';
 import { trainLm, type LmTrainOptions } from '../train/lm.js';
-import type { TrainResult } from '../train/trainer.js';
+import { inRunFolder, type TrainResult } from '../train/trainer.js';
 import { createLora } from './adapter.js';
 import { DEFAULT_LORA, validateLoraConfig, type LoraConfig } from './config.js';
 import { saveAdapter } from './peft.js';
@@ -23,7 +23,11 @@ export interface TrainAdapterOptions extends LmTrainOptions {
  * from CSV. The output folder is a PEFT adapter plus metrics.jsonl and checkpoints; with
  * `mixlora`, a MixLoRA folder whose eval lines also log each layer's routing.
  */
-export async function trainAdapter(o: TrainAdapterOptions): Promise<TrainResult> {
+export function trainAdapter(o: TrainAdapterOptions): Promise<TrainResult> {
+  return inRunFolder(o, [['--model', o.model]], () => trainIn(o));
+}
+
+async function trainIn(o: TrainAdapterOptions): Promise<TrainResult> {
   const model = loadBase(o.model, { warn: o.log });
   try {
     const config: LoraConfig = {

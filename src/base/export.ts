@@ -1,8 +1,8 @@
 import * as tf from '@tensorflow/tfjs';
-import { copyFileSync, existsSync, mkdirSync } from 'node:fs';
+import { copyFileSync, existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { MoEFFN } from '../gating/moe.js';
-import { writeJsonAtomic } from './atomic.js';
+import { diskError, makeDir, writeJsonAtomic } from './atomic.js';
 import { NormedProjection } from './llama.js';
 import type { CausalLM } from './model.js';
 import { packedExpertTensors } from './moe-weights.js';
@@ -50,19 +50,24 @@ export function modelTensors(model: CausalLM): Map<string, HostTensor> {
 
 /**
  * Write a Hugging Face model folder: config.json, model.safetensors and, when the source folder
- * has them, its tokenizer files. Each file is written atomically.
+ * has them, its tokenizer files. Each file is written atomically, model.safetensors last: a folder
+ * that has it is complete (recipes take it as the sign a step finished).
  */
 export function saveModel(model: CausalLM, dir: string, dtype: SaveDtype = 'F32'): void {
-  mkdirSync(dir, { recursive: true });
-  const files: Record<string, TensorToWrite> = {};
-  for (const [key, t] of modelTensors(model)) files[key] = { dtype, shape: t.shape, data: t.data };
-  writeSafetensors(join(dir, 'model.safetensors'), files, { format: 'pt' });
+  makeDir(dir);
   const torchDtype = { F32: 'float32', F16: 'float16', BF16: 'bfloat16' }[dtype];
   writeJsonAtomic(join(dir, 'config.json'), { ...model.config.raw, torch_dtype: torchDtype });
   if (model.dir && model.dir !== dir) {
     for (const f of ['tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json', 'generation_config.json']) {
       const src = join(model.dir, f);
-      if (existsSync(src)) copyFileSync(src, join(dir, f));
+      try {
+        if (existsSync(src)) copyFileSync(src, join(dir, f));
+      } catch (e) {
+        throw diskError(e, join(dir, f));
+      }
     }
   }
+  const files: Record<string, TensorToWrite> = {};
+  for (const [key, t] of modelTensors(model)) files[key] = { dtype, shape: t.shape, data: t.data };
+  writeSafetensors(join(dir, 'model.safetensors'), files, { format: 'pt' });
 }

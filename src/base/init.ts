@@ -4,7 +4,9 @@ import { writeJsonAtomic } from './atomic.js';
 import { parseConfig, type Arch } from './config.js';
 import { saveModel } from './export.js';
 import { buildParts } from './load.js';
+import { holding } from './lock.js';
 import { CausalLM } from './model.js';
+import { claimOutput } from './output.js';
 import { Rng } from './rng.js';
 import { BYTE_LEVEL_SPECIALS, byteLevelTokenizerConfig, byteLevelTokenizerJson } from './tokenizer.js';
 import type { WeightSource } from './weights.js';
@@ -22,6 +24,8 @@ export interface InitBaseOptions {
   tieWordEmbeddings?: boolean;
   seed?: number;
   out: string;
+  /** Replace a model already in `out`. */
+  overwrite?: boolean;
 }
 
 /**
@@ -104,22 +108,30 @@ export function baseConfigJson(o: InitBaseOptions): Record<string, unknown> {
   };
 }
 
-/** `molora init-base`: a randomly initialised HF model folder with a byte-level tokenizer. */
+/**
+ * `molora init-base`: a randomly initialised HF model folder with a byte-level tokenizer. A
+ * failure leaves no folder behind (when it made the folder) and no model.safetensors.
+ */
 export function initBase(o: InitBaseOptions): void {
   const cfg = parseConfig(baseConfigJson(o), 'init-base options');
-  const parts = buildParts(cfg, new RandomWeights(new Rng(o.seed ?? 0), cfg.layers));
-  const model = new CausalLM(cfg, parts);
-  try {
-    saveModel(model, o.out);
-  } finally {
-    model.dispose();
-  }
-  // Llama tokenizers add bos themselves in Hugging Face; molora's promptIds does the same.
-  writeJsonAtomic(join(o.out, 'tokenizer.json'), byteLevelTokenizerJson({ addBos: cfg.arch === 'llama' }));
-  writeJsonAtomic(join(o.out, 'tokenizer_config.json'), byteLevelTokenizerConfig());
-  writeJsonAtomic(join(o.out, 'generation_config.json'), {
-    bos_token_id: cfg.bosId,
-    eos_token_id: cfg.eosIds[0],
-    pad_token_id: cfg.padId,
-  });
+  holding(
+    claimOutput(o),
+    () => {
+      // Llama tokenizers add bos themselves in Hugging Face; molora's promptIds does the same.
+      writeJsonAtomic(join(o.out, 'tokenizer.json'), byteLevelTokenizerJson({ addBos: cfg.arch === 'llama' }));
+      writeJsonAtomic(join(o.out, 'tokenizer_config.json'), byteLevelTokenizerConfig());
+      writeJsonAtomic(join(o.out, 'generation_config.json'), {
+        bos_token_id: cfg.bosId,
+        eos_token_id: cfg.eosIds[0],
+        pad_token_id: cfg.padId,
+      });
+      const model = new CausalLM(cfg, buildParts(cfg, new RandomWeights(new Rng(o.seed ?? 0), cfg.layers)));
+      try {
+        saveModel(model, o.out);
+      } finally {
+        model.dispose();
+      }
+    },
+    { discard: true },
+  );
 }

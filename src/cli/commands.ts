@@ -1,7 +1,4 @@
-import { loadAdapter } from '../adapters/peft.js';
-import { mergeAdapters } from '../adapters/merge.js';
-import { saveModel } from '../base/export.js';
-import { loadBase } from '../base/load.js';
+import { mergeFolder } from '../adapters/merge.js';
 import { generate } from '../base/generate.js';
 import { initBase, type InitBaseOptions } from '../base/init.js';
 import { inspectFolder } from '../base/inspect.js';
@@ -75,11 +72,7 @@ export async function runInspect(dir: string, o: { json?: boolean }): Promise<vo
   process.stdout.write(lines.join('\n') + '\n');
 }
 
-export async function runMerge(o: { model: string; adapter: string[]; out: string }): Promise<void> {
-  if (o.adapter.length === 0) throw new Error('merge needs at least one --adapter DIR');
-  const model = loadBase(o.model);
-  const adapters = o.adapter.map((dir) => loadAdapter(model, dir));
-  mergeAdapters(model, adapters);
-  saveModel(model, o.out);
-  process.stderr.write(`molora: merged ${adapters.length} adapter(s) into ${o.out}\n`);
+export async function runMerge(o: { model: string; adapter: string[]; out: string; overwrite?: boolean }): Promise<void> {
+  mergeFolder({ model: o.model, adapters: o.adapter, out: o.out, overwrite: o.overwrite });
+  process.stderr.write(`molora: merged ${o.adapter.length} adapter(s) into ${o.out}\n`);
 }

@@ -102,6 +102,7 @@ program
   .option('--max-positions <n>', 'context length', int(1))
   .option('--tie', 'tie lm_head to the embedding (llama; gpt2 always ties)')
   .requiredOption('--out <dir>', 'folder to write')
+  .option('--overwrite', 'replace a model already in --out')
   .option('--seed <n>', 'init seed', int(0), 0)
   .action(runInitBase);
 
@@ -179,7 +180,8 @@ program
   .description('Fold LoRA adapters into the base (W += scale·BA) and write a plain Hugging Face model folder.')
   .requiredOption('--model <dir>', 'base model folder')
   .option('--adapter <dir>', 'PEFT LoRA adapter folder (required); repeat to merge several', collect, [])
-  .requiredOption('--out <dir>', 'folder to write')
+  .requiredOption('--out <dir>', 'folder to write (never --model or an --adapter)')
+  .option('--overwrite', 'replace a model already in --out')
   .action(runMerge);
 
 program

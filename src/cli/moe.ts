@@ -17,6 +17,7 @@ export function registerMoeCommands(program: Command, bench: Command): void {
     .option('--noise <sigma>', 'Gaussian noise std added to each expert copy; 0 keeps exact copies (output equals the dense model)', float(0), 0)
     .option('--seed <n>', 'seed for the router init and the noise', int(0), 0)
     .requiredOption('--out <dir>', 'folder to write (config.json, model.safetensors, tokenizer files)')
+    .option('--overwrite', 'replace a model already in --out')
     .action(runUpcycle);
 
   addTrainerFlags(
@@ -73,7 +74,7 @@ export function mixLoraOptions(o: MixLoraFlags): MixLoraOptions | undefined {
   return { experts: o.moeExperts, topK, auxCoef: o.moeAuxCoef };
 }
 
-export async function runUpcycle(o: { model: string; experts: number; topK: number; shared: number; noise: number; seed: number; out: string }): Promise<void> {
+export async function runUpcycle(o: { model: string; experts: number; topK: number; shared: number; noise: number; seed: number; out: string; overwrite?: boolean }): Promise<void> {
   const cfg = upcycleFolder(o);
   process.stderr.write(`molora: upcycled ${o.model} into a ${cfg.modelType} with ${o.experts} experts (top-${o.topK}${o.shared ? `, ${o.shared} shared` : ''}) in ${o.out}\n`);
 }

@@ -44,6 +44,7 @@ export function addTrainerFlags(c: Command, lr: { help: string; default?: number
     .option('--save-every <n>', 'checkpoint every n updates (and at the end); 0 = end only', int(0), 0)
     .option('--seed <n>', 'seed for init, data order, split and dropout', int(0), 0)
     .option('--resume <dir>', 'continue the run in this output folder (or from one checkpoint folder)')
+    .option('--overwrite', 'start afresh in an output folder that holds a model, adapter or gate (but no run to resume)')
     .option('--progress <mode>', 'auto (bar on a TTY, lines otherwise), bar, lines or off', choice(['auto', 'bar', 'lines', 'off'] as const), 'auto');
 }
 

@@ -3,11 +3,13 @@ import { join } from 'node:path';
 import { modelTensors, saveModel } from '../base/export.js';
 import type { Linear } from '../base/linear.js';
 import { loadBase } from '../base/load.js';
+import { holding } from '../base/lock.js';
 import type { CausalLM } from '../base/model.js';
+import { claimOutput } from '../base/output.js';
 import { writeSafetensors, type TensorToWrite } from '../base/safetensors.js';
 import { evalBatches, type TokenStore } from '../data/index.js';
 import { toLmBatch, trainLm, type LmTrainOptions } from '../train/lm.js';
-import type { TrainResult } from '../train/trainer.js';
+import { inRunFolder, type TrainResult } from '../train/trainer.js';
 import type { RouterStats } from './moe-losses.js';
 import { enableBalancingBias, moeLayers, routerParams, routerStatsOf, updateBalancingBias } from './moe.js';
 import { upcycle, type UpcycleOptions } from './upcycle.js';
@@ -17,23 +19,31 @@ export interface UpcycleFolderOptions extends UpcycleOptions {
   model: string;
   /** Where the sparse MoE model folder goes. */
   out: string;
+  /** Replace a model already in `out` (never the dense input). */
+  overwrite?: boolean;
   warn?: (msg: string) => void;
 }
 
 /** `molora upcycle`: a dense model folder in, a Mixtral / Qwen2-MoE folder (tokenizer files copied) out. */
 export function upcycleFolder(o: UpcycleFolderOptions): CausalLM['config'] {
-  const dense = loadBase(o.model, { warn: o.warn });
-  try {
-    const moe = upcycle(dense, o);
-    try {
-      saveModel(moe, o.out);
-      return moe.config;
-    } finally {
-      moe.dispose();
-    }
-  } finally {
-    dense.dispose();
-  }
+  return holding(
+    claimOutput({ out: o.out, inputs: [['--model', o.model]], overwrite: o.overwrite, log: o.warn }),
+    () => {
+      const dense = loadBase(o.model, { warn: o.warn });
+      try {
+        const moe = upcycle(dense, o);
+        try {
+          saveModel(moe, o.out);
+          return moe.config;
+        } finally {
+          moe.dispose();
+        }
+      } finally {
+        dense.dispose();
+      }
+    },
+    { discard: true },
+  );
 }
 
 /** A linear's weight as a trainable variable, in place (the HF key is `<name>.weight`, stored transposed). */
@@ -141,7 +151,11 @@ export interface TrainMoeOptions extends LmTrainOptions {
  * The output folder is the whole model in HF layout (also written into each checkpoint), plus
  * metrics.jsonl whose eval lines carry per-layer routing: `router: {"<layer>": LayerRouting}`.
  */
-export async function trainMoe(o: TrainMoeOptions): Promise<TrainResult> {
+export function trainMoe(o: TrainMoeOptions): Promise<TrainResult> {
+  return inRunFolder(o, [['--model', o.model]], () => trainIn(o));
+}
+
+async function trainIn(o: TrainMoeOptions): Promise<TrainResult> {
   const gamma = o.balanceBias;
   if (gamma !== undefined && !(gamma > 0)) throw new Error(`balance bias γ must be positive, got ${gamma}`);
   for (const [k, v] of [['aux coefficient', o.auxCoef], ['z-loss coefficient', o.zCoef]] as const) {

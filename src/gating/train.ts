@@ -1,12 +1,10 @@
 import * as tf from '@tensorflow/tfjs';
-import { existsSync } from 'node:fs';
-import { join } from 'node:path';
-import { GATE_CONFIG } from './gate-io.js';
 import { loadBase } from '../base/load.js';
+import type { Input } from '../base/output.js';
 import { Rng } from '../base/rng.js';
 import { evalBatches, type TokenStore } from '../data/index.js';
 import { loadLmData, toLmBatch, trainLm, type LmTrainOptions } from '../train/lm.js';
-import type { TrainResult } from '../train/trainer.js';
+import { inRunFolder, type TrainResult } from '../train/trainer.js';
 import { loadAdapter } from '../adapters/peft.js';
 import { MoleComposition } from './composition.js';
 import type { CausalLM } from '../base/model.js';
@@ -102,7 +100,12 @@ const STATS_BATCHES = 8;
  * train. The output folder holds gate_config.json + gate.safetensors, metrics.jsonl (with the
  * per-layer mean gate weights and entropy at each eval) and checkpoints.
  */
-export async function trainGate(o: TrainGateOptions): Promise<TrainResult> {
+export function trainGate(o: TrainGateOptions): Promise<TrainResult> {
+  const inputs: Input[] = [['--model', o.model], ...o.experts.map(([name, dir]): Input => [`--expert ${name}`, dir])];
+  return inRunFolder(o, inputs, () => trainIn(o));
+}
+
+async function trainIn(o: TrainGateOptions): Promise<TrainResult> {
   if (o.experts.length < 2) throw new Error(`a gate composes at least 2 experts; got ${o.experts.length}`);
   const kind = o.router ?? 'prompt';
   if (!ROUTERS.includes(kind)) throw new Error(`router must be one of ${ROUTERS.join(', ')}, got '${kind}'`);
@@ -193,7 +196,6 @@ function saveRouter(comp: MoleComposition, router: ReturnType<typeof createRoute
 /** The training-free router: one plain pass over the training rows, centroids per labelled expert. */
 async function fitCentroidRouter(model: CausalLM, comp: MoleComposition, o: TrainGateOptions): Promise<TrainResult> {
   const log = o.log ?? ((m: string) => process.stderr.write(`molora: ${m}\n`));
-  if (existsSync(join(o.out, GATE_CONFIG))) throw new Error(`${o.out} already holds a gate or router (${GATE_CONFIG}); choose another --out or remove it`);
   const data = await loadLmData(model, o, log);
   const labels = taskExperts(data.dataset, comp.experts);
   if (!labels.some((e) => e >= 0)) throw new Error(`the centroid router needs a task column whose values name experts (${comp.experts.join(', ')})`);

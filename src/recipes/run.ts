@@ -1,10 +1,11 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { basename, dirname, extname, join, resolve } from 'node:path';
 import { writeJsonAtomic } from '../base/atomic.js';
+import { holding, lockFolder } from '../base/lock.js';
 import type { ProgressMode } from '../train/progress.js';
 import { parseRecipe, type Recipe, type Step } from './format.js';
 import { assertHeldOut } from './heldout.js';
-import { outputOf, replayStep, runStep } from './steps.js';
+import { outputOf, replayStep, runStep, type StepContext } from './steps.js';
 
 /** Markers live here, one per completed step: `<run>/.recipe/<id>.json`. */
 export const MARKER_DIR = '.recipe';
@@ -44,12 +45,18 @@ export function loadRecipe(file: string, run?: string): Recipe & { run: string }
  * (written when it finished) is present is skipped; so a rerun after an interruption picks up at
  * the first unfinished step, and a training step there resumes from its last checkpoint. A
  * completed step whose fields changed since is an error, not a silent skip. An eval step that
- * scores a prompt one of the recipe's training files holds is an error (see heldout.ts).
+ * scores a prompt one of the recipe's training files holds is an error (see heldout.ts). One
+ * run at a time per run folder: it is locked while the steps run.
  */
 export async function runRecipe(file: string, o: RunRecipeOptions = {}): Promise<RecipeRun> {
   const log = o.log ?? ((m: string) => process.stderr.write(`molora: ${m}\n`));
   const print = o.print ?? ((t: string) => process.stdout.write(t));
   const recipe = loadRecipe(file, o.out);
+  return holding(lockFolder(recipe.run, log), () => runSteps(recipe, file, { run: recipe.run, progress: o.progress ?? 'auto', log, print }));
+}
+
+async function runSteps(recipe: Recipe & { run: string }, file: string, ctx: StepContext): Promise<RecipeRun> {
+  const { log } = ctx;
   const result: RecipeRun = { recipe, run: recipe.run, ran: [], skipped: [], status: 'done' };
   const total = recipe.steps.length;
   // Refuse at once to score training prompts; an eval step whose files come from earlier steps is checked when it runs.
@@ -64,7 +71,7 @@ export async function runRecipe(file: string, o: RunRecipeOptions = {}): Promise
         throw new Error(`${file}: step '${step.id}' (${step.type}) changed since it completed in ${recipe.run}; delete ${step.out} and ${marker}, or run with another --out`);
       }
       log(`${label}: complete, skipping`);
-      replayStep(step, { run: recipe.run, progress: o.progress ?? 'auto', log, print });
+      replayStep(step, ctx);
       result.skipped.push(step.id);
       continue;
     }
@@ -73,7 +80,7 @@ export async function runRecipe(file: string, o: RunRecipeOptions = {}): Promise
     const started = Date.now();
     let status: RecipeRun['status'];
     try {
-      status = await runStep(step, { run: recipe.run, progress: o.progress ?? 'auto', log, print });
+      status = await runStep(step, ctx);
     } catch (e) {
       throw new Error(`${file}: step '${step.id}' (${step.type}) failed: ${e instanceof Error ? e.message : String(e)}`, { cause: e });
     }

@@ -1,5 +1,5 @@
 import { existsSync, readFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { isAbsolute, join, relative } from 'node:path';
 import type { LoraConfig } from '../adapters/config.js';
 import { trainAdapter } from '../adapters/train.js';
 import { writeFileAtomic, writeJsonAtomic } from '../base/atomic.js';
@@ -49,6 +49,16 @@ function pick(f: F, keys: Record<string, unknown>): F {
   return Object.fromEntries(Object.entries(f).filter(([k]) => k in keys));
 }
 
+/**
+ * Whether a step may replace what its output already holds: inside the run folder the output is
+ * the recipe's own, and one without its marker is an unfinished attempt to redo. Elsewhere nothing
+ * is replaced.
+ */
+function owned(out: string, ctx: StepContext): boolean {
+  const r = relative(ctx.run, out);
+  return r !== '' && !r.startsWith('..') && !isAbsolute(r);
+}
+
 /** The trainer and column fields of a step as trainLm options, with the CLI's defaults. */
 function trainerOptions(f: F, out: string, ctx: StepContext): LmTrainOptions {
   return {
@@ -61,6 +71,7 @@ function trainerOptions(f: F, out: string, ctx: StepContext): LmTrainOptions {
     out,
     // An interrupted run left checkpoints: pick up from the last one.
     resume: existsSync(join(out, 'latest')) ? out : undefined,
+    overwrite: owned(out, ctx),
     progress: ctx.progress,
     log: ctx.log,
   };
@@ -83,6 +94,7 @@ export async function runStep(step: Step, ctx: StepContext): Promise<TrainResult
         tieWordEmbeddings: f.tie as boolean | undefined,
         seed: f.seed as number | undefined,
         out: step.out,
+        overwrite: owned(step.out, ctx),
       });
       return 'done';
     case 'pretrain':
@@ -112,6 +124,7 @@ export async function runStep(step: Step, ctx: StepContext): Promise<TrainResult
         shared: f.shared as number | undefined,
         noise: f.noise as number | undefined,
         seed: f.seed as number | undefined,
+        overwrite: owned(step.out, ctx),
         warn: ctx.log,
       });
       return 'done';

@@ -1,7 +1,7 @@
 import type * as tf from '@tensorflow/tfjs';
-import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, statSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { writeFileAtomic, writeJsonAtomic } from '../base/atomic.js';
+import { diskError, writeFileAtomic, writeJsonAtomic } from '../base/atomic.js';
 import type { RngState } from '../base/rng.js';
 import { openSafetensors, writeSafetensors, type TensorToWrite } from '../base/safetensors.js';
 import type { AdamW, AdamWState } from './optimizer.js';
@@ -22,6 +22,11 @@ export const BUFFERS_FILE = 'buffers.safetensors';
 export const OPTIMIZER_FILE = 'optimizer.safetensors';
 export const STATE_FILE = 'state.json';
 export const LATEST_FILE = 'latest';
+/**
+ * The largest parameter magnitude a checkpoint takes. Trained weights sit many orders below it (and
+ * F16 exports overflow at 65504); a run past it has diverged, though every value is still finite.
+ */
+export const MAX_PARAM = 1e6;
 const FORMAT = 'molora-train-checkpoint';
 const VERSION = 1;
 
@@ -62,12 +67,12 @@ export function checkpointName(step: number): string {
 
 /**
  * Write `<outDir>/checkpoint-<step>` and point `latest` at it; returns its path. Refuses (and
- * writes nothing) when a parameter holds NaN or Inf, so a good checkpoint is never replaced by a
- * diverged one.
+ * writes nothing) when a parameter holds NaN or Inf or exceeds MAX_PARAM, so a good checkpoint is
+ * never replaced by a diverged one.
  */
 export function saveCheckpoint(outDir: string, c: CheckpointContents): string {
-  const params = hostTensors(c.params, 'parameter');
-  const buffers = hostTensors(c.buffers, 'buffer');
+  const params = hostTensors(c.params, 'parameter', MAX_PARAM);
+  const buffers = hostTensors(c.buffers, 'buffer', Infinity);
   const name = checkpointName(c.state.step);
   const final = join(outDir, name);
   const tmp = join(outDir, `.${name}.${process.pid}.tmp`);
@@ -96,18 +101,29 @@ export function saveCheckpoint(outDir: string, c: CheckpointContents): string {
     }
   } catch (e) {
     rmSync(tmp, { recursive: true, force: true });
-    throw e;
+    throw diskError(e, final, 'write the checkpoint');
   }
   writeFileAtomic(join(outDir, LATEST_FILE), name + '\n');
   return final;
 }
 
-function hostTensors(vars: Map<string, tf.Variable>, what: string): Record<string, TensorToWrite> {
+/**
+ * Temp folders and files a killed run left in its folder: checkpoints being assembled
+ * (`.checkpoint-<step>.<pid>.tmp`) and writeFileAtomic's `.<file>.<pid>.<ms>.tmp`. Only safe to
+ * call holding the folder's lock: then no other writer's temp can be there.
+ */
+const STALE_TEMP = /^\.(checkpoint-\d+|.+\.\d+)\.\d+\.tmp$/;
+
+export function removeStaleTemps(outDir: string): void {
+  for (const f of readdirSync(outDir)) if (STALE_TEMP.test(f)) rmSync(join(outDir, f), { recursive: true, force: true });
+}
+
+function hostTensors(vars: Map<string, tf.Variable>, what: string, limit: number): Record<string, TensorToWrite> {
   const out: Record<string, TensorToWrite> = {};
   for (const [name, v] of vars) {
     const data = v.dataSync() as Float32Array;
     for (let i = 0; i < data.length; i++) {
-      if (!Number.isFinite(data[i]!)) throw new CheckpointError(`${what} '${name}' holds ${data[i]} at index ${i}`);
+      if (!(Number.isFinite(data[i]!) && Math.abs(data[i]!) <= limit)) throw new CheckpointError(`${what} '${name}' holds ${data[i]} at index ${i}`);
     }
     out[name] = { dtype: 'F32', shape: v.shape.slice(), data };
   }

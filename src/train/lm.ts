@@ -47,6 +47,8 @@ export interface LmTrainOptions extends LmDataOptions {
   evalEvery?: number;
   saveEvery?: number;
   resume?: string;
+  /** Start afresh in a folder that holds a model, adapter or gate but no run (--overwrite). */
+  overwrite?: boolean;
   progress?: ProgressMode;
   log?: (msg: string) => void;
   signals?: SignalSource;
@@ -177,6 +179,7 @@ export async function trainLm(model: CausalLM, params: Map<string, tf.Variable>,
     seed: o.seed,
     outDir: o.out,
     resume: o.resume,
+    overwrite: o.overwrite,
     progress: o.progress,
     log: o.log,
     signals: o.signals,

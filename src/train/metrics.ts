@@ -1,6 +1,6 @@
 import { appendFileSync, existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { writeFileAtomic } from '../base/atomic.js';
+import { diskError, writeFileAtomic } from '../base/atomic.js';
 
 export const METRICS_FILE = 'metrics.jsonl';
 
@@ -24,7 +24,11 @@ export class MetricsLog {
   }
 
   write(entry: MetricsEntry): void {
-    appendFileSync(this.path, JSON.stringify(entry) + '\n');
+    try {
+      appendFileSync(this.path, JSON.stringify(entry) + '\n');
+    } catch (e) {
+      throw diskError(e, this.path);
+    }
   }
 }
 

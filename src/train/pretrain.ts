@@ -3,7 +3,7 @@ import { saveModel } from '../base/export.js';
 import { loadBase } from '../base/load.js';
 import type { CausalLM } from '../base/model.js';
 import { trainLm, type LmTrainOptions } from './lm.js';
-import type { TrainResult } from './trainer.js';
+import { inRunFolder, type TrainResult } from './trainer.js';
 
 export interface PretrainOptions extends LmTrainOptions {
   /** Model folder to start from (e.g. from init-base). */
@@ -54,11 +54,13 @@ export function allParams(model: CausalLM): Map<string, tf.Variable> {
  * with the shared trainer (resume, checkpoints, progress, metrics.jsonl). The output folder is
  * the whole model in Hugging Face layout, tokenizer files included.
  */
-export async function pretrain(o: PretrainOptions): Promise<TrainResult> {
-  const model = loadBase(o.model, { warn: o.log });
-  try {
-    return await trainLm(model, allParams(model), (dir) => saveModel(model, dir), o);
-  } finally {
-    model.dispose();
-  }
+export function pretrain(o: PretrainOptions): Promise<TrainResult> {
+  return inRunFolder(o, [['--model', o.model]], async () => {
+    const model = loadBase(o.model, { warn: o.log });
+    try {
+      return await trainLm(model, allParams(model), (dir) => saveModel(model, dir), o);
+    } finally {
+      model.dispose();
+    }
+  });
 }

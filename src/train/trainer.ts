@@ -1,12 +1,16 @@
 import * as tf from '@tensorflow/tfjs';
-import { existsSync, mkdirSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
+import { holding, type FolderLock } from '../base/lock.js';
 import { globalNorm } from '../base/ops.js';
+import { claimOutput, refuseArtifact, type Input } from '../base/output.js';
 import { Rng } from '../base/rng.js';
 import {
   CheckpointError,
   LATEST_FILE,
+  MAX_PARAM,
   loadCheckpoint,
+  removeStaleTemps,
   resolveCheckpoint,
   saveCheckpoint,
   type BestMetric,
@@ -31,8 +35,11 @@ export interface Batches<B> {
   epoch?(): number;
 }
 
-/** Installs an interrupt handler and returns its remover. */
-export type SignalSource = (onInterrupt: () => void) => () => void;
+/** Installs an interrupt handler and returns its remover; the handler gets the signal's name when there is one. */
+export type SignalSource = (onInterrupt: (signal?: string) => void) => () => void;
+
+/** Exactly-zero gradients for this many updates in a row: the run is dead (saturated), not learning. */
+export const DEAD_STEPS = 20;
 
 export interface TrainSpec<B> {
   /** Exactly these train and carry optimizer state. */
@@ -76,10 +83,12 @@ export interface TrainSpec<B> {
   outDir: string;
   /** A run folder (its latest checkpoint) or a checkpoint folder to continue from. */
   resume?: string;
+  /** Start a fresh run in a folder that holds a model, adapter or gate (but no run). */
+  overwrite?: boolean;
   progress?: ProgressMode;
   /** Where messages go (interruption, warnings, eval results); stderr by default. */
   log?: (msg: string) => void;
-  /** Interrupt source; SIGINT by default. */
+  /** Interrupt source; SIGINT and SIGTERM by default. */
   signals?: SignalSource;
 }
 
@@ -107,23 +116,59 @@ export class TrainError extends Error {
 }
 
 /**
- * SIGINT: the first asks the loop to stop after the current step; a second, with the handler
- * removed, gets Node's default (exit).
+ * SIGINT (Ctrl-C) and SIGTERM (kill, a job scheduler's stop): the first asks the loop to stop
+ * after the current step and checkpoint; a second, with the handlers removed, gets Node's
+ * default (exit).
  */
-export const sigint: SignalSource = (onInterrupt) => {
-  const handler = (): void => {
-    process.off('SIGINT', handler);
-    onInterrupt();
+export const interrupts: SignalSource = (onInterrupt) => {
+  const handlers = (['SIGINT', 'SIGTERM'] as const).map((signal) => {
+    const handler = (): void => {
+      remove();
+      onInterrupt(signal);
+    };
+    return [signal, handler] as const;
+  });
+  const remove = (): void => {
+    for (const [signal, handler] of handlers) process.off(signal, handler);
   };
-  process.on('SIGINT', handler);
-  return () => process.off('SIGINT', handler);
+  for (const [signal, handler] of handlers) process.on(signal, handler);
+  return remove;
 };
+
+export interface RunFolder {
+  out: string;
+  resume?: string;
+  overwrite?: boolean;
+  log?: (m: string) => void;
+}
+
+/**
+ * Lock a training run's output folder and check it, before any work (before the data is read):
+ * it must be none of the inputs; a fresh run needs a folder without a run in it, and overwrite to
+ * replace a model, adapter or gate there. Temp files a killed run left go.
+ */
+export function claimRunFolder(o: RunFolder, inputs: Input[] = []): FolderLock {
+  const lock = claimOutput({ out: o.out, inputs, log: o.log }, (out) => {
+    if (o.resume) return;
+    if (existsSync(join(out, LATEST_FILE))) {
+      throw new Error(`${out} already holds a run (it has a '${LATEST_FILE}' checkpoint pointer): resume it, or choose an empty output folder`);
+    }
+    if (!o.overwrite) refuseArtifact(out);
+  });
+  removeStaleTemps(o.out);
+  return lock;
+}
+
+/** `work` with the run folder claimed (claimRunFolder), released however it ends; a refusal rejects. */
+export async function inRunFolder<T>(o: RunFolder, inputs: Input[], work: () => Promise<T>): Promise<T> {
+  return holding(claimRunFolder(o, inputs), work);
+}
 
 /**
  * The training loop. One step: k micro-batches of forward/backward, one host read of
- * [loss, grad norm], a NaN/Inf check, clipping folded into the AdamW update, then logging, eval
- * and checkpoints when due. Resume restores parameters, buffers, moments, step, RNG and the
- * data stream, so the loss curve continues as if never stopped.
+ * [loss, grad norm, largest parameter], a divergence check, clipping folded into the AdamW
+ * update, then logging, eval and checkpoints when due. Resume restores parameters, buffers,
+ * moments, step, RNG and the data stream, so the loss curve continues as if never stopped.
  */
 export async function train<B>(spec: TrainSpec<B>): Promise<TrainResult> {
   const { params, batches, outDir } = spec;
@@ -146,11 +191,8 @@ export async function train<B>(spec: TrainSpec<B>): Promise<TrainResult> {
   if (!(clip >= 0)) throw new Error(`clip must be >= 0, got ${clip}`);
   if (params.size === 0) throw new Error('nothing to train: params is empty');
   for (const [name, v] of params) if (!v.trainable) throw new Error(`parameter '${name}' is a non-trainable variable`);
-  mkdirSync(outDir, { recursive: true });
-  if (!spec.resume && existsSync(join(outDir, LATEST_FILE))) {
-    throw new Error(`${outDir} already holds a run (it has a '${LATEST_FILE}' checkpoint pointer): resume it, or choose an empty output folder`);
-  }
-
+  // Callers that read data first claimed the folder before reading it; then this only counts.
+  const lock = claimRunFolder({ ...spec, out: outDir });
   const progressMode = spec.progress ?? 'auto';
   let progress: Progress | null = null;
   const say = spec.log ?? ((m: string) => (progress ? progress.log(m) : process.stderr.write(m + '\n')));
@@ -180,13 +222,14 @@ export async function train<B>(spec: TrainSpec<B>): Promise<TrainResult> {
     const metrics = new MetricsLog(outDir, spec.resume ? step : null);
     progress = new Progress({ total: spec.steps, start: step, mode: progressMode });
     let interrupted = false;
-    removeHandler = (spec.signals ?? sigint)(() => {
+    removeHandler = (spec.signals ?? interrupts)((signal) => {
       interrupted = true;
-      say('interrupt: finishing this step, then writing a checkpoint (interrupt again to quit at once)');
+      say(`${signal ?? 'interrupt'}: finishing this step, then writing a checkpoint (interrupt again to quit at once)`);
     });
 
     let last: Record<string, unknown> | null = null;
     let lastLoss: number | null = null;
+    let zeroSteps = 0;
     const save = (): string => {
       const state: TrainState = {
         step,
@@ -221,15 +264,13 @@ export async function train<B>(spec: TrainSpec<B>): Promise<TrainResult> {
       let loss: number;
       let gradNorm: number;
       try {
-        // The only host reads of a step. The second costs nothing extra: the first already waited.
-        const norm = globalNorm([...acc.grads.values()]);
-        loss = acc.loss.dataSync()[0]! / k;
-        gradNorm = norm.dataSync()[0]! / k;
-        norm.dispose();
-        if (!Number.isFinite(loss) || !Number.isFinite(gradNorm)) {
-          const what = Number.isFinite(loss) ? `gradient norm is ${gradNorm}` : `loss is ${loss}`;
-          throw new TrainError(`step ${step + 1}: ${what}; stopped before updating. ${kept(checkpoint)}`, step + 1, checkpoint);
-        }
+        // The only host read of a step: loss, gradient norm, and the largest parameter magnitude.
+        const host = tf.tidy(() => tf.stack([acc.loss, globalNorm([...acc.grads.values()]), largestMagnitude(params)]).dataSync());
+        loss = host[0]! / k;
+        gradNorm = host[1]! / k;
+        zeroSteps = gradNorm === 0 ? zeroSteps + 1 : 0;
+        const why = divergence(loss, gradNorm, host[2]!, zeroSteps);
+        if (why) throw new TrainError(`step ${step + 1}: ${why}; stopped before updating. ${kept(checkpoint)}`, step + 1, checkpoint);
         optimizer.apply(acc.grads, lr, clipCoef(gradNorm, clip) / k);
       } finally {
         disposeAccumulated(acc);
@@ -267,7 +308,25 @@ export async function train<B>(spec: TrainSpec<B>): Promise<TrainResult> {
     removeHandler();
     progress?.stop();
     optimizer.dispose();
+    lock.release();
   }
+}
+
+/**
+ * Why a step must not update: a non-finite loss or gradient; parameters the last update blew up
+ * (still finite, so a checkpoint would take them, but the model is wrecked); or no gradient at
+ * all for DEAD_STEPS updates (saturated: the loss sticks and nothing is learned).
+ */
+function divergence(loss: number, gradNorm: number, peak: number, zeroSteps: number): string | null {
+  if (!Number.isFinite(loss)) return `loss is ${loss}`;
+  if (!Number.isFinite(gradNorm)) return `gradient norm is ${gradNorm}`;
+  if (!(peak <= MAX_PARAM)) return `a parameter reached ${peak.toPrecision(3)} in magnitude (more than ${MAX_PARAM}): the run diverged`;
+  if (zeroSteps >= DEAD_STEPS) return `the gradient has been exactly 0 for ${zeroSteps} updates in a row: the run is dead (saturated) and learns nothing`;
+  return null;
+}
+
+function largestMagnitude(params: Map<string, tf.Variable>): tf.Scalar {
+  return tf.max(tf.stack([...params.values()].map((v) => tf.max(tf.abs(v))))) as tf.Scalar;
 }
 
 function kept(checkpoint: string | null): string {

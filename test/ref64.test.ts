@@ -8,7 +8,7 @@ import { logprobs64, readTensors64 } from './ref64.js';
 // rounded to 6 decimals: agreement to ~1e-6 shows it computes the same model, so the tests that
 // use it on folders molora writes (upcycle, MixLoRA) check against an independent float64 forward.
 describe('host float64 reference', () => {
-  it.each(['llama-gqa', 'mistral', 'qwen2', 'mixtral'])('%s: every case agrees with the PyTorch float64 log-probs to 1e-6 (their rounding)', (name) => {
+  it.each(['llama-gqa', 'mistral', 'mistral-swa', 'qwen2', 'mixtral'])('%s: every case agrees with the PyTorch float64 log-probs to 1e-6 (their rounding)', (name) => {
     const dir = join(MODEL_FIXTURES, name);
     const W = readTensors64(join(dir, 'model.safetensors'));
     const cfg = JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8')) as Record<string, unknown>;

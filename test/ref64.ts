@@ -4,7 +4,7 @@ import { openSafetensors } from '../src/base/safetensors.js';
  * A float64 forward of a Llama-family model (llama, mistral, qwen2, mixtral) written on the host
  * from REFERENCE.md §1 and §4, independent of molora's tfjs code: it reads the tensors straight
  * from .safetensors files and knows nothing of molora's modules. Checked against the PyTorch
- * float64 references in test/fixtures/models (reference64.test.ts), then used where no PyTorch
+ * float64 references in test/fixtures/models (ref64.test.ts), then used where no PyTorch
  * reference can exist: folders molora writes itself (upcycled MoE, MixLoRA adapters).
  */
 export interface Tensor64 {

@@ -224,10 +224,27 @@ def positions_from_mask(mask):
     return pos.masked_fill(mask == 0, 1)
 
 
-def allowed_keys(mask):
+def allowed_keys(mask, window=None):
+    """Key slot k is visible to query slot q when real, k <= q and, with a sliding window W,
+    k > q - W (HF masking_utils sliding_window_overlay: kv_idx > q_idx - sliding_window, on
+    slot indices, so a query sees itself and the W - 1 slots before it)."""
     T = mask.shape[1]
     causal = torch.tril(torch.ones(T, T, dtype=torch.bool))
+    if window is not None:
+        q = torch.arange(T)[:, None]
+        k = torch.arange(T)[None, :]
+        causal = causal & (k > q - window)
     return causal[None] & mask.bool()[:, None, :]  # [B, Tq, Tk]
+
+
+def sliding_window_of(cfg):
+    """Mistral/Mixtral apply `sliding_window` on every layer when it is set. Qwen2's
+    use_sliding_window depends on max_window_layers per layer and is not modelled here."""
+    if cfg["model_type"] == "qwen2" and cfg.get("use_sliding_window"):
+        raise NotImplementedError("qwen2 sliding window")
+    if cfg["model_type"] in ("mistral", "mixtral"):
+        return cfg.get("sliding_window")
+    return None
 
 
 def attend(q, k, v, allowed):
@@ -258,7 +275,7 @@ def llama_forward(W, cfg, ids, mask, pos):
     ang = pos.to(torch.float64)[..., None] * inv_freq  # [B,T,hd/2]
     emb = torch.cat([ang, ang], -1)
     cos, sin = emb.cos()[:, None], emb.sin()[:, None]  # [B,1,T,hd]
-    allowed = allowed_keys(mask)
+    allowed = allowed_keys(mask, sliding_window_of(cfg))
 
     x = W["model.embed_tokens.weight"][ids]
     for i in range(cfg["num_hidden_layers"]):
@@ -392,16 +409,17 @@ def write_json(path, obj, compact=False):
 # reference cases
 # ----------------------------------------------------------------------------
 
-def make_inputs(vocab, seed):
+def make_inputs(vocab, seed, T=7, short_len=4):
     r = Rand(seed)
-    a = [r.ints(1, vocab, 7), r.ints(1, vocab, 7)]  # real tokens never use pad id 0
-    short = a[1][:4]
-    left = [a[0], [0, 0, 0] + short]
-    right = [a[0], short + [0, 0, 0]]
+    a = [r.ints(1, vocab, T), r.ints(1, vocab, T)]  # real tokens never use pad id 0
+    short = a[1][:short_len]
+    pad = T - short_len
+    left = [a[0], [0] * pad + short]
+    right = [a[0], short + [0] * pad]
     return [
-        (a, [[1] * 7, [1] * 7]),
-        (left, [[1] * 7, [0, 0, 0, 1, 1, 1, 1]]),
-        (right, [[1] * 7, [1, 1, 1, 1, 0, 0, 0]]),
+        (a, [[1] * T, [1] * T]),
+        (left, [[1] * T, [0] * pad + [1] * short_len]),
+        (right, [[1] * T, [1] * short_len + [0] * pad]),
     ]
 
 
@@ -447,11 +465,12 @@ def greedy(fwd, W, cfg, vocab, seed, n=8, want_margin=0.05):
     return best
 
 
-def check_and_summarise(name, cfg, fwd, W, lps):
+def check_and_summarise(name, cfg, fwd, W, lps, short_len=4):
     a, left, right = lps
+    pad = a.shape[1] - short_len
     # Consistency of the mask/position handling: a padded row must equal the unpadded computation.
-    assert torch.allclose(left[1, 3:], a[1, :4], atol=1e-10), name
-    assert torch.allclose(right[1, :4], a[1, :4], atol=1e-10), name
+    assert torch.allclose(left[1, pad:], a[1, :short_len], atol=1e-10), name
+    assert torch.allclose(right[1, :short_len], a[1, :short_len], atol=1e-10), name
     assert torch.allclose(left[0], a[0], atol=1e-10) and torch.allclose(right[0], a[0], atol=1e-10)
     p = a.exp()
     ent = -(p * a).sum(-1)
@@ -462,7 +481,7 @@ def check_and_summarise(name, cfg, fwd, W, lps):
     assert ent.mean() < math.log(V) - 0.3, f"{name}: logits too flat"
 
 
-def build(name, cfg, W_stored, fwd, seed, write_files):
+def build(name, cfg, W_stored, fwd, seed, write_files, T=7, short_len=4):
     folder = os.path.join(OUT, name)
     if os.path.isdir(folder):
         shutil.rmtree(folder)
@@ -475,11 +494,11 @@ def build(name, cfg, W_stored, fwd, seed, write_files):
         assert torch.equal(W[k].to(torch.float64), W_stored[k].to(torch.float64)), k
     vocab = cfg["vocab_size"]
     cases, lps = [], []
-    for ids, mask in make_inputs(vocab, seed):
+    for ids, mask in make_inputs(vocab, seed, T, short_len):
         c, lp = run_case(fwd, W, cfg, ids, mask)
         cases.append(c)
         lps.append(lp)
-    check_and_summarise(name, cfg, fwd, W, lps)
+    check_and_summarise(name, cfg, fwd, W, lps, short_len)
     g = greedy(fwd, W, cfg, vocab, seed + 1)
     print(f"    greedy {g}")
     ref = {
@@ -538,6 +557,23 @@ def main():
     pcfg = gpt2_config(explicit_tie=False)  # tie_word_embeddings omitted: HF default (true)
     pw = {"transformer." + k: v for k, v in gpt2_weights(pcfg, seed=5005).items()}
     build("gpt2-prefixed", pcfg, pw, gpt2_forward, 55, single_file)
+
+    # Sliding window shorter than the sequences (added last, own seeds: no earlier draw changes).
+    # Window 4 over rows of 10 tokens, the short row 6: every row, padded or not, outgrows it.
+    scfg = dict(mcfg, sliding_window=4)
+    sw = llama_weights(scfg, seed=6006)
+    build("mistral-swa", scfg, sw, llama_forward, 66, single_file, T=10, short_len=6)
+    # The window must matter: without it the reference moves well beyond the test tolerance.
+    full = dict(scfg, sliding_window=None)
+    W = load_folder(os.path.join(OUT, "mistral-swa"))
+    for ids, mask in make_inputs(scfg["vocab_size"], 66, 10, 6):
+        m = torch.tensor(mask)
+        pos = positions_from_mask(m)
+        with_w = llama_forward(W, scfg, torch.tensor(ids), m, pos)
+        without = llama_forward(W, full, torch.tensor(ids), m, pos)
+        gap = float((with_w - without).abs()[m.bool()].max())
+        print(f"    mistral-swa: window changes the log-probs by up to {gap:.3f}")
+        assert gap > 1e-2
 
     for d in sorted(os.listdir(OUT)):
         size = sum(os.path.getsize(os.path.join(OUT, d, f)) for f in os.listdir(os.path.join(OUT, d)))

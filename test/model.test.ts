@@ -17,7 +17,7 @@ beforeAll(async () => {
 
 const quiet = { warn: () => {} };
 
-describe.each(['llama-gqa', 'qwen2', 'gpt2'])('KV-cache decoding (%s)', (name) => {
+describe.each(['llama-gqa', 'qwen2', 'gpt2', 'mistral-swa'])('KV-cache decoding (%s)', (name) => {
   it('equals recomputing the full forward at every step, and the reference greedy tokens', () => {
     const model = loadBase(join(MODEL_FIXTURES, name), quiet);
     const { greedy } = readReference(name);

@@ -95,10 +95,12 @@ export function routerSettings(f: RouterFlags): Pick<TrainGateOptions, 'router' 
 const STATS_BATCHES = 8;
 
 /**
- * `molora train-gate`: N frozen LoRA experts on the frozen base, and a fresh MoLE gate per
- * gated layer (or block) trained on next-token loss plus the balance loss. Only gate parameters
- * train. The output folder holds gate_config.json + gate.safetensors, metrics.jsonl (with the
- * per-layer mean gate weights and entropy at each eval) and checkpoints.
+ * `molora train-gate`: N frozen LoRA experts on the frozen base, and a router over them: by
+ * default the prompt router (trainPromptRouter), or the training-free centroid router, or a
+ * MoLE gate per gated layer (or block) trained on next-token loss plus the balance loss (and a
+ * routing cross-entropy where the task column names experts). Only the router's parameters
+ * train. The output folder holds gate_config.json + gate.safetensors, metrics.jsonl (routing
+ * accuracy, or the per-layer mean gate weights and entropy, at each eval) and checkpoints.
  */
 export function trainGate(o: TrainGateOptions): Promise<TrainResult> {
   const inputs: Input[] = [['--model', o.model], ...o.experts.map(([name, dir]): Input => [`--expert ${name}`, dir])];

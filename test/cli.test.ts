@@ -122,6 +122,32 @@ describe('molora CLI', () => {
     expect(wrong.stderr).toMatch(/at least 2 experts/);
   });
 
+  it('train-gate trains the prompt router by default; eval and gates use it; bad routing flags are refused by name', async () => {
+    // Reuses the base, experts and data of the test above.
+    const base = join(tmp.dir, 'gate-base');
+    const experts = ['--expert', `a=${join(tmp.dir, 'expert-a')}`, '--expert', `b=${join(tmp.dir, 'expert-b')}`];
+    const cols = ['--data', join(tmp.dir, 'mixed.csv'), '--prompt-column', 'prompt', '--completion-column', 'completion', '--task-column', 'task'];
+    const router = join(tmp.dir, 'router');
+    run('train-gate', '--model', base, ...experts, ...cols, '--out', router, '--steps', '3', '--seq-len', '16', '--progress', 'off');
+    expect(JSON.parse(readFileSync(join(router, 'gate_config.json'), 'utf8'))).toMatchObject({ format: 'molora.prompt_router', top_k: 1, experts: [{ name: 'a' }, { name: 'b' }] });
+    const scored = JSON.parse(run('eval', '--model', base, ...experts, '--gate', router, ...cols, '--seq-len', '16', '--json'));
+    expect(scored.overall.n).toBe(24);
+    const stats = JSON.parse(run('gates', '--model', base, ...experts, '--gate', router, ...cols, '--seq-len', '16', '--json'));
+    // Hard routing: each row goes to one expert, so every per-task share is a multiple of 1/12.
+    expect(stats.gates.map((g: { gate: string }) => g.gate)).toEqual(['router']);
+    for (const g of Object.values(stats.byTask as Record<string, { meanWeight: number[] }[]>)) for (const w of g[0]!.meanWeight) expect(Math.abs(w * 12 - Math.round(w * 12))).toBeLessThan(1e-6);
+    const out = (name: string): string[] => ['--out', join(tmp.dir, name), '--steps', '1', '--seq-len', '16'];
+    expect(fail('train-gate', '--model', base, ...experts, ...cols, ...out('r1'), '--granularity', 'prefix').stderr).toMatch(/granularity: MoLE gate settings, for router 'mole' only/);
+    expect(fail('train-gate', '--model', base, ...experts, ...cols, ...out('r2'), '--router', 'mole', '--routing-loss', 'lm').stderr).toMatch(/routing loss and router L2 are for router 'prompt'/);
+    expect(fail('train-gate', '--model', base, ...experts, ...cols, ...out('r3'), '--router', 'nearest').stderr).toMatch(/--router.*nearest/);
+    expect(fail('train-gate', '--model', base, ...experts, ...cols, ...out('r4'), '--router-l2', '-1').stderr).toMatch(/--router-l2/);
+    const unlabelled = ['--data', join(tmp.dir, 'mixed.csv'), '--prompt-column', 'prompt', '--completion-column', 'completion'];
+    expect(fail('train-gate', '--model', base, ...experts, ...unlabelled, ...out('r5'), '--routing-loss', 'labels').stderr).toMatch(/routing loss 'labels' needs a task column whose values name experts \(a, b\)/);
+    expect(fail('train-gate', '--model', base, ...experts, ...unlabelled, ...out('r6'), '--router', 'centroid').stderr).toMatch(/centroid router needs a task column/);
+    expect(fail('bench', 'compose', '--families', 'tail,nope', '--out', join(tmp.dir, 'bc')).stderr).toMatch(/unknown family 'nope' \(families: tail, lead, form, lookup\)/);
+    expect(fail('bench', 'probe', '--dir', join(tmp.dir, 'no-such-family')).status).toBe(1);
+  });
+
   it('--mask-experts masks routed experts of a sparse model and names a bad expert', () => {
     const mixtral = join(MODEL_FIXTURES, 'mixtral');
     const plain = JSON.parse(run('forward', '--model', mixtral, '--ids', '3,1,4,1,5', '--json'));

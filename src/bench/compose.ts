@@ -80,8 +80,10 @@ export interface RouterResult {
 
 export async function benchCompose(o: BenchComposeOptions): Promise<Record<string, FamilyResult>> {
   const log = o.log ?? ((m: string) => process.stderr.write(`molora: ${m}\n`));
-  const families = taskFamilies().filter((f) => !o.families || o.families.includes(f.name));
-  if (o.families && families.length !== o.families.length) throw new Error(`unknown family in ${o.families.join(', ')} (families: ${taskFamilies().map((f) => f.name).join(', ')})`);
+  const all = taskFamilies();
+  const unknown = (o.families ?? []).filter((n) => !all.some((f) => f.name === n));
+  if (unknown.length) throw new Error(`unknown famil${unknown.length > 1 ? 'ies' : 'y'} ${unknown.map((n) => `'${n}'`).join(', ')} (families: ${all.map((f) => f.name).join(', ')})`);
+  const families = all.filter((f) => !o.families || o.families.includes(f.name));
   const variants = o.routers ?? Object.keys(ROUTER_VARIANTS);
   for (const v of variants) if (!ROUTER_VARIANTS[v]) throw new Error(`unknown router variant '${v}' (variants: ${Object.keys(ROUTER_VARIANTS).join(', ')})`);
   const results: Record<string, FamilyResult> = {};

@@ -146,7 +146,6 @@ function pct(x: number): string {
 export function suiteSummary(results: Record<string, FamilyResult>): string {
   const variants = [...new Set(Object.values(results).flatMap((f) => Object.keys(f.routers)))];
   const out = ['| router | family | exact match (oracle) | worst task / oracle | routing share | worst other-task move under a mask | own task under its mask (max) |', '|---|---|---|---|---|---|---|'];
-  const avg = (xs: number[]): number => xs.reduce((a, x) => a + x, 0) / xs.length;
   for (const v of variants) {
     for (const [name, f] of Object.entries(results)) {
       const r = f.routers[v];
@@ -154,7 +153,7 @@ export function suiteSummary(results: Record<string, FamilyResult>): string {
       const worst = Math.min(...f.tasks.map((t) => (f.oracle[t]! > 0 ? r.gate[t]! / f.oracle[t]! : 1)));
       const moves = f.tasks.flatMap((e) => f.tasks.filter((t) => t !== e).map((t) => Math.abs(r.masks[e]![t]! - r.gate[t]!)));
       const own = Math.max(...f.tasks.map((e) => r.masks[e]![e]!));
-      out.push(`| ${v} | ${name} | ${pct(avg(f.tasks.map((t) => r.gate[t]!)))} (${pct(avg(f.tasks.map((t) => f.oracle[t]!)))}) | ${pct(worst)}% | ${pct(avg(f.tasks.map((t) => r.routing[t]!)))}% | ${pct(Math.max(...moves))} | ${pct(own)} |`);
+      out.push(`| ${v} | ${name} | ${pct(mean(f.tasks.map((t) => r.gate[t]!)))} (${pct(mean(f.tasks.map((t) => f.oracle[t]!)))}) | ${pct(worst)}% | ${pct(mean(f.tasks.map((t) => r.routing[t]!)))}% | ${pct(Math.max(...moves))} | ${pct(own)} |`);
     }
   }
   return out.join('\n');

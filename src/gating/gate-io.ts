@@ -121,8 +121,8 @@ export function loadGate(composition: MoleComposition, dir: string): MoleGates {
   try {
     for (const g of groups) {
       const width = out.get(g.modules[0]!)!;
-      const e = read(file, gateKey(g.name, 'e'), [N * width, N], fail);
-      const rho = options.temperature.mode === 'learned' ? read(file, gateKey(g.name, 'rho'), [], fail) : null;
+      const e = readTensor(file, gateKey(g.name, 'e'), [N * width, N], fail);
+      const rho = options.temperature.mode === 'learned' ? readTensor(file, gateKey(g.name, 'rho'), [], fail) : null;
       const eVar = tf.tidy(() => tf.variable(tf.tensor2d(permute(e, order, width), [N * width, N]), true));
       const rhoVar = rho ? tf.tidy(() => tf.variable(tf.scalar(rho[0]!), true)) : null;
       built.push(new MoleGate(g.name, g.modules, eVar, rhoVar, options.temperature.mode === 'fixed' ? options.temperature.value : null));
@@ -165,7 +165,8 @@ function short(sha: string): string {
   return `${sha.slice(0, 12)}…`;
 }
 
-function read(file: ReturnType<typeof openSafetensors>, key: string, shape: number[], fail: (m: string) => never): Float32Array {
+/** A float tensor of gate.safetensors with exactly this shape, or `fail` naming what is wrong. */
+export function readTensor(file: ReturnType<typeof openSafetensors>, key: string, shape: number[], fail: (m: string) => never): Float32Array {
   if (!file.tensors.has(key)) fail(`${GATE_WEIGHTS} lacks tensor '${key}'`);
   const t = file.read(key);
   if (t.shape.join(',') !== shape.join(',')) fail(`tensor '${key}' has shape [${t.shape}], this base and these experts need [${shape}]`);

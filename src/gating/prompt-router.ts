@@ -6,17 +6,17 @@ import { normalise } from './mole.js';
 /**
  * The prompt router: one routing decision per row, read from the frozen base's own view of the
  * prompt (X-LoRA's "scaling pass", REFERENCE.md §3b). A plain pass (every expert off) gives the
- * final hidden states h; the router's feature of a row is
- *   f = LN(mean of h over the prompt's tokens) ⊕ LN(h at the prompt's last token)   [2D]
- * and its expert scores are z = f·W + b, W: [2D, N]. The mean carries what the input is made
- * of, the last token what the prompt ends with (causal prompts that differ only at the end are
- * identical until then). At inference the best allowed expert acts at full strength (top-1), or
- * the top k share the row, renormalised: soft mixing of frozen task adapters loses every task.
+ * final hidden states h; a row's feature f is FEATURE_PARTS side by side: the prompt's mean token
+ * embedding (what the input is made of), and the mean and last of h over the prompt (the last
+ * token carries what the prompt ends with: causal prompts that differ only at the end are
+ * identical until then), each layer-normalised, [3D]. Its expert scores are z = f·W + b,
+ * W: [3D, N]. At inference the best allowed expert acts at full strength (top-1), or the top k
+ * share the row, renormalised: soft mixing of frozen task adapters loses every task.
  *
  * Why not MoLE's gate: it reads Eᵢ(x) = BᵢAᵢx, the part of x inside each expert's rank-r
  * subspace, through a normalised input and small weights, so its logits stay bounded and its
- * mixture soft; and causal prompts that differ only at their end look identical to it until
- * that token. See docs/routing.md for the probe measurements behind this design.
+ * mixture soft; and a per-token gate at the token that chooses the answer sees too little of
+ * the prompt. See docs/routing.md for the probe measurements behind this design.
  */
 export interface RouterOptions {
   /** Experts that act on each row: 1 (default) is hard routing, each chosen expert at full strength. */

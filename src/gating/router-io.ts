@@ -5,7 +5,7 @@ import { writeJsonAtomic } from '../base/atomic.js';
 import { readJsonObject } from '../base/json.js';
 import { openSafetensors, writeSafetensors } from '../base/safetensors.js';
 import type { MoleComposition } from './composition.js';
-import { checkExperts, expertRecords, GATE_CONFIG, GATE_WEIGHTS, GateFolderError, loadGate, saveGate, type ExpertRecord } from './gate-io.js';
+import { checkExperts, expertRecords, GATE_CONFIG, GATE_WEIGHTS, GateFolderError, loadGate, readTensor, saveGate, type ExpertRecord } from './gate-io.js';
 import { FEATURE_PARTS, featureWidth, PromptRouter, validateRouterOptions } from './prompt-router.js';
 
 /**
@@ -83,17 +83,10 @@ function readRouter(composition: MoleComposition, dir: string, cfg: RouterConfig
   if (!existsSync(weightsPath)) fail(`${GATE_WEIGHTS} not found`);
   const file = openSafetensors(weightsPath);
   const N = cfg.experts.length;
-  const read = (key: string, shape: number[]): Float32Array => {
-    if (!file.tensors.has(key)) fail(`${GATE_WEIGHTS} lacks tensor '${key}'`);
-    const t = file.read(key);
-    if (t.shape.join(',') !== shape.join(',')) fail(`tensor '${key}' has shape [${t.shape}], expected [${shape}]`);
-    if (!(t.data instanceof Float32Array)) fail(`tensor '${key}' has dtype ${t.dtype}, expected a float type`);
-    return t.data as Float32Array;
-  };
   for (const key of file.tensors.keys()) if (key !== 'router.weight' && key !== 'router.bias') fail(`${GATE_WEIGHTS} holds unexpected tensor '${key}'`);
   const F = featureWidth(D);
-  const w = read('router.weight', [N, F]);
-  const b = read('router.bias', [N]);
+  const w = readTensor(file, 'router.weight', [N, F], fail);
+  const b = readTensor(file, 'router.bias', [N], fail);
   // File row i is expert cfg.experts[i]; the composition may list them in another order.
   const order = composition.experts.map((name) => cfg.experts.findIndex((e) => e.name === name));
   const wT = new Float32Array(F * N);

@@ -29,8 +29,9 @@ export const ROUTING_LOSSES = ['auto', 'labels', 'lm', 'both'] as const;
  */
 export const DEFAULT_ROUTER_L2 = 1e-2;
 
-export function l2Penalty(router: PromptRouter, lambda: number): tf.Scalar {
-  return router.weight.square().sum().mul(lambda / 2) as tf.Scalar;
+/** loss + (λ/2)·|W|² (the loss itself when λ = 0). */
+export function withL2(loss: tf.Scalar, router: PromptRouter, lambda: number): tf.Scalar {
+  return lambda > 0 ? loss.add(router.weight.square().sum().mul(lambda / 2)) : loss;
 }
 
 /** Per task id of the dataset, the index of the expert named like it, or −1. */
@@ -56,9 +57,15 @@ export function resolveRoutingLoss(wanted: (typeof ROUTING_LOSSES)[number], labe
 export function routerLoss(comp: MoleComposition, router: PromptRouter, b: Batch, labels: Int32Array, kind: RoutingLoss, cache?: ExpertLossCache): tf.Scalar {
   const lb = toLmBatch(b);
   const logp = tf.logSoftmax(router.logits(promptFeatures(comp.model, lb)));
+  const label = Array.from(b.taskIds, (t) => labels[t] ?? -1);
+  return routingTerms(logp, kind, label, () => (cache ? cache.get(comp, b) : expertLosses(comp, lb)));
+}
+
+/** The terms `kind` asks for, from log-probabilities [B, N]: labels, the LM mixture (nll computed only then), or both. */
+function routingTerms(logp: tf.Tensor2D, kind: RoutingLoss, label: number[], nll: () => { sums: Float32Array; tokens: Float32Array }): tf.Scalar {
   const terms: tf.Scalar[] = [];
-  if (kind !== 'lm') terms.push(labelLoss(logp, Array.from(b.taskIds, (t) => labels[t] ?? -1)));
-  if (kind !== 'labels') terms.push(mixtureLoss(logp, cache ? cache.get(comp, b) : expertLosses(comp, lb)));
+  if (kind !== 'lm') terms.push(labelLoss(logp, label));
+  if (kind !== 'labels') terms.push(mixtureLoss(logp, nll()));
   return terms.length === 1 ? terms[0]! : tf.addN(terms);
 }
 
@@ -253,10 +260,7 @@ export class RouterTrainingSet {
    */
   fit(router: PromptRouter, kind: RoutingLoss, l2: number, maxIterations = 2000): { iterations: number; loss: number } {
     const opt = tf.train.adam(1e-2);
-    const objective = (): tf.Scalar => {
-      const fit = this.loss(router, kind);
-      return l2 > 0 ? fit.add(l2Penalty(router, l2)) : fit;
-    };
+    const objective = (): tf.Scalar => withL2(this.loss(router, kind), router, l2);
     let last = Infinity;
     let loss = Infinity;
     let i = 0;
@@ -277,11 +281,7 @@ export class RouterTrainingSet {
   }
 
   loss(router: PromptRouter, kind: RoutingLoss): tf.Scalar {
-    const logp = tf.logSoftmax(router.logits(this.features));
-    const terms: tf.Scalar[] = [];
-    if (kind !== 'lm') terms.push(labelLoss(logp, this.label));
-    if (kind !== 'labels') terms.push(mixtureLoss(logp, this.nll!));
-    return terms.length === 1 ? terms[0]! : tf.addN(terms);
+    return routingTerms(tf.logSoftmax(router.logits(this.features)), kind, this.label, () => this.nll!);
   }
 
   dispose(): void {

@@ -11,7 +11,7 @@ import type { CausalLM } from '../base/model.js';
 import type { GateOptions } from './mole.js';
 import { centroidRouter, createRouter, type RouterOptions } from './prompt-router.js';
 import { saveRouting } from './router-io.js';
-import { DEFAULT_ROUTER_L2, ExpertLossCache, fitsFullBatch, l2Penalty, RouterTrainingSet, featureStats, resolveRoutingLoss, routedLoss, routerLoss, routingAccuracy, ROUTING_LOSSES, taskExperts, type RoutingLoss } from './router-train.js';
+import { DEFAULT_ROUTER_L2, ExpertLossCache, fitsFullBatch, RouterTrainingSet, featureStats, resolveRoutingLoss, routedLoss, routerLoss, routingAccuracy, ROUTING_LOSSES, taskExperts, withL2, type RoutingLoss } from './router-train.js';
 import type { GateStatsReport } from './stats.js';
 
 /**
@@ -174,8 +174,7 @@ async function trainPromptRouter(model: CausalLM, comp: MoleComposition, o: Trai
       },
       loss: (b, training) => {
         if (!training) return routedLoss(comp, router, b);
-        const fit = full ? full.loss(router, kind) : routerLoss(comp, router, b, labels, kind, cache);
-        return l2 > 0 ? fit.add(l2Penalty(router, l2)) : fit;
+        return withL2(full ? full.loss(router, kind) : routerLoss(comp, router, b, labels, kind, cache), router, l2);
       },
       onEval: (_step, data) => ({ routing_accuracy: routingAccuracy(comp, router, data, labels, o.seqLen) }),
     });

@@ -7,9 +7,13 @@ log-probs with
   2. Hugging Face transformers, when it is installed: AutoModelForCausalLM and AutoTokenizer must
      load the folder unchanged, the token ids must match, and the log-probs agree within 1e-3.
 Usage: /usr/bin/python3 scripts/check_tiny_llama.py [MODEL_DIR]
+MOLORA_CLI sets the command that runs molora (default "node dist/cli/main.js"; the GPU machine
+runs a bundle with a carried Node: scripts/device/run.sh), MOLORA_BACKEND its backend.
 """
 
 import json
+import os
+import shlex
 import struct
 import subprocess
 import sys
@@ -19,6 +23,7 @@ import numpy as np
 MODEL = sys.argv[1] if len(sys.argv) > 1 else "models/tiny-llama"
 TEXT = "color: sky = blue\nThe old cat sees the tall tree."
 TOL = 1e-3
+CLI = shlex.split(os.environ.get("MOLORA_CLI", "node dist/cli/main.js"))
 
 
 def read_safetensors(path):
@@ -79,7 +84,9 @@ def numpy_llama(cfg, w, ids):
 
 
 def main():
-    out = subprocess.run(["node", "dist/cli/main.js", "forward", "--model", MODEL, "--text", TEXT, "--json"], capture_output=True, text=True, check=True)
+    out = subprocess.run(CLI + ["forward", "--model", MODEL, "--text", TEXT, "--json"], capture_output=True, text=True)
+    if out.returncode != 0:
+        sys.exit(f"{' '.join(CLI)} forward failed ({out.returncode}): {out.stderr.strip()}")
     got = json.loads(out.stdout)
     ids, lp = got["ids"], np.array(got["logprobs"])
     cfg = json.load(open(f"{MODEL}/config.json"))

@@ -50,7 +50,7 @@ describe('scripts/device/summarize.py', () => {
     expect(table).toContain('check_tiny_llama.py: numpy float64 reference: max |Δ logprob| = 6.70e-06 over 50 tokens | OK | exit status 0');
     expect(table).toMatch(/\| molora-webgpu-A \| molora webgpu \| nvidia hopper \(NVIDIA H100\) \| float32 \| 30L d576 9\/3h F1536 V49152, 8×256 \| 3000 \| 683\.0 \| 0\.25 \| 6500 \| 4000 \(buffers\) \|/);
     expect(table).toContain('| molora-webgpu-B | | | | ? | – | – | – | – | – | out of time (40s left, needs 120s) |');
-    expect(table).toContain('- molora webgpu ÷ PEFT float32, SmolLM2-135M shape: 0.25× (goal ≥ 0.25×)');
+    expect(table).toContain('- molora webgpu ÷ PEFT float32 (30L d576 9/3h F1536 V49152, 8×256): 0.25× (goal ≥ 0.25×)');
     expect(table).toContain('- molora webgpu ÷ molora wasm, same shape and batch (30L d576 9/3h F1536 V49152, 2×128): 25.0× (goal ≥ 20×)');
   });
 

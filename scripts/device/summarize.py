@@ -124,7 +124,7 @@ def table(a):
     by = {r["run"]: r for r in runs if "tokens_per_s" in r}
     gpu_a, gpu_small, wasm_small = by.get(f"molora-{a.backend}-A"), by.get(f"molora-{a.backend}-A-small"), by.get("wasm-ref-A-small")
     pa = peft32.get(shape_label(gpu_a)) if gpu_a else None
-    lines.append(f"- molora {a.backend} ÷ PEFT float32, SmolLM2-135M shape: " +
+    lines.append(f"- molora {a.backend} ÷ PEFT float32 ({shape_label(gpu_a) if gpu_a else 'SmolLM2-135M shape'}): " +
                  (f"{gpu_a['tokens_per_s'] / pa:.2f}× (goal ≥ 0.25×)" if gpu_a and pa else "not measured"))
     lines.append(f"- molora {a.backend} ÷ molora wasm, same shape and batch ({shape_label(wasm_small) if wasm_small else '?'}): " +
                  (f"{gpu_small['tokens_per_s'] / wasm_small['tokens_per_s']:.1f}× (goal ≥ 20×)" if gpu_small and wasm_small else "not measured"))

@@ -12,7 +12,7 @@ import { initBase } from '../src/base/init.js';
 import { loadBase } from '../src/base/load.js';
 import { claimOutput } from '../src/base/output.js';
 import { Rng } from '../src/base/rng.js';
-import { upcycleFolder } from '../src/gating/train-moe.js';
+import { upcycleFolder } from '../src/moe/train-moe.js';
 import { runRecipe } from '../src/recipes/run.js';
 import { trainGate } from '../src/gating/train.js';
 import { tempDir } from './helpers.js';

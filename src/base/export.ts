@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { copyFileSync, existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { MoEFFN } from '../gating/moe.js';
+import { MoEFFN } from '../moe/moe.js';
 import { diskError, makeDir, writeJsonAtomic } from './atomic.js';
 import { NormedProjection } from './llama.js';
 import type { CausalLM } from './model.js';

@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs';
-import { RouterLosses } from '../gating/moe-losses.js';
-import { MoEFFN, type ExpertLayout, type SharedExpert } from '../gating/moe.js';
-import { Router } from '../gating/router.js';
+import { RouterLosses } from '../moe/moe-losses.js';
+import { MoEFFN, type ExpertLayout, type SharedExpert } from '../moe/moe.js';
+import { Router } from '../moe/router.js';
 import type { ModelConfig, MoEConfig } from './config.js';
 import type { HostTensor } from './export.js';
 import { Linear } from './linear.js';

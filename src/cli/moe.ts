@@ -1,7 +1,7 @@
 import type { Command } from 'commander';
 import { benchMoe, type BenchMoeOptions } from '../bench/moe.js';
-import type { MixLoraOptions } from '../gating/mixlora.js';
-import { trainMoe, upcycleFolder } from '../gating/train-moe.js';
+import type { MixLoraOptions } from '../adapters/mixlora.js';
+import { trainMoe, upcycleFolder } from '../moe/train-moe.js';
 import { float, int } from './args.js';
 import { addDataFlags, addTrainerFlags, lmOptions, type CliTrainFlags } from './train.js';
 

@@ -9,7 +9,7 @@ import { summaryTable } from '../gating/experiment.js';
 import { GATE_CONFIG } from '../gating/gate-io.js';
 import { loadModel } from '../gating/session.js';
 import { DEFAULT_GATE_LR, gateStatsOn, routerSettings, trainGate, type RouterFlags } from '../gating/train.js';
-import { trainMoe, upcycleFolder } from '../gating/train-moe.js';
+import { trainMoe, upcycleFolder } from '../moe/train-moe.js';
 import { collectRun } from '../report/collect.js';
 import { renderReport } from '../report/page.js';
 import type { Summary } from '../report/summary.js';

@@ -1,4 +1,6 @@
 // molora's library API; the CLI is a thin layer over these.
+// Registers the sparse MoE checkpoint layouts with src/base, so loadBase/loadModel read Mixtral, Qwen2-MoE and OLMoE.
+import './moe/register.js';
 export { initBackend, activeBackend, type BackendInfo, type BackendName } from './base/backend.js';
 export { readConfig, parseConfig, SUPPORTED_MODEL_TYPES, type ModelConfig } from './base/config.js';
 export { loadBase, weightCount } from './base/load.js';

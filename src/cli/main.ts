@@ -2,6 +2,8 @@
 import { readFileSync } from 'node:fs';
 import { Command, Help, Option } from 'commander';
 import { BACKENDS, initBackend } from '../base/backend.js';
+// Sparse MoE folders (Mixtral, Qwen2-MoE, OLMoE) load through the layouts src/moe registers.
+import '../moe/register.js';
 import { runForward, runGenerate, runInitBase, runInspect, runMerge } from './commands.js';
 import { addDataFlags, addTrainerFlags, runTrainAdapter } from './train.js';
 import { runEval } from './eval.js';

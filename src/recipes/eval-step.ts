@@ -1,6 +1,6 @@
 import { attachAdapters } from '../adapters/peft.js';
 import { loadBase } from '../base/load.js';
-import { byteProgress } from '../cli/progress.js';
+import { byteProgress } from '../train/job-progress.js';
 import { MoleModel } from '../gating/session.js';
 import { gateStatsOn } from '../gating/train.js';
 import type { Sample, Summary } from '../report/summary.js';

@@ -5,7 +5,7 @@ import { trainAdapter } from '../adapters/train.js';
 import { writeFileAtomic, writeJsonAtomic } from '../base/atomic.js';
 import type { Arch } from '../base/config.js';
 import { initBase } from '../base/init.js';
-import { summaryTable } from '../gating/experiment.js';
+import { summaryTable } from './summary-table.js';
 import { GATE_CONFIG } from '../gating/gate-io.js';
 import { loadModel } from '../gating/session.js';
 import { DEFAULT_GATE_LR, gateStatsOn, routerSettings, trainGate, type RouterFlags } from '../gating/train.js';

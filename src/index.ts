@@ -23,14 +23,14 @@ export { DEFAULT_LORA, parseLoraConfig, loraConfigJson, type LoraConfig } from '
 export { LoraLayer } from './adapters/lora.js';
 export { loadAdapter, saveAdapter, attachAdapters } from './adapters/peft.js';
 export { mergeAdapters, type Merge } from './adapters/merge.js';
-export { trainAdapter, type TrainAdapterOptions } from './adapters/train.js';
-export { loadModel, MoleModel, type LoadModelOptions } from './gating/session.js';
+export { trainAdapter, type TrainAdapterOptions } from './adapters/train-adapter.js';
+export { loadModel, MoleModel, type LoadModelOptions } from './gating/mole-model.js';
 export { MoleComposition, type RowSpec } from './gating/composition.js';
 export { saveGate, loadGate, expertFingerprint } from './gating/gate-io.js';
 export { saveRouting, loadRouting } from './gating/router-io.js';
 export { PromptRouter, createRouter, centroidRouter, promptFeatures, routeWeights, DEFAULT_ROUTER_OPTIONS, type RouterOptions } from './gating/prompt-router.js';
 export type { GateOptions, GateLevel, Granularity } from './gating/mole.js';
-export { trainGate, gateStatsOn, type TrainGateOptions } from './gating/train.js';
+export { trainGate, gateStatsOn, type TrainGateOptions } from './gating/train-gate.js';
 export { readProfiles, applyProfile, type Profiles, type ProfileEntry } from './gating/profile.js';
 export { MoEFFN, maskExperts, parseExpertMask, routerStatsOf } from './moe/moe.js';
 export { upcycle } from './moe/upcycle.js';

@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { DEFAULT_LORA, type LoraConfig } from '../src/adapters/config.js';
 import { loadAdapter } from '../src/adapters/peft.js';
-import { trainAdapter } from '../src/adapters/train.js';
+import { trainAdapter } from '../src/adapters/train-adapter.js';
 import { initBackend } from '../src/base/backend.js';
 import type { ForwardContext } from '../src/base/context.js';
 import { generate } from '../src/base/generate.js';

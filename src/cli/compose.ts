@@ -3,7 +3,7 @@ import { loadBase } from '../base/load.js';
 import { attachAdapterFolders } from '../adapters/mixlora-io.js';
 import { maskExperts, parseExpertMask } from '../moe/moe.js';
 import { applyProfile, profileFor, readProfiles } from '../gating/profile.js';
-import { MoleModel } from '../gating/session.js';
+import { MoleModel } from '../gating/mole-model.js';
 import { collect, int, nameList, namedNumbers, namedPaths } from './args.js';
 import { addColumnFlags } from './train.js';
 

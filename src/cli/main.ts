@@ -14,7 +14,7 @@ import { addMixLoraFlags } from './mixlora-flags.js';
 import { registerMoeCommands } from './moe.js';
 import { registerRecipeCommands } from './recipes.js';
 import { ROUTER_VARIANTS } from '../bench/compose.js';
-import { DEFAULT_GATE_LR } from '../gating/train.js';
+import { DEFAULT_GATE_LR } from '../gating/train-gate.js';
 import { taskFamilies } from '../data/families.js';
 import { addModelShapeFlags, runBenchProbe, runBenchCompose, runBenchForward, runBenchGate, runBenchSwap, runBenchTrain } from './bench.js';
 import { choice, collect, float, idList, int, namedPaths, nameList, rangeList } from './args.js';

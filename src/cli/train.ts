@@ -1,6 +1,6 @@
 import type { Command } from 'commander';
 import type { LoraConfig } from '../adapters/config.js';
-import { trainAdapter } from '../adapters/train.js';
+import { trainAdapter } from '../adapters/train-adapter.js';
 import { SCHEDULE_KINDS, type ScheduleKind } from '../train/schedule.js';
 import type { ProgressMode } from '../train/progress.js';
 import type { LmTrainOptions } from '../train/lm.js';

@@ -1,14 +1,14 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { isAbsolute, join, relative } from 'node:path';
 import type { LoraConfig } from '../adapters/config.js';
-import { trainAdapter } from '../adapters/train.js';
+import { trainAdapter } from '../adapters/train-adapter.js';
 import { writeFileAtomic, writeJsonAtomic } from '../base/atomic.js';
 import type { Arch } from '../base/config.js';
 import { initBase } from '../base/init.js';
 import { summaryTable } from './summary-table.js';
 import { GATE_CONFIG } from '../gating/gate-io.js';
-import { loadModel } from '../gating/session.js';
-import { DEFAULT_GATE_LR, gateStatsOn, routerSettings, trainGate, type RouterFlags } from '../gating/train.js';
+import { loadModel } from '../gating/mole-model.js';
+import { DEFAULT_GATE_LR, gateStatsOn, routerSettings, trainGate, type RouterFlags } from '../gating/train-gate.js';
 import { trainMoe, upcycleFolder } from '../moe/train-moe.js';
 import { collectRun } from '../report/collect.js';
 import { renderReport } from '../report/page.js';

@@ -80,8 +80,7 @@ function collectFeatures(comp: MoleComposition, store: Parameters<typeof evalBat
         return tf.zeros([x.shape[0], lin.outFeatures]);
       },
     };
-    lin.hooks.push(hook);
-    return { lin, hook };
+    return lin.addHook(hook);
   });
   try {
     for (const b of evalBatches(store, { batchSize: 16, seqLen: 32 })) {
@@ -111,7 +110,7 @@ function collectFeatures(comp: MoleComposition, store: Parameters<typeof evalBat
       }
     }
   } finally {
-    for (const { lin, hook } of hooks) lin.hooks.splice(lin.hooks.indexOf(hook), 1);
+    for (const unhook of hooks) unhook();
   }
   return { features, labels };
 }

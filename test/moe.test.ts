@@ -15,6 +15,8 @@ import {
   updateBalancingBias, type SharedExpert,
 } from '../src/moe/moe.js';
 import { Router, type RouterOptions } from '../src/moe/router.js';
+// The Mixtral folders here load through src/base, which reads sparse layers with the layouts src/moe registers.
+import '../src/moe/register.js';
 import { MODEL_FIXTURES, maxAbsDiff } from './helpers.js';
 
 beforeAll(async () => {

@@ -69,7 +69,7 @@ function collectFeatures(comp: MoleComposition, store: Parameters<typeof evalBat
   const labels: number[] = [];
   const model = comp.model;
   const seen = new Map<string, { gate: Float32Array; input: Float32Array; gw: number; iw: number }>();
-  const hooks = modules.map((m) => {
+  const unhooks = modules.map((m) => {
     const lin = model.linears().find((l) => l.name === m);
     if (!lin) throw new Error(`probe: no linear '${m}'`);
     const hook: LinearHook = {
@@ -110,7 +110,7 @@ function collectFeatures(comp: MoleComposition, store: Parameters<typeof evalBat
       }
     }
   } finally {
-    for (const unhook of hooks) unhook();
+    for (const unhook of unhooks) unhook();
   }
   return { features, labels };
 }

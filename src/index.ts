@@ -1,4 +1,6 @@
 // molora's library API; the CLI is a thin layer over these.
+// Registers the sparse MoE checkpoint layouts with src/base, so loadBase/loadModel read Mixtral, Qwen2-MoE and OLMoE.
+import './moe/register.js';
 export { initBackend, activeBackend, type BackendInfo, type BackendName } from './base/backend.js';
 export { readConfig, parseConfig, SUPPORTED_MODEL_TYPES, type ModelConfig } from './base/config.js';
 export { loadBase, weightCount } from './base/load.js';
@@ -21,17 +23,17 @@ export { DEFAULT_LORA, parseLoraConfig, loraConfigJson, type LoraConfig } from '
 export { LoraLayer } from './adapters/lora.js';
 export { loadAdapter, saveAdapter, attachAdapters } from './adapters/peft.js';
 export { mergeAdapters, type Merge } from './adapters/merge.js';
-export { trainAdapter, type TrainAdapterOptions } from './adapters/train.js';
-export { loadModel, MoleModel, type LoadModelOptions } from './gating/session.js';
+export { trainAdapter, type TrainAdapterOptions } from './adapters/train-adapter.js';
+export { loadModel, MoleModel, type LoadModelOptions } from './gating/mole-model.js';
 export { MoleComposition, type RowSpec } from './gating/composition.js';
 export { saveGate, loadGate, expertFingerprint } from './gating/gate-io.js';
 export { saveRouting, loadRouting } from './gating/router-io.js';
 export { PromptRouter, createRouter, centroidRouter, promptFeatures, routeWeights, DEFAULT_ROUTER_OPTIONS, type RouterOptions } from './gating/prompt-router.js';
 export type { GateOptions, GateLevel, Granularity } from './gating/mole.js';
-export { trainGate, gateStatsOn, type TrainGateOptions } from './gating/train.js';
+export { trainGate, gateStatsOn, type TrainGateOptions } from './gating/train-gate.js';
 export { readProfiles, applyProfile, type Profiles, type ProfileEntry } from './gating/profile.js';
-export { MoEFFN, maskExperts, parseExpertMask, routerStatsOf } from './gating/moe.js';
-export { upcycle } from './gating/upcycle.js';
+export { MoEFFN, maskExperts, parseExpertMask, routerStatsOf } from './moe/moe.js';
+export { upcycle } from './moe/upcycle.js';
 export { loadDataset, BatchSampler, type Dataset } from './data/index.js';
 export { train, type TrainSpec, type TrainResult, TrainError } from './train/trainer.js';
 export { trainLm, loadLmData, type LmTrainOptions } from './train/lm.js';
@@ -40,9 +42,9 @@ export { AdamW } from './train/optimizer.js';
 export { runReport } from './report/cli.js';
 export { renderReport } from './report/page.js';
 export { collectRun } from './report/collect.js';
-export { upcycleFolder, trainMoe, expertParams, routingOn, type TrainMoeOptions } from './gating/train-moe.js';
-export { createMixLora, MixLoraAdapter, type MixLoraConfig, type MixLoraOptions } from './gating/mixlora.js';
-export { loadMixLora, saveMixLora, attachAdapterFolders } from './gating/mixlora-io.js';
+export { upcycleFolder, trainMoe, expertParams, routingOn, type TrainMoeOptions } from './moe/train-moe.js';
+export { createMixLora, MixLoraAdapter, type MixLoraConfig, type MixLoraOptions } from './adapters/mixlora.js';
+export { loadMixLora, saveMixLora, attachAdapterFolders } from './adapters/mixlora-io.js';
 export { runRecipe, loadRecipe } from './recipes/run.js';
 export { assertHeldOut, findSharedPrompt, trainingFiles, HeldOutError } from './recipes/heldout.js';
 export { pretrain, allParams } from './train/pretrain.js';

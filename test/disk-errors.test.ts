@@ -1,7 +1,7 @@
 import { existsSync, mkdirSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
-import { trainAdapter } from '../src/adapters/train.js';
+import { trainAdapter } from '../src/adapters/train-adapter.js';
 import { writeFileAtomic } from '../src/base/atomic.js';
 import { initBackend } from '../src/base/backend.js';
 import { initBase } from '../src/base/init.js';

@@ -7,8 +7,8 @@ import { initBackend } from '../src/base/backend.js';
 import { loadBase } from '../src/base/load.js';
 import { Rng } from '../src/base/rng.js';
 import { logprobs } from '../src/base/scoring.js';
-import { createMixLora } from '../src/gating/mixlora.js';
-import { loadMixLora, MIXLORA_CONFIG, MIXLORA_WEIGHTS, saveMixLora } from '../src/gating/mixlora-io.js';
+import { createMixLora } from '../src/adapters/mixlora.js';
+import { loadMixLora, MIXLORA_CONFIG, MIXLORA_WEIGHTS, saveMixLora } from '../src/adapters/mixlora-io.js';
 import { MODEL_FIXTURES, maxAbsDiff, readReference, tempDir } from './helpers.js';
 import { linear, logprobs64, readTensors64, silu, topK, type Tensor64, type Weights64 } from './ref64.js';
 

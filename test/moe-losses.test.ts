@@ -2,7 +2,7 @@ import * as tf from '@tensorflow/tfjs';
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { initBackend } from '../src/base/backend.js';
 import type { ForwardContext } from '../src/base/context.js';
-import { loadBalancingLoss, RouterLosses, routerLossPart, routerStats, routerZLoss } from '../src/gating/moe-losses.js';
+import { loadBalancingLoss, RouterLosses, routerLossPart, routerStats, routerZLoss } from '../src/moe/moe-losses.js';
 
 beforeAll(async () => {
   await initBackend();

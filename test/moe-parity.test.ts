@@ -10,7 +10,9 @@ import { loadBase, weightCount } from '../src/base/load.js';
 import { lmLoss } from '../src/base/loss.js';
 import { writeSafetensors, type TensorToWrite } from '../src/base/safetensors.js';
 import { logprobs } from '../src/base/scoring.js';
-import { MoEFFN, moeLayers } from '../src/gating/moe.js';
+import { MoEFFN, moeLayers } from '../src/moe/moe.js';
+// These folders load through src/base, which reads sparse layers with the layouts src/moe registers.
+import '../src/moe/register.js';
 import { MODEL_FIXTURES, maxAbsDiff, readReference, tempDir, type ReferenceCase } from './helpers.js';
 
 // Reference log-probs and router losses come from an independent float64 PyTorch implementation

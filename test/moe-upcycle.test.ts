@@ -8,8 +8,8 @@ import { saveModel } from '../src/base/export.js';
 import { loadBase } from '../src/base/load.js';
 import type { CausalLM } from '../src/base/model.js';
 import { logprobs } from '../src/base/scoring.js';
-import { moeLayers } from '../src/gating/moe.js';
-import { upcycle } from '../src/gating/upcycle.js';
+import { moeLayers } from '../src/moe/moe.js';
+import { upcycle } from '../src/moe/upcycle.js';
 import { MODEL_FIXTURES, maxAbsDiff, tempDir } from './helpers.js';
 
 beforeAll(async () => {

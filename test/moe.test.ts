@@ -9,12 +9,14 @@ import { lmLoss } from '../src/base/loss.js';
 import { SwiGLU } from '../src/base/mlp.js';
 import { Rng } from '../src/base/rng.js';
 import { logprobs } from '../src/base/scoring.js';
-import { RouterLosses } from '../src/gating/moe-losses.js';
+import { RouterLosses } from '../src/moe/moe-losses.js';
 import {
   computeAll, configureRouting, enableBalancingBias, maskExperts, MoEFFN, moeLayers, parseExpertMask, routerParams, routerStatsOf,
   updateBalancingBias, type SharedExpert,
-} from '../src/gating/moe.js';
-import { Router, type RouterOptions } from '../src/gating/router.js';
+} from '../src/moe/moe.js';
+import { Router, type RouterOptions } from '../src/moe/router.js';
+// The Mixtral folders here load through src/base, which reads sparse layers with the layouts src/moe registers.
+import '../src/moe/register.js';
 import { MODEL_FIXTURES, maxAbsDiff } from './helpers.js';
 
 beforeAll(async () => {

@@ -169,13 +169,9 @@ function hostProblem(comp: MoleComposition, experts: LoraAdapter[], tokens: Toke
   const linears = model.linears().filter((l) => comp.gate!.gateFor(l.name));
   const inputs = new Map<string, Float64Array>();
   comp.detach();
-  const hooks = linears.map((l) => {
-    const hook = { delta: (x: tf.Tensor2D) => (inputs.set(l.name, host(x)), tf.zeros([R, l.outFeatures]) as tf.Tensor2D) };
-    l.hooks.push(hook);
-    return hook;
-  });
+  const unhooks = linears.map((l) => l.addHook({ delta: (x: tf.Tensor2D) => (inputs.set(l.name, host(x)), tf.zeros([R, l.outFeatures]) as tf.Tensor2D) }));
   const base = logits(model, tokens);
-  linears.forEach((l, k) => l.hooks.splice(l.hooks.indexOf(hooks[k]!), 1));
+  for (const unhook of unhooks) unhook();
   comp.attach();
   const gates = linears.map((l) => ({
     module: l.name,

@@ -47,7 +47,7 @@ export function installReference(model: CausalLM, ref: Reference): () => void {
   const linears = linearsByName(model);
   const modules = model.linears().map((l) => l.name).filter((m) => ref.experts.some((e) => e.layers.has(m)));
   const blockG = new WeakMap<ForwardContext, Map<string, Float64Array>>();
-  const installed: [LinearHook[], LinearHook][] = [];
+  const unhooks: (() => void)[] = [];
   for (const module of modules) {
     const out = linears.get(module)!.outFeatures;
     const parts = ref.experts.map((e) => {
@@ -84,12 +84,10 @@ export function installReference(model: CausalLM, ref: Reference): () => void {
         return tf.tensor2d(Float32Array.from(y), [R, out]);
       },
     };
-    const hooks = linears.get(module)!.hooks;
-    hooks.push(hook);
-    installed.push([hooks, hook]);
+    unhooks.push(linears.get(module)!.addHook(hook));
   }
   return () => {
-    for (const [hooks, hook] of installed) hooks.splice(hooks.indexOf(hook), 1);
+    for (const unhook of unhooks) unhook();
   };
 }
 

@@ -6,7 +6,7 @@ import { initBackend } from '../src/base/backend.js';
 import { generate } from '../src/base/generate.js';
 import { loadBase } from '../src/base/load.js';
 import { applyProfile, readProfiles } from '../src/gating/profile.js';
-import { loadModel, type MoleModel } from '../src/gating/session.js';
+import { loadModel, type MoleModel } from '../src/gating/mole-model.js';
 import { MODEL_FIXTURES, tempDir } from './helpers.js';
 import { installReference, randomExpert } from './mole-reference.js';
 

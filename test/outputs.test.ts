@@ -6,15 +6,15 @@ import { createLora } from '../src/adapters/adapter.js';
 import { DEFAULT_LORA } from '../src/adapters/config.js';
 import { mergeFolder } from '../src/adapters/merge.js';
 import { saveAdapter } from '../src/adapters/peft.js';
-import { trainAdapter } from '../src/adapters/train.js';
+import { trainAdapter } from '../src/adapters/train-adapter.js';
 import { initBackend } from '../src/base/backend.js';
 import { initBase } from '../src/base/init.js';
 import { loadBase } from '../src/base/load.js';
 import { claimOutput } from '../src/base/output.js';
 import { Rng } from '../src/base/rng.js';
-import { upcycleFolder } from '../src/gating/train-moe.js';
+import { upcycleFolder } from '../src/moe/train-moe.js';
 import { runRecipe } from '../src/recipes/run.js';
-import { trainGate } from '../src/gating/train.js';
+import { trainGate } from '../src/gating/train-gate.js';
 import { tempDir } from './helpers.js';
 
 const CLI = join(import.meta.dirname, '..', 'dist', 'cli', 'main.js');

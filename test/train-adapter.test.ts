@@ -4,7 +4,7 @@ import { existsSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { attachAdapters } from '../src/adapters/peft.js';
-import { trainAdapter } from '../src/adapters/train.js';
+import { trainAdapter } from '../src/adapters/train-adapter.js';
 import { initBackend } from '../src/base/backend.js';
 import { generate } from '../src/base/generate.js';
 import { initBase } from '../src/base/init.js';

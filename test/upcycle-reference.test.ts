@@ -7,7 +7,7 @@ import { saveModel } from '../src/base/export.js';
 import { loadBase } from '../src/base/load.js';
 import type { CausalLM } from '../src/base/model.js';
 import { logprobs } from '../src/base/scoring.js';
-import { upcycle, type UpcycleOptions } from '../src/gating/upcycle.js';
+import { upcycle, type UpcycleOptions } from '../src/moe/upcycle.js';
 import { MODEL_FIXTURES, maxAbsDiff, readReference, tempDir, type ReferenceCase } from './helpers.js';
 import { logprobs64, readTensors64, type Weights64 } from './ref64.js';
 

@@ -15,7 +15,8 @@ export function peftKey(module: string, which: 'A' | 'B'): string {
  * base's linears (several adapters may be attached; their deltas add); detaching removes them.
  */
 export class LoraAdapter {
-  private attachedTo: CausalLM | null = null;
+  /** While attached: the functions that take each layer's hook off its linear again. */
+  private unhooks: (() => void)[] | null = null;
 
   constructor(
     readonly name: string,
@@ -40,20 +41,14 @@ export class LoraAdapter {
   }
 
   attach(model: CausalLM): void {
-    if (this.attachedTo) throw new Error(`adapter '${this.name}' is already attached`);
+    if (this.unhooks) throw new Error(`adapter '${this.name}' is already attached`);
     const byName = linearsByName(model);
-    for (const [module, layer] of this.layers) byName.get(module)!.hooks.push(layer);
-    this.attachedTo = model;
+    this.unhooks = [...this.layers].map(([module, layer]) => byName.get(module)!.addHook(layer));
   }
 
   detach(): void {
-    if (!this.attachedTo) return;
-    const byName = linearsByName(this.attachedTo);
-    for (const [module, layer] of this.layers) {
-      const hooks = byName.get(module)!.hooks;
-      hooks.splice(hooks.indexOf(layer), 1);
-    }
-    this.attachedTo = null;
+    for (const unhook of this.unhooks ?? []) unhook();
+    this.unhooks = null;
   }
 
   dispose(): void {

@@ -36,7 +36,7 @@ export function saveAdapter(adapter: LoraAdapter, dir: string): void {
 export function readAdapterConfig(dir: string, warn: (m: string) => void): LoraConfig {
   const path = join(dir, ADAPTER_CONFIG);
   if (!existsSync(path)) {
-    // MixLoRA folders (src/gating/mixlora-io.ts) carry mixlora_config.json instead: routed experts, not one LoRA.
+    // MixLoRA folders (src/adapters/mixlora-io.ts) carry mixlora_config.json instead: routed experts, not one LoRA.
     if (existsSync(join(dir, 'mixlora_config.json'))) {
       throw new AdapterConfigError(`${dir}: a MixLoRA adapter (LoRA experts routed per token in the FFN), not a plain PEFT LoRA; it cannot be merged or used as a MoLE expert, only attached with --adapter`);
     }

@@ -65,104 +65,130 @@ export function readConfig(dir: string): ModelConfig {
   return parseConfig(readJsonObject(path, (m) => new ConfigError(m)), path);
 }
 
+/** Typed reads of one config.json's keys; errors name the file, the key and the model type. */
+interface ConfigReader {
+  raw: Record<string, unknown>;
+  source: string;
+  modelType: string;
+  /** A finite number: `fallback` when the key is absent, an error when it is absent and required. */
+  num(key: string, fallback?: number): number;
+  /** A token id or a list of them; [] when absent. */
+  ids(key: string): number[];
+}
+
+/** The fields parseConfig takes from the family's own keys (the rest are common to all). */
+type FamilyFields = Omit<ModelConfig, 'modelType' | 'raw' | 'bosId' | 'eosIds' | 'padId'>;
+
 export function parseConfig(raw: Record<string, unknown>, source = 'config.json'): ModelConfig {
+  const r = configReader(raw, source, supportedModelType(raw, source));
+  const cfg: ModelConfig = {
+    modelType: r.modelType,
+    raw,
+    bosId: r.ids('bos_token_id')[0] ?? null,
+    eosIds: r.ids('eos_token_id'),
+    padId: r.ids('pad_token_id')[0] ?? null,
+    ...(r.modelType === 'gpt2' ? gpt2Fields(r) : llamaFields(r)),
+  };
+  validate(cfg, source);
+  return cfg;
+}
+
+function supportedModelType(raw: Record<string, unknown>, source: string): string {
   const modelType = raw.model_type;
   if (typeof modelType !== 'string' || !(SUPPORTED_MODEL_TYPES as readonly string[]).includes(modelType)) {
     throw new ConfigError(
       `${source}: unsupported model_type ${JSON.stringify(modelType)}; supported: ${SUPPORTED_MODEL_TYPES.join(', ')}`,
     );
   }
-  const num = (key: string, fallback?: number): number => {
-    const v = raw[key];
-    if (v === undefined || v === null) {
-      if (fallback !== undefined) return fallback;
-      throw new ConfigError(`${source}: missing required key '${key}' for model_type ${modelType}`);
-    }
-    if (typeof v !== 'number' || !Number.isFinite(v)) throw new ConfigError(`${source}: '${key}' must be a number`);
-    return v;
-  };
-  const ids = (key: string): number[] => {
-    const v = raw[key];
-    if (v === undefined || v === null) return [];
-    return (Array.isArray(v) ? v : [v]).filter((x): x is number => typeof x === 'number');
-  };
-  const common = {
-    modelType,
-    raw,
-    bosId: ids('bos_token_id')[0] ?? null,
-    eosIds: ids('eos_token_id'),
-    padId: ids('pad_token_id')[0] ?? null,
-  };
+  return modelType;
+}
 
-  let cfg: ModelConfig;
-  if (modelType === 'gpt2') {
-    const hidden = num('n_embd');
-    const heads = num('n_head');
-    const act = raw.activation_function ?? 'gelu_new';
-    if (act !== 'gelu_new') throw new ConfigError(`${source}: activation_function '${act}' is not supported (gelu_new only)`);
-    cfg = {
-      ...common,
-      arch: 'gpt2',
-      vocabSize: num('vocab_size'),
-      hidden,
-      layers: num('n_layer'),
-      heads,
-      kvHeads: heads,
-      headDim: hidden / heads,
-      ffn: typeof raw.n_inner === 'number' ? raw.n_inner : 4 * hidden,
-      maxPositions: num('n_positions', 1024),
-      normEps: num('layer_norm_epsilon', 1e-5),
-      ropeTheta: 0,
-      slidingWindow: null,
-      tieWordEmbeddings: true,
-      qkvBias: true,
-      qkNorm: false,
-      clipQkv: null,
-      moe: null,
-    };
-  } else {
-    const hidden = num('hidden_size');
-    const heads = num('num_attention_heads');
-    const scaling = raw.rope_scaling;
-    if (scaling !== undefined && scaling !== null) {
-      throw new ConfigError(`${source}: rope_scaling ${JSON.stringify(scaling)} is not supported yet`);
-    }
-    const useWindow = modelType === 'mistral' || modelType === 'mixtral' || raw.use_sliding_window === true;
-    const window = raw.sliding_window;
-    const layers = num('num_hidden_layers');
-    cfg = {
-      ...common,
-      arch: 'llama',
-      vocabSize: num('vocab_size'),
-      hidden,
-      layers,
-      heads,
-      kvHeads: num('num_key_value_heads', heads),
-      headDim: num('head_dim', hidden / heads),
-      ffn: num('intermediate_size'),
-      maxPositions: num('max_position_embeddings', 2048),
-      normEps: num('rms_norm_eps', 1e-6),
-      ropeTheta: num('rope_theta', 10000),
-      slidingWindow: useWindow && typeof window === 'number' ? window : null,
-      tieWordEmbeddings: raw.tie_word_embeddings === true,
-      qkvBias: modelType === 'qwen2' || (modelType === 'qwen2_moe' && raw.qkv_bias !== false) || raw.attention_bias === true,
-      qkNorm: modelType === 'olmoe',
-      clipQkv: modelType === 'olmoe' && raw.clip_qkv !== undefined && raw.clip_qkv !== null ? num('clip_qkv') : null,
-      moe: parseMoE(modelType, layers, num, raw, source),
-    };
+function configReader(raw: Record<string, unknown>, source: string, modelType: string): ConfigReader {
+  return {
+    raw,
+    source,
+    modelType,
+    num(key, fallback) {
+      const v = raw[key];
+      if (v === undefined || v === null) {
+        if (fallback !== undefined) return fallback;
+        throw new ConfigError(`${source}: missing required key '${key}' for model_type ${modelType}`);
+      }
+      if (typeof v !== 'number' || !Number.isFinite(v)) throw new ConfigError(`${source}: '${key}' must be a number`);
+      return v;
+    },
+    ids(key) {
+      const v = raw[key];
+      if (v === undefined || v === null) return [];
+      return (Array.isArray(v) ? v : [v]).filter((x): x is number => typeof x === 'number');
+    },
+  };
+}
+
+/** GPT2Config's keys (n_embd, n_head, …); GPT-2 always ties its head and biases its projections. */
+function gpt2Fields(r: ConfigReader): FamilyFields {
+  const { raw, num } = r;
+  const hidden = num('n_embd');
+  const heads = num('n_head');
+  const act = raw.activation_function ?? 'gelu_new';
+  if (act !== 'gelu_new') throw new ConfigError(`${r.source}: activation_function '${act}' is not supported (gelu_new only)`);
+  return {
+    arch: 'gpt2',
+    vocabSize: num('vocab_size'),
+    hidden,
+    layers: num('n_layer'),
+    heads,
+    kvHeads: heads,
+    headDim: hidden / heads,
+    ffn: typeof raw.n_inner === 'number' ? raw.n_inner : 4 * hidden,
+    maxPositions: num('n_positions', 1024),
+    normEps: num('layer_norm_epsilon', 1e-5),
+    ropeTheta: 0,
+    slidingWindow: null,
+    tieWordEmbeddings: true,
+    qkvBias: true,
+    qkNorm: false,
+    clipQkv: null,
+    moe: null,
+  };
+}
+
+/** LlamaConfig's keys, and the per-family differences of Mistral, Qwen2, Mixtral, Qwen2-MoE and OLMoE. */
+function llamaFields(r: ConfigReader): FamilyFields {
+  const { raw, num, modelType } = r;
+  const hidden = num('hidden_size');
+  const heads = num('num_attention_heads');
+  const scaling = raw.rope_scaling;
+  if (scaling !== undefined && scaling !== null) {
+    throw new ConfigError(`${r.source}: rope_scaling ${JSON.stringify(scaling)} is not supported yet`);
   }
-  validate(cfg, source);
-  return cfg;
+  const useWindow = modelType === 'mistral' || modelType === 'mixtral' || raw.use_sliding_window === true;
+  const window = raw.sliding_window;
+  const layers = num('num_hidden_layers');
+  return {
+    arch: 'llama',
+    vocabSize: num('vocab_size'),
+    hidden,
+    layers,
+    heads,
+    kvHeads: num('num_key_value_heads', heads),
+    headDim: num('head_dim', hidden / heads),
+    ffn: num('intermediate_size'),
+    maxPositions: num('max_position_embeddings', 2048),
+    normEps: num('rms_norm_eps', 1e-6),
+    ropeTheta: num('rope_theta', 10000),
+    slidingWindow: useWindow && typeof window === 'number' ? window : null,
+    tieWordEmbeddings: raw.tie_word_embeddings === true,
+    qkvBias: modelType === 'qwen2' || (modelType === 'qwen2_moe' && raw.qkv_bias !== false) || raw.attention_bias === true,
+    qkNorm: modelType === 'olmoe',
+    clipQkv: modelType === 'olmoe' && raw.clip_qkv !== undefined && raw.clip_qkv !== null ? num('clip_qkv') : null,
+    moe: parseMoE(r, layers),
+  };
 }
 
 /** HF's defaults for absent keys are those of MixtralConfig, Qwen2MoeConfig and OlmoeConfig. */
-function parseMoE(
-  modelType: string,
-  layers: number,
-  num: (key: string, fallback?: number) => number,
-  raw: Record<string, unknown>,
-  source: string,
-): MoEConfig | null {
+function parseMoE(r: ConfigReader, layers: number): MoEConfig | null {
+  const { raw, num, modelType, source } = r;
   const common = { zLossCoef: num('router_z_loss_coef', 0), jitter: num('router_jitter_noise', 0) };
   if (modelType === 'mixtral') {
     return {

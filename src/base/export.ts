@@ -1,19 +1,16 @@
 import * as tf from '@tensorflow/tfjs';
 import { copyFileSync, existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { MoEFFN } from '../gating/moe.js';
 import { diskError, makeDir, writeJsonAtomic } from './atomic.js';
+import type { HostTensor } from './host-tensor.js';
 import { NormedProjection } from './llama.js';
 import type { CausalLM } from './model.js';
-import { packedExpertTensors } from './moe-weights.js';
 import type { Norm } from './norm.js';
 import { writeSafetensors, type TensorToWrite } from './safetensors.js';
+import { registeredSparseFfn } from './sparse-ffn.js';
 
 export type SaveDtype = 'F32' | 'F16' | 'BF16';
-export interface HostTensor {
-  shape: number[];
-  data: Float32Array;
-}
+export type { HostTensor };
 
 /** The model's weights under their Hugging Face keys, in checkpoint orientation ([out, in] for nn.Linear). */
 export function modelTensors(model: CausalLM): Map<string, HostTensor> {
@@ -27,8 +24,9 @@ export function modelTensors(model: CausalLM): Map<string, HostTensor> {
   put(`${p.embed.name}.weight`, p.embed.weight);
   if (p.posEmbed) put(`${p.posEmbed.name}.weight`, p.posEmbed.weight);
   // Packed MoE experts are written as the two packed tensors, not one key per expert linear.
-  const packed = model.blocks.flatMap((b) => (b.ffn instanceof MoEFFN && b.ffn.layout === 'packed' ? [b.ffn] : []));
-  const inPacked = new Set(packed.flatMap((m) => m.experts.flatMap((e) => e.linears())));
+  const sparse = registeredSparseFfn();
+  const packed = sparse ? model.blocks.flatMap((b) => sparse.packedTensors(b.ffn) ?? []) : [];
+  const inPacked = new Set(packed.flatMap((m) => m.linears));
   const linears = model.blocks.flatMap((b) => b.linears()).filter((l) => !inPacked.has(l));
   if (!model.config.tieWordEmbeddings) linears.push(p.head);
   for (const b of model.blocks) {
@@ -38,7 +36,7 @@ export function modelTensors(model: CausalLM): Map<string, HostTensor> {
       if (n.bias) put(`${n.name}.bias`, n.bias);
     }
   }
-  for (const m of packed) for (const [key, t] of packedExpertTensors(m)) out.set(key, t);
+  for (const m of packed) for (const [key, t] of m.tensors) out.set(key, t);
   for (const l of linears) {
     put(`${l.name}.weight`, l.weightT, !l.conv1d);
     if (l.bias) put(`${l.name}.bias`, l.bias);

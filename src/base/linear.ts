@@ -13,7 +13,7 @@ export interface LinearHook {
  * `conv1d` records that the checkpoint stores it that way (GPT-2's fan_in_fan_out).
  */
 export class Linear {
-  readonly hooks: LinearHook[] = [];
+  private readonly hookList: LinearHook[] = [];
   /** weightT transposed, kept while training a frozen weight (see ops.frozenLinear). */
   private transposed: { of: tf.Tensor2D; w: tf.Tensor2D } | null = null;
 
@@ -32,13 +32,32 @@ export class Linear {
     return this.weightT.shape[1];
   }
 
+  /** The hooks whose deltas this layer adds, in the order added: a frozen copy (change them with addHook). */
+  get hooks(): readonly LinearHook[] {
+    return Object.freeze([...this.hookList]);
+  }
+
+  /**
+   * Add h's delta to this layer's output from the next pass on. Returns the function that removes
+   * it again (a second call does nothing); adding the same hook twice would count its delta twice,
+   * so it is refused.
+   */
+  addHook(h: LinearHook): () => void {
+    if (this.hookList.includes(h)) throw new Error(`${this.name}: this hook is already added`);
+    this.hookList.push(h);
+    return () => {
+      const at = this.hookList.indexOf(h);
+      if (at >= 0) this.hookList.splice(at, 1);
+    };
+  }
+
   forward(x: tf.Tensor2D, ctx: ForwardContext): tf.Tensor2D {
     const bias = this.bias ?? undefined;
     const frozen = !(this.weightT instanceof tf.Variable && this.weightT.trainable);
     let y = ctx.training && frozen
       ? frozenLinear(x, this.weightT, () => this.weight(), bias)
       : linear(x, this.weightT, bias);
-    if (!ctx.plain) for (const h of this.hooks) y = y.add(h.delta(x, ctx));
+    if (!ctx.plain) for (const h of this.hookList) y = y.add(h.delta(x, ctx));
     return y;
   }
 

@@ -6,9 +6,9 @@ import type { ForwardContext } from './context.js';
 import { Linear } from './linear.js';
 import { SwiGLU, type FFN } from './mlp.js';
 import type { ModelParts } from './model.js';
-import { buildMoEFFN, moeLosses } from './moe-weights.js';
 import { RMSNorm } from './norm.js';
 import { Rope } from './rope.js';
+import { sparseFfnLayout } from './sparse-ffn.js';
 import type { WeightSource } from './weights.js';
 
 /** Checkpoint buffers that carry no weights (old exports saved RoPE's inv_freq). */
@@ -57,7 +57,7 @@ export function buildLlama(cfg: ModelConfig, w: WeightSource): ModelParts {
     );
   const norm = (name: string, width = D): RMSNorm => new RMSNorm(name, w.get(`${name}.weight`, [width]) as tf.Tensor1D, cfg.normEps);
   const rope = new Rope(cfg.headDim, cfg.ropeTheta);
-  const losses = moeLosses(cfg);
+  const sparse = cfg.moe?.sparse.some((s) => s) ? sparseFfnLayout(cfg).reader(cfg, w, linear) : null;
   const projection = (p: string, which: 'q' | 'k' | 'v', outF: number): Linear => {
     const base = linear(`${p}.self_attn.${which}_proj`, D, outF, cfg.qkvBias);
     const qkNorm = cfg.qkNorm && which !== 'v' ? norm(`${p}.self_attn.${which}_norm`, outF) : null;
@@ -76,8 +76,8 @@ export function buildLlama(cfg: ModelConfig, w: WeightSource): ModelParts {
       linear(`${p}.self_attn.o_proj`, qDim, D),
       rope,
     );
-    const mlp: FFN = losses && cfg.moe!.sparse[i]
-      ? buildMoEFFN(cfg, w, i, linear, losses)
+    const mlp: FFN = sparse && cfg.moe!.sparse[i]
+      ? sparse(i)
       : new SwiGLU(
         linear(`${p}.mlp.gate_proj`, D, cfg.ffn),
         linear(`${p}.mlp.up_proj`, D, cfg.ffn),

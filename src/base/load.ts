@@ -5,7 +5,7 @@ import { buildGpt2, GPT2_IGNORED } from './gpt2.js';
 import { buildLlama, LLAMA_IGNORED } from './llama.js';
 import { assertFitsHeap } from './memory.js';
 import { CausalLM, type ModelParts } from './model.js';
-import { moeWeightCount } from './moe-weights.js';
+import { sparseFfnLayout } from './sparse-ffn.js';
 import { loadTokenizer } from './tokenizer.js';
 import { CheckpointWeights, type WeightSource } from './weights.js';
 
@@ -55,7 +55,7 @@ export function weightCount(cfg: ModelConfig): number {
   const qkNorm = cfg.qkNorm ? q + kv : 0;
   const perLayer = 2 * D + D * q + 2 * D * kv + bias + qkNorm + q * D;
   let ffn = 0;
-  for (let i = 0; i < cfg.layers; i++) ffn += cfg.moe?.sparse[i] ? moeWeightCount(cfg.moe, D) : 3 * D * cfg.ffn;
+  for (let i = 0; i < cfg.layers; i++) ffn += cfg.moe?.sparse[i] ? sparseFfnLayout(cfg).weightCount(cfg) : 3 * D * cfg.ffn;
   const head = cfg.tieWordEmbeddings ? 0 : cfg.vocabSize * D;
   return cfg.vocabSize * D + cfg.layers * perLayer + ffn + D + head;
 }

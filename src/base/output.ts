@@ -4,7 +4,7 @@ import { lockFolder, type FolderLock } from './lock.js';
 
 /**
  * The files that make a folder a model, adapter or gate molora would replace (the names of
- * base/checkpoint.ts, adapters/peft.ts, gating/mixlora-io.ts and gating/gate-io.ts, which base/
+ * base/checkpoint.ts, adapters/peft.ts, adapters/mixlora-io.ts and gating/gate-io.ts, which base/
  * does not import).
  */
 const ARTIFACTS: [string, string][] = [

@@ -1,10 +1,10 @@
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { trainAdapter } from '../adapters/train.js';
+import { trainAdapter } from '../adapters/train-adapter.js';
 import { writeJsonAtomic } from '../base/atomic.js';
 import { taskFamilies, writeFamily, type TaskFamily } from '../data/families.js';
 import { GATE_CONFIG } from '../gating/gate-io.js';
-import { DEFAULT_GATE_LR, trainGate, type TrainGateOptions } from '../gating/train.js';
+import { DEFAULT_GATE_LR, trainGate, type TrainGateOptions } from '../gating/train-gate.js';
 import { evalSettings } from '../recipes/eval-step.js';
 import type { Summary } from '../report/summary.js';
 

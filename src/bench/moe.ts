@@ -3,9 +3,9 @@ import type { ForwardContext } from '../base/context.js';
 import { Linear } from '../base/linear.js';
 import { SwiGLU } from '../base/mlp.js';
 import { Rng } from '../base/rng.js';
-import { RouterLosses } from '../gating/moe-losses.js';
-import { computeAll, MoEFFN } from '../gating/moe.js';
-import { Router } from '../gating/router.js';
+import { RouterLosses } from '../moe/moe-losses.js';
+import { computeAll, MoEFFN } from '../moe/moe.js';
+import { Router } from '../moe/router.js';
 
 export interface BenchMoeOptions {
   experts: number;

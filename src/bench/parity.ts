@@ -5,6 +5,8 @@ import { activeBackend, type BackendInfo } from '../base/backend.js';
 import { loadBase } from '../base/load.js';
 import type { TokenBatch } from '../base/model.js';
 import { logprobs } from '../base/scoring.js';
+// Sparse fixtures (Mixtral, Qwen2-MoE, OLMoE) load through the layouts src/moe registers.
+import '../moe/register.js';
 
 /**
  * float32 lands within about 1e-5 of the float64 references; 1e-4 still fails subtly wrong math

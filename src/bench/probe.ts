@@ -69,7 +69,7 @@ function collectFeatures(comp: MoleComposition, store: Parameters<typeof evalBat
   const labels: number[] = [];
   const model = comp.model;
   const seen = new Map<string, { gate: Float32Array; input: Float32Array; gw: number; iw: number }>();
-  const hooks = modules.map((m) => {
+  const unhooks = modules.map((m) => {
     const lin = model.linears().find((l) => l.name === m);
     if (!lin) throw new Error(`probe: no linear '${m}'`);
     const hook: LinearHook = {
@@ -80,8 +80,7 @@ function collectFeatures(comp: MoleComposition, store: Parameters<typeof evalBat
         return tf.zeros([x.shape[0], lin.outFeatures]);
       },
     };
-    lin.hooks.push(hook);
-    return { lin, hook };
+    return lin.addHook(hook);
   });
   try {
     for (const b of evalBatches(store, { batchSize: 16, seqLen: 32 })) {
@@ -111,7 +110,7 @@ function collectFeatures(comp: MoleComposition, store: Parameters<typeof evalBat
       }
     }
   } finally {
-    for (const { lin, hook } of hooks) lin.hooks.splice(lin.hooks.indexOf(hook), 1);
+    for (const unhook of unhooks) unhook();
   }
   return { features, labels };
 }

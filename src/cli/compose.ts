@@ -1,9 +1,9 @@
 import type { Command } from 'commander';
 import { loadBase } from '../base/load.js';
-import { attachAdapterFolders } from '../gating/mixlora-io.js';
-import { maskExperts, parseExpertMask } from '../gating/moe.js';
+import { attachAdapterFolders } from '../adapters/mixlora-io.js';
+import { maskExperts, parseExpertMask } from '../moe/moe.js';
 import { applyProfile, profileFor, readProfiles } from '../gating/profile.js';
-import { MoleModel } from '../gating/session.js';
+import { MoleModel } from '../gating/mole-model.js';
 import { collect, int, nameList, namedNumbers, namedPaths } from './args.js';
 import { addColumnFlags } from './train.js';
 

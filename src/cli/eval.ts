@@ -1,6 +1,6 @@
 import { evaluateCsv, type EvalReport } from '../train/evaluate.js';
 import { openComposed, type ComposeFlags } from './compose.js';
-import { byteProgress } from './progress.js';
+import { byteProgress } from '../train/job-progress.js';
 
 export async function runEval(o: ComposeFlags & {
   data: string;

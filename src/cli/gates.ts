@@ -1,6 +1,6 @@
 import { dirname } from 'node:path';
 import { writeFileAtomic } from '../base/atomic.js';
-import { DEFAULT_GATE_LR, gateStatsOn, routerSettings, trainGate, type RouterFlags } from '../gating/train.js';
+import { DEFAULT_GATE_LR, gateStatsOn, routerSettings, trainGate, type RouterFlags } from '../gating/train-gate.js';
 import { renderReport } from '../report/page.js';
 import { parseGates } from '../report/summary.js';
 import type { GateStatsReport } from '../gating/stats.js';

@@ -2,16 +2,19 @@
 import { readFileSync } from 'node:fs';
 import { Command, Help, Option } from 'commander';
 import { BACKENDS, initBackend } from '../base/backend.js';
+// Sparse MoE folders (Mixtral, Qwen2-MoE, OLMoE) load through the layouts src/moe registers.
+import '../moe/register.js';
 import { runForward, runGenerate, runInitBase, runInspect, runMerge } from './commands.js';
 import { addDataFlags, addTrainerFlags, runTrainAdapter } from './train.js';
 import { runEval } from './eval.js';
 import { addComposeFlags, addScoringFlags } from './compose.js';
 import { runGates, runTrainGate } from './gates.js';
 import { runReport } from '../report/cli.js';
-import { addMixLoraFlags, registerMoeCommands } from './moe.js';
+import { addMixLoraFlags } from './mixlora-flags.js';
+import { registerMoeCommands } from './moe.js';
 import { registerRecipeCommands } from './recipes.js';
 import { ROUTER_VARIANTS } from '../bench/compose.js';
-import { DEFAULT_GATE_LR } from '../gating/train.js';
+import { DEFAULT_GATE_LR } from '../gating/train-gate.js';
 import { taskFamilies } from '../data/families.js';
 import { addModelShapeFlags, runBenchProbe, runBenchCompose, runBenchForward, runBenchGate, runBenchParity, runBenchSwap, runBenchTrain } from './bench.js';
 import { PRESET_NAMES } from '../bench/presets.js';

@@ -1,7 +1,6 @@
 import type { Command } from 'commander';
 import { benchMoe, type BenchMoeOptions } from '../bench/moe.js';
-import type { MixLoraOptions } from '../gating/mixlora.js';
-import { trainMoe, upcycleFolder } from '../gating/train-moe.js';
+import { trainMoe, upcycleFolder } from '../moe/train-moe.js';
 import { float, int } from './args.js';
 import { addDataFlags, addTrainerFlags, lmOptions, type CliTrainFlags } from './train.js';
 
@@ -45,33 +44,6 @@ export function registerMoeCommands(program: Command, bench: Command): void {
     .option('--repeats <n>', 'timed repetitions (median reported)', int(1), 5)
     .option('--json', 'print one JSON line')
     .action(runBenchMoe);
-}
-
-/** train-adapter's MixLoRA flags. */
-export function addMixLoraFlags(c: Command): Command {
-  return c
-    .option('--moe-experts <n>', 'MixLoRA: n LoRA experts in each FFN, picked per token by a trained top-k router; writes mixlora_config.json + mixlora.safetensors. FFN projections in --targets get experts (all of them if none is named), the other targets a plain LoRA', int(1))
-    .option('--top-k <k>', 'MixLoRA: experts per token (default 2)', int(1))
-    .option('--moe-aux-coef <c>', 'MixLoRA: load-balancing loss coefficient (default 0.01)', float(0));
-}
-
-export interface MixLoraFlags {
-  moeExperts?: number;
-  topK?: number;
-  moeAuxCoef?: number;
-  targetRegex?: string;
-}
-
-/** addMixLoraFlags' values as trainAdapter's `mixlora` option (undefined: a plain LoRA run). */
-export function mixLoraOptions(o: MixLoraFlags): MixLoraOptions | undefined {
-  if (o.moeExperts === undefined) {
-    if (o.topK !== undefined || o.moeAuxCoef !== undefined) throw new Error('--top-k and --moe-aux-coef need --moe-experts');
-    return undefined;
-  }
-  if (o.targetRegex !== undefined) throw new Error('--moe-experts takes --targets, not --target-regex');
-  const topK = o.topK ?? 2;
-  if (topK > o.moeExperts) throw new Error(`--top-k ${topK} exceeds --moe-experts ${o.moeExperts}`);
-  return { experts: o.moeExperts, topK, auxCoef: o.moeAuxCoef };
 }
 
 export async function runUpcycle(o: { model: string; experts: number; topK: number; shared: number; noise: number; seed: number; out: string; overwrite?: boolean }): Promise<void> {

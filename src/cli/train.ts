@@ -1,12 +1,12 @@
 import type { Command } from 'commander';
 import type { LoraConfig } from '../adapters/config.js';
-import { trainAdapter } from '../adapters/train.js';
+import { trainAdapter } from '../adapters/train-adapter.js';
 import { SCHEDULE_KINDS, type ScheduleKind } from '../train/schedule.js';
 import type { ProgressMode } from '../train/progress.js';
 import type { LmTrainOptions } from '../train/lm.js';
 import { choice, float, int } from './args.js';
-import { mixLoraOptions, type MixLoraFlags } from './moe.js';
-import { byteProgress } from './progress.js';
+import { mixLoraOptions, type MixLoraFlags } from './mixlora-flags.js';
+import { byteProgress } from '../train/job-progress.js';
 
 /** Which CSV columns hold what: shared by every command that reads a CSV. */
 export function addColumnFlags(c: Command): Command {

@@ -84,7 +84,8 @@ export class MoleComposition {
   private mixing: Mixing = { kind: 'static', weights: null };
   private maskNames: Set<string> | null = null;
   private rows: RowSpec | null = null;
-  private readonly hooks = new Map<Linear, LinearHook>();
+  /** Removers of the hooks rehook() installed. */
+  private readonly unhooks: (() => void)[] = [];
   private readonly passes = new WeakMap<ForwardContext, Pass>();
   private attached = true;
   private stats: GateStats | null = null;
@@ -322,8 +323,7 @@ export class MoleComposition {
 
   /** Remove the hooks: the base runs alone until attach(). */
   detach(): void {
-    for (const [lin, hook] of this.hooks) lin.hooks.splice(lin.hooks.indexOf(hook), 1);
-    this.hooks.clear();
+    for (const unhook of this.unhooks.splice(0)) unhook();
     const at = this.model.inputHooks.indexOf(this.inputHook);
     if (at >= 0) this.model.inputHooks.splice(at, 1);
     this.attached = false;
@@ -367,8 +367,7 @@ export class MoleComposition {
     for (const module of this.gatedModules()) {
       const lin = linears.get(module)!;
       const hook: LinearHook = { delta: (x, ctx) => this.delta(lin, x, ctx) };
-      lin.hooks.push(hook);
-      this.hooks.set(lin, hook);
+      this.unhooks.push(lin.addHook(hook));
     }
   }
 

@@ -24,7 +24,7 @@ export type GateLevel = 'layer' | 'block';
  * 'token': weights per position (handles variable length and mixed-task sequences).
  * 'sequence': the paper's per-sample gate, one weight vector per row: the logits are averaged
  * over the row's real tokens. Like the paper's, it sees the whole row, later tokens included, and
- * a pass with a KV cache sees only its new tokens: generate without the cache (session.ts does).
+ * a pass with a KV cache sees only its new tokens: generate without the cache (mole-model.ts does).
  * 'prefix': per-sample but causal: position t averages the logits of the row's real tokens up
  * to t. Teacher-forced training then sees what generation sees; the paper's whole-row pooling
  * lets a gate trained on next-token loss read the answer it is meant to predict.

@@ -1,6 +1,6 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { dirname, isAbsolute, join } from 'node:path';
-import type { MoleModel } from './session.js';
+import type { MoleModel } from './mole-model.js';
 
 /**
  * One task's composition: the experts (name → PEFT adapter folder), then either a gate folder or

@@ -1,8 +1,8 @@
 import { attachAdapters } from '../adapters/peft.js';
 import { loadBase } from '../base/load.js';
-import { byteProgress } from '../cli/progress.js';
-import { MoleModel } from '../gating/session.js';
-import { gateStatsOn } from '../gating/train.js';
+import { byteProgress } from '../train/job-progress.js';
+import { MoleModel } from '../gating/mole-model.js';
+import { gateStatsOn } from '../gating/train-gate.js';
 import type { Sample, Summary } from '../report/summary.js';
 import { evaluate, type EvalReport } from '../train/evaluate.js';
 import { loadLmDataset } from '../train/lm.js';

@@ -1,6 +1,6 @@
 import { existsSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { attachAdapters, transposedTensors } from '../adapters/peft.js';
+import { attachAdapters, transposedTensors } from './peft.js';
 import { writeJsonAtomic } from '../base/atomic.js';
 import type { CausalLM } from '../base/model.js';
 import { openSafetensors, writeSafetensors } from '../base/safetensors.js';

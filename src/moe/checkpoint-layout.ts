@@ -1,15 +1,13 @@
 import * as tf from '@tensorflow/tfjs';
-import { RouterLosses } from '../gating/moe-losses.js';
-import { MoEFFN, type ExpertLayout, type SharedExpert } from '../gating/moe.js';
-import { Router } from '../gating/router.js';
-import type { ModelConfig, MoEConfig } from './config.js';
-import type { HostTensor } from './export.js';
-import { Linear } from './linear.js';
-import { SwiGLU } from './mlp.js';
-import type { WeightSource } from './weights.js';
-
-/** Reads `${name}.weight` [out, in] (and the bias) into a Linear, as the Llama builder does. */
-export type LinearReader = (name: string, inF: number, outF: number, bias?: boolean) => Linear;
+import type { ModelConfig, MoEConfig } from '../base/config.js';
+import type { HostTensor } from '../base/host-tensor.js';
+import { Linear } from '../base/linear.js';
+import { SwiGLU } from '../base/mlp.js';
+import type { LinearReader } from '../base/sparse-ffn.js';
+import type { WeightSource } from '../base/weights.js';
+import { RouterLosses } from './moe-losses.js';
+import { MoEFFN, type ExpertLayout, type SharedExpert } from './moe.js';
+import { Router } from './router.js';
 
 /** One expert's projections: Mixtral's w1 (gate), w3 (up), w2 (down); the others' gate/up/down_proj. */
 function expertNames(modelType: string): [string, string, string] {

@@ -1,10 +1,13 @@
 import * as tf from '@tensorflow/tfjs';
 import { parseConfig, type ModelConfig } from '../base/config.js';
-import { modelTensors, type HostTensor } from '../base/export.js';
+import { modelTensors } from '../base/export.js';
+import type { HostTensor } from '../base/host-tensor.js';
 import { buildParts } from '../base/load.js';
 import { CausalLM } from '../base/model.js';
 import { Rng } from '../base/rng.js';
 import type { WeightSource } from '../base/weights.js';
+// The upcycled model is built through src/base, which reads sparse layers through this registration.
+import './register.js';
 
 export interface UpcycleOptions {
   experts: number;

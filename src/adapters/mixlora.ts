@@ -1,15 +1,15 @@
 import * as tf from '@tensorflow/tfjs';
-import { LoraAdapter, newLayer } from '../adapters/adapter.js';
-import { targetsModule, type LoraConfig } from '../adapters/config.js';
-import { initLoraWeights, LoraLayer } from '../adapters/lora.js';
+import { LoraAdapter, newLayer } from './adapter.js';
+import { targetsModule, type LoraConfig } from './config.js';
+import { initLoraWeights, LoraLayer } from './lora.js';
 import type { ForwardContext } from '../base/context.js';
 import { Linear } from '../base/linear.js';
 import { GeluMLP, geluNew, SwiGLU, type FFN } from '../base/mlp.js';
 import type { CausalLM } from '../base/model.js';
 import type { Rng } from '../base/rng.js';
-import { RouterLosses, routerLossPart, routerStats, type RouterStats } from './moe-losses.js';
-import { Router } from './router.js';
-import { realOf, scatterAdd } from './moe.js';
+import { RouterLosses, routerLossPart, routerStats, type RouterStats } from '../moe/moe-losses.js';
+import { Router } from '../moe/router.js';
+import { realOf, scatterAdd } from '../moe/moe.js';
 
 /**
  * MixLoRA (Li et al. 2024, arXiv 2404.15159; TUDB-Labs/MixLoRA): E LoRA experts inside each dense

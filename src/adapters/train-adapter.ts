@@ -1,8 +1,8 @@
 import { loadBase } from '../base/load.js';
 import { Rng } from '../base/rng.js';
-import { createMixLora, type MixLoraOptions } from '../gating/mixlora.js';
-import { saveMixLora } from '../gating/mixlora-io.js';
-import { routingOn } from '../gating/train-moe.js';
+import { createMixLora, type MixLoraOptions } from './mixlora.js';
+import { saveMixLora } from './mixlora-io.js';
+import { routingOn } from '../moe/train-moe.js';
 import { trainLm, type LmTrainOptions } from '../train/lm.js';
 import { inRunFolder, type TrainResult } from '../train/trainer.js';
 import { createLora } from './adapter.js';
@@ -14,7 +14,7 @@ export interface TrainAdapterOptions extends LmTrainOptions {
   /** Adapter name (recorded in logs); defaults to the output folder's name. */
   name?: string;
   lora?: Partial<LoraConfig>;
-  /** Train a MixLoRA adapter instead: LoRA experts in each FFN under a top-k router (src/gating/mixlora.ts). */
+  /** Train a MixLoRA adapter instead: LoRA experts in each FFN under a top-k router (src/adapters/mixlora.ts). */
   mixlora?: MixLoraOptions;
 }
 

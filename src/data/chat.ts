@@ -13,7 +13,7 @@
  */
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { Template as Jinja } from '@huggingface/jinja';
+import { Environment, Interpreter, Template as Jinja } from '@huggingface/jinja';
 
 export interface ChatMessage {
   role: string;
@@ -93,19 +93,40 @@ export function renderChat(t: ChatTemplate, messages: ChatMessage[], addGenerati
     }
     compiled.set(t.template, jinja);
   }
-  const now = opts.now ?? (() => new Date());
+  const env = globals(opts.now ?? (() => new Date()));
   try {
-    return jinja.render({
-      messages,
-      tools: null,
-      documents: null,
-      add_generation_prompt: addGenerationPrompt,
-      ...t.specialTokens,
-      strftime_now: (format: string) => strftime(now(), format),
-    });
+    const context = { messages, tools: null, documents: null, add_generation_prompt: addGenerationPrompt, ...t.specialTokens };
+    for (const [k, v] of Object.entries(context)) env.set(k, v);
+    return (new Interpreter(env).run(jinja.parsed) as { value: string }).value;
   } catch (e) {
     throw new Error(`the chat template refused the conversation: ${(e as Error).message}`);
   }
+}
+
+/**
+ * The globals of a template's environment: those @huggingface/jinja's Template.render sets, but
+ * with strftime_now on a clock of ours in the C locale (Template.render's uses the host's locale
+ * and cannot be replaced: its environment refuses a second declaration).
+ */
+function globals(now: () => Date): Environment {
+  const env = new Environment();
+  const constants: [string, boolean | null][] = [['true', true], ['false', false], ['none', null], ['True', true], ['False', false], ['None', null]];
+  for (const [k, v] of constants) env.set(k, v);
+  env.set('raise_exception', (message: string) => {
+    throw new Error(message);
+  });
+  env.set('range', range);
+  env.set('strftime_now', (format: string) => strftime(now(), format));
+  return env;
+}
+
+/** Python's range(start, stop, step), as a list. */
+function range(start: number, stop?: number, step = 1): number[] {
+  if (stop === undefined) [start, stop] = [0, start];
+  if (step === 0) throw new Error('range() arg 3 must not be zero');
+  const out: number[] = [];
+  for (let i = start; step > 0 ? i < stop : i > stop; i += step) out.push(i);
+  return out;
 }
 
 /** A rendered conversation cut into pieces, each with or without loss. */

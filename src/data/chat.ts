@@ -59,6 +59,12 @@ export function chatTemplateFrom(text: string, dir: string, source: string): Cha
   return { template: text, specialTokens: specialTokens(readTokenizerConfig(dir)), source };
 }
 
+/** A model folder's chat template, or the one given as text (--chat-template) with the folder's special tokens. */
+export function modelChatTemplate(dir: string | null | undefined, text?: string): ChatTemplate {
+  if (!dir) throw new Error('chat rows need the model folder, which holds the chat template');
+  return text === undefined ? loadChatTemplate(dir) : chatTemplateFrom(text, dir, '--chat-template');
+}
+
 function readTokenizerConfig(dir: string): Record<string, unknown> {
   const path = join(dir, 'tokenizer_config.json');
   if (!existsSync(path)) return {};

@@ -116,6 +116,7 @@ export async function loadDataset(opts: LoadDatasetOptions): Promise<Dataset> {
   const role = opts.role ?? 'training';
   const spec = rowFormat(opts, { chat: opts.chatTemplate, turns: role === 'evaluation' ? 'last' : 'all' });
   if (!Number.isInteger(opts.seqLen) || opts.seqLen < 1) throw new Error(`seqLen must be a positive integer, got ${opts.seqLen}`);
+  if (opts.truncate !== undefined && !TRUNCATE_SIDES.includes(opts.truncate)) throw new Error(`truncate must be ${TRUNCATE_SIDES.join(' or ')}, got '${opts.truncate}'`);
   if (spec.mode === 'text' && opts.truncate !== undefined) throw new Error('truncate applies to prompt/completion and chat rows; text rows are packed into windows');
   const valSplit = opts.valSplit ?? 0;
   if (!(valSplit >= 0 && valSplit < 1)) throw new Error(`valSplit must be in [0, 1), got ${valSplit}`);

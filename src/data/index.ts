@@ -1,7 +1,7 @@
 // The data pipeline's public API: CSV or JSONL → row format → token stores → batches.
 export { loadDataset, TRUNCATE_SIDES, type DataRole, type Dataset, type DatasetStats, type LoadDatasetOptions, type TruncateSide } from './dataset.js';
 export { rowFormat, givenFormat, isChat, ROW_FORMAT_KEYS, type RowFormat, type RowFormatOptions } from './row-format.js';
-export { loadChatTemplate, chatTemplateFrom, renderChat, type ChatMessage, type ChatTemplate } from './chat.js';
+export { loadChatTemplate, chatTemplateFrom, modelChatTemplate, renderChat, type ChatMessage, type ChatTemplate } from './chat.js';
 export { parseTemplate, readTemplateArg, escapeNote, type Template } from './template.js';
 export { openRows, dataFileFormat, DATA_FILE_FORMATS, type DataFileFormat, type RowSource } from './rows.js';
 export { openJsonl, type JsonlRow, type JsonlTable } from './jsonl.js';

@@ -10,7 +10,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { writeJsonAtomic } from '../base/atomic.js';
-import { givenFormat, ROW_FORMAT_KEYS, type RowFormatOptions } from './row-format.js';
+import { givenFormat, isChat, ROW_FORMAT_KEYS, type RowFormatOptions } from './row-format.js';
 import { columnTemplate, parseTemplate } from './template.js';
 
 export const DATA_RECORD = 'molora_data.json';
@@ -76,30 +76,48 @@ export function formatKey(f: DataFormat): string {
 export function describeFormat(f: DataFormat): string {
   const flag = (k: string): string => `--${snake(k).replace(/_/g, '-')}`;
   const parts = Object.entries(f).map(([k, v]) => (k === 'chatTemplate' ? `${flag(k)} (${(v as string).length} characters)` : `${flag(k)} ${JSON.stringify(v)}`));
-  return parts.length === 0 ? 'the default text column' : parts.join(' ');
+  return parts.length === 0 ? 'no format flags (the prompt as it is)' : parts.join(' ');
 }
 
 /**
- * The row format to score or prompt with, given the format flags and the adapter folders in use.
- * Flags win, with a warning for each folder that recorded another format. Without flags, the
- * format the folders' records agree on (folders without a record have no say); records that
- * differ are an error naming two of them. Null when there are neither flags nor records: the
- * caller's default.
+ * What a free-text prompt sees of a format (generate): chat (with its system message and
+ * template), or the prompt template; a template that is just the prompt, or none, is the text as
+ * it is.
  */
-export function servedFormat(given: DataFormat, dirs: string[], warn: (msg: string) => void): DataFormat | null {
+export function promptKey(f: DataFormat): string {
+  if (isChat(f)) return JSON.stringify({ chat: true, system: f.system ?? null, chatTemplate: f.chatTemplate ?? null });
+  const t = f.promptColumn !== undefined ? columnTemplate(f.promptColumn) : f.promptTemplate !== undefined ? parseTemplate(f.promptTemplate, 'prompt_template') : null;
+  const plain = t === null || (t.parts.length === 1 && typeof t.parts[0] !== 'string');
+  return JSON.stringify(plain ? { raw: true } : { prompt: t });
+}
+
+/**
+ * The row format to score or prompt with, given the format flags (null: none given) and the
+ * adapter folders in use. Flags win, with a warning for each folder that recorded another format.
+ * Without flags, the format the folders' records agree on (folders without a record have no
+ * say), announced through `warn`; records that differ are an error naming two of them. Null when
+ * there are neither flags nor records: the caller's default. `key` says which differences matter,
+ * `describe` how the flags given read in the warning.
+ */
+export function servedFormat(
+  given: DataFormat | null,
+  dirs: string[],
+  warn: (msg: string) => void,
+  { key = formatKey, describe = describeFormat }: { key?: (f: DataFormat) => string; describe?: (f: DataFormat) => string } = {},
+): DataFormat | null {
   const recorded = dirs.flatMap((dir) => {
     const format = readDataRecord(dir);
     return format === null ? [] : [{ dir, format }];
   });
-  if (Object.keys(given).length > 0) {
+  if (given !== null) {
     for (const r of recorded) {
-      if (formatKey(r.format) !== formatKey(given)) warn(`${r.dir} was trained with ${describeFormat(r.format)}; using the flags given: ${describeFormat(given)}`);
+      if (key(r.format) !== key(given)) warn(`${r.dir} was trained with ${describeFormat(r.format)}; using the flags given: ${describe(given)}`);
     }
     return given;
   }
   if (recorded.length === 0) return null;
   const first = recorded[0]!;
-  const other = recorded.find((r) => formatKey(r.format) !== formatKey(first.format));
+  const other = recorded.find((r) => key(r.format) !== key(first.format));
   if (other !== undefined) {
     throw new Error(
       `the adapters were trained on different row formats (${first.dir}: ${describeFormat(first.format)}; ${other.dir}: ${describeFormat(other.format)}); give the format flags to say which to use`,

@@ -13,7 +13,10 @@ export type DataFileFormat = (typeof DATA_FILE_FORMATS)[number];
 
 /** The given format, else `.jsonl` / `.ndjson` files are JSONL and anything else is CSV. */
 export function dataFileFormat(file: string, given?: DataFileFormat): DataFileFormat {
-  if (given !== undefined) return given;
+  if (given !== undefined) {
+    if (!DATA_FILE_FORMATS.includes(given)) throw new Error(`unknown data format '${given}' (formats: ${DATA_FILE_FORMATS.join(', ')})`);
+    return given;
+  }
   return ['.jsonl', '.ndjson'].includes(extname(file).toLowerCase()) ? 'jsonl' : 'csv';
 }
 

@@ -8,14 +8,12 @@ import type { CausalLM } from '../base/model.js';
 import { weightCount } from '../base/load.js';
 import {
   BatchSampler,
-  chatTemplateFrom,
   DataError,
   evalBatches,
   givenFormat,
-  loadChatTemplate,
   loadDataset,
+  modelChatTemplate,
   type Batch,
-  type ChatTemplate,
   type DataFileFormat,
   type Dataset,
   type DatasetStats,
@@ -100,7 +98,7 @@ export async function loadLmDataset(model: CausalLM, o: LmDataOptions): Promise<
     role: o.role,
     encoder: tok,
     tokenizerId: tokenizerFingerprint(model),
-    chatTemplate: () => modelChatTemplate(model, o.chatTemplate),
+    chatTemplate: () => modelChatTemplate(model.dir, o.chatTemplate),
     taskColumn: o.taskColumn,
     dataFormat: o.dataFormat,
     truncate: o.truncate,
@@ -112,12 +110,6 @@ export async function loadLmDataset(model: CausalLM, o: LmDataOptions): Promise<
     cacheDir: o.cacheDir,
     onProgress: o.onDataProgress,
   });
-}
-
-/** The base's chat template, or the one given as text (--chat-template). */
-export function modelChatTemplate(model: CausalLM, text?: string): ChatTemplate {
-  if (!model.dir) throw new Error('chat rows need the model folder, which holds the chat template');
-  return text === undefined ? loadChatTemplate(model.dir) : chatTemplateFrom(text, model.dir, '--chat-template');
 }
 
 /** Tokenize the data file(s), report what was kept, cut and dropped, and draw batches of the training sequences. */

@@ -8,7 +8,8 @@ import { evalBatches } from '../src/data/sampler.js';
 import type { TokenStore } from '../src/data/store.js';
 import { escapeNote, parseTemplate, readTemplateArg } from '../src/data/template.js';
 import { byteEncoder, bytesOf } from './fixtures/csv/byte-encoder.js';
-import { tempDir } from './helpers.js';
+import { openCsv } from '../src/data/csv.js';
+import { FIXTURES, tempDir } from './helpers.js';
 
 const tmp = tempDir('molora-formats-');
 afterAll(tmp.cleanup);
@@ -160,6 +161,22 @@ describe('prompt and completion templates', () => {
     const path = file('csv', 'p,c\na,x\nb,\nc,"  "\n');
     const { stats } = await load(path, { promptTemplate: '{p}', completionTemplate: ' Answer: {c}' });
     expect(stats).toMatchObject({ rowsRead: 3, examples: 1, emptyRows: 2 });
+  });
+});
+
+describe('templates alone give what hand-preprocessing gives', () => {
+  it('the SMS-shaped CSV as downloaded, through templates, tokenizes as a CSV preprocessed by hand into prompt and completion columns', async () => {
+    const sms = join(FIXTURES, 'sms', 'sms.csv');
+    const table = await openCsv(sms);
+    const quote = (s: string) => `"${s.replace(/"/g, '""')}"`;
+    const lines = ['prompt,completion'];
+    for await (const row of table.rows) lines.push([quote(`SMS: ${row.fields[1]}\nLabel:`), quote(` ${row.fields[0]}`)].join(','));
+    const byHand = file('csv', lines.join('\n') + '\n');
+    const opts = { seqLen: 128 };
+    const templated = await load(sms, { ...opts, promptTemplate: 'SMS: {masseges}\nLabel:', completionTemplate: ' {label}' });
+    const preprocessed = await load(byHand, { ...opts, promptColumn: 'prompt', completionColumn: 'completion' });
+    expect(templated.stats).toMatchObject({ rowsRead: 340, examples: 340, truncated: 83, dropped: 0 });
+    expect(contents(templated.train)).toEqual(contents(preprocessed.train));
   });
 });
 

@@ -122,8 +122,6 @@ export interface RowFormatter {
   columns: ColumnRequest[];
   /** The example, or null when the row has nothing to learn or score (an empty completion, no assistant turn). Throws the reason a row is bad. */
   format(values: unknown[]): Example | null;
-  /** The column whose emptiness empties a row, for reports. */
-  lossColumn: string;
 }
 
 export function rowFormatter(f: RowFormat, opts: RenderOptions = {}): RowFormatter {
@@ -131,7 +129,6 @@ export function rowFormatter(f: RowFormat, opts: RenderOptions = {}): RowFormatt
     case 'text':
       return {
         columns: [{ name: f.text, usedBy: '--text-column' }],
-        lossColumn: f.text,
         format: ([v]) => {
           const text = cellText(v, f.text);
           return text.trim() === '' ? null : { pieces: [text], loss: [true], plain: true, unlocated: 0 };
@@ -154,7 +151,6 @@ function completionFormatter({ prompt, completion, from }: Extract<RowFormat, { 
   };
   return {
     columns: names.map((name) => ({ name, usedBy: usedBy(name) })),
-    lossColumn: completionCols.join(', ') || 'completion',
     format: (values) => {
       const text = new Map(names.map((n, i) => [n, cellText(values[i], n)]));
       const c = renderTemplate(completion, (n) => text.get(n)!);
@@ -168,7 +164,6 @@ function completionFormatter({ prompt, completion, from }: Extract<RowFormat, { 
 function messagesFormatter(f: Extract<RowFormat, { mode: 'chat' }>, column: string, opts: RenderOptions): RowFormatter {
   return {
     columns: [{ name: column, usedBy: '--messages-column' }],
-    lossColumn: column,
     format: ([v]) => chatExample(f, parseMessages(v, column), opts),
   };
 }
@@ -179,7 +174,6 @@ function pairFormatter(f: Extract<RowFormat, { mode: 'chat' }>, s: { user: strin
       { name: s.user, usedBy: '--user-column' },
       { name: s.assistant, usedBy: '--assistant-column' },
     ],
-    lossColumn: s.assistant,
     format: ([u, a]) => {
       const answer = cellText(a, s.assistant);
       if (answer.trim() === '') return null;

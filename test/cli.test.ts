@@ -202,7 +202,7 @@ describe('molora CLI', () => {
     const help = run('train-adapter', '--help').replace(/\s+/g, ' ');
     // An option's help runs until the next option's flag.
     const marked = (flag: string): boolean => new RegExp(`${flag} (?:(?! --[a-z]).)*\\(required\\)`).test(help);
-    for (const flag of ['--model <dir>', '--out <dir>', '--data <file.csv>']) expect(marked(flag), flag).toBe(true);
+    for (const flag of ['--model <dir>', '--out <dir>', '--data <file>']) expect(marked(flag), flag).toBe(true);
     for (const flag of ['--name <name>', '--rank <r>']) expect(marked(flag), flag).toBe(false);
     const { version } = JSON.parse(readFileSync(join(import.meta.dirname, '..', 'package.json'), 'utf8'));
     expect(run('--version')).toBe(`${version}\n`);

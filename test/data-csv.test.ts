@@ -42,12 +42,12 @@ describe('csv reader', () => {
       const { header, rows } = await readAll(path, { chunkBytes });
       expect(header).toEqual(['id', 'text']);
       expect(rows).toEqual([
-        { line: 2, fields: ['1', 'héllo wörld 日本語 🎉'] },
-        { line: 3, fields: ['2', 'a, b'] },
-        { line: 4, fields: ['3', 'two\r\nlines, "quoted"'] },
-        { line: 6, fields: ['4', 'spaced quote'] },
-        { line: 7, fields: ['5', '5" screen'] },
-        { line: 8, fields: ['6', 'last'] },
+        { line: 2, lines: 1, fields: ['1', 'héllo wörld 日本語 🎉'] },
+        { line: 3, lines: 1, fields: ['2', 'a, b'] },
+        { line: 4, lines: 2, fields: ['3', 'two\r\nlines, "quoted"'] },
+        { line: 6, lines: 1, fields: ['4', 'spaced quote'] },
+        { line: 7, lines: 1, fields: ['5', '5" screen'] },
+        { line: 8, lines: 1, fields: ['6', 'last'] },
       ]);
     }
   });
@@ -58,12 +58,12 @@ describe('csv reader', () => {
       for (const chunkBytes of CHUNKS) {
         const { rows } = await readAll(path, { chunkBytes });
         expect(rows).toEqual([
-          { line: 2, fields: ['a'] },
-          { line: 3, fields: [] },
-          { line: 4, fields: ['b'] },
-          { line: 5, fields: [] },
-          { line: 6, fields: ['c' + eol + 'd'] },
-          { line: 8, fields: ['e'] },
+          { line: 2, lines: 1, fields: ['a'] },
+          { line: 3, lines: 1, fields: [] },
+          { line: 4, lines: 1, fields: ['b'] },
+          { line: 5, lines: 1, fields: [] },
+          { line: 6, lines: 2, fields: ['c' + eol + 'd'] },
+          { line: 8, lines: 1, fields: ['e'] },
         ]);
       }
     }
@@ -164,8 +164,8 @@ describe('csv reader', () => {
       const bad: BadRowError[] = [];
       const { rows } = await readAll(path, { chunkBytes, skipBadRows: true, onBadRow: (e) => bad.push(e) });
       expect(rows).toEqual([
-        { line: 2, fields: ['1', '2'] },
-        { line: 6, fields: ['8', 'multi\nline'] },
+        { line: 2, lines: 1, fields: ['1', '2'] },
+        { line: 6, lines: 2, fields: ['8', 'multi\nline'] },
       ]);
       expect(bad.map((e) => [e.name, e.line])).toEqual([
         ['RaggedRowError', 3],
@@ -182,8 +182,8 @@ describe('csv reader', () => {
     const bad: BadRowError[] = [];
     const { rows } = await readAll(path, { chunkBytes: 16, maxRowBytes: 100, skipBadRows: true, onBadRow: (e) => bad.push(e) });
     expect(rows).toEqual([
-      { line: 2, fields: ['1', '2'] },
-      { line: 5, fields: ['4', '5'] },
+      { line: 2, lines: 1, fields: ['1', '2'] },
+      { line: 5, lines: 1, fields: ['4', '5'] },
     ]);
     expect(bad).toHaveLength(1);
     expect(bad[0]).toBeInstanceOf(RowTooLongError);
@@ -193,7 +193,7 @@ describe('csv reader', () => {
   it('never skips a bad header, and rejects a file without one', async () => {
     await expect(readAll(file('a,"b\n'), { skipBadRows: true })).rejects.toBeInstanceOf(QuoteError);
     await expect(readAll(file('\n\n'))).rejects.toBeInstanceOf(DataError);
-    expect((await readAll(file('\n\nx,y\n1,2\n'))).rows).toEqual([{ line: 4, fields: ['1', '2'] }]);
+    expect((await readAll(file('\n\nx,y\n1,2\n'))).rows).toEqual([{ line: 4, lines: 1, fields: ['1', '2'] }]);
   });
 
   it('reports progress and can stop early', async () => {

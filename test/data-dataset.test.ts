@@ -79,7 +79,7 @@ describe('prompt/completion mode', () => {
   it('puts loss on completion tokens and eos only, padding per batch', async () => {
     const path = csv('prompt,completion\nQ1?,yes\n,solo\nlonger question?,ok\n');
     const { train, stats } = await load(path, { promptColumn: 'prompt', completionColumn: 'completion' });
-    expect(stats).toMatchObject({ mode: 'completion', examples: 3, truncated: 0, promptTooLong: 0 });
+    expect(stats).toMatchObject({ mode: 'completion', examples: 3, truncate: 'left', truncated: 0, dropped: 0 });
     const b = [...evalBatches(train, { batchSize: 3, seqLen: 64 })][0]!;
     const examples = [
       [BOS, ...bytesOf('Q1?'), ...bytesOf('yes'), EOS],
@@ -103,7 +103,7 @@ describe('prompt/completion mode', () => {
     expect(Array.from(train.promptLens)).toEqual(promptLens);
   });
 
-  it('counts truncated examples and leaves out those whose prompt fills seqLen', async () => {
+  it('with truncate right, counts truncated examples and leaves out those whose prompt fills seqLen', async () => {
     const rows = [
       ['ab', 'cd'], // 6 tokens: fits seqLen 5 (5 pairs)
       ['abc', 'def'], // 8 tokens: truncated, loss on d, e
@@ -111,8 +111,8 @@ describe('prompt/completion mode', () => {
       ['abcd', 'xyz'], // prompt of 5: truncated, loss on x only
     ];
     const path = csv('p,c\n' + rows.map((r) => r.join(',')).join('\n') + '\n');
-    const { train, stats } = await load(path, { promptColumn: 'p', completionColumn: 'c', seqLen: 5 });
-    expect(stats).toMatchObject({ examples: 4, truncated: 3, promptTooLong: 1, trainSequences: 3 });
+    const { train, stats } = await load(path, { promptColumn: 'p', completionColumn: 'c', seqLen: 5, truncate: 'right' });
+    expect(stats).toMatchObject({ examples: 4, truncate: 'right', truncated: 3, dropped: 1, trainSequences: 3 });
     const b = [...evalBatches(train, { batchSize: 8, seqLen: 5 })][0]!;
     expect([b.batch, b.seq]).toEqual([3, 5]);
     expect(Array.from(b.lossMask)).toEqual([0, 0, 1, 1, 1, 0, 0, 0, 1, 1, 0, 0, 0, 0, 1]);
@@ -157,7 +157,7 @@ describe('bad input', () => {
     const path = csv('prompt,answer\na,b\n');
     const err = await load(path, { promptColumn: 'prompt', completionColumn: 'completion' }).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(MissingColumnError);
-    expect((err as Error).message).toBe(`${path}:1: no column "completion"; available columns: "prompt", "answer"`);
+    expect((err as Error).message).toBe(`${path}:1: no column "completion" (named by --completion-column); available columns: "prompt", "answer"`);
     await expect(load(path)).rejects.toThrow(/no column "text"/);
   });
 
@@ -176,7 +176,7 @@ describe('bad input', () => {
   it('rejects contradictory options', async () => {
     const path = csv('text\na\n');
     await expect(load(path, { valSplit: 0.1, valData: path })).rejects.toThrow(/not both/);
-    await expect(load(path, { promptColumn: 'text' })).rejects.toThrow(/go together/);
+    await expect(load(path, { promptColumn: 'text' })).rejects.toThrow(/a prompt needs a completion/);
     await expect(load(path, { valSplit: 1 })).rejects.toThrow(/valSplit/);
     await expect(load(path, { encoder: { ...byteEncoder, eosId: null } })).rejects.toThrow(/eos/);
   });

@@ -25,7 +25,8 @@ beforeAll(async () => {
   completion = await store(
     'task,prompt,completion',
     Array.from({ length: 37 }, (_, i) => `t${i % 3},question ${i}?,answer ${'y'.repeat(i % 7)}`),
-    { promptColumn: 'prompt', completionColumn: 'completion', taskColumn: 'task' },
+    // Cut from the right by the layout, as these sampler checks were written for.
+    { promptColumn: 'prompt', completionColumn: 'completion', taskColumn: 'task', truncate: 'right' },
   );
 });
 

@@ -69,6 +69,23 @@ describe('held-out eval rows', () => {
     await expect(findSharedPrompt(bad, bad.steps[1]!)).rejects.toThrow(`${TRAIN}:1: no column 'question' for step 'a' (columns: prompt, completion, task)`);
   });
 
+  it('reads prompt templates (from @files beside the recipe), JSONL and chat rows', async () => {
+    write('prompt.txt', 'Q: {q}\nA:\n');
+    write('t.jsonl', JSON.stringify({ q: 'two plus two', a: ' 4' }) + '\n' + JSON.stringify({ q: 'one plus one', a: ' 2' }) + '\n');
+    write('e.csv', 'q,a\nthree plus three, 6\ntwo plus two, 4\n');
+    const templated = { promptTemplate: '@prompt.txt', completionTemplate: '{a}' };
+    const steps = [{ ...adapter, ...templated, promptColumn: undefined, completionColumn: undefined, taskColumn: undefined, data: 't.jsonl' }, { ...(evalOn('e.csv') as object), ...templated, promptColumn: undefined, completionColumn: undefined, taskColumn: undefined }];
+    const r = loadRecipe(recipe('templated', steps), join(tmp.dir, 'run-templated'));
+    expect(r.steps[0]!.fields.promptTemplate).toBe('Q: {q}\nA:');
+    expect(await findSharedPrompt(r, r.steps[1]!)).toMatchObject({ prompt: 'Q: two plus two\nA:', shared: 1, evalPrompts: 2, eval: { line: 3 }, train: { line: 1 } });
+    const chat = (id: string, data: string) => ({ type: id === 'a' ? 'train-adapter' : 'eval', id, out: `${id}.out`, model: 'nowhere', data, messagesColumn: 'messages' });
+    const convo = (u: string) => JSON.stringify({ messages: [{ role: 'user', content: u }, { role: 'assistant', content: 'ok' }] });
+    write('c-train.jsonl', [convo('hello'), convo('bye')].join('\n') + '\n');
+    write('c-test.jsonl', [convo('hi'), convo('bye')].join('\n') + '\n');
+    const c = loadRecipe(recipe('chat', [chat('a', 'c-train.jsonl'), chat('e', 'c-test.jsonl')]), join(tmp.dir, 'run-chat'));
+    expect(await findSharedPrompt(c, c.steps[1]!)).toMatchObject({ prompt: '[["user","bye"]]', shared: 1, eval: { line: 2 }, train: { line: 2 } });
+  });
+
   it('with skipMissing, leaves out an eval step whose files are not written yet; passes held-out rows', async () => {
     write('fresh.csv', 'prompt,completion,task\nadd: 9 9 =, 18,add\n');
     const r = loadRecipe(recipe('later', [adapter, evalOn('$run/made-later.csv', 'later'), evalOn('fresh.csv', 'fresh')]), join(tmp.dir, 'run-later'));

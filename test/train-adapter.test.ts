@@ -158,7 +158,7 @@ describe('train-adapter', () => {
     const r = spawnSync('node', [CLI, 'train-adapter', '--model', base, '--data', bad, '--prompt-column', 'prompt', '--completion-column', 'completion', '--out', out, '--steps', '2'], { encoding: 'utf8' });
     expect(r.status).toBe(1);
     expect(r.stderr).toMatch(/prompt/);
-    expect(r.stderr).toMatch(/bad\.csv:1: no column "prompt"; available columns: "question", "answer"/);
+    expect(r.stderr).toMatch(/bad\.csv:1: no column "prompt" \(named by --prompt-column\); available columns: "question", "answer"/);
     expect(existsSync(out) ? readdirSync(out).filter((f) => f.startsWith('adapter_')) : []).toEqual([]);
   });
 });

@@ -85,10 +85,18 @@ describe('what eval and training say about the rows they leave out', () => {
     await expect(evalOn(blank)).rejects.toThrow(`${blank}: the evaluation data has no usable rows: of its 3, 1 are blank, 2 have an empty "completion" and 0 are bad`);
   });
 
-  it('training names the file when no prompt leaves room for a completion, and counts the lines of skipped rows', async () => {
+  it('training names the file when no row leaves room for a completion, and counts the lines of skipped rows', async () => {
     const long = csv([['a prompt longer than sixteen tokens', ' 1']]);
     const lm = { promptColumn: 'prompt', completionColumn: 'completion', seqLen: 16, batchSize: 2, seed: 0 };
-    await expect(loadLmData(model, { ...lm, data: long }, () => {})).rejects.toThrow(`${long}: no training example fits --seq-len 16: each prompt fills it, leaving no completion token`);
+    await expect(loadLmData(model, { ...lm, data: long, truncate: 'right' }, () => {})).rejects.toThrow(
+      `${long}: no training example fits --seq-len 16: each prompt fills it, leaving no completion token (--truncate left keeps completions)`,
+    );
+    // Cut from the left (the default), the same row trains on its whole completion.
+    const logs0: string[] = [];
+    await loadLmData(model, { ...lm, data: long }, (m) => logs0.push(m));
+    expect(logs0[0]).toContain(', 1 truncated (prompt cut from the left to fit --seq-len 16)');
+    const answer = csv([['q', ' an answer longer than sixteen tokens']]);
+    await expect(loadLmData(model, { ...lm, data: answer }, () => {})).rejects.toThrow(`${answer}: no training example fits --seq-len 16: each completion alone is longer`);
     const bad = csv([['a', ' 1'], ['"b\nc"d', ' 2'], ['e', ' 3']]);
     const logs: string[] = [];
     await loadLmData(model, { ...lm, data: bad, skipBadRows: true }, (m) => logs.push(m));

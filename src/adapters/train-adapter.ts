@@ -1,5 +1,6 @@
 import { loadBase } from '../base/load.js';
 import { Rng } from '../base/rng.js';
+import { writeDataRecord } from '../data/record.js';
 import { createMixLora, type MixLoraOptions } from './mixlora.js';
 import { saveMixLora } from './mixlora-io.js';
 import { routingOn } from '../moe/train-moe.js';
@@ -20,8 +21,9 @@ export interface TrainAdapterOptions extends LmTrainOptions {
 
 /**
  * `molora train-adapter`: a fresh LoRA adapter on the frozen base, trained on next-token loss
- * from CSV. The output folder is a PEFT adapter plus metrics.jsonl and checkpoints; with
- * `mixlora`, a MixLoRA folder whose eval lines also log each layer's routing.
+ * from CSV or JSONL. The output folder is a PEFT adapter plus metrics.jsonl and checkpoints; with
+ * `mixlora`, a MixLoRA folder whose eval lines also log each layer's routing. Either records the
+ * row format it was trained with in molora_data.json (data/record.ts).
  */
 export function trainAdapter(o: TrainAdapterOptions): Promise<TrainResult> {
   return inRunFolder(o, [['--model', o.model]], () => trainIn(o));
@@ -42,7 +44,7 @@ async function trainIn(o: TrainAdapterOptions): Promise<TrainResult> {
       const mix = createMixLora(model, config, o.mixlora, o.name ?? o.out, new Rng(o.seed));
       mix.attach(model);
       try {
-        return await trainLm(model, mix.params(), (dir) => saveMixLora(mix, dir), {
+        return await trainLm(model, mix.params(), (dir) => (saveMixLora(mix, dir), writeDataRecord(dir, o)), {
           ...o,
           onEval: (step, data) => ({ ...o.onEval?.(step, data), router: routingOn(model, () => mix.stats(), data.dataset.val ?? data.dataset.train, o) }),
         });
@@ -53,7 +55,7 @@ async function trainIn(o: TrainAdapterOptions): Promise<TrainResult> {
     const adapter = createLora(model, config, o.name ?? o.out, new Rng(o.seed));
     adapter.attach(model);
     try {
-      return await trainLm(model, adapter.params(), (dir) => saveAdapter(adapter, dir), o);
+      return await trainLm(model, adapter.params(), (dir) => (saveAdapter(adapter, dir), writeDataRecord(dir, o)), o);
     } finally {
       adapter.dispose();
     }

@@ -5,6 +5,7 @@ import { inspectFolder } from '../base/inspect.js';
 import { promptIds } from '../base/prompt.js';
 import { logprobs } from '../base/scoring.js';
 import { openComposed, type ComposeFlags } from './compose.js';
+import { servePromptFlags, type PromptFormatFlags } from './serve-flags.js';
 import { forwardTable } from './format.js';
 
 export async function runForward(o: ComposeFlags & { ids?: number[]; text?: string; json?: boolean }): Promise<void> {
@@ -21,7 +22,7 @@ export async function runForward(o: ComposeFlags & { ids?: number[]; text?: stri
   composed.dispose();
 }
 
-export async function runGenerate(o: ComposeFlags & {
+export async function runGenerate(o: ComposeFlags & PromptFormatFlags & {
   prompt?: string;
   promptIds?: number[];
   maxNewTokens: number;
@@ -33,9 +34,10 @@ export async function runGenerate(o: ComposeFlags & {
   if (!o.promptIds === (o.prompt === undefined)) throw new Error('give exactly one of --prompt or --prompt-ids');
   const composed = openComposed(o);
   const model = composed.base;
-  const ids = promptIds(model, { ids: o.promptIds, text: o.prompt });
+  const served = o.prompt === undefined ? undefined : servePromptFlags({ ...o, prompt: o.prompt }, model);
+  const ids = promptIds(model, { ids: o.promptIds, ...served });
   const decoder = model.tokenizer?.streamDecoder({ context: ids });
-  if (o.prompt !== undefined) process.stdout.write(o.prompt);
+  if (served !== undefined) process.stdout.write(served.text);
   generate(model, [ids], {
     ...o,
     useCache: composed.cacheSafe,

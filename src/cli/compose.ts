@@ -5,7 +5,8 @@ import { maskExperts, parseExpertMask } from '../moe/moe.js';
 import { applyProfile, profileFor, readProfiles } from '../gating/profile.js';
 import { MoleModel } from '../gating/mole-model.js';
 import { collect, int, nameList, namedNumbers, namedPaths } from './args.js';
-import { addColumnFlags } from './train.js';
+import { servedFormat, type DataFormat } from '../data/record.js';
+import { addColumnFlags, readFormatFlags } from './train.js';
 
 /** The flags that choose what runs on the base: plain adapters, or experts with a gate, weights, a mask or a profile. */
 export interface ComposeFlags {
@@ -34,9 +35,20 @@ export function addComposeFlags(c: Command): Command {
     .option('--mask-experts <spec>', 'sparse MoE models: drop routed experts everywhere (3,5) or per layer (0:3,1:5); top-k renormalises over the rest');
 }
 
-/** The data flags of the commands that run a model over a CSV without training (eval, gates). */
+/** The data flags of the commands that run a model over data without training (eval, gates). */
 export function addScoringFlags(c: Command): Command {
-  return addColumnFlags(c).option('--seq-len <n>', 'longest sequence; longer rows are truncated', int(2), 256);
+  return addColumnFlags(c).option('--seq-len <n>', 'longest sequence; a longer prompt/completion row keeps its whole completion and the end of its prompt', int(2), 256);
+}
+
+/** The adapter folders the flags put on the base (plain adapters and experts), whose recorded row formats apply. */
+export function adapterDirs(o: ComposeFlags): string[] {
+  return [...(o.adapter ?? []), ...(o.expert ?? []).map(([, dir]) => dir)];
+}
+
+/** The row format to score with: the format flags (@files read), else what the adapters in use recorded (servedFormat). */
+export function scoringFormat(o: ComposeFlags & DataFormat, warn: (msg: string) => void = (m) => process.stderr.write(`molora: ${m}\n`)): DataFormat {
+  const given = readFormatFlags(o, warn);
+  return servedFormat(Object.keys(given).length ? given : null, adapterDirs(o), warn) ?? {};
 }
 
 /** The base with its adapters and expert composition, as the flags ask. */

@@ -1,23 +1,26 @@
+import type { DataFormat } from '../data/record.js';
+import type { DataFileFormat } from '../data/rows.js';
 import { evaluateCsv, type EvalReport } from '../train/evaluate.js';
-import { openComposed, type ComposeFlags } from './compose.js';
+import { openComposed, scoringFormat, type ComposeFlags } from './compose.js';
 import { byteProgress } from '../train/job-progress.js';
 
-export async function runEval(o: ComposeFlags & {
-  data: string;
-  textColumn: string;
-  promptColumn?: string;
-  completionColumn?: string;
-  taskColumn?: string;
-  batchSize: number;
-  seqLen: number;
-  exactMatch: boolean;
-  json?: boolean;
-}): Promise<void> {
-  if (!o.promptColumn !== !o.completionColumn) throw new Error('--prompt-column and --completion-column go together');
+export async function runEval(
+  o: ComposeFlags &
+    DataFormat & {
+      data: string;
+      dataFormat?: DataFileFormat;
+      taskColumn?: string;
+      batchSize: number;
+      seqLen: number;
+      exactMatch: boolean;
+      json?: boolean;
+    },
+): Promise<void> {
+  const format = scoringFormat(o);
   const composed = openComposed(o);
   const bar = byteProgress('greedy completions', 'examples');
   try {
-    const report = await evaluateCsv(composed.base, { ...o, useCache: composed.cacheSafe, onProgress: bar.update });
+    const report = await evaluateCsv(composed.base, { ...o, ...format, useCache: composed.cacheSafe, onProgress: bar.update });
     bar.stop();
     process.stdout.write(o.json ? JSON.stringify(report) + '\n' : evalTable(report) + '\n');
   } finally {

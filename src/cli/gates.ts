@@ -5,7 +5,9 @@ import { renderReport } from '../report/page.js';
 import { parseGates } from '../report/summary.js';
 import type { GateStatsReport } from '../gating/stats.js';
 import { loadLmData } from '../train/lm.js';
-import { openComposed, type ComposeFlags } from './compose.js';
+import type { DataFormat } from '../data/record.js';
+import type { DataFileFormat } from '../data/rows.js';
+import { openComposed, scoringFormat, type ComposeFlags } from './compose.js';
 import { lmOptions, type CliTrainFlags } from './train.js';
 
 export async function runTrainGate(o: Omit<CliTrainFlags, 'lr'> & RouterFlags & { lr?: number; model: string; expert: [string, string][]; temperature?: string | number }): Promise<void> {
@@ -24,12 +26,13 @@ export async function runTrainGate(o: Omit<CliTrainFlags, 'lr'> & RouterFlags & 
 }
 
 export async function runGates(
-  o: ComposeFlags & { data: string; textColumn: string; promptColumn?: string; completionColumn?: string; taskColumn?: string; seqLen: number; json?: boolean; html?: string },
+  o: ComposeFlags & DataFormat & { data: string; dataFormat?: DataFileFormat; taskColumn?: string; seqLen: number; json?: boolean; html?: string },
 ): Promise<void> {
   if (!o.gate) throw new Error('gates reports a trained gate: give --gate DIR with its --expert set');
+  const format = scoringFormat(o);
   const m = openComposed(o);
   try {
-    const { dataset } = await loadLmData(m.base, { ...o, batchSize: 8, seed: 0, role: 'evaluation' }, () => {});
+    const { dataset } = await loadLmData(m.base, { ...o, ...format, batchSize: 8, seed: 0, role: 'evaluation' }, () => {});
     const report = gateStatsOn(m.composition, dataset.train, dataset.taskNames, o.seqLen, Infinity);
     if (o.html) writeGatesPage(report, o.html);
     process.stdout.write(o.json ? JSON.stringify(report) + '\n' : gatesTable(report) + '\n');

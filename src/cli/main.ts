@@ -7,6 +7,7 @@ import '../moe/register.js';
 import { runForward, runGenerate, runInitBase, runInspect, runMerge } from './commands.js';
 import { addDataFlags, addTrainerFlags, runTrainAdapter } from './train.js';
 import { runEval } from './eval.js';
+import { addPromptFormatFlags } from './serve-flags.js';
 import { addComposeFlags, addScoringFlags } from './compose.js';
 import { runGates, runTrainGate } from './gates.js';
 import { runReport } from '../report/cli.js';
@@ -78,13 +79,13 @@ addComposeFlags(
   .addHelpText('after', '\nWithout --json, prints a table: each token, the log-prob of the actual next token, and the top-5 predictions.')
   .action(runForward);
 
-addComposeFlags(
+addPromptFormatFlags(addComposeFlags(
   program
     .command('generate')
     .description('Generate a continuation with the KV cache, streaming tokens to stdout; stops at eos.')
     .requiredOption('--model <dir>', 'Hugging Face model folder'),
-)
-  .option('--prompt <text>', 'prompt text (needs tokenizer.json)')
+))
+  .option('--prompt <text>', 'prompt text (needs tokenizer.json); shaped as the adapters were trained, see below')
   .option('--prompt-ids <ids>', 'prompt as token ids, comma-separated', idList)
   .option('--max-new-tokens <n>', 'most tokens to generate', int(1), 64)
   .option('--temperature <t>', 'sampling temperature; 0 = greedy', float(0), 0)
@@ -114,7 +115,7 @@ addMixLoraFlags(addTrainerFlags(
   addDataFlags(
     program
       .command('train-adapter')
-      .description('Train a LoRA adapter on the frozen base from a CSV; writes a PEFT adapter folder with metrics.jsonl and checkpoints.')
+      .description('Train a LoRA adapter on the frozen base from a CSV or JSONL file; writes a PEFT adapter folder (plus molora_data.json, the row format it was trained with) with metrics.jsonl and checkpoints.')
       .requiredOption('--model <dir>', 'base model folder (Hugging Face layout)')
       .requiredOption('--out <dir>', 'output folder: the PEFT adapter, metrics.jsonl, checkpoints')
       .option('--name <name>', 'adapter name for logs (default: the output folder)')
@@ -171,12 +172,12 @@ program
 addScoringFlags(addComposeFlags(
   program
     .command('eval')
-    .description('Score a model (plus adapters or a composition of experts) on a CSV: loss, perplexity and exact match of greedy completions, per task and overall.')
+    .description('Score a model (plus adapters or a composition of experts) on a CSV or JSONL file: loss, perplexity and exact match of greedy completions, per task and overall. Without format flags, rows are read in the row format the adapters recorded when they were trained (molora_data.json), when they agree.')
     .requiredOption('--model <dir>', 'base model folder'),
 ))
   .option('--batch-size <n>', 'sequences per batch', int(1), 16)
   .option('--no-exact-match', 'skip greedy decoding (loss and perplexity only)')
-  .option('--json', 'print {"tasks": {"<task>": {"n", "loss", "perplexity", "exact_match"}}, "overall": {…}}')
+  .option('--json', 'print {"tasks": {"<task>": {"n", "loss", "perplexity", "exact_match"}}, "overall": {…}, "truncated", "skipped"}: rows scored with their prompt cut from the left, rows left out because their completion alone is longer than --seq-len')
   .action(runEval);
 
 program

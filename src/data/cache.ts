@@ -1,14 +1,15 @@
 /**
  * On-disk cache of tokenized CSV files, so a second run skips tokenization.
  *
- * An entry is named by a hash of everything its content depends on: the CSV's path, size,
- * change times and inode, the columns, skipBadRows and the tokenizer fingerprint. The entry's
+ * An entry is named by a hash of everything its content depends on: the data file's path, size,
+ * change times and inode, the row format (columns, templates, chat template), skipBadRows and the
+ * tokenizer fingerprint. The entry's
  * JSON header keeps that key in full and is compared on load, so an edited CSV or another
  * tokenizer is a miss, never a stale hit. Each file is written atomically and the header goes
  * last: a crash leaves at most unreferenced token files, never an entry that loads.
  *
- * Files: <id>.tokens (the token array), <id>.index (offsets, prompt lengths and hashes as
- * u32, then task ids as u16), <id>.json (key, shapes, task names and the read stats).
+ * Files: <id>.tokens (the token array), <id>.index (offsets, prompt lengths, hashes, gap offsets
+ * and gaps as u32, then task ids as u16), <id>.json (key, shapes, task names and the read stats).
  */
 import { createHash } from 'node:crypto';
 import { closeSync, fstatSync, openSync, readFileSync, readSync, rmSync, statSync } from 'node:fs';
@@ -16,10 +17,12 @@ import { endianness } from 'node:os';
 import { join, resolve } from 'node:path';
 import { writeFileAtomic, writeJsonAtomic } from '../base/atomic.js';
 import { TokenStore, type StoreMode } from './store.js';
-import type { ColumnSpec, ReadStats } from './tokenize.js';
+import type { RowFormat } from './row-format.js';
+import type { DataFileFormat } from './rows.js';
+import type { ReadStats } from './tokenize.js';
 
-// 2: read stats count the lines of skipped bad rows and name empty rows; skips that lose too much are refused.
-const FORMAT = 2;
+// 3: row formats (templates, chat), JSONL files, and gaps in the loss.
+const FORMAT = 3;
 
 export interface CacheKey {
   format: number;
@@ -28,7 +31,10 @@ export interface CacheKey {
   mtimeNs: string;
   ctimeNs: string;
   ino: string;
-  columns: ColumnSpec;
+  fileFormat: DataFileFormat;
+  rows: RowFormat;
+  /** A chat template that writes today's date (strftime_now) renders differently tomorrow. */
+  day: string | null;
   skipBadRows: boolean;
   tokenizerId: string;
   endianness: string;
@@ -40,13 +46,15 @@ interface Header {
   dtype: 'uint16' | 'int32';
   examples: number;
   tokens: number;
+  /** [start, end) gap pairs over all examples. */
+  gaps: number;
   padId: number;
   taskNames: string[];
   stats: ReadStats;
 }
 
 /** The key for `file` as it is now on disk. */
-export function cacheKey(file: string, columns: ColumnSpec, tokenizerId: string, skipBadRows: boolean): CacheKey {
+export function cacheKey(file: string, fileFormat: DataFileFormat, format: RowFormat, tokenizerId: string, skipBadRows: boolean): CacheKey {
   const st = statSync(file, { bigint: true });
   return {
     format: FORMAT,
@@ -55,7 +63,9 @@ export function cacheKey(file: string, columns: ColumnSpec, tokenizerId: string,
     mtimeNs: String(st.mtimeNs),
     ctimeNs: String(st.ctimeNs),
     ino: String(st.ino),
-    columns,
+    fileFormat,
+    rows: format,
+    day: format.mode === 'chat' && format.template.template.includes('strftime_now') ? new Date().toDateString() : null,
     skipBadRows,
     tokenizerId,
     endianness: endianness(),
@@ -83,9 +93,11 @@ export function readCache(dir: string, key: CacheKey): { store: TokenStore; stat
   const offsets = new Uint32Array(n + 1);
   const promptLens = new Uint32Array(n);
   const hashes = new Uint32Array(n);
+  const gapOffsets = new Uint32Array(n + 1);
+  const gaps = new Uint32Array(2 * h.gaps);
   const taskIds = new Uint16Array(n);
-  if (!readExactly(p.tokens, [tokens]) || !readExactly(p.index, [offsets, promptLens, hashes, taskIds])) return null;
-  const store = new TokenStore({ mode: h.mode, tokens, offsets, promptLens, taskIds, hashes, taskNames: h.taskNames, padId: h.padId });
+  if (!readExactly(p.tokens, [tokens]) || !readExactly(p.index, [offsets, promptLens, hashes, gapOffsets, gaps, taskIds])) return null;
+  const store = new TokenStore({ mode: h.mode, tokens, offsets, promptLens, gapOffsets, gaps, taskIds, hashes, taskNames: h.taskNames, padId: h.padId });
   return wellFormed(store) ? { store, stats: h.stats } : null;
 }
 
@@ -97,13 +109,14 @@ export function writeCache(dir: string, key: CacheKey, store: TokenStore, stats:
     dtype: store.tokens instanceof Int32Array ? 'int32' : 'uint16',
     examples: store.size,
     tokens: store.tokenCount,
+    gaps: store.gaps.length / 2,
     padId: store.padId,
     taskNames: store.taskNames,
     stats,
   };
   try {
     writeFileAtomic(p.tokens, bytes(store.tokens));
-    writeFileAtomic(p.index, Buffer.concat([store.offsets, store.promptLens, store.hashes, store.taskIds].map(bytes)));
+    writeFileAtomic(p.index, Buffer.concat([store.offsets, store.promptLens, store.hashes, store.gapOffsets, store.gaps, store.taskIds].map(bytes)));
     writeJsonAtomic(p.json, header);
   } catch (err) {
     for (const f of [p.tokens, p.index]) rmSync(f, { force: true });
@@ -144,8 +157,10 @@ function readExactly(path: string, arrays: ArrayBufferView[]): boolean {
 /** Offsets that could not index out of bounds; a damaged entry is a miss, not garbage batches. */
 function wellFormed(s: TokenStore): boolean {
   if (s.offsets[0] !== 0 || s.tokenCount !== s.tokens.length) return false;
+  if (s.gapOffsets[0] !== 0 || 2 * s.gapOffsets[s.size]! !== s.gaps.length) return false;
   for (let i = 0; i < s.size; i++) {
     if (s.offsets[i + 1]! < s.offsets[i]! || s.promptLens[i]! > s.length(i)) return false;
+    if (s.gapOffsets[i + 1]! < s.gapOffsets[i]! || s.gapsOf(i).some((g) => g > s.length(i))) return false;
     if (s.taskIds[i]! >= Math.max(1, s.taskNames.length)) return false;
   }
   return true;

@@ -7,19 +7,13 @@
 import { createReadStream } from 'node:fs';
 import { parseString } from '@fast-csv/parse';
 import { RecordFramer } from './framer.js';
-import {
-  DataError,
-  QuoteError,
-  RaggedRowError,
-  RowTooLongError,
-  TooManyBadRowsError,
-  Utf8Error,
-  type BadRowError,
-} from './errors.js';
+import { DataError, QuoteError, RaggedRowError, RowTooLongError, Utf8Error, type BadRowError } from './errors.js';
+import { SkipTally, type RowSpan } from './skips.js';
 
-/** One data row; `fields` is empty for a blank line. */
-export interface CsvRow {
-  line: number;
+export { maxSkippedLines } from './skips.js';
+
+/** One data row: the line it starts on, the physical lines it spans; `fields` is empty for a blank line. */
+export interface CsvRow extends RowSpan {
   fields: string[];
 }
 
@@ -46,6 +40,11 @@ export interface CsvTable {
   headerLine: number;
   /** The data rows, checked against the header; iterate once. */
   rows: AsyncGenerator<CsvRow>;
+  /**
+   * A row the caller cannot use (e.g. a value a template refuses): thrown, or under skipBadRows
+   * counted with the reader's own bad rows, toward the same limit.
+   */
+  reject(err: BadRowError, row: RowSpan): void;
   /** Stops reading early and releases the file. */
   close(): Promise<void>;
 }
@@ -55,15 +54,6 @@ type Parsed = { line: number; lines: number } & ({ fields: string[] } | { error:
 
 const DEFAULT_CHUNK = 1 << 20;
 const DEFAULT_MAX_ROW = 64 << 20;
-
-/**
- * Most lines that skipped bad rows may span in a file of `lines` lines: 1 %, and at least 10 so
- * that a small file can lose a few. More is a stray quote swallowing the file, or a file that is
- * not this kind of CSV, and skipping it would train on a fraction of the data without saying so.
- */
-export function maxSkippedLines(lines: number): number {
-  return Math.max(10, Math.floor(lines / 100));
-}
 
 /** Opens a CSV file and reads its header (the first non-blank row). */
 export async function openCsv(file: string, opts: CsvOptions = {}): Promise<CsvTable> {
@@ -81,18 +71,13 @@ export async function openCsv(file: string, opts: CsvOptions = {}): Promise<CsvT
     if (rec.fields.length > 0) header = rec;
   }
   const width = header.fields.length;
-  const skipped = new SkipTally(file);
-  const bad = (err: BadRowError, rec: Parsed): void => {
-    if (!opts.skipBadRows) throw err;
-    skipped.add(err, rec);
-    opts.onBadRow?.(err, rec.lines);
-  };
+  const skipped = new SkipTally(file, opts.skipBadRows ?? false, opts.onBadRow);
   async function* rows(): AsyncGenerator<CsvRow> {
     for await (const rec of source) {
-      if ('error' in rec) bad(rec.error, rec);
+      if ('error' in rec) skipped.reject(rec.error, rec);
       else if (rec.fields.length > 0 && rec.fields.length !== width) {
-        bad(new RaggedRowError(file, rec.line, rec.fields.length, width, rec.lines), rec);
-      } else yield { line: rec.line, fields: rec.fields };
+        skipped.reject(new RaggedRowError(file, rec.line, rec.fields.length, width, rec.lines), rec);
+      } else yield { line: rec.line, lines: rec.lines, fields: rec.fields };
     }
     skipped.check(framer.lines);
   }
@@ -102,39 +87,12 @@ export async function openCsv(file: string, opts: CsvOptions = {}): Promise<CsvT
     header: header.fields,
     headerLine: header.line,
     rows: it,
+    reject: (err, row) => skipped.reject(err, row),
     close: async () => {
       await it.return(undefined);
       await source.return(undefined);
     },
   };
-}
-
-/** The lines lost to skipped bad rows, and the bad row that lost most. */
-class SkipTally {
-  private lost = 0;
-  private worst: { err: BadRowError; line: number; lines: number } | null = null;
-
-  constructor(private readonly file: string) {}
-
-  /** `rec`: where the skipped row starts and how many lines it spans. */
-  add(err: BadRowError, rec: { line: number; lines: number }): void {
-    this.lost += rec.lines;
-    if (this.worst === null || rec.lines > this.worst.lines) this.worst = { err, line: rec.line, lines: rec.lines };
-  }
-
-  /** Throws when the skipped rows span more than the file of `total` lines may lose. */
-  check(total: number): void {
-    const allowed = maxSkippedLines(total);
-    if (this.lost <= allowed || this.worst === null) return;
-    const { err, line, lines } = this.worst;
-    const span = lines > 1 ? `lines ${line}–${line + lines - 1}` : `line ${line}`;
-    throw new TooManyBadRowsError(
-      this.file,
-      line,
-      `skipping bad rows would drop ${this.lost} of the file's ${total} lines, more than the ${allowed} allowed ` +
-        `(1% of the lines, at least 10); the largest bad row, ${span}: ${err.reason}`,
-    );
-  }
 }
 
 const BOM = [0xef, 0xbb, 0xbf];

@@ -1,31 +1,52 @@
 /**
- * The data entry point: CSV file(s) → tokenized train and validation stores plus a report of
- * what was read, kept and dropped. Tokenization goes through the cache when there is one.
+ * The data entry point: CSV or JSONL file(s) → tokenized train and validation stores plus a
+ * report of what was read, kept, cut and dropped. Tokenization goes through the cache when there
+ * is one.
  */
 import { statSync } from 'node:fs';
 import { cacheKey, readCache, writeCache } from './cache.js';
+import type { ChatTemplate, RenderOptions } from './chat.js';
 import type { Encoder } from './encoder.js';
 import { DataError } from './errors.js';
-import { layoutOf, truncation } from './layout.js';
+import { fitPrompts, layoutOf, truncation } from './layout.js';
+import { rowFormat, type RowFormat, type RowFormatOptions } from './row-format.js';
+import { dataFileFormat, type DataFileFormat } from './rows.js';
 import { splitStore } from './split.js';
 import { TokenStore } from './store.js';
-import { tokenizeCsv, type ColumnSpec, type ReadStats } from './tokenize.js';
+import { templateColumns } from './template.js';
+import { tokenizeRows, type ReadStats } from './tokenize.js';
 
 /** What a data file is for, named in errors about it. */
 export type DataRole = 'training' | 'validation' | 'evaluation';
 
-export interface LoadDatasetOptions {
+/** Which end of an over-long completion example goes: left keeps the completion whole. */
+export const TRUNCATE_SIDES = ['left', 'right'] as const;
+export type TruncateSide = (typeof TRUNCATE_SIDES)[number];
+
+/**
+ * The columns (text mode: `textColumn`, default 'text'), or a prompt and a completion (columns
+ * or templates; loss on the completion and eos), or chat rows (loss on the assistant turns).
+ */
+export interface LoadDatasetOptions extends RowFormatOptions {
   path: string;
   encoder: Encoder;
   /** Fingerprint of the tokenizer (e.g. a hash of its files); part of the cache key. */
   tokenizerId: string;
-  /** Text mode: the column of documents to pack (default 'text'). */
-  textColumn?: string;
-  /** Prompt/completion mode: both columns; only completion tokens (and eos) get loss. */
-  promptColumn?: string;
-  completionColumn?: string;
   /** Optional column naming each example's task. */
   taskColumn?: string;
+  /** The base's chat template, for chat rows (asked for only then). */
+  chatTemplate?: () => ChatTemplate;
+  /** Chat rendering context (a fixed clock in tests). */
+  render?: RenderOptions;
+  /** csv or jsonl when the file's extension does not say. */
+  dataFormat?: DataFileFormat;
+  /**
+   * Prompt/completion and chat rows longer than seqLen + 1 tokens: 'left' (default) cuts the
+   * prompt from the left, after its bos, keeping the whole completion, and leaves out only a row
+   * whose completion alone does not fit; 'right' cuts the end, and leaves out a row whose prompt
+   * fills seqLen. Evaluation data is left whole: scoring fits it to the model (evaluate).
+   */
+  truncate?: TruncateSide;
   seqLen: number;
   /** Fraction of examples held out for validation, drawn by content hash and seed. */
   valSplit?: number;
@@ -38,34 +59,38 @@ export interface LoadDatasetOptions {
   skipBadRows?: boolean;
   /** Where tokenized files are cached; no caching without it. */
   cacheDir?: string;
-  /** Bytes of CSV read so far, over all files (cached files count as read at once). */
+  /** Bytes of data read so far, over all files (cached files count as read at once). */
   onProgress?: (bytesRead: number, totalBytes: number) => void;
 }
 
 export interface DatasetStats {
-  mode: 'text' | 'completion';
+  mode: RowFormat['mode'];
   /** Data rows in the file(s), header excluded, blank and bad rows included. */
   rowsRead: number;
   /** Examples kept (documents in text mode): rowsRead − emptySkipped − badRowsSkipped. */
   examples: number;
   trainExamples: number;
   valExamples: number;
-  /** Blank lines and rows with an empty text (or completion). */
+  /** Blank lines and rows with nothing to learn: an empty text or completion, no assistant answer. */
   emptySkipped: number;
   /** Of those, the rows that are not blank lines. */
   emptyRows: number;
   /** The first few of their places. */
   emptyLines: { file: string; line: number }[];
-  /** Ragged, badly quoted, oversized or non-UTF-8 rows skipped under skipBadRows. */
+  /** Bad rows skipped under skipBadRows: ragged, badly quoted, oversized, non-UTF-8, not JSON, or values the format refuses. */
   badRowsSkipped: number;
   /** Physical lines those rows spanned. */
   badLinesSkipped: number;
   /** The first few of those, for the report. */
   badRows: { file: string; line: number; reason: string }[];
-  /** Completion mode: examples longer than seqLen + 1 tokens, cut from the right. */
+  /** How over-long examples were cut (completion and chat rows; null for text and evaluation data). */
+  truncate: TruncateSide | null;
+  /** Examples longer than seqLen + 1 tokens, cut: their prompt from the left, or their end from the right. */
   truncated: number;
-  /** Of those, examples whose prompt alone fills seqLen; they have nothing to learn and are left out. */
-  promptTooLong: number;
+  /** Examples left out for want of room: left, the completion alone does not fit; right, the prompt fills seqLen. */
+  dropped: number;
+  /** Chat: earlier assistant turns left without loss (their template renders them differently once more turns follow). */
+  unlocatedTurns: number;
   /** Tokens kept (eos and bos included). */
   tokens: number;
   trainTokens: number;
@@ -88,8 +113,11 @@ export interface Dataset {
 }
 
 export async function loadDataset(opts: LoadDatasetOptions): Promise<Dataset> {
-  const spec = columnSpec(opts);
+  const role = opts.role ?? 'training';
+  const spec = rowFormat(opts, { chat: opts.chatTemplate, turns: role === 'evaluation' ? 'last' : 'all' });
   if (!Number.isInteger(opts.seqLen) || opts.seqLen < 1) throw new Error(`seqLen must be a positive integer, got ${opts.seqLen}`);
+  if (opts.truncate !== undefined && !TRUNCATE_SIDES.includes(opts.truncate)) throw new Error(`truncate must be ${TRUNCATE_SIDES.join(' or ')}, got '${opts.truncate}'`);
+  if (spec.mode === 'text' && opts.truncate !== undefined) throw new Error('truncate applies to prompt/completion and chat rows; text rows are packed into windows');
   const valSplit = opts.valSplit ?? 0;
   if (!(valSplit >= 0 && valSplit < 1)) throw new Error(`valSplit must be in [0, 1), got ${valSplit}`);
   if (valSplit > 0 && opts.valData !== undefined) throw new Error('give either valSplit or valData, not both');
@@ -101,7 +129,7 @@ export async function loadDataset(opts: LoadDatasetOptions): Promise<Dataset> {
   let done = 0;
   for (const [i, file] of files.entries()) {
     const one = await loadFile(file, spec, opts, (n) => opts.onProgress?.(done + n, total));
-    assertExamples(file, i === 0 ? (opts.role ?? 'training') : 'validation', spec, one.stats);
+    assertExamples(file, i === 0 ? role : 'validation', spec, one.stats);
     loaded.push(one);
     done += sizes[i]!;
     opts.onProgress?.(done, total);
@@ -112,9 +140,28 @@ export async function loadDataset(opts: LoadDatasetOptions): Promise<Dataset> {
   if (loaded[1] !== undefined) [train, val] = sharedTasks(train, loaded[1].store);
   else if (valSplit > 0) ({ train, val } = splitStore(train, valSplit, opts.seed));
 
+  const truncate = spec.mode === 'text' || role === 'evaluation' ? null : (opts.truncate ?? 'left');
+  const cut = { truncated: 0, dropped: 0 };
+  if (truncate === 'left') {
+    // Fitted now, so the layout's own right cut never applies.
+    const fit = (s: TokenStore): TokenStore => {
+      const f = fitPrompts(s, opts.seqLen + 1, opts.encoder.bosId);
+      cut.truncated += f.cut;
+      cut.dropped += f.skipped;
+      return f.store;
+    };
+    train = fit(train);
+    if (val !== null) val = fit(val);
+  }
   const stores = val === null ? [train] : [train, val];
+  if (truncate === 'right') {
+    for (const s of stores) {
+      const t = truncation(s, opts.seqLen);
+      cut.truncated += t.truncated;
+      cut.dropped += t.dropped;
+    }
+  }
   const sum = (f: (s: ReadStats) => number): number => loaded.reduce((a, l) => a + f(l.stats), 0);
-  const cut = stores.map((s) => truncation(s, opts.seqLen));
   const stats: DatasetStats = {
     mode: spec.mode,
     rowsRead: sum((s) => s.rowsRead),
@@ -127,8 +174,10 @@ export async function loadDataset(opts: LoadDatasetOptions): Promise<Dataset> {
     badRowsSkipped: sum((s) => s.badRowsSkipped),
     badLinesSkipped: sum((s) => s.badLinesSkipped),
     badRows: loaded.flatMap((l, i) => l.stats.badRows.map((b) => ({ file: files[i]!, ...b }))),
-    truncated: cut.reduce((a, c) => a + c.truncated, 0),
-    promptTooLong: cut.reduce((a, c) => a + c.promptTooLong, 0),
+    truncate,
+    truncated: cut.truncated,
+    dropped: cut.dropped,
+    unlocatedTurns: sum((s) => s.unlocatedTurns),
     tokens: stores.reduce((a, s) => a + s.tokenCount, 0),
     trainTokens: train.tokenCount,
     valTokens: val?.tokenCount ?? 0,
@@ -140,41 +189,39 @@ export async function loadDataset(opts: LoadDatasetOptions): Promise<Dataset> {
   return { train, val, stats, taskNames: train.taskNames };
 }
 
-function columnSpec(opts: LoadDatasetOptions): ColumnSpec {
-  const task = opts.taskColumn ?? null;
-  const { promptColumn: prompt, completionColumn: completion } = opts;
-  if (prompt === undefined && completion === undefined) return { mode: 'text', text: opts.textColumn ?? 'text', task };
-  if (prompt === undefined || completion === undefined) throw new Error('promptColumn and completionColumn go together');
-  if (opts.textColumn !== undefined) throw new Error('give textColumn, or promptColumn with completionColumn, not both');
-  return { mode: 'completion', prompt, completion, task };
-}
-
 /** A file with no example left is an error, not an empty run: say which file, what it was for and why. */
-function assertExamples(file: string, role: DataRole, spec: ColumnSpec, s: ReadStats): void {
+function assertExamples(file: string, role: DataRole, spec: RowFormat, s: ReadStats): void {
   if (s.examples > 0) return;
   if (s.rowsRead === 0) throw new DataError(`the ${role} data has a header but no rows`, file, null);
-  const column = JSON.stringify(spec.mode === 'text' ? spec.text : spec.completion);
   const blank = s.emptySkipped - s.emptyRows;
   throw new DataError(
-    `the ${role} data has no usable rows: of its ${s.rowsRead}, ${blank} are blank, ${s.emptyRows} have an empty ${column} and ${s.badRowsSkipped} are bad`,
+    `the ${role} data has no usable rows: of its ${s.rowsRead}, ${blank} are blank, ${s.emptyRows} have ${emptyWhat(spec)} and ${s.badRowsSkipped} are bad`,
     file,
     null,
   );
 }
 
+/** What an empty row lacks: an empty "column", or no assistant answer. */
+function emptyWhat(spec: RowFormat): string {
+  if (spec.mode === 'chat') return 'no assistant answer';
+  const cols = spec.mode === 'text' ? [spec.text] : templateColumns(spec.completion);
+  return `an empty ${cols.map((c) => JSON.stringify(c)).join(' and ') || 'completion'}`;
+}
+
 async function loadFile(
   file: string,
-  spec: ColumnSpec,
+  spec: RowFormat,
   opts: LoadDatasetOptions,
   onProgress: (bytesRead: number) => void,
 ): Promise<{ store: TokenStore; stats: ReadStats; hit: boolean }> {
   const skipBadRows = opts.skipBadRows ?? false;
-  const key = opts.cacheDir === undefined ? null : cacheKey(file, spec, opts.tokenizerId, skipBadRows);
+  const keyNow = (): ReturnType<typeof cacheKey> => cacheKey(file, dataFileFormat(file, opts.dataFormat), spec, opts.tokenizerId, skipBadRows);
+  const key = opts.cacheDir === undefined ? null : keyNow();
   const cached = key === null ? null : readCache(opts.cacheDir!, key);
   if (cached !== null) return { ...cached, hit: true };
-  const { store, stats } = await tokenizeCsv(file, spec, opts.encoder, { skipBadRows, onProgress });
+  const { store, stats } = await tokenizeRows(file, spec, opts.encoder, { skipBadRows, onProgress, dataFormat: opts.dataFormat, render: opts.render });
   // A file edited while it was read gets no cache entry under its old key.
-  if (key !== null && JSON.stringify(cacheKey(file, spec, opts.tokenizerId, skipBadRows)) === JSON.stringify(key)) {
+  if (key !== null && JSON.stringify(keyNow()) === JSON.stringify(key)) {
     writeCache(opts.cacheDir!, key, store, stats);
   }
   return { store, stats, hit: false };

@@ -1,6 +1,6 @@
 /**
  * Errors for bad training data. Each names the file and, where one exists, the physical line
- * (1-based, as an editor shows it) so the user can open the CSV and fix it.
+ * (1-based, as an editor shows it) so the user can open the CSV or JSONL file and fix it.
  */
 export class DataError extends Error {
   constructor(
@@ -35,9 +35,9 @@ export class QuoteError extends DataError {
 /** Longest parser detail kept in a message: the parser echoes the rest of the field, which can be the rest of the file. */
 const MAX_DETAIL = 120;
 
-function excerpt(detail: string): string {
-  if (detail.length <= MAX_DETAIL) return detail;
-  return `${detail.slice(0, MAX_DETAIL)}… (${detail.length - MAX_DETAIL} more characters)`;
+function excerpt(detail: string, max = MAX_DETAIL): string {
+  if (detail.length <= max) return detail;
+  return `${detail.slice(0, max)}… (${detail.length - max} more characters)`;
 }
 
 /** Bytes that are not valid UTF-8. */
@@ -66,19 +66,38 @@ export class TooManyBadRowsError extends DataError {
   }
 }
 
-/** A requested column absent from the header. */
+/** A JSONL line that is not one JSON object. */
+export class JsonLineError extends DataError {
+  constructor(file: string, line: number, detail: string) {
+    super(`not a JSON object: ${excerpt(detail)}`, file, line);
+    this.name = 'JsonLineError';
+  }
+}
+
+/** A row whose values do not make an example: a missing JSONL key, a bad messages list, a template the chat template refuses. */
+export class RowValueError extends DataError {
+  constructor(file: string, line: number, reason: string) {
+    super(excerpt(reason, 400), file, line);
+    this.name = 'RowValueError';
+  }
+}
+
+/** A requested column absent from the header (or, in JSONL, from the first object's keys). */
 export class MissingColumnError extends DataError {
   constructor(
     file: string,
     headerLine: number,
     readonly column: string,
     readonly available: string[],
+    /** What asked for the column, e.g. "--prompt-template's {labl}"; the column flag's name when omitted. */
+    usedBy?: string,
   ) {
     const names = available.map((c) => JSON.stringify(c)).join(', ');
-    super(`no column ${JSON.stringify(column)}; available columns: ${names}`, file, headerLine);
+    const by = usedBy === undefined ? '' : ` (named by ${usedBy})`;
+    super(`no column ${JSON.stringify(column)}${by}; available columns: ${names}`, file, headerLine);
     this.name = 'MissingColumnError';
   }
 }
 
 /** Rows that the reader skips under skipBadRows; anything else is thrown. */
-export type BadRowError = RaggedRowError | QuoteError | Utf8Error | RowTooLongError;
+export type BadRowError = RaggedRowError | QuoteError | Utf8Error | RowTooLongError | JsonLineError | RowValueError;

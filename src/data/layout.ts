@@ -5,7 +5,9 @@
  *   windows of seqLen + 1 tokens that overlap by one, so every token is a target once. Tasks
  *   get separate streams so each sequence has a single task; a task's last window is shorter.
  * - completion: one example per sequence, cut from the right to seqLen + 1 tokens. An example
- *   whose prompt alone fills seqLen has no completion token left to learn and is left out.
+ *   whose prompt alone fills seqLen has no completion token left to learn and is left out. (Left
+ *   truncation, which keeps the completion, fits the store first: fitPrompts.) Loss falls after
+ *   the prompt, except on the example's gaps (a chat's user turns between assistant turns).
  *
  * Batches are as long as their longest sequence (at most seqLen) and padded on the right.
  */
@@ -46,25 +48,28 @@ export function layoutOf(store: TokenStore, seqLen: number): Layout {
   return store.mode === 'text' ? new TextLayout(store, seqLen) : new CompletionLayout(store, seqLen);
 }
 
-/** Completion mode: examples cut at seqLen + 1 tokens, and those of them with no loss left. */
-export function truncation(store: TokenStore, seqLen: number): { truncated: number; promptTooLong: number } {
+/**
+ * Right truncation (the layout's own): completion examples cut at seqLen + 1 tokens, and those
+ * of them whose prompt fills seqLen, left out for want of a completion token.
+ */
+export function truncation(store: TokenStore, seqLen: number): { truncated: number; dropped: number } {
   let truncated = 0;
-  let promptTooLong = 0;
+  let dropped = 0;
   if (store.mode === 'completion') {
     for (let i = 0; i < store.size; i++) {
       if (store.length(i) > seqLen + 1) truncated++;
-      if (store.promptLens[i]! > seqLen) promptTooLong++;
+      if (store.promptLens[i]! > seqLen) dropped++;
     }
   }
-  return { truncated, promptTooLong };
+  return { truncated, dropped };
 }
 
 /**
- * Completion examples fitted to `window` tokens for scoring. A longer one keeps its whole
- * completion and the end of its prompt (the part next to the answer), after the prompt's bos
- * when it starts with one: its prompt is cut from the left, where training cuts the completion
- * from the right, because a score needs the whole reference. An example whose completion leaves
- * no room for one prompt token cannot be scored and is left out.
+ * Completion examples fitted to `window` tokens by left truncation. A longer one keeps its whole
+ * completion and the end of its prompt (the part next to the answer), after the prompt's bos when
+ * it starts with one. Scoring needs the whole reference, and training on a completion is what a
+ * row is for, so only an example whose completion leaves no room for one prompt token is left
+ * out (`skipped`). A copy: the caller's store is left as it was.
  */
 export function fitPrompts(store: TokenStore, window: number, bosId: number | null): { store: TokenStore; cut: number; skipped: number } {
   const out = new TokenStoreBuilder('completion', store.padId);
@@ -73,14 +78,16 @@ export function fitPrompts(store: TokenStore, window: number, bosId: number | nu
   for (let i = 0; i < store.size; i++) {
     const ex = store.example(i);
     const p = store.promptLens[i]!;
+    const gaps = store.gapsOf(i);
     const room = window - (ex.length - p);
     const head = ex[0] === bosId ? 1 : 0;
-    const keep = (parts: ArrayLike<number>[], promptLen: number): void => out.add(parts, promptLen, store.taskIds[i]!, store.hashes[i]!);
-    if (p <= room) keep([ex], p);
+    if (p <= room) out.add([ex], p, store.taskIds[i]!, store.hashes[i]!, gaps);
     else if (room <= head) skipped++;
     else {
       cut++;
-      keep([ex.subarray(0, head), ex.subarray(p - (room - head))], room);
+      // Gaps lie after the prompt, so they move left by the tokens the prompt loses.
+      const drop = p - room;
+      out.add([ex.subarray(0, head), ex.subarray(head + drop)], room, store.taskIds[i]!, store.hashes[i]!, gaps.map((g) => g - drop));
     }
   }
   return { store: out.finish(store.taskNames), cut, skipped };
@@ -227,8 +234,15 @@ class CompletionLayout implements Layout {
     b.ids.set(ex.subarray(0, n), at);
     b.targets.set(ex.subarray(1, n + 1), at);
     b.attentionMask.fill(1, at, at + n);
-    // Target t is token t + 1: it is a completion token (or the eos) from the prompt's end on.
+    // Target t is token t + 1: it is a completion token (or the eos) from the prompt's end on,
+    // except inside a gap.
     b.lossMask.fill(1, at + Math.max(0, this.store.promptLens[i]! - 1), at + n);
+    const gaps = this.store.gapsOf(i);
+    for (let j = 0; j < gaps.length; j += 2) {
+      const from = gaps[j]! - 1;
+      if (from >= n) break;
+      b.lossMask.fill(0, at + from, at + Math.min(gaps[j + 1]! - 1, n));
+    }
   }
 }
 

@@ -1,17 +1,14 @@
 /**
- * CSV rows → token store: picks the columns, drops empty rows, encodes each example and
- * counts what happened to every row.
+ * Rows → token store: reads the file's rows (CSV or JSONL), formats each into an example
+ * (row-format.ts), encodes its pieces one by one, and counts what happened to every row.
  */
-import { openCsv } from './csv.js';
+import type { RenderOptions } from './chat.js';
 import type { Encoder } from './encoder.js';
-import { DataError, MissingColumnError } from './errors.js';
+import { DataError, RowValueError } from './errors.js';
+import { cellText, rowFormatter, type Example, type RowFormat } from './row-format.js';
+import { openRows, type DataFileFormat } from './rows.js';
 import { contentHash } from './split.js';
 import { TokenStoreBuilder, type TokenStore } from './store.js';
-
-/** Which columns hold the training text; `task` optional in both modes. */
-export type ColumnSpec =
-  | { mode: 'text'; text: string; task: string | null }
-  | { mode: 'completion'; prompt: string; completion: string; task: string | null };
 
 /** What happened to the rows of one file. */
 export interface ReadStats {
@@ -19,7 +16,7 @@ export interface ReadStats {
   rowsRead: number;
   /** Rows turned into examples: rowsRead − emptySkipped − badRowsSkipped. */
   examples: number;
-  /** Blank lines, and rows whose text (or completion) is empty or only whitespace. */
+  /** Blank lines, and rows with nothing to learn: an empty text or completion, no assistant turn. */
   emptySkipped: number;
   /** Of those, the rows that are not blank lines: data with nothing to learn or score, worth naming. */
   emptyRows: number;
@@ -30,26 +27,28 @@ export interface ReadStats {
   badLinesSkipped: number;
   /** The first few skipped bad rows, for the report. */
   badRows: { line: number; reason: string }[];
+  /** Chat: earlier assistant turns the template renders differently once more turns follow, left without loss. */
+  unlocatedTurns: number;
 }
 
 export interface TokenizeOptions {
   skipBadRows?: boolean;
   onProgress?: (bytesRead: number) => void;
+  /** The file's format when its extension does not say (see dataFileFormat). */
+  dataFormat?: DataFileFormat;
+  /** Chat rendering context (a fixed clock in tests). */
+  render?: RenderOptions;
 }
 
 /** Lines kept per kind of skipped row, for the report. */
 const SAMPLES = 10;
 
-export async function tokenizeCsv(
-  file: string,
-  spec: ColumnSpec,
-  encoder: Encoder,
-  opts: TokenizeOptions = {},
-): Promise<{ store: TokenStore; stats: ReadStats }> {
+export async function tokenizeRows(file: string, format: RowFormat, encoder: Encoder, opts: TokenizeOptions = {}): Promise<{ store: TokenStore; stats: ReadStats }> {
   const eos = encoder.eosId;
   if (eos === null) throw new Error('the tokenizer has no eos token, which training data needs to end each example');
-  const stats: ReadStats = { rowsRead: 0, examples: 0, emptySkipped: 0, emptyRows: 0, emptyLines: [], badRowsSkipped: 0, badLinesSkipped: 0, badRows: [] };
-  const table = await openCsv(file, {
+  const stats: ReadStats = { rowsRead: 0, examples: 0, emptySkipped: 0, emptyRows: 0, emptyLines: [], badRowsSkipped: 0, badLinesSkipped: 0, badRows: [], unlocatedTurns: 0 };
+  const source = await openRows(file, {
+    format: opts.dataFormat,
     skipBadRows: opts.skipBadRows,
     onProgress: opts.onProgress,
     onBadRow: (err, lines) => {
@@ -60,58 +59,69 @@ export async function tokenizeCsv(
     },
   });
   try {
-    const column = (name: string): number => {
-      const at = table.header.indexOf(name);
-      if (at < 0) throw new MissingColumnError(file, table.headerLine, name, table.header);
-      if (table.header.lastIndexOf(name) !== at) {
-        throw new DataError(`column ${JSON.stringify(name)} appears more than once in the header`, file, table.headerLine);
-      }
-      return at;
-    };
-    // In both modes the last of these columns carries the loss, so an empty one skips the row.
-    const cols = spec.mode === 'text' ? [column(spec.text)] : [column(spec.prompt), column(spec.completion)];
-    const lossCol = cols[cols.length - 1]!;
-    const taskCol = spec.task === null ? -1 : column(spec.task);
-    const builder = new TokenStoreBuilder(spec.mode, encoder.padId ?? eos);
+    const formatter = rowFormatter(format, opts.render);
+    const task = format.task;
+    const wanted = task === null ? formatter.columns : [...formatter.columns, { name: task, usedBy: '--task-column' }];
+    const builder = new TokenStoreBuilder(format.mode === 'text' ? 'text' : 'completion', encoder.padId ?? eos);
     const taskIds = new Map<string, number>();
-    const eosPart = [eos];
-    for await (const row of table.rows) {
+    for await (const row of source.select(wanted)) {
+      let example: Example | null = null;
+      let taskName = '';
+      if (row.values !== null) {
+        try {
+          example = formatter.format(row.values);
+          if (task !== null) taskName = cellText(row.values[wanted.length - 1], task);
+        } catch (e) {
+          source.reject(new RowValueError(file, row.line, (e as Error).message), row);
+          continue;
+        }
+      }
       stats.rowsRead++;
-      const f = row.fields;
-      if (f.length === 0 || f[lossCol]!.trim() === '') {
+      if (example === null) {
         stats.emptySkipped++;
-        if (f.length > 0) {
+        if (row.values !== null) {
           stats.emptyRows++;
           if (stats.emptyLines.length < SAMPLES) stats.emptyLines.push(row.line);
         }
         continue;
       }
       let taskId = 0;
-      if (taskCol >= 0) {
-        const name = f[taskCol]!;
-        taskId = taskIds.get(name) ?? taskIds.size;
+      if (task !== null) {
+        taskId = taskIds.get(taskName) ?? taskIds.size;
         if (taskId === taskIds.size) {
-          if (taskId >= 0x10000) {
-            throw new DataError(`more than 65536 distinct tasks in column ${JSON.stringify(spec.task)}; is it the right column?`, file, row.line);
-          }
-          taskIds.set(name, taskId);
+          if (taskId >= 0x10000) throw new DataError(`more than 65536 distinct tasks in column ${JSON.stringify(task)}; is it the right column?`, file, row.line);
+          taskIds.set(taskName, taskId);
         }
       }
-      if (spec.mode === 'text') {
-        const text = f[cols[0]!]!;
-        // bos (when the tokenizer uses one) starts each document as it starts a prompt at generation.
-        builder.add([encoder.encode(text, { addBos: true }), eosPart], 0, taskId, contentHash([text]));
-      } else {
-        const prompt = f[cols[0]!]!;
-        const completion = f[lossCol]!;
-        const p = encoder.encode(prompt, { addBos: true });
-        const c = encoder.encode(completion, { addBos: false });
-        builder.add([p, c, eosPart], p.length, taskId, contentHash([prompt, completion]));
-      }
+      const { parts, promptLen, gaps } = encodeExample(example, encoder, eos);
+      builder.add(parts, promptLen, taskId, contentHash(example.pieces), gaps);
+      stats.unlocatedTurns += example.unlocated;
       stats.examples++;
     }
     return { store: builder.finish([...taskIds.keys()]), stats };
   } finally {
-    await table.close();
+    await source.close();
   }
+}
+
+/**
+ * Each piece encoded on its own, as generation sees a prompt (encoded alone, then continued);
+ * a plain example gets bos first (when the tokenizer has one) and eos last, with loss. The
+ * prompt is everything before the first loss piece; later pieces without loss are gaps.
+ */
+function encodeExample(ex: Example, encoder: Encoder, eos: number): { parts: number[][]; promptLen: number; gaps: number[] } {
+  const parts: number[][] = [];
+  const gaps: number[] = [];
+  let promptLen = -1;
+  let at = 0;
+  ex.pieces.forEach((text, k) => {
+    const ids = encoder.encode(text, { addBos: ex.plain && k === 0 });
+    if (ex.loss[k]) {
+      if (promptLen < 0) promptLen = at;
+    } else if (promptLen >= 0 && ids.length > 0) gaps.push(at, at + ids.length);
+    parts.push(ids);
+    at += ids.length;
+  });
+  if (ex.plain) parts.push([eos]);
+  return { parts, promptLen: Math.max(promptLen, 0), gaps };
 }

@@ -5,6 +5,9 @@ import { generate, type GenerateOptions } from '../base/generate.js';
 import { loadBase } from '../base/load.js';
 import type { CausalLM } from '../base/model.js';
 import { promptIds } from '../base/prompt.js';
+import { promptKey, servedFormat } from '../data/record.js';
+import { servePrompt, type ServedPrompt } from '../data/serve-prompt.js';
+import { modelChatTemplate } from '../data/chat.js';
 import { Rng } from '../base/rng.js';
 import { MoleComposition, type RowSpec } from './composition.js';
 import { loadRouting, saveRouting } from './router-io.js';
@@ -37,9 +40,16 @@ export async function loadModel(dir: string, opts: LoadModelOptions = {}): Promi
   return new MoleModel(loadBase(dir, { warn: opts.warn }), opts.warn);
 }
 
-/** A frozen base with a MoLE composition of PEFT adapter folders; chainable. */
+/**
+ * A frozen base with a MoLE composition of PEFT adapter folders; chainable. Text prompts are
+ * shaped as the experts were trained (the row format their folders record, when they agree: a
+ * prompt template's placeholder filled with the text, or the chat template's user turn); pass
+ * `raw: true` to send a prompt as it is.
+ */
 export class MoleModel {
   readonly composition: MoleComposition;
+  /** The folder each expert was loaded from, whose molora_data.json says how its prompts look. */
+  private readonly folders = new Map<string, string>();
 
   constructor(
     readonly base: CausalLM,
@@ -61,11 +71,13 @@ export class MoleModel {
       if (typeof source === 'string') adapter.dispose();
       throw e;
     }
+    if (typeof source === 'string') this.folders.set(name, source);
     return this;
   }
 
   removeExpert(name: string): this {
     this.composition.removeExpert(name).dispose();
+    this.folders.delete(name);
     return this;
   }
 
@@ -77,6 +89,8 @@ export class MoleModel {
     } finally {
       if (typeof source === 'string') adapter.dispose();
     }
+    if (typeof source === 'string') this.folders.set(name, source);
+    else this.folders.delete(name);
     return this;
   }
 
@@ -128,7 +142,7 @@ export class MoleModel {
     return this;
   }
 
-  generate(prompt: Prompt, opts: GenerateOptions = {}): Generation {
+  generate(prompt: Prompt, opts: GenerateOptions & { raw?: boolean } = {}): Generation {
     return this.generateBatch([prompt], opts)[0]!;
   }
 
@@ -136,11 +150,18 @@ export class MoleModel {
    * One batch, one base pass per step. A per-sequence gate pools over every token of a row, so it
    * runs without the KV cache (a cached step would see only its new token).
    */
-  generateBatch(prompts: Prompt[], opts: GenerateOptions = {}): Generation[] {
-    const ids = prompts.map((p) => promptIds(this.base, typeof p === 'string' ? { text: p } : { ids: p }));
+  generateBatch(prompts: Prompt[], opts: GenerateOptions & { raw?: boolean } = {}): Generation[] {
+    const shape = opts.raw ? null : this.promptFormat();
+    const ids = prompts.map((p) => promptIds(this.base, typeof p !== 'string' ? { ids: p } : shape ? shape(p) : { text: p }));
     const { tokens } = generate(this.base, ids, { ...opts, useCache: this.cacheSafe ? opts.useCache : false });
     const tok = this.base.tokenizer;
     return tokens.map((t) => ({ tokens: t, text: tok ? tok.decode(t, { skipSpecial: true }) : null }));
+  }
+
+  /** How the experts' recorded row format shapes a text prompt; null when none recorded one. */
+  private promptFormat(): ((text: string) => ServedPrompt) | null {
+    const format = servedFormat(null, [...this.folders.values()], () => {}, { key: promptKey });
+    return format && ((text) => servePrompt(format, text, () => modelChatTemplate(this.base.dir, format.chatTemplate)));
   }
 
   /** False under per-sequence and prefix gates: they pool a row's tokens, and a cached step sees only its new one. */

@@ -6,16 +6,16 @@ import { gateStatsOn } from '../gating/train-gate.js';
 import type { Sample, Summary } from '../report/summary.js';
 import { evaluate, type EvalReport } from '../train/evaluate.js';
 import { loadLmDataset } from '../train/lm.js';
+import { dataFormatOf, servedFormat, type DataFormat } from '../data/record.js';
+import type { DataFileFormat } from '../data/rows.js';
 
 /** The settings an eval step can score; `adapters` and `masks` expand to one setting per expert. */
 export const EVAL_SETTINGS = ['base', 'adapters', 'static-equal', 'gate', 'masks'] as const;
 
-export interface EvalStepOptions {
+export interface EvalStepOptions extends DataFormat {
   model: string;
   data: string;
-  textColumn?: string;
-  promptColumn?: string;
-  completionColumn?: string;
+  dataFormat?: DataFileFormat;
   taskColumn?: string;
   /** Plain adapters, always on (no experts then). */
   adapters?: string[];
@@ -54,7 +54,10 @@ export async function evalSettings(o: EvalStepOptions): Promise<Summary> {
   const plain = attachAdapters(base, o.adapters ?? [], o.log);
   try {
     for (const [name, dir] of experts) m.addExpert(name, dir);
-    const store = (await loadLmDataset(base, { ...o, seqLen, batchSize, seed: 0, role: 'evaluation' })).train;
+    // Without format fields, the row format the adapters recorded (as `molora eval` does).
+    const given = dataFormatOf(o);
+    const format = servedFormat(Object.keys(given).length ? given : null, [...(o.adapters ?? []), ...experts.map(([, d]) => d)], o.log) ?? {};
+    const store = (await loadLmDataset(base, { ...o, ...format, seqLen, batchSize, seed: 0, role: 'evaluation' })).train;
     const settings: Record<string, EvalReport> = {};
     const score = (name: string): void => {
       const bar = byteProgress(`eval ${name}`, 'examples');
@@ -85,7 +88,8 @@ export async function evalSettings(o: EvalStepOptions): Promise<Summary> {
     const samples: Sample[] = [];
     const prompts = samplePrompts(base, store, o.samples ?? 0);
     const sample = (setting: string): void => {
-      for (const { maxNew, ...s } of prompts) samples.push({ ...s, setting, output: m.generate(s.prompt, { maxNewTokens: maxNew }).text ?? '' });
+      // From the prompt's tokens as scored: its text was already shaped by the row format.
+      for (const { maxNew, ids, ...s } of prompts) samples.push({ ...s, setting, output: m.generate(ids, { maxNewTokens: maxNew }).text ?? '' });
     };
     const summary: Summary = { tasks: store.taskNames.length ? [...store.taskNames] : ['all'], settings };
     if (o.gate) {
@@ -120,11 +124,11 @@ export async function evalSettings(o: EvalStepOptions): Promise<Summary> {
 }
 
 /** The first `n` examples of each task, as text, with the length of their reference completion. */
-function samplePrompts(model: MoleModel['base'], store: Parameters<typeof evaluate>[1], n: number): (Omit<Sample, 'setting' | 'output'> & { maxNew: number })[] {
+function samplePrompts(model: MoleModel['base'], store: Parameters<typeof evaluate>[1], n: number): (Omit<Sample, 'setting' | 'output'> & { maxNew: number; ids: number[] })[] {
   const tok = model.tokenizer;
   if (n === 0 || !tok || store.mode !== 'completion') return [];
   const taken = new Map<number, number>();
-  const out: (Omit<Sample, 'setting' | 'output'> & { maxNew: number })[] = [];
+  const out: (Omit<Sample, 'setting' | 'output'> & { maxNew: number; ids: number[] })[] = [];
   for (let i = 0; i < store.size; i++) {
     const t = store.taskIds[i]!;
     if ((taken.get(t) ?? 0) >= n) continue;
@@ -137,6 +141,7 @@ function samplePrompts(model: MoleModel['base'], store: Parameters<typeof evalua
       prompt: tok.decode(ids.slice(0, cut), { skipSpecial: true }),
       reference: tok.decode(reference, { skipSpecial: true }),
       maxNew: reference.length,
+      ids: ids.slice(0, cut),
     });
   }
   return out;

@@ -1,4 +1,5 @@
 import { isAbsolute, join } from 'node:path';
+import { readTemplateArg } from '../data/template.js';
 
 /**
  * The recipe file: a JSON object `{ "name"?, "description"?, "steps": [Step, …] }`. Each step has
@@ -7,12 +8,13 @@ import { isAbsolute, join } from 'node:path';
  *
  * Paths: `out` is relative to the run folder. Every other path is relative to the recipe file's
  * folder, except those starting with `$run/`, which point into the run folder (earlier steps'
- * outputs). Absolute paths stay as they are.
+ * outputs). Absolute paths stay as they are. Template fields (promptTemplate, completionTemplate,
+ * system, chatTemplate) are text, or "@path" to read them from a file, resolved the same way.
  */
 export const STEP_TYPES = ['init-base', 'pretrain', 'train-adapter', 'train-gate', 'upcycle', 'train-moe', 'eval', 'gates', 'report'] as const;
 export type StepType = (typeof STEP_TYPES)[number];
 
-type Kind = 'string' | 'path' | 'number' | 'int' | 'bool' | 'strings' | 'paths' | 'named-paths' | 'temperature';
+type Kind = 'string' | 'path' | 'template' | 'number' | 'int' | 'bool' | 'strings' | 'paths' | 'named-paths' | 'temperature';
 
 // The trainer and data fields every training step shares (LmTrainOptions, CLI names in camelCase).
 export const TRAINER: Record<string, Kind> = {
@@ -31,9 +33,24 @@ export const TRAINER: Record<string, Kind> = {
   seed: 'int',
   valSplit: 'number',
   valData: 'path',
+  truncate: 'string',
   skipBadRows: 'bool',
 };
-export const COLUMNS: Record<string, Kind> = { textColumn: 'string', promptColumn: 'string', completionColumn: 'string', taskColumn: 'string' };
+// The row-format fields (the CLI's format flags); templates given as "@file" are read from that file.
+export const COLUMNS: Record<string, Kind> = {
+  textColumn: 'string',
+  promptColumn: 'string',
+  completionColumn: 'string',
+  promptTemplate: 'template',
+  completionTemplate: 'template',
+  messagesColumn: 'string',
+  userColumn: 'string',
+  assistantColumn: 'string',
+  system: 'template',
+  chatTemplate: 'template',
+  taskColumn: 'string',
+  dataFormat: 'string',
+};
 
 /** Each step type's fields (besides type, id and out) and which of them it needs. */
 const FIELDS: Record<StepType, { required: string[]; fields: Record<string, Kind> }> = {
@@ -150,6 +167,13 @@ function checkField(v: unknown, kind: Kind, fail: (msg: string) => never, resolv
       return typeof v === 'string' ? v : fail('must be a string');
     case 'path':
       return typeof v === 'string' && v !== '' ? resolvePath(v) : fail('must be a path');
+    case 'template':
+      if (typeof v !== 'string') return fail('must be a string (or "@file")');
+      try {
+        return v.startsWith('@') ? readTemplateArg(`@${resolvePath(v.slice(1))}`) : v;
+      } catch (e) {
+        return fail((e as Error).message);
+      }
     case 'number':
       return typeof v === 'number' && Number.isFinite(v) ? v : fail('must be a number');
     case 'int':

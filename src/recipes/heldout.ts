@@ -1,21 +1,61 @@
 import { existsSync } from 'node:fs';
-import { openCsv } from '../data/csv.js';
 import { DataError } from '../data/errors.js';
+import { cellText, parseMessages } from '../data/row-format.js';
+import { openRows, type DataFileFormat } from '../data/rows.js';
+import { columnTemplate, parseTemplate, renderTemplate, templateColumns } from '../data/template.js';
 import type { Recipe, Step, StepType } from './format.js';
 
 /**
  * Held-out scoring: an eval step of a recipe must not score a prompt that any training step of
  * the same recipe reads (its `data` or `valData`), or its exact match measures memory, not skill.
  * Prompts are compared exactly, after trimming surrounding whitespace; a step's prompts are its
- * prompt column, else its text column (default `text`, as the trainers read it).
+ * prompt (its prompt column or template, filled from the row), the user column or the messages
+ * before the last assistant turn of chat rows, else its text column (default `text`, as the
+ * trainers read it).
  */
 export const TRAINING_STEPS: readonly StepType[] = ['pretrain', 'train-adapter', 'train-gate', 'train-moe'];
 
-/** One CSV a step reads prompts from. */
+/** One file a step reads prompts from; `column` names where they are (a column, or a template). */
 export interface PromptFile {
   step: Step;
   file: string;
   column: string;
+}
+
+/** Where a step's prompts are: the columns to read and how they make the prompt. */
+interface PromptSource {
+  label: string;
+  columns: string[];
+  prompt(values: unknown[]): string;
+}
+
+function promptSource(step: Step): PromptSource {
+  const f = step.fields as Record<string, string | undefined>;
+  if (f.messagesColumn !== undefined) {
+    const column = f.messagesColumn;
+    return {
+      label: column,
+      columns: [column],
+      prompt: ([v]) => {
+        const messages = parseMessages(v, column);
+        const last = messages.map((m) => m.role).lastIndexOf('assistant');
+        return JSON.stringify(messages.slice(0, last < 0 ? messages.length : last).map((m) => [m.role, m.content]));
+      },
+    };
+  }
+  const template =
+    f.userColumn !== undefined
+      ? columnTemplate(f.userColumn)
+      : f.promptTemplate !== undefined
+        ? parseTemplate(f.promptTemplate, `step '${step.id}': promptTemplate`)
+        : columnTemplate(f.promptColumn ?? f.textColumn ?? 'text');
+  const columns = templateColumns(template);
+  const single = template.parts.length === 1 && columns.length === 1;
+  return {
+    label: single ? columns[0]! : `promptTemplate ${JSON.stringify(f.promptTemplate)}`,
+    columns,
+    prompt: (values) => renderTemplate(template, (c) => cellText(values[columns.indexOf(c)], c)),
+  };
 }
 
 /** An eval prompt that a training file also holds, and how many of the eval file's prompts do. */
@@ -43,34 +83,41 @@ export class HeldOutError extends Error {
   }
 }
 
-function columnOf(step: Step): string {
-  return (step.fields.promptColumn ?? step.fields.textColumn ?? 'text') as string;
-}
-
-/** The files the recipe's training steps read (data and valData), each with its prompt column. */
+/** The files the recipe's training steps read (data and valData), each with where its prompts are. */
 export function trainingFiles(recipe: Recipe): PromptFile[] {
   return recipe.steps
     .filter((s) => TRAINING_STEPS.includes(s.type))
-    .flatMap((step) => [step.fields.data, step.fields.valData].filter((f): f is string => typeof f === 'string').map((file) => ({ step, file, column: columnOf(step) })));
+    .flatMap((step) => [step.fields.data, step.fields.valData].filter((f): f is string => typeof f === 'string').map((file) => ({ step, file, column: promptSource(step).label })));
 }
 
-/** Calls `visit` with each row's trimmed prompt and line until it returns false. */
+/**
+ * Calls `visit` with each row's trimmed prompt and line until it returns false. Rows whose prompt
+ * cannot be read (a value missing from a JSONL object) are left to the step itself to report.
+ */
 async function forEachPrompt(f: PromptFile, visit: (prompt: string, line: number) => boolean): Promise<void> {
-  const table = await openCsv(f.file, { skipBadRows: f.step.fields.skipBadRows === true });
+  const source = promptSource(f.step);
+  const rows = await openRows(f.file, { skipBadRows: f.step.fields.skipBadRows === true, format: f.step.fields.dataFormat as DataFileFormat | undefined });
   try {
-    const col = table.header.indexOf(f.column);
-    if (col < 0) throw new DataError(`no column '${f.column}' for step '${f.step.id}' (columns: ${table.header.join(', ')})`, f.file, table.headerLine);
-    for await (const row of table.rows) {
-      if (row.fields.length > 0 && !visit(row.fields[col]!.trim(), row.line)) break;
+    const missing = source.columns.find((c) => !rows.columns.includes(c));
+    if (missing !== undefined) throw new DataError(`no column '${missing}' for step '${f.step.id}' (columns: ${rows.columns.join(', ')})`, f.file, rows.columnsLine);
+    for await (const row of rows.select(source.columns.map((name) => ({ name })))) {
+      if (row.values === null) continue;
+      let prompt: string;
+      try {
+        prompt = source.prompt(row.values).trim();
+      } catch {
+        continue;
+      }
+      if (!visit(prompt, row.line)) break;
     }
   } finally {
-    await table.close();
+    await rows.close();
   }
 }
 
 /** The first prompt of an eval step's data that a training file of the recipe holds; null when none does. */
 export async function findSharedPrompt(recipe: Recipe, evalStep: Step): Promise<SharedPrompt | null> {
-  const ev: PromptFile = { step: evalStep, file: evalStep.fields.data as string, column: columnOf(evalStep) };
+  const ev: PromptFile = { step: evalStep, file: evalStep.fields.data as string, column: promptSource(evalStep).label };
   const lines = new Map<string, number>();
   await forEachPrompt(ev, (p, line) => {
     if (!lines.has(p)) lines.set(p, line);

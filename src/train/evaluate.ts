@@ -2,7 +2,8 @@ import * as tf from '@tensorflow/tfjs';
 import { generate } from '../base/generate.js';
 import type { CausalLM } from '../base/model.js';
 import { evalBatches, fitPrompts, type TokenStore } from '../data/index.js';
-import { loadLmDataset, skippedNote, toLmBatch } from './lm.js';
+import type { DataFormat } from '../data/record.js';
+import { loadLmDataset, skippedNote, toLmBatch, type LmDataOptions } from './lm.js';
 
 export interface TaskScore {
   /** Examples scored. */
@@ -99,7 +100,7 @@ function exactMatches(model: CausalLM, store: TokenStore, o: EvaluateOptions): F
   let done = 0;
   for (const idx of decodeBatches(store, o.batchSize, model.config.maxPositions)) {
     const prompts = idx.map((i) => Array.from(store.example(i).subarray(0, store.promptLens[i]!)));
-    const refs = idx.map((i) => Array.from(store.example(i).subarray(store.promptLens[i]!)));
+    const refs = idx.map((i) => untilStop(Array.from(store.example(i).subarray(store.promptLens[i]!)), model.config.eosIds));
     const maxNew = Math.max(...refs.map((r) => r.length));
     const { tokens } = generate(model, prompts, { maxNewTokens: maxNew, useCache: o.useCache });
     idx.forEach((i, j) => {
@@ -110,6 +111,15 @@ function exactMatches(model: CausalLM, store: TokenStore, o: EvaluateOptions): F
     o.onProgress?.(done, store.size);
   }
   return hits;
+}
+
+/**
+ * A reference up to its first stop token, inclusive: decoding ends there, so what a chat template
+ * writes after its end-of-turn token (Qwen's newline after <|im_end|>) is never generated.
+ */
+function untilStop(ref: number[], stopIds: number[]): number[] {
+  const at = ref.findIndex((id) => stopIds.includes(id));
+  return at < 0 ? ref : ref.slice(0, at + 1);
 }
 
 /**
@@ -136,11 +146,8 @@ function* decodeBatches(store: TokenStore, batchSize: number, positions: number)
   if (batch.length > 0) yield batch;
 }
 
-export interface EvaluateCsvOptions extends Omit<EvaluateOptions, 'onProgress' | 'log'> {
+export interface EvaluateCsvOptions extends Omit<EvaluateOptions, 'onProgress' | 'log'>, Pick<LmDataOptions, keyof DataFormat | 'dataFormat'> {
   data: string;
-  textColumn?: string;
-  promptColumn?: string;
-  completionColumn?: string;
   taskColumn?: string;
   skipBadRows?: boolean;
   onProgress?: EvaluateOptions['onProgress'];
@@ -149,7 +156,9 @@ export interface EvaluateCsvOptions extends Omit<EvaluateOptions, 'onProgress' |
 }
 
 /**
- * `molora eval`: every row of a CSV, tokenized with the model's tokenizer, scored per task.
+ * `molora eval`: every row of a CSV or JSONL file, in its row format (chat rows: the last
+ * assistant turn, after the rest with the generation prompt), tokenized with the model's
+ * tokenizer, scored per task.
  * Logs what was left out and why: blank rows, rows with an empty completion (no reference to
  * score), bad rows under skipBadRows, and rows too long to score whole.
  */

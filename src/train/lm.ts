@@ -6,22 +6,39 @@ import { lmLoss, type LmBatch } from '../base/loss.js';
 import { assertFitsHeap, estimateTrainingBytes } from '../base/memory.js';
 import type { CausalLM } from '../base/model.js';
 import { weightCount } from '../base/load.js';
-import { BatchSampler, DataError, evalBatches, loadDataset, type Batch, type Dataset, type DatasetStats, type LoadDatasetOptions } from '../data/index.js';
+import {
+  BatchSampler,
+  DataError,
+  evalBatches,
+  givenFormat,
+  loadDataset,
+  modelChatTemplate,
+  type Batch,
+  type DataFileFormat,
+  type Dataset,
+  type DatasetStats,
+  type LoadDatasetOptions,
+  type TruncateSide,
+} from '../data/index.js';
+import type { DataFormat } from '../data/record.js';
 import type { Rng } from '../base/rng.js';
 import type { ScheduleKind } from './schedule.js';
 import { train, type Batches, type SignalSource, type TrainResult } from './trainer.js';
 import type { ProgressMode } from './progress.js';
 
-/** Where the CSV comes from and how it becomes batches (the `--data …` flags). */
-export interface LmDataOptions {
+/**
+ * Where the data comes from and how it becomes batches (the `--data …` flags): the row format
+ * (columns, templates or chat; a chatTemplate given as text replaces the base's), the file format
+ * when its extension does not say, and how over-long rows are cut.
+ */
+export interface LmDataOptions extends DataFormat {
   data: string;
   valData?: string;
   valSplit?: number;
-  textColumn?: string;
-  promptColumn?: string;
-  completionColumn?: string;
   taskColumn?: string;
   skipBadRows?: boolean;
+  dataFormat?: DataFileFormat;
+  truncate?: TruncateSide;
   seqLen: number;
   batchSize: number;
   seed: number;
@@ -71,19 +88,20 @@ export interface LmData {
   sampler: BatchSampler;
 }
 
-/** Tokenize the CSV(s) with the model's tokenizer. */
+/** Tokenize the data file(s) with the model's tokenizer. */
 export async function loadLmDataset(model: CausalLM, o: LmDataOptions): Promise<Dataset> {
   const tok = model.tokenizer;
-  if (!tok) throw new Error(`${model.dir ?? 'the model'} has no tokenizer.json: training from CSV text needs one`);
+  if (!tok) throw new Error(`${model.dir ?? 'the model'} has no tokenizer.json: training from text needs one`);
   return loadDataset({
+    ...givenFormat(o),
     path: o.data,
     role: o.role,
     encoder: tok,
     tokenizerId: tokenizerFingerprint(model),
-    textColumn: o.promptColumn ? undefined : (o.textColumn ?? 'text'),
-    promptColumn: o.promptColumn,
-    completionColumn: o.completionColumn,
+    chatTemplate: () => modelChatTemplate(model.dir, o.chatTemplate),
     taskColumn: o.taskColumn,
+    dataFormat: o.dataFormat,
+    truncate: o.truncate,
     seqLen: o.seqLen,
     valSplit: o.valData ? undefined : o.valSplit,
     valData: o.valData,
@@ -94,24 +112,32 @@ export async function loadLmDataset(model: CausalLM, o: LmDataOptions): Promise<
   });
 }
 
-/** Tokenize the CSV(s), report what was kept and dropped, and draw batches of the training sequences. */
+/** Tokenize the data file(s), report what was kept, cut and dropped, and draw batches of the training sequences. */
 export async function loadLmData(model: CausalLM, o: LmDataOptions, log: (m: string) => void): Promise<LmData> {
   const dataset = await loadLmDataset(model, o);
   const s = dataset.stats;
-  log(
-    `data: ${s.rowsRead} rows, ${s.trainExamples} train / ${s.valExamples} val examples, ${s.tokens} tokens` +
-      skippedNote(s) +
-      (s.truncated ? `, ${s.truncated} truncated at --seq-len ${o.seqLen}` : '') +
-      (s.promptTooLong ? ` (${s.promptTooLong} with no room for a completion, left out)` : ''),
-  );
+  log(`data: ${s.rowsRead} rows, ${s.trainExamples} train / ${s.valExamples} val examples, ${s.tokens} tokens` + skippedNote(s) + truncationNote(s, o.seqLen));
+  if (s.unlocatedTurns > 0) {
+    log(`data: ${s.unlocatedTurns} earlier assistant turns have no loss: the chat template renders them differently once later turns follow (the last turn of every conversation has its loss)`);
+  }
   if (s.trainSequences === 0) throw new DataError(noSequences(o, s), o.data, null);
   return { dataset, sampler: new BatchSampler(dataset.train, { batchSize: o.batchSize, seqLen: o.seqLen, seed: o.seed }) };
 }
 
+/** ", 12 truncated (prompt cut from the left to fit --seq-len 128), 1 dropped (its completion alone is longer)", or nothing. */
+export function truncationNote(s: DatasetStats, seqLen: number): string {
+  if (s.truncate === null || (s.truncated === 0 && s.dropped === 0)) return '';
+  const left = s.truncate === 'left';
+  const cut = s.truncated > 0 ? `, ${s.truncated} truncated (${left ? 'prompt cut from the left' : 'end cut'} to fit --seq-len ${seqLen})` : '';
+  const dropped = s.dropped > 0 ? `, ${s.dropped} dropped (${left ? 'the completion alone is longer than' : 'the prompt alone fills'} --seq-len ${seqLen})` : '';
+  return cut + dropped;
+}
+
 /** Why examples were read but none is a sequence to train on. */
 function noSequences(o: LmDataOptions, s: DatasetStats): string {
-  if (s.trainExamples === 0) return `--val-split ${o.valSplit} left none of its ${s.examples} examples for training`;
-  return `no ${o.role ?? 'training'} example fits --seq-len ${o.seqLen}: each prompt fills it, leaving no completion token`;
+  if (s.trainExamples === 0 && s.dropped === 0) return `--val-split ${o.valSplit} left none of its ${s.examples} examples for training`;
+  if (s.truncate === 'left') return `no ${o.role ?? 'training'} example fits --seq-len ${o.seqLen}: each completion alone is longer`;
+  return `no ${o.role ?? 'training'} example fits --seq-len ${o.seqLen}: each prompt fills it, leaving no completion token (--truncate left keeps completions)`;
 }
 
 /** ", skipped: 1 blank, 2 with an empty completion (the first data.csv:5), 1 bad over 4 lines (the first data.csv:3: …)", or nothing. */
@@ -120,7 +146,8 @@ export function skippedNote(s: DatasetStats): string {
   const blank = s.emptySkipped - s.emptyRows;
   if (blank > 0) parts.push(`${blank} blank`);
   const empty = s.emptyLines[0];
-  if (empty !== undefined) parts.push(`${s.emptyRows} with an empty ${s.mode === 'text' ? 'text' : 'completion'} (the first ${empty.file}:${empty.line})`);
+  const lacking = s.mode === 'chat' ? 'no assistant answer' : `an empty ${s.mode === 'text' ? 'text' : 'completion'}`;
+  if (empty !== undefined) parts.push(`${s.emptyRows} with ${lacking} (the first ${empty.file}:${empty.line})`);
   const bad = s.badRows[0];
   if (bad !== undefined) parts.push(`${s.badRowsSkipped} bad over ${s.badLinesSkipped} lines (the first ${bad.file}:${bad.line}: ${bad.reason})`);
   return parts.length === 0 ? '' : `, skipped: ${parts.join(', ')}`;

@@ -3,6 +3,7 @@ import { copyFileSync, existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { MoEFFN } from '../gating/moe.js';
 import { diskError, makeDir, writeJsonAtomic } from './atomic.js';
+import { readHost } from './host.js';
 import { NormedProjection } from './llama.js';
 import type { CausalLM } from './model.js';
 import { packedExpertTensors } from './moe-weights.js';
@@ -16,16 +17,15 @@ export interface HostTensor {
 }
 
 /** The model's weights under their Hugging Face keys, in checkpoint orientation ([out, in] for nn.Linear). */
-export function modelTensors(model: CausalLM): Map<string, HostTensor> {
+export async function modelTensors(model: CausalLM): Promise<Map<string, HostTensor>> {
   const p = model.parts;
   const out = new Map<string, HostTensor>();
-  const put = (key: string, t: tf.Tensor, transpose = false): void => {
-    const host = transpose ? tf.tidy(() => t.transpose()) : t;
-    out.set(key, { shape: host.shape, data: host.dataSync() as Float32Array });
-    if (transpose) host.dispose();
+  const put = async (key: string, t: tf.Tensor, transpose = false): Promise<void> => {
+    const shape = transpose ? [...t.shape].reverse() : t.shape;
+    out.set(key, { shape, data: await readHost(() => (transpose ? t.transpose() : t.clone())) });
   };
-  put(`${p.embed.name}.weight`, p.embed.weight);
-  if (p.posEmbed) put(`${p.posEmbed.name}.weight`, p.posEmbed.weight);
+  await put(`${p.embed.name}.weight`, p.embed.weight);
+  if (p.posEmbed) await put(`${p.posEmbed.name}.weight`, p.posEmbed.weight);
   // Packed MoE experts are written as the two packed tensors, not one key per expert linear.
   const packed = model.blocks.flatMap((b) => (b.ffn instanceof MoEFFN && b.ffn.layout === 'packed' ? [b.ffn] : []));
   const inPacked = new Set(packed.flatMap((m) => m.experts.flatMap((e) => e.linears())));
@@ -34,17 +34,17 @@ export function modelTensors(model: CausalLM): Map<string, HostTensor> {
   for (const b of model.blocks) {
     const qkNorms: Norm[] = b.attn.linears().flatMap((l) => (l instanceof NormedProjection && l.norm ? [l.norm] : []));
     for (const n of [b.norm1, b.norm2, ...qkNorms]) {
-      put(`${n.name}.weight`, n.weight);
-      if (n.bias) put(`${n.name}.bias`, n.bias);
+      await put(`${n.name}.weight`, n.weight);
+      if (n.bias) await put(`${n.name}.bias`, n.bias);
     }
   }
-  for (const m of packed) for (const [key, t] of packedExpertTensors(m)) out.set(key, t);
+  for (const m of packed) for (const [key, t] of await packedExpertTensors(m)) out.set(key, t);
   for (const l of linears) {
-    put(`${l.name}.weight`, l.weightT, !l.conv1d);
-    if (l.bias) put(`${l.name}.bias`, l.bias);
+    await put(`${l.name}.weight`, l.weightT, !l.conv1d);
+    if (l.bias) await put(`${l.name}.bias`, l.bias);
   }
-  put(`${p.norm.name}.weight`, p.norm.weight);
-  if (p.norm.bias) put(`${p.norm.name}.bias`, p.norm.bias);
+  await put(`${p.norm.name}.weight`, p.norm.weight);
+  if (p.norm.bias) await put(`${p.norm.name}.bias`, p.norm.bias);
   return out;
 }
 
@@ -53,7 +53,7 @@ export function modelTensors(model: CausalLM): Map<string, HostTensor> {
  * has them, its tokenizer files. Each file is written atomically, model.safetensors last: a folder
  * that has it is complete (recipes take it as the sign a step finished).
  */
-export function saveModel(model: CausalLM, dir: string, dtype: SaveDtype = 'F32'): void {
+export async function saveModel(model: CausalLM, dir: string, dtype: SaveDtype = 'F32'): Promise<void> {
   makeDir(dir);
   const torchDtype = { F32: 'float32', F16: 'float16', BF16: 'bfloat16' }[dtype];
   writeJsonAtomic(join(dir, 'config.json'), { ...model.config.raw, torch_dtype: torchDtype });
@@ -68,6 +68,6 @@ export function saveModel(model: CausalLM, dir: string, dtype: SaveDtype = 'F32'
     }
   }
   const files: Record<string, TensorToWrite> = {};
-  for (const [key, t] of modelTensors(model)) files[key] = { dtype, shape: t.shape, data: t.data };
+  for (const [key, t] of await modelTensors(model)) files[key] = { dtype, shape: t.shape, data: t.data };
   writeSafetensors(join(dir, 'model.safetensors'), files, { format: 'pt' });
 }

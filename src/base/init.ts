@@ -112,11 +112,11 @@ export function baseConfigJson(o: InitBaseOptions): Record<string, unknown> {
  * `molora init-base`: a randomly initialised HF model folder with a byte-level tokenizer. A
  * failure leaves no folder behind (when it made the folder) and no model.safetensors.
  */
-export function initBase(o: InitBaseOptions): void {
+export async function initBase(o: InitBaseOptions): Promise<void> {
   const cfg = parseConfig(baseConfigJson(o), 'init-base options');
-  holding(
+  await holding(
     claimOutput(o),
-    () => {
+    async () => {
       // Llama tokenizers add bos themselves in Hugging Face; molora's promptIds does the same.
       writeJsonAtomic(join(o.out, 'tokenizer.json'), byteLevelTokenizerJson({ addBos: cfg.arch === 'llama' }));
       writeJsonAtomic(join(o.out, 'tokenizer_config.json'), byteLevelTokenizerConfig());
@@ -127,7 +127,7 @@ export function initBase(o: InitBaseOptions): void {
       });
       const model = new CausalLM(cfg, buildParts(cfg, new RandomWeights(new Rng(o.seed ?? 0), cfg.layers)));
       try {
-        saveModel(model, o.out);
+        await saveModel(model, o.out);
       } finally {
         model.dispose();
       }

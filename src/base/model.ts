@@ -95,11 +95,13 @@ export class CausalLM {
       throw new Error(`sequence of ${S} tokens exceeds the model's ${this.config.maxPositions} positions`);
     }
     const p = this.parts;
+    const realTokens = Float32Array.from(mask);
     const ctx: ForwardContext = {
       batch: B,
       seq: T,
       training: opts.training ?? false,
-      tokenMask: tf.tensor2d(Float32Array.from(mask), [B * T, 1]),
+      tokenMask: tf.tensor2d(realTokens, [B * T, 1]),
+      realTokens,
       aux: [],
       rng: opts.rng ?? null,
       plain: opts.plain ?? false,

@@ -1,6 +1,8 @@
 import * as tf from '@tensorflow/tfjs';
 import { createLora, type LoraAdapter } from '../adapters/adapter.js';
 import { DEFAULT_LORA } from '../adapters/config.js';
+import { backendReport, type BackendReport } from '../base/backend.js';
+import { readF32, readHost } from '../base/host.js';
 import { crossEntropy } from '../base/loss.js';
 import type { CausalLM } from '../base/model.js';
 import { matMul } from '../base/ops.js';
@@ -31,10 +33,10 @@ export interface BenchTrainResult {
   efficiency: number;
   trainable_params: number;
   loss: number;
-  backend: string;
 }
 
-export function benchTrain(o: BenchTrainOptions): BenchTrainResult {
+/** Steps timed to the read of their loss, so a GPU step counts until its work is done. */
+export async function benchTrain(o: BenchTrainOptions): Promise<BenchTrainResult & BackendReport> {
   const model = randomLlama({ ...o, maxPositions: o.seq });
   const adapter = createLora(model, { ...DEFAULT_LORA, r: o.rank, loraAlpha: o.alpha, targetModules: o.targets }, 'bench', new Rng(0));
   adapter.attach(model);
@@ -47,6 +49,7 @@ export function benchTrain(o: BenchTrainOptions): BenchTrainResult {
   const weights = new Float32Array(N).fill(1);
   const probe = new MatmulProbe(model, N);
   try {
+    await probe.gflops();
     const times: number[] = [];
     const rates: number[] = [];
     let loss = NaN;
@@ -54,12 +57,12 @@ export function benchTrain(o: BenchTrainOptions): BenchTrainResult {
       const t0 = performance.now();
       const acc = accumulateGrads(params, 1, () => crossEntropy(model.forward(batch, { training: true }), targets, weights).mean);
       opt.apply(acc.grads, 1e-3);
-      loss = acc.loss.dataSync()[0]!;
+      loss = (await readF32(acc.loss))[0]!;
       disposeAccumulated(acc);
       if (i < o.warmup) continue;
       times.push(performance.now() - t0);
       // Between steps, so both see the same load on a shared machine.
-      rates.push(probe.gflops());
+      rates.push(await probe.gflops());
     }
     const stepMs = median(times);
     const matmulGflops = median(rates);
@@ -73,7 +76,7 @@ export function benchTrain(o: BenchTrainOptions): BenchTrainResult {
       efficiency: achieved / matmulGflops,
       trainable_params: adapter.parameterCount,
       loss,
-      backend: tf.getBackend(),
+      ...backendReport(),
     };
   } finally {
     probe.dispose();
@@ -114,14 +117,14 @@ class MatmulProbe {
   constructor(model: CausalLM, N: number) {
     const shapes = new Map(model.linears().map((l) => [`${l.inFeatures}x${l.outFeatures}`, l]));
     this.pairs = [...shapes.values()].map((l) => [tf.randomNormal([N, l.inFeatures]), tf.randomNormal([l.inFeatures, l.outFeatures])]);
-    this.gflops();
   }
 
-  gflops(): number {
+  /** Each product timed to the read of its result. */
+  async gflops(): Promise<number> {
     let flops = 0;
     const t0 = performance.now();
     for (const [x, w] of this.pairs) {
-      tf.tidy(() => void matMul(x, w).dataSync());
+      await readHost(() => matMul(x, w));
       flops += 2 * x.shape[0] * x.shape[1] * w.shape[1];
     }
     return flops / ((performance.now() - t0) / 1000) / 1e9;

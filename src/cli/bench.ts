@@ -1,5 +1,6 @@
 import type { Command } from 'commander';
 import { int } from './args.js';
+import { backendLine } from './format.js';
 import { benchForward, type BenchForwardOptions, type ModelShape } from '../bench/forward.js';
 import { benchTrain, type BenchTrainOptions } from '../bench/train.js';
 import { SHIPPED_BASE } from './recipes.js';
@@ -8,14 +9,14 @@ import { benchCompose, suiteSummary, suiteTable, type BenchComposeOptions } from
 import { benchGateStep, benchSwap, SMOL_135M } from '../bench/mole.js';
 
 export async function runBenchForward(o: BenchForwardOptions & { json?: boolean }): Promise<void> {
-  const r = benchForward(o);
+  const r = await benchForward(o);
   if (o.json) {
     process.stdout.write(JSON.stringify(r) + '\n');
     return;
   }
   process.stdout.write(
     [
-      `backend: ${r.backend}`,
+      `backend: ${backendLine(r)}`,
       `prefill: ${r.prefill_tokens_per_s.toFixed(0)} tokens/s (${r.prefill_ms.toFixed(1)} ms for ${o.batch}×${o.seq})`,
       `decode with KV cache: ${r.decode_cached_tokens_per_s.toFixed(1)} tokens/s`,
       `decode recomputing the prefix: ${r.decode_recompute_tokens_per_s.toFixed(1)} tokens/s`,
@@ -25,14 +26,14 @@ export async function runBenchForward(o: BenchForwardOptions & { json?: boolean 
 }
 
 export async function runBenchTrain(o: BenchTrainOptions & { json?: boolean }): Promise<void> {
-  const r = benchTrain(o);
+  const r = await benchTrain(o);
   if (o.json) {
     process.stdout.write(JSON.stringify(r) + '\n');
     return;
   }
   process.stdout.write(
     [
-      `backend: ${r.backend}`,
+      `backend: ${backendLine(r)}`,
       `LoRA step: ${r.step_ms.toFixed(1)} ms median, ${r.tokens_per_s.toFixed(0)} tokens/s (${r.trainable_params} trainable parameters)`,
       `achieved ${r.achieved_gflops.toFixed(2)} GFLOP/s of matmul work; plain matMul on these shapes: ${r.matmul_gflops.toFixed(2)} GFLOP/s (${(100 * r.efficiency).toFixed(0)}%)`,
     ].join('\n') + '\n',
@@ -40,21 +41,21 @@ export async function runBenchTrain(o: BenchTrainOptions & { json?: boolean }): 
 }
 
 export async function runBenchSwap(o: { experts: number; rank: number; targets: string[]; json?: boolean }): Promise<void> {
-  const r = benchSwap(SMOL_135M, o);
+  const r = await benchSwap(SMOL_135M, o);
   process.stdout.write(
     o.json
       ? JSON.stringify(r) + '\n'
-      : `backend: ${r.backend}\nbase: ${(r.base_params / 1e6).toFixed(0)}M parameters (SmolLM-135M shapes); ${r.experts} experts of ${r.adapter_params} parameters\nswap the whole expert set: ${r.swap_set_ms.toFixed(2)} ms median; one expert: ${r.swap_one_ms.toFixed(2)} ms\n`,
+      : `backend: ${backendLine(r)}\nbase: ${(r.base_params / 1e6).toFixed(0)}M parameters (SmolLM-135M shapes); ${r.experts} experts of ${r.adapter_params} parameters\nswap the whole expert set: ${r.swap_set_ms.toFixed(2)} ms median; one expert: ${r.swap_one_ms.toFixed(2)} ms\n`,
   );
 }
 
 export async function runBenchGate(o: ModelShape & { experts: number; rank: number; targets: string[]; batch: number; seq: number; steps: number; json?: boolean }): Promise<void> {
-  const r = benchGateStep(o, o);
+  const r = await benchGateStep(o, o);
   process.stdout.write(
     o.json
       ? JSON.stringify(r) + '\n'
       : [
-          `backend: ${r.backend}`,
+          `backend: ${backendLine(r)}`,
           `single-LoRA step: ${r.lora_step_ms.toFixed(1)} ms; over ${r.experts} frozen experts:`,
           `  MoLE gate step: ${r.gate_step_ms.toFixed(1)} ms (${r.ratio.toFixed(2)}×)`,
           `  prompt-router step, labels: ${r.router_labels_step_ms.toFixed(1)} ms (${r.router_labels_ratio.toFixed(2)}×)`,

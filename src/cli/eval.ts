@@ -14,7 +14,7 @@ export async function runEval(o: ComposeFlags & {
   json?: boolean;
 }): Promise<void> {
   if (!o.promptColumn !== !o.completionColumn) throw new Error('--prompt-column and --completion-column go together');
-  const composed = openComposed(o);
+  const composed = await openComposed(o);
   const bar = byteProgress('greedy completions', 'examples');
   try {
     const report = await evaluateCsv(composed.base, { ...o, useCache: composed.cacheSafe, onProgress: bar.update });

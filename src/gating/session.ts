@@ -29,15 +29,18 @@ export interface Generation {
 /**
  * Start the backend and load a base model folder, ready for experts:
  *   const m = await loadModel(dir);
- *   m.addExpert('math', mathDir).addExpert('code', codeDir).useGate(gateDir).mask(['code']);
- *   m.generate('2 + 2 =');
+ *   m.addExpert('math', mathDir).addExpert('code', codeDir);
+ *   (await m.useGate(gateDir)).mask(['code']);
+ *   await m.generate('2 + 2 =');
+ * What reads tensors back (generation, loading or saving a gate, whose experts are checked by
+ * fingerprint) is async: a GPU backend cannot read synchronously.
  */
 export async function loadModel(dir: string, opts: LoadModelOptions = {}): Promise<MoleModel> {
   await initBackend({ backend: opts.backend, warn: opts.warn });
   return new MoleModel(loadBase(dir, { warn: opts.warn }), opts.warn);
 }
 
-/** A frozen base with a MoLE composition of PEFT adapter folders; chainable. */
+/** A frozen base with a MoLE composition of PEFT adapter folders; chainable (useGate and saveGate resolve to it). */
 export class MoleModel {
   readonly composition: MoleComposition;
 
@@ -86,13 +89,14 @@ export class MoleModel {
   }
 
   /** Load a gate (or router) folder trained with exactly these experts. */
-  useGate(dir: string): this {
-    loadRouting(this.composition, dir);
+  async useGate(dir: string): Promise<this> {
+    await loadRouting(this.composition, dir);
     return this;
   }
 
-  saveGate(dir: string): void {
-    saveRouting(this.composition, dir);
+  async saveGate(dir: string): Promise<this> {
+    await saveRouting(this.composition, dir);
+    return this;
   }
 
   /** Mix with fixed shares (≥ 0, summing to 1) instead of a gate; null: the plain sum, every expert at full strength. */
@@ -128,17 +132,17 @@ export class MoleModel {
     return this;
   }
 
-  generate(prompt: Prompt, opts: GenerateOptions = {}): Generation {
-    return this.generateBatch([prompt], opts)[0]!;
+  async generate(prompt: Prompt, opts: GenerateOptions = {}): Promise<Generation> {
+    return (await this.generateBatch([prompt], opts))[0]!;
   }
 
   /**
    * One batch, one base pass per step. A per-sequence gate pools over every token of a row, so it
    * runs without the KV cache (a cached step would see only its new token).
    */
-  generateBatch(prompts: Prompt[], opts: GenerateOptions = {}): Generation[] {
+  async generateBatch(prompts: Prompt[], opts: GenerateOptions = {}): Promise<Generation[]> {
     const ids = prompts.map((p) => promptIds(this.base, typeof p === 'string' ? { text: p } : { ids: p }));
-    const { tokens } = generate(this.base, ids, { ...opts, useCache: this.cacheSafe ? opts.useCache : false });
+    const { tokens } = await generate(this.base, ids, { ...opts, useCache: this.cacheSafe ? opts.useCache : false });
     const tok = this.base.tokenizer;
     return tokens.map((t) => ({ tokens: t, text: tok ? tok.decode(t, { skipSpecial: true }) : null }));
   }

@@ -32,9 +32,9 @@ export interface UpcycleOptions {
  * down projection is scaled so that, with renormalised top-k, the output starts equal to the
  * dense model's: routed experts by 1/(s+1), the shared block by 2/(s+1).
  */
-export function upcycle(dense: CausalLM, o: UpcycleOptions): CausalLM {
+export async function upcycle(dense: CausalLM, o: UpcycleOptions): Promise<CausalLM> {
   const cfg = parseConfig(upcycledConfigJson(dense.config, o), 'upcycled config');
-  const source = new UpcycleWeights(dense, cfg, o);
+  const source = new UpcycleWeights(await modelTensors(dense), cfg, o);
   return new CausalLM(cfg, buildParts(cfg, source), dense.tokenizer, dense.dir);
 }
 
@@ -101,8 +101,8 @@ class UpcycleWeights implements WeightSource {
   private readonly rng: Rng;
   private readonly shared: number;
 
-  constructor(model: CausalLM, private readonly cfg: ModelConfig, private readonly o: UpcycleOptions) {
-    this.dense = modelTensors(model);
+  constructor(dense: Map<string, HostTensor>, private readonly cfg: ModelConfig, private readonly o: UpcycleOptions) {
+    this.dense = dense;
     this.rng = new Rng(o.seed ?? 0);
     this.shared = o.shared ?? 0;
   }

@@ -3,7 +3,8 @@ import { copyFileSync, existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { MoEFFN } from '../gating/moe.js';
 import { diskError, makeDir, writeJsonAtomic } from './atomic.js';
-import { readHost } from './host.js';
+import { concatF32, readHost } from './host.js';
+import type { Linear } from './linear.js';
 import { NormedProjection } from './llama.js';
 import type { CausalLM } from './model.js';
 import { packedExpertTensors } from './moe-weights.js';
@@ -20,12 +21,11 @@ export interface HostTensor {
 export async function modelTensors(model: CausalLM): Promise<Map<string, HostTensor>> {
   const p = model.parts;
   const out = new Map<string, HostTensor>();
-  const put = async (key: string, t: tf.Tensor, transpose = false): Promise<void> => {
-    const shape = transpose ? [...t.shape].reverse() : t.shape;
-    out.set(key, { shape, data: await readHost(() => (transpose ? t.transpose() : t.clone())) });
+  const put = async (key: string, t: tf.Tensor): Promise<void> => {
+    out.set(key, { shape: t.shape, data: await readHost(() => t.clone()) });
   };
-  await put(`${p.embed.name}.weight`, p.embed.weight);
-  if (p.posEmbed) await put(`${p.posEmbed.name}.weight`, p.posEmbed.weight);
+  const D = model.config.hidden;
+  for (const e of [p.embed, p.posEmbed]) if (e) out.set(`${e.name}.weight`, { shape: [e.rows, D], data: await e.read() });
   // Packed MoE experts are written as the two packed tensors, not one key per expert linear.
   const packed = model.blocks.flatMap((b) => (b.ffn instanceof MoEFFN && b.ffn.layout === 'packed' ? [b.ffn] : []));
   const inPacked = new Set(packed.flatMap((m) => m.experts.flatMap((e) => e.linears())));
@@ -40,12 +40,20 @@ export async function modelTensors(model: CausalLM): Promise<Map<string, HostTen
   }
   for (const m of packed) for (const [key, t] of await packedExpertTensors(m)) out.set(key, t);
   for (const l of linears) {
-    await put(`${l.name}.weight`, l.weightT, !l.conv1d);
+    if (l.conv1d) await put(`${l.name}.weight`, l.weightT);
+    else out.set(`${l.name}.weight`, { shape: [l.outFeatures, l.inFeatures], data: await fileOrientation(l) });
     if (l.bias) await put(`${l.name}.bias`, l.bias);
   }
   await put(`${p.norm.name}.weight`, p.norm.weight);
   if (p.norm.bias) await put(`${p.norm.name}.bias`, p.norm.bias);
   return out;
+}
+
+/** An nn.Linear's weight [out, in]: each column block of weightT transposed is a block of its rows. */
+async function fileOrientation(l: Linear): Promise<Float32Array> {
+  const rows: Float32Array[] = [];
+  for (const b of l.columnBlocks) rows.push(await readHost(() => b.transpose()));
+  return concatF32(rows);
 }
 
 /**

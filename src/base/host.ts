@@ -30,3 +30,14 @@ export async function readF32(t: tf.Tensor): Promise<Float32Array> {
 export async function readScalars(compute: () => tf.Tensor[]): Promise<number[]> {
   return Array.from(await readHost(() => tf.concat(compute().map((t) => t.reshape([-1])))));
 }
+
+/** Float32 arrays end to end. */
+export function concatF32(parts: Float32Array[]): Float32Array {
+  const out = new Float32Array(parts.reduce((a, p) => a + p.length, 0));
+  let at = 0;
+  for (const p of parts) {
+    out.set(p, at);
+    at += p.length;
+  }
+  return out;
+}

@@ -45,11 +45,15 @@ export class RandomWeights implements WeightSource {
   }
 
   get(key: string, shape: number[]): tf.Tensor {
+    return tf.tensor(this.read(key, shape), shape);
+  }
+
+  read(key: string, shape: number[]): Float32Array {
     const n = shape.reduce((a, b) => a * b, 1);
-    if (/\.bias$/.test(key)) return tf.zeros(shape);
-    if (/(norm|ln_\d|ln_f)\.weight$/.test(key)) return tf.ones(shape);
+    if (/\.bias$/.test(key)) return new Float32Array(n);
+    if (/(norm|ln_\d|ln_f)\.weight$/.test(key)) return new Float32Array(n).fill(1);
     const std = /\.c_proj\.weight$/.test(key) ? this.std / Math.sqrt(2 * this.layers) : this.std;
-    return tf.tensor(this.rng.normalArray(n, std), shape);
+    return this.rng.normalArray(n, std);
   }
 }
 

@@ -1,5 +1,7 @@
 import * as tf from '@tensorflow/tfjs';
-import { existsSync, readdirSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { totalmem } from 'node:os';
 import { join } from 'node:path';
 
 /**
@@ -23,6 +25,8 @@ export interface AdapterSummary {
     /** Largest buffer the device may allocate, bytes. */
     maxBufferSize: number;
   };
+  /** The memory runs must fit in, and where the figure comes from; null when nothing says (WebGPU itself does not). */
+  memory: { bytes: number; source: string } | null;
 }
 
 /** Loads an optional package by name (tests inject one that fails, to play "not installed"). */
@@ -32,6 +36,8 @@ export const defaultImporter: Importer = (specifier) => import(specifier);
 
 /** Set to lower the binding limit molora plans with, so tests can split tensors on a tiny model. */
 export const MAX_BINDING_ENV = 'MOLORA_WEBGPU_MAX_BINDING_BYTES';
+/** Set to the GPU's memory in bytes where molora cannot find it (WebGPU does not report it). */
+export const GPU_MEMORY_ENV = 'MOLORA_GPU_MEMORY_BYTES';
 
 // Minimal shapes of the WebGPU objects used here: the `webgpu` package's own types come from
 // @webgpu/types, which an install without optional dependencies lacks.
@@ -112,6 +118,7 @@ export async function startWebGpu(opts: { hardwareOnly: boolean; importer?: Impo
   }
   const device = await adapter.requestDevice({ requiredLimits: maxLimits(adapter.limits), requiredFeatures: [...adapter.features].filter((f) => f === 'timestamp-query') });
   summary.limits = bindingLimits(device.limits);
+  summary.memory = gpuMemory(summary);
   // GPU errors arrive asynchronously, outside any call: say so at once and fail the next read.
   device.addEventListener('uncapturederror', (e) => {
     deviceError ??= e.error.message;
@@ -207,7 +214,43 @@ function summarise(a: GpuAdapter): AdapterSummary {
     description: i.description ?? '',
     software: i.isFallbackAdapter === true || SOFTWARE.test(text),
     limits: { maxStorageBufferBindingSize: a.limits.maxStorageBufferBindingSize, maxBufferSize: a.limits.maxBufferSize },
+    memory: null,
   };
+}
+
+/**
+ * The adapter's memory: MOLORA_GPU_MEMORY_BYTES; else system memory for a software adapter (it
+ * runs on the CPU); else nvidia-smi for NVIDIA, sysfs for AMD; else null (unknown). With several
+ * GPUs of a vendor the smallest counts, since WebGPU does not say which one it opened.
+ */
+export function gpuMemory(a: Pick<AdapterSummary, 'vendor' | 'software'>): AdapterSummary['memory'] {
+  const raw = process.env[GPU_MEMORY_ENV];
+  if (raw !== undefined && raw !== '') {
+    const v = Number(raw);
+    if (!Number.isInteger(v) || v <= 0) throw new Error(`${GPU_MEMORY_ENV} must be a whole number of bytes, got '${raw}'`);
+    return { bytes: v, source: GPU_MEMORY_ENV };
+  }
+  if (a.software) return { bytes: totalmem(), source: 'system memory (a software adapter runs on the CPU)' };
+  const sizes = /nvidia/i.test(a.vendor) ? nvidiaMemory() : /amd|ati/i.test(a.vendor) ? amdMemory() : [];
+  return sizes.length ? { bytes: Math.min(...sizes), source: /nvidia/i.test(a.vendor) ? 'nvidia-smi' : '/sys/class/drm' } : null;
+}
+
+function nvidiaMemory(): number[] {
+  try {
+    const out = execFileSync('nvidia-smi', ['--query-gpu=memory.total', '--format=csv,noheader,nounits'], { encoding: 'utf8', timeout: 5000, stdio: ['ignore', 'pipe', 'ignore'] });
+    return out.split('\n').map((l) => Number(l.trim()) * 2 ** 20).filter((b) => b > 0);
+  } catch {
+    return [];
+  }
+}
+
+function amdMemory(): number[] {
+  const dir = '/sys/class/drm';
+  if (!existsSync(dir)) return [];
+  return readdirSync(dir).flatMap((card) => {
+    const f = join(dir, card, 'device', 'mem_info_vram_total');
+    return /^card\d+$/.test(card) && existsSync(f) ? [Number(readFileSync(f, 'utf8').trim())] : [];
+  }).filter((b) => b > 0);
 }
 
 /** One line for logs: "NVIDIA hopper (NVIDIA H100), hardware, bindings up to 2 GiB". */
@@ -215,8 +258,9 @@ export function describeAdapter(a: AdapterSummary): string {
   const name = [a.vendor, a.architecture].filter(Boolean).join(' ') || 'unknown adapter';
   const GiB = 2 ** 30;
   const gib = (b: number) => (b >= GiB ? `${(b / GiB).toFixed(1)} GiB` : `${(b / 2 ** 20).toFixed(0)} MiB`);
+  const memory = a.memory ? `${gib(a.memory.bytes)} of memory (${a.memory.source})` : `memory unknown (set ${GPU_MEMORY_ENV} for the fit checks)`;
   return `${name}${a.description ? ` (${a.description})` : ''}, ${a.software ? 'software' : 'hardware'} adapter, ` +
-    `bindings up to ${gib(a.limits.maxStorageBufferBindingSize)}, buffers up to ${gib(a.limits.maxBufferSize)}`;
+    `bindings up to ${gib(a.limits.maxStorageBufferBindingSize)}, buffers up to ${gib(a.limits.maxBufferSize)}, ${memory}`;
 }
 
 function gpuDeviceNodes(): boolean {

@@ -56,7 +56,7 @@ export async function benchSwap(shape: ModelShape, o: { experts: number; rank: n
       oneTimes.push(performance.now() - t1);
     }
     return {
-      base_params: model.linears().reduce((a, l) => a + l.weightT.size, 0) + model.parts.embed.weight.size,
+      base_params: model.linears().reduce((a, l) => a + l.weightT.size, 0) + model.parts.embed.rows * shape.hidden,
       adapter_params: sets[0]![0]!.parameterCount,
       experts: o.experts,
       swap_set_ms: median(setTimes),

@@ -112,11 +112,15 @@ class UpcycleWeights implements WeightSource {
   }
 
   get(key: string, shape: number[]): tf.Tensor {
+    return tf.tensor(this.read(key, shape), shape, 'float32');
+  }
+
+  read(key: string, shape: number[]): Float32Array {
     const make = this.source(key);
     if (!make) throw new Error(`upcycle: no source for tensor '${key}'`);
     const t = make();
     if (t.shape.join() !== shape.join()) throw new Error(`upcycle: '${key}' would be [${t.shape}], the config implies [${shape}]`);
-    return tf.tensor(t.data, shape, 'float32');
+    return t.data;
   }
 
   /** How to make `key`, or null if the upcycled model has no such tensor (a thunk: has() draws no randomness). */

@@ -3,7 +3,8 @@ import { createHash } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { lmLoss, type LmBatch } from '../base/loss.js';
-import { assertFitsHeap, estimateTrainingBytes } from '../base/memory.js';
+import { assertFitsMemory, assertLogitsFit, estimateTrainingBytes } from '../base/memory.js';
+import { bindingLimitBytes } from '../base/vocab.js';
 import type { CausalLM } from '../base/model.js';
 import { weightCount } from '../base/load.js';
 import { BatchSampler, DataError, evalBatches, loadDataset, type Batch, type Dataset, type DatasetStats, type LoadDatasetOptions } from '../data/index.js';
@@ -148,10 +149,12 @@ export async function trainLm(model: CausalLM, params: Map<string, tf.Variable>,
   const c = model.config;
   let trainable = 0;
   for (const v of params.values()) trainable += v.size;
-  assertFitsHeap(
+  const plan = `training with batch ${o.batchSize} × seq ${o.seqLen}`;
+  assertFitsMemory(
     estimateTrainingBytes({ params: weightCount(c), trainableParams: trainable, batch: o.batchSize, seq: o.seqLen, hidden: c.hidden, layers: c.layers, heads: c.heads, ffn: c.ffn, vocab: c.vocabSize }),
-    `training with batch ${o.batchSize} × seq ${o.seqLen}`,
+    plan,
   );
+  assertLogitsFit(o.batchSize * o.seqLen, c.vocabSize, bindingLimitBytes(), plan);
   const accum = o.gradAccum ?? 1;
   const steps = o.steps ?? Math.max(1, Math.ceil(((o.epochs ?? 1) * sampler.stepsPerEpoch) / accum));
   const batches: Batches<Batch> = {

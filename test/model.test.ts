@@ -84,6 +84,7 @@ describe('grouped-query attention', () => {
           return w.tile([1, G, 1, 1]).reshape(shape);
         });
       },
+      read: (key, shape) => tf.tidy(() => expanded.get(key, shape).dataSync() as Float32Array),
     };
     const mhaCfg = parseConfig({ ...cfg.raw, num_key_value_heads: cfg.heads });
     const mha = new CausalLM(mhaCfg, buildParts(mhaCfg, expanded));

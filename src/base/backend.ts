@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { installKernelPatches } from './kernels.js';
 import { guardWasmHeap } from './memory.js';
-import { defaultImporter, describeAdapter, startWebGpu, webGpuAdapter, WebGpuUnavailable, type AdapterSummary, type Importer } from './webgpu.js';
+import { defaultImporter, describeAdapter, startWebGpu, webGpuAdapter, WebGpuUnavailable, type AdapterSummary, type Importer, type StartOptions } from './webgpu.js';
 
 export type BackendName = 'tensorflow' | 'webgpu' | 'wasm' | 'cpu';
 export const BACKENDS: readonly BackendName[] = ['tensorflow', 'webgpu', 'wasm', 'cpu'];
@@ -21,6 +21,8 @@ export interface BackendOptions {
   warn?: (msg: string) => void;
   /** Loads the optional packages (tfjs-node, webgpu); tests inject a failing one to play "not installed". */
   importer?: Importer;
+  /** Whether the machine has a GPU device node, which the automatic order checks before starting Dawn; tests inject one. */
+  gpuDevicePresent?: () => boolean;
 }
 
 let active: BackendInfo | null = null;
@@ -42,8 +44,8 @@ export async function initBackend(opts: BackendOptions = {}): Promise<BackendInf
   if (active && (!opts.backend || opts.backend === active.name)) return active;
 
   tf.enableProdMode();
-  const info = requested ? await forced(requested as BackendName, opts.backend ? '--backend' : 'MOLORA_BACKEND', importer, warn)
-    : await automatic(importer, warn);
+  const probe = { importer, warn, gpuDevicePresent: opts.gpuDevicePresent };
+  const info = requested ? await forced(requested as BackendName, opts.backend ? '--backend' : 'MOLORA_BACKEND', probe) : await automatic(probe);
   if (info.name === 'cpu') {
     warn('WARNING: running on the pure-JS cpu backend, about 40x slower than wasm. ' +
       'Use --backend wasm, or install @tensorflow/tfjs-node(-gpu).');
@@ -80,24 +82,27 @@ export function tensorsOnHost(): boolean {
   return tf.getBackend() !== 'webgpu';
 }
 
-async function forced(name: BackendName, reason: string, importer: Importer, warn: (m: string) => void): Promise<BackendInfo> {
+type Probe = Omit<StartOptions, 'hardwareOnly'> & { importer: Importer };
+
+async function forced(name: BackendName, reason: string, probe: Probe): Promise<BackendInfo> {
   if (name === 'webgpu') {
     try {
-      return { name, reason, adapter: await startWebGpu({ hardwareOnly: false, importer, warn }) };
+      return { name, reason, adapter: await startWebGpu({ ...probe, hardwareOnly: false }) };
     } catch (e) {
       throw new Error(`backend 'webgpu' could not start: ${e instanceof Error ? e.message : String(e)}`);
     }
   }
-  if (!(await start(name, importer))) throw new Error(`backend '${name}' could not start${hint(name)}`);
+  if (!(await start(name, probe.importer))) throw new Error(`backend '${name}' could not start${hint(name)}`);
   return { name, reason };
 }
 
 /** tensorflow → webgpu (hardware adapters only) → wasm → cpu. */
-async function automatic(importer: Importer, warn: (m: string) => void): Promise<BackendInfo> {
+async function automatic(probe: Probe): Promise<BackendInfo> {
+  const importer = probe.importer;
   if (await start('tensorflow', importer)) return { name: 'tensorflow', reason: 'tfjs-node is installed' };
   let noGpu: string;
   try {
-    return { name: 'webgpu', reason: 'a hardware WebGPU adapter', adapter: await startWebGpu({ hardwareOnly: true, importer, warn }) };
+    return { name: 'webgpu', reason: 'a hardware WebGPU adapter', adapter: await startWebGpu({ ...probe, hardwareOnly: true }) };
   } catch (e) {
     if (!(e instanceof WebGpuUnavailable && e.skip)) throw e;
     noGpu = e.message;

@@ -57,6 +57,13 @@ export function installKernelPatches(): void {
   if (tf.getKernel(tf.BatchMatMul, 'webgpu')) replaceKernels(WEBGPU_KERNELS);
 }
 
+/** Names of molora's kernels registered for a backend right now: what the patches change there. */
+export function patchedKernels(backendName: string): string[] {
+  return [...MOLORA_KERNELS, ...WASM_KERNELS, ...WEBGPU_KERNELS]
+    .filter((k) => k.backendName === backendName && tf.getKernel(k.kernelName, backendName) === k)
+    .map((k) => k.kernelName);
+}
+
 /** Register `kernels` over the stock ones of their backend, keeping those for delegation. */
 function replaceKernels(kernels: tf.KernelConfig[]): void {
   for (const k of kernels) {

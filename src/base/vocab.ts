@@ -11,9 +11,18 @@ import type { WeightSource } from './weights.js';
  * else, and whenever a table fits, it stays one tensor and nothing changes.
  */
 
-/** The most bytes one GPU binding takes, or null off webgpu (no such limit). */
+/** Set to plan with a lower binding limit than the adapter's, e.g. to split a tiny model's tables in tests. */
+export const MAX_BINDING_ENV = 'MOLORA_WEBGPU_MAX_BINDING_BYTES';
+
+/** The most bytes one GPU binding takes (the adapter's, or MOLORA_WEBGPU_MAX_BINDING_BYTES if lower), or null off webgpu. */
 export function bindingLimitBytes(): number | null {
-  return webGpuAdapter()?.limits.maxStorageBufferBindingSize ?? null;
+  const adapter = webGpuAdapter()?.limits.maxStorageBufferBindingSize;
+  if (adapter === undefined) return null;
+  const raw = process.env[MAX_BINDING_ENV];
+  if (raw === undefined || raw === '') return adapter;
+  const v = Number(raw);
+  if (!Number.isInteger(v) || v < 16) throw new Error(`${MAX_BINDING_ENV} must be a whole number of bytes ≥ 16, got '${raw}'`);
+  return Math.min(adapter, v);
 }
 
 /** Rows per block for a float32 table of `cols` columns, or null when `rows` of them fit one binding. */

@@ -20,7 +20,7 @@ export interface AdapterSummary {
   /** A CPU implementation (SwiftShader, lavapipe, llvmpipe, WARP): correct, but 0.2–2 GFLOP/s. */
   software: boolean;
   limits: {
-    /** Largest buffer one kernel may bind, bytes (after MOLORA_WEBGPU_MAX_BINDING_BYTES). */
+    /** Largest buffer one kernel may bind, bytes. */
     maxStorageBufferBindingSize: number;
     /** Largest buffer the device may allocate, bytes. */
     maxBufferSize: number;
@@ -34,8 +34,6 @@ export type Importer = (specifier: string) => Promise<unknown>;
 
 export const defaultImporter: Importer = (specifier) => import(specifier);
 
-/** Set to lower the binding limit molora plans with, so tests can split tensors on a tiny model. */
-export const MAX_BINDING_ENV = 'MOLORA_WEBGPU_MAX_BINDING_BYTES';
 /** Set to the GPU's memory in bytes where molora cannot find it (WebGPU does not report it). */
 export const GPU_MEMORY_ENV = 'MOLORA_GPU_MEMORY_BYTES';
 
@@ -97,13 +95,21 @@ let deviceError: string | null = null;
  * software adapter and, on Linux, does not even start Dawn without a GPU device node. Throws
  * WebGpuUnavailable saying why: package missing, no adapter (with the Vulkan setup seen), ….
  */
-export async function startWebGpu(opts: { hardwareOnly: boolean; importer?: Importer; warn: (m: string) => void }): Promise<AdapterSummary> {
+export interface StartOptions {
+  hardwareOnly: boolean;
+  warn: (m: string) => void;
+  importer?: Importer;
+  /** Whether the machine has a GPU device node (Linux); tests inject one. */
+  gpuDevicePresent?: () => boolean;
+}
+
+export async function startWebGpu(opts: StartOptions): Promise<AdapterSummary> {
   if (running) {
     if (!(await tf.setBackend('webgpu'))) throw new WebGpuUnavailable('the webgpu backend failed to start again', false);
     return running.adapter;
   }
   const importer = opts.importer ?? defaultImporter;
-  if (opts.hardwareOnly && process.platform === 'linux' && !gpuDeviceNodes()) {
+  if (opts.hardwareOnly && process.platform === 'linux' && !(opts.gpuDevicePresent ?? gpuDeviceNodes)()) {
     throw new WebGpuUnavailable('no GPU device node (/dev/dri/renderD*, /dev/nvidia*, /dev/dxg)', true);
   }
   const dawn = (await importer('webgpu').catch(() => null)) as DawnModule | null;
@@ -117,7 +123,7 @@ export async function startWebGpu(opts: { hardwareOnly: boolean; importer?: Impo
     throw new WebGpuUnavailable(`the only adapter is a software one (${summary.description || summary.architecture})`, true);
   }
   const device = await adapter.requestDevice({ requiredLimits: maxLimits(adapter.limits), requiredFeatures: [...adapter.features].filter((f) => f === 'timestamp-query') });
-  summary.limits = bindingLimits(device.limits);
+  summary.limits = { maxStorageBufferBindingSize: device.limits.maxStorageBufferBindingSize, maxBufferSize: device.limits.maxBufferSize };
   summary.memory = gpuMemory(summary);
   // GPU errors arrive asynchronously, outside any call: say so at once and fail the next read.
   device.addEventListener('uncapturederror', (e) => {
@@ -189,17 +195,6 @@ function maxLimits(l: GpuLimits): Partial<GpuLimits> {
     maxComputeWorkgroupSizeX: l.maxComputeWorkgroupSizeX,
     maxComputeInvocationsPerWorkgroup: l.maxComputeInvocationsPerWorkgroup,
   };
-}
-
-function bindingLimits(l: GpuLimits): AdapterSummary['limits'] {
-  const raw = process.env[MAX_BINDING_ENV];
-  let binding = l.maxStorageBufferBindingSize;
-  if (raw !== undefined && raw !== '') {
-    const v = Number(raw);
-    if (!Number.isInteger(v) || v < 16) throw new Error(`${MAX_BINDING_ENV} must be a whole number of bytes ≥ 16, got '${raw}'`);
-    binding = Math.min(binding, v);
-  }
-  return { maxStorageBufferBindingSize: binding, maxBufferSize: l.maxBufferSize };
 }
 
 const SOFTWARE = /swiftshader|llvmpipe|lavapipe|softpipe|software|microsoft basic render/i;

@@ -12,7 +12,6 @@ import { openCheckpoint } from '../src/base/checkpoint.js';
 import { readConfig } from '../src/base/config.js';
 import { Linear } from '../src/base/linear.js';
 import { buildParts, loadBase } from '../src/base/load.js';
-import { crossEntropy } from '../src/base/loss.js';
 import { CausalLM } from '../src/base/model.js';
 import { Rng } from '../src/base/rng.js';
 import { openSafetensors, writeSafetensors, type TensorToWrite } from '../src/base/safetensors.js';

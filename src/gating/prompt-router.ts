@@ -205,7 +205,7 @@ export function centroidRouter(experts: readonly string[], sums: Float64Array, c
  */
 export function routeWeights(probs: tf.Tensor2D, allowed: number[][] | null, topK: number): tf.Tensor2D {
   return tf.tidy(() => {
-    const [B, N] = probs.shape;
+    const N = probs.shape[1];
     const ok = allowed ? tf.tensor2d(allowed.flat(), [allowed.length, N]) : tf.ones([1, N]);
     // Excluded experts score far below any probability (finite: WGSL may assume no infinities).
     const score = probs.mul(ok).add(ok.sub(1).mul(1e30));

@@ -12,7 +12,7 @@ import { evalBatches, type TokenStore } from '../data/index.js';
 import { toLmBatch, trainLm, type LmTrainOptions } from '../train/lm.js';
 import { inRunFolder, type TrainResult } from '../train/trainer.js';
 import type { RouterStats, RouterStatsSlot } from './moe-losses.js';
-import { enableBalancingBias, moeLayers, routerParams, routerStatsOf, updateBalancingBias } from './moe.js';
+import { enableBalancingBias, moeLayers, routerParams, updateBalancingBias } from './moe.js';
 import { upcycle, type UpcycleOptions } from './upcycle.js';
 
 export interface UpcycleFolderOptions extends UpcycleOptions {

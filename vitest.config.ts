@@ -1,4 +1,5 @@
 import { createRequire } from 'node:module';
+import { tmpdir } from 'node:os';
 import { defineConfig } from 'vitest/config';
 
 /**
@@ -43,7 +44,12 @@ export default defineConfig({
             test: {
               name: 'webgpu',
               include: ['test/parity.test.ts', 'test/moe-parity.test.ts', 'test/webgpu/**/*.test.ts'],
-              env: { MOLORA_BACKEND: 'webgpu', VK_ICD_FILENAMES: SWIFTSHADER_ICD },
+              env: {
+                MOLORA_BACKEND: 'webgpu',
+                VK_ICD_FILENAMES: SWIFTSHADER_ICD,
+                // Unset, it makes Dawn's Wayland probe print an error line per process.
+                XDG_RUNTIME_DIR: process.env.XDG_RUNTIME_DIR ?? tmpdir(),
+              },
             },
           }]
         : []),

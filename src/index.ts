@@ -32,7 +32,7 @@ export { PromptRouter, createRouter, centroidRouter, promptFeatures, routeWeight
 export type { GateOptions, GateLevel, Granularity } from './gating/mole.js';
 export { trainGate, gateStatsOn, type TrainGateOptions } from './gating/train-gate.js';
 export { readProfiles, applyProfile, type Profiles, type ProfileEntry } from './gating/profile.js';
-export { MoEFFN, maskExperts, parseExpertMask, routerStatsOf } from './moe/moe.js';
+export { MoEFFN, maskExperts, parseExpertMask, routerStatsOf, collectRouterStats } from './moe/moe.js';
 export { upcycle } from './moe/upcycle.js';
 export { loadDataset, BatchSampler, type Dataset } from './data/index.js';
 export { train, type TrainSpec, type TrainResult, TrainError } from './train/trainer.js';

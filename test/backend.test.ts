@@ -24,7 +24,8 @@ describe('initBackend', () => {
     const { initBackend } = await fresh();
     const warn = vi.fn();
     const info = await initBackend({ warn });
-    expect(info).toEqual({ name: 'wasm', reason: 'default (no tfjs-node installed)' });
+    expect(info.name).toBe('wasm');
+    expect(info.reason).toMatch(/^default \(no tfjs-node; no webgpu: .+\)$/);
     expect(tf.getBackend()).toBe('wasm');
     expect(warn).not.toHaveBeenCalled();
     // The stock wasm backend has no UnsortedSegmentSum; the patches add it.
@@ -34,8 +35,8 @@ describe('initBackend', () => {
 
   it('rejects an unknown name, from the flag or the environment', async () => {
     const { initBackend } = await fresh();
-    await expect(initBackend({ backend: 'webgpu' })).rejects.toThrow(
-      "unknown backend 'webgpu'; choose one of: tensorflow, wasm, cpu");
+    await expect(initBackend({ backend: 'metal' })).rejects.toThrow(
+      "unknown backend 'metal'; choose one of: tensorflow, webgpu, wasm, cpu");
     process.env.MOLORA_BACKEND = 'gpu';
     await expect(initBackend()).rejects.toThrow("unknown backend 'gpu'");
   });
@@ -67,5 +68,39 @@ describe('initBackend', () => {
     expect((await initBackend()).name).toBe('wasm');
     expect((await initBackend({ backend: 'cpu', warn: () => {} })).name).toBe('cpu');
     expect(tf.getBackend()).toBe('cpu');
+  });
+
+  it('without the webgpu package: the automatic order goes on to wasm, and a forced webgpu says what to install', async () => {
+    const { initBackend } = await fresh();
+    const missing = (m: string): Promise<unknown> => (m === 'webgpu' || m.startsWith('@tensorflow/tfjs-node') ? Promise.reject(new Error(`Cannot find package '${m}'`)) : import(m));
+    // A GPU device node present, so the automatic order does try the package.
+    const probe = { importer: missing, gpuDevicePresent: () => true, warn: () => {} };
+    const info = await initBackend(probe);
+    expect(info).toEqual({ name: 'wasm', reason: expect.stringMatching(/no webgpu: the webgpu package is not installed: install webgpu and @tensorflow\/tfjs-backend-webgpu/) });
+    await expect(initBackend({ ...probe, backend: 'webgpu' })).rejects.toThrow(
+      /^backend 'webgpu' could not start: the webgpu package is not installed: install webgpu and @tensorflow\/tfjs-backend-webgpu \(npm install webgpu @tensorflow\/tfjs-backend-webgpu\)$/);
+    expect(tf.getBackend()).toBe('wasm');
+  });
+
+  it('without a GPU device node the automatic order does not start Dawn at all', async () => {
+    const { initBackend } = await fresh();
+    const asked: string[] = [];
+    const importer = (m: string): Promise<unknown> => {
+      asked.push(m);
+      return m === 'webgpu' ? Promise.reject(new Error('must not be imported')) : import(m);
+    };
+    const info = await initBackend({ importer, gpuDevicePresent: () => false, warn: () => {} });
+    expect(info.reason).toMatch(/no webgpu: no GPU device node/);
+    expect(asked).not.toContain('webgpu');
+  });
+
+  it('the wasm patches stay on wasm: no other backend gets one of them', async () => {
+    const { initBackend } = await fresh();
+    // The kernels module of that fresh start (the one whose patches were installed).
+    const { patchedKernels } = await import('../src/base/kernels.js');
+    await initBackend({ backend: 'wasm' });
+    expect(patchedKernels('wasm')).toEqual(expect.arrayContaining([tf.BatchMatMul, tf._FusedMatMul, tf.GatherV2, tf.UnsortedSegmentSum, 'MoloraSplitHeads']));
+    expect(patchedKernels('webgpu')).toEqual([]);
+    expect(patchedKernels('cpu')).toEqual(['MoloraSplitHeads', 'MoloraMergeHeads']);
   });
 });

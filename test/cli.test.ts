@@ -59,7 +59,7 @@ describe('molora CLI', () => {
     await initBackend();
     const model = loadBase(dir);
     const prompt = promptIds(model, { text: 'Hello' });
-    const want = generate(model, [prompt], { maxNewTokens: 5 }).tokens[0]!.filter((t) => !model.config.eosIds.includes(t));
+    const want = (await generate(model, [prompt], { maxNewTokens: 5 })).tokens[0]!.filter((t) => !model.config.eosIds.includes(t));
     expect(out).toBe(`Hello${model.tokenizer!.decode(want)}\n`);
     model.dispose();
     const info = JSON.parse(run('inspect', dir, '--json'));
@@ -74,7 +74,7 @@ describe('molora CLI', () => {
     const adapter = createLora(model, { ...DEFAULT_LORA, r: 4, targetModules: ['q_proj', 'down_proj'] }, 'a', new Rng(2));
     for (const l of adapter.layers.values()) l.bT.assign(tf.randomNormal(l.bT.shape, 0, 0.2, 'float32', 4));
     const adir = join(tmp.dir, 'adapter');
-    saveAdapter(adapter, adir);
+    await saveAdapter(adapter, adir);
     adapter.dispose();
     model.dispose();
     const merged = join(tmp.dir, 'merged');
@@ -97,7 +97,7 @@ describe('molora CLI', () => {
     for (const [name, seed] of [['a', 1], ['b', 2]] as const) {
       const ad = createLora(model, { ...DEFAULT_LORA, r: 2, targetModules: ['q_proj', 'v_proj'] }, name, new Rng(seed));
       for (const l of ad.layers.values()) l.bT.assign(tf.randomNormal(l.bT.shape, 0, 0.1, 'float32', seed));
-      saveAdapter(ad, join(tmp.dir, `expert-${name}`));
+      await saveAdapter(ad, join(tmp.dir, `expert-${name}`));
       ad.dispose();
     }
     model.dispose();
@@ -163,7 +163,7 @@ describe('molora CLI', () => {
     const model = loadBase(llama, { warn: () => {} });
     for (const [name, seed] of [['a', 1], ['b', 2]] as const) {
       const e = randomExpert(model, name, ['q_proj', 'v_proj'], seed);
-      saveAdapter(e, join(tmp.dir, `share-${name}`));
+      await saveAdapter(e, join(tmp.dir, `share-${name}`));
       e.dispose();
     }
     model.dispose();

@@ -39,11 +39,11 @@ const gateStepTensors: number[] = [];
 const routerStepTensors: number[] = [];
 let test: Awaited<ReturnType<typeof loadLmData>>;
 const exact = (r: EvalReport): Record<string, number> => Object.fromEntries(Object.entries(r.tasks).map(([t, s]) => [t, s.exact_match!]));
-const score = (): Record<string, number> => exact(evaluate(model.base, test.dataset.train, { batchSize: 30, seqLen: 32, useCache: model.cacheSafe }));
+const score = async (): Promise<Record<string, number>> => exact(await evaluate(model.base, test.dataset.train, { batchSize: 30, seqLen: 32, useCache: model.cacheSafe }));
 
 beforeAll(async () => {
   await initBackend();
-  initBase({ arch: 'llama', layers: 2, hidden: 64, heads: 4, ffn: 128, out: base, seed: 1 });
+  await initBase({ arch: 'llama', layers: 2, hidden: 64, heads: 4, ffn: 128, out: base, seed: 1 });
   const train = { model: base, ...cols, seqLen: 32, batchSize: 16, lr: 1e-2, seed: 0, ...quiet };
   for (const t of Object.keys(TASKS)) {
     writeRows(join(tmp.dir, `${t}.csv`), 300, 1, t);
@@ -82,17 +82,21 @@ afterAll(() => {
 });
 
 describe('prompt routers over three task experts', () => {
-  const own = (): Record<string, number> => Object.fromEntries(Object.keys(TASKS).map((t) => [t, (model.only(t), score())[t]!]));
+  const own = async (): Promise<Record<string, number>> => {
+    const out: Record<string, number> = {};
+    for (const t of Object.keys(TASKS)) out[t] = (model.only(t), await score())[t]!;
+    return out;
+  };
 
-  it('the default router (task labels) matches each adapter alone; masking an expert loses only its task', () => {
-    const alone = own();
-    model.mask(null).useGate(join(tmp.dir, 'router'));
-    const routed = score();
+  it('the default router (task labels) matches each adapter alone; masking an expert loses only its task', async () => {
+    const alone = await own();
+    await model.mask(null).useGate(join(tmp.dir, 'router'));
+    const routed = await score();
     for (const t of Object.keys(TASKS)) {
       expect(alone[t]).toBeGreaterThanOrEqual(0.9);
       expect(routed[t], `router on ${t}`).toBeGreaterThanOrEqual(0.95 * alone[t]!);
       model.mask([t]);
-      const masked = score();
+      const masked = await score();
       expect(masked[t], `masking ${t}`).toBeLessThanOrEqual(0.1);
       for (const other of Object.keys(TASKS).filter((o) => o !== t)) expect(Math.abs(masked[other]! - routed[other]!), `masking ${t} moves ${other}`).toBeLessThanOrEqual(0.05);
       model.mask(null);
@@ -102,28 +106,28 @@ describe('prompt routers over three task experts', () => {
     expect(new Set(routerStepTensors.slice(1)).size).toBe(1);
   });
 
-  it('the router taught by the LM loss alone reaches 90% of each adapter alone', () => {
-    const alone = own();
-    model.mask(null).useGate(join(tmp.dir, 'router-lm'));
-    const routed = score();
+  it('the router taught by the LM loss alone reaches 90% of each adapter alone', async () => {
+    const alone = await own();
+    await model.mask(null).useGate(join(tmp.dir, 'router-lm'));
+    const routed = await score();
     for (const t of Object.keys(TASKS)) expect(routed[t], `LM-loss router on ${t}`).toBeGreaterThanOrEqual(0.9 * alone[t]!);
   });
 });
 
 describe('MoLE composition of three task experts', () => {
-  it('the gate recovers each task close to its own adapter and beats static equal weights; masking an expert loses its task and spares the others', () => {
+  it('the gate recovers each task close to its own adapter and beats static equal weights; masking an expert loses its task and spares the others', async () => {
     const own: Record<string, number> = {};
-    for (const t of Object.keys(TASKS)) own[t] = (model.only(t), score())[t]!;
+    for (const t of Object.keys(TASKS)) own[t] = (model.only(t), await score())[t]!;
     model.mask(null).useWeights({ color: 1 / 3, fruit: 1 / 3, pet: 1 / 3 });
-    const equal = score();
-    model.useGate(join(tmp.dir, 'gate'));
-    const gated = score();
+    const equal = await score();
+    await model.useGate(join(tmp.dir, 'gate'));
+    const gated = await score();
     for (const t of Object.keys(TASKS)) {
       expect(own[t]).toBeGreaterThanOrEqual(0.9);
       expect(gated[t], `gate on ${t}`).toBeGreaterThanOrEqual(0.95 * own[t]!);
       expect(gated[t]).toBeGreaterThan(equal[t]!);
       model.mask([t]);
-      const masked = score();
+      const masked = await score();
       expect(masked[t], `masking ${t}`).toBeLessThanOrEqual(0.1);
       for (const other of Object.keys(TASKS).filter((o) => o !== t)) {
         expect(Math.abs(masked[other]! - gated[other]!), `masking ${t} moves ${other}`).toBeLessThanOrEqual(0.02);
@@ -132,20 +136,20 @@ describe('MoLE composition of three task experts', () => {
     }
   });
 
-  it('with the balance loss on, no expert takes more than half of the mean gate weight', () => {
-    model.mask(null).useGate(join(tmp.dir, 'gate'));
-    const stats = gateStatsOn(model.composition, test.dataset.train, test.dataset.taskNames, 32, Infinity);
+  it('with the balance loss on, no expert takes more than half of the mean gate weight', async () => {
+    await model.mask(null).useGate(join(tmp.dir, 'gate'));
+    const stats = await gateStatsOn(model.composition, test.dataset.train, test.dataset.taskNames, 32, Infinity);
     const mean = model.experts.map((_, i) => stats.gates.reduce((a, g) => a + g.meanWeight[i]!, 0) / stats.gates.length);
     expect(Math.max(...mean)).toBeLessThanOrEqual(0.5);
     expect(mean.reduce((a, b) => a + b, 0)).toBeCloseTo(1, 4);
   });
 
-  it('numTensors stays flat across gate-training steps and generation', () => {
+  it('numTensors stays flat across gate-training steps and generation', async () => {
     expect(new Set(gateStepTensors.slice(1)).size).toBe(1);
-    model.mask(null).useGate(join(tmp.dir, 'gate'));
+    await model.mask(null).useGate(join(tmp.dir, 'gate'));
     const counts: number[] = [];
     for (let i = 0; i < 5; i++) {
-      model.generate('pet abc =', { maxNewTokens: 4 });
+      await model.generate('pet abc =', { maxNewTokens: 4 });
       counts.push(tf.memory().numTensors);
     }
     expect(new Set(counts).size).toBe(1);
@@ -163,7 +167,7 @@ describe('MoLE composition of three task experts', () => {
     }
   });
 
-  it('a per-task profile switches experts, gate and mask without reloading the base', () => {
+  it('a per-task profile switches experts, gate and mask without reloading the base', async () => {
     const file = join(tmp.dir, 'profiles.json');
     writeFileSync(file, JSON.stringify({ tasks: {
       all: { experts: { color: 'color', fruit: 'fruit', pet: 'pet' }, gate: 'gate' },
@@ -172,12 +176,12 @@ describe('MoLE composition of three task experts', () => {
     } }));
     const p = readProfiles(file);
     const baseRef = model.base;
-    applyProfile(model, p.tasks.fruit!);
+    await applyProfile(model, p.tasks.fruit!);
     expect(model.experts).toEqual(['fruit']);
-    expect(score().fruit).toBeGreaterThanOrEqual(0.9);
-    applyProfile(model, p.tasks['no-pet']!);
-    expect(score().pet).toBeLessThanOrEqual(0.1);
-    applyProfile(model, p.tasks.all!);
+    expect((await score()).fruit).toBeGreaterThanOrEqual(0.9);
+    await applyProfile(model, p.tasks['no-pet']!);
+    expect((await score()).pet).toBeLessThanOrEqual(0.1);
+    await applyProfile(model, p.tasks.all!);
     expect(model.base).toBe(baseRef);
     expect(() => readProfiles(join(tmp.dir, 'missing.json'))).toThrow(/profiles file not found/);
   });

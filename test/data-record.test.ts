@@ -103,22 +103,23 @@ describe('MoleModel.generate shapes text prompts as its experts were trained', (
     m = new MoleModel(loadBase(model));
     dir = join(tmp.dir, 'expert');
     const lora = createLora(m.base, { ...DEFAULT_LORA, targetModules: ['q_proj', 'v_proj'] }, 'sms', new Rng(1));
-    saveAdapter(lora, dir);
+    await saveAdapter(lora, dir);
     lora.dispose();
     writeDataRecord(dir, SMS);
     m.addExpert('sms', dir);
   });
   afterAll(() => m.dispose());
 
-  it('fills the recorded template, unless raw', () => {
+  it('fills the recorded template, unless raw', async () => {
     const ids = (text: string) => m.base.tokenizer!.encode(text, { addBos: true });
-    const shaped = m.generate('Free entry!', { maxNewTokens: 3 });
-    const raw = m.generate('Free entry!', { maxNewTokens: 3, raw: true });
-    expect(shaped.tokens).toEqual(m.generate(ids('SMS: Free entry!\nLabel:'), { maxNewTokens: 3 }).tokens);
-    expect(raw.tokens).toEqual(m.generate(ids('Free entry!'), { maxNewTokens: 3 }).tokens);
+    const tokens = async (p: string | number[], raw?: boolean) => (await m.generate(p, { maxNewTokens: 3, raw })).tokens;
+    const shaped = await tokens('Free entry!');
+    const raw = await tokens('Free entry!', true);
+    expect(shaped).toEqual(await tokens(ids('SMS: Free entry!\nLabel:')));
+    expect(raw).toEqual(await tokens(ids('Free entry!')));
     // The two prompts continue differently, so the checks above tell them apart.
-    expect(shaped.tokens).not.toEqual(raw.tokens);
+    expect(shaped).not.toEqual(raw);
     m.removeExpert('sms');
-    expect(m.generate('Free entry!', { maxNewTokens: 3 }).tokens).toEqual(m.generate(ids('Free entry!'), { maxNewTokens: 3 }).tokens);
+    expect(await tokens('Free entry!')).toEqual(await tokens(ids('Free entry!')));
   });
 });

@@ -62,22 +62,22 @@ describe('disk errors name the path', () => {
     expect(() => log.write({ step: 1 })).toThrow(`cannot write ${log.path}: no space left on the device (ENOSPC)`);
   });
 
-  it('init-base that fails leaves no folder behind, and says why', () => {
+  it('init-base that fails leaves no folder behind, and says why', async () => {
     const out = join(tmp.dir, 'new', 'base');
     disk.full = (p) => p.includes('model.safetensors');
-    expect(() => initBase({ ...SHAPE, out })).toThrow(`cannot write ${join(out, 'model.safetensors')}: no space left on the device (ENOSPC)`);
+    await expect(initBase({ ...SHAPE, out })).rejects.toThrow(`cannot write ${join(out, 'model.safetensors')}: no space left on the device (ENOSPC)`);
     expect(existsSync(join(tmp.dir, 'new'))).toBe(false);
   });
 
-  it('a missing folder on a read-only mount: the folder that cannot be made, not ENOENT', () => {
+  it('a missing folder on a read-only mount: the folder that cannot be made, not ENOENT', async () => {
     disk.readOnly = ro;
     const out = join(ro, 'a', 'b');
-    expect(() => initBase({ ...SHAPE, out })).toThrow(`cannot create the folder ${join(ro, 'a')}: the file system is read-only (EROFS)`);
+    await expect(initBase({ ...SHAPE, out })).rejects.toThrow(`cannot create the folder ${join(ro, 'a')}: the file system is read-only (EROFS)`);
   });
 
   it('train-adapter checks that its output folder is writable before reading the data', async () => {
     const model = join(tmp.dir, 'model');
-    initBase({ ...SHAPE, out: model });
+    await initBase({ ...SHAPE, out: model });
     disk.readOnly = ro;
     const o = { model, data: join(tmp.dir, 'missing.csv'), seqLen: 16, batchSize: 2, lr: 1e-3, seed: 0, steps: 1, progress: 'off' as const, log: () => {} };
     await expect(trainAdapter({ ...o, out: ro })).rejects.toThrow(`cannot write in ${ro}: the file system is read-only (EROFS)`);

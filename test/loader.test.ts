@@ -80,39 +80,39 @@ describe('loading errors', () => {
 });
 
 describe('init-base and save', () => {
-  it.each(['llama', 'gpt2'] as const)('init-base writes a %s folder that loads, runs and round-trips', (arch) => {
+  it.each(['llama', 'gpt2'] as const)('init-base writes a %s folder that loads, runs and round-trips', async (arch) => {
     const t = tempDir();
     cleanups.push(t.cleanup);
-    initBase({ arch, layers: 2, hidden: 32, heads: 4, kvHeads: arch === 'llama' ? 2 : undefined, ffn: 48, out: t.dir, seed: 3 });
+    await initBase({ arch, layers: 2, hidden: 32, heads: 4, kvHeads: arch === 'llama' ? 2 : undefined, ffn: 48, out: t.dir, seed: 3 });
     const model = loadBase(t.dir, quiet);
     expect(model.tokenizer).not.toBeNull();
     expect(model.config.vocabSize).toBe(259);
-    const a = logprobs(model, probe);
+    const a = await logprobs(model, probe);
     const copy = join(t.dir, 'copy');
-    saveModel(model, copy);
+    await saveModel(model, copy);
     const again = loadBase(copy, quiet);
-    const b = logprobs(again, probe);
+    const b = await logprobs(again, probe);
     a.forEach((row, i) => row.forEach((v, j) => expect(maxAbsDiff(v, b[i]![j]!)).toBe(0)));
     model.dispose();
     again.dispose();
   });
 
-  it('the same seed gives the same weights', () => {
+  it('the same seed gives the same weights', async () => {
     const t = tempDir();
     cleanups.push(t.cleanup);
-    for (const d of ['a', 'b']) initBase({ arch: 'llama', layers: 1, hidden: 16, heads: 2, ffn: 24, out: join(t.dir, d), seed: 9 });
+    for (const d of ['a', 'b']) await initBase({ arch: 'llama', layers: 1, hidden: 16, heads: 2, ffn: 24, out: join(t.dir, d), seed: 9 });
     expect(readFileSync(join(t.dir, 'a', 'model.safetensors')).equals(readFileSync(join(t.dir, 'b', 'model.safetensors')))).toBe(true);
   });
 
-  it.each(['F16', 'BF16'] as const)('a model saved as %s reloads within that dtype\'s rounding', (dtype) => {
+  it.each(['F16', 'BF16'] as const)('a model saved as %s reloads within that dtype\'s rounding', async (dtype) => {
     const t = tempDir();
     cleanups.push(t.cleanup);
     const model = loadBase(join(MODEL_FIXTURES, 'llama-gqa'), quiet);
-    saveModel(model, t.dir, dtype);
+    await saveModel(model, t.dir, dtype);
     const half = loadBase(t.dir, quiet);
     expect(JSON.parse(readFileSync(join(t.dir, 'config.json'), 'utf8')).torch_dtype).toBe(dtype === 'F16' ? 'float16' : 'bfloat16');
-    const a = logprobs(model, probe);
-    const b = logprobs(half, probe);
+    const a = await logprobs(model, probe);
+    const b = await logprobs(half, probe);
     const tol = dtype === 'F16' ? 0.02 : 0.2;
     a.forEach((row, i) => row.forEach((v, j) => expect(maxAbsDiff(v, b[i]![j]!)).toBeLessThan(tol)));
     model.dispose();

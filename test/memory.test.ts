@@ -2,7 +2,7 @@ import * as tf from '@tensorflow/tfjs';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { initBackend } from '../src/base/backend.js';
 import {
-  WASM_HEAP_LIMIT_BYTES, assertFitsHeap, estimateModelBytes, estimateTrainingBytes, heapUsage, type TrainingShape,
+  WASM_HEAP_LIMIT_BYTES, assertFitsMemory, estimateModelBytes, estimateTrainingBytes, heapUsage, type TrainingShape,
 } from '../src/base/memory.js';
 
 beforeAll(async () => {
@@ -40,18 +40,18 @@ describe('estimates', () => {
   });
 });
 
-describe('assertFitsHeap', () => {
+describe('assertFitsMemory', () => {
   it('refuses an oversize plan on wasm, with the numbers and the ways out', () => {
     const big = estimateTrainingBytes({ ...measured, batch: 64, seq: 512 });
-    expect(() => assertFitsHeap(big, 'training')).toThrow(/training needs about [\d.]+ GiB .* 3\.50 GiB/);
-    expect(() => assertFitsHeap(big, 'training')).toThrow(/smaller batch or sequence length.*tfjs-node/);
-    expect(() => assertFitsHeap(estimateTrainingBytes(measured), 'training')).not.toThrow();
+    expect(() => assertFitsMemory(big, 'training')).toThrow(/training needs about [\d.]+ GiB .* 3\.50 GiB/);
+    expect(() => assertFitsMemory(big, 'training')).toThrow(/smaller batch or sequence length.*tfjs-node/);
+    expect(() => assertFitsMemory(estimateTrainingBytes(measured), 'training')).not.toThrow();
   });
 
   it('is a no-op off wasm', async () => {
     await tf.setBackend('cpu');
     try {
-      expect(() => assertFitsHeap(100 * 2 ** 30, 'training')).not.toThrow();
+      expect(() => assertFitsMemory(100 * 2 ** 30, 'training')).not.toThrow();
       expect(heapUsage().heapBytes).toBeNull();
     } finally {
       await tf.setBackend('wasm');

@@ -60,7 +60,7 @@ function tudbKey(k: string): string | null {
 }
 
 describe('MixLoRA files against the TUDB-Labs MixLoRA layout and math', () => {
-  it('keys, shapes and config map one to one onto MixLoRA\'s; the forward matches a float64 reimplementation from the file at 1e-4', () => {
+  it('keys, shapes and config map one to one onto MixLoRA\'s; the forward matches a float64 reimplementation from the file at 1e-4', async () => {
     const model = loadBase(baseDir, quiet);
     const dir = join(tmp.dir, 'mix');
     const targets = ['q_proj', 'v_proj', 'gate_proj', 'up_proj', 'down_proj'];
@@ -70,7 +70,7 @@ describe('MixLoRA files against the TUDB-Labs MixLoRA layout and math', () => {
     for (const [key, v] of mix.params()) {
       if (key.endsWith('lora_B.weight')) tf.tidy(() => v.assign(tf.tensor(rng.normalArray(v.size, 0.1), v.shape)));
     }
-    saveMixLora(mix, dir);
+    await saveMixLora(mix, dir);
     mix.dispose();
 
     const cfgBase = JSON.parse(readFileSync(join(baseDir, 'config.json'), 'utf8')) as Record<string, unknown>;
@@ -152,7 +152,7 @@ describe('MixLoRA files against the TUDB-Labs MixLoRA layout and math', () => {
       for (const c of readReference('llama-gqa').cases) {
         real = c.attention_mask.flat();
         const ref = logprobs64(W, cfgBase, c.ids, c.attention_mask, { ffn, delta });
-        const got = logprobs(model, { ids: Int32Array.from(c.ids.flat()), attentionMask: Uint8Array.from(real), batch: c.ids.length, seq: c.ids[0]!.length });
+        const got = await logprobs(model, { ids: Int32Array.from(c.ids.flat()), attentionMask: Uint8Array.from(real), batch: c.ids.length, seq: c.ids[0]!.length });
         let worst = 0;
         let moved = 0;
         ref.forEach((row, b) => row.forEach((want64, t) => {

@@ -51,7 +51,7 @@ function randomise(a: MixLoraAdapter, seed: number): void {
 
 beforeAll(async () => {
   await initBackend();
-  writeDenseBase(base);
+  await writeDenseBase(base);
   taskCsv(tmp.dir);
 });
 afterAll(() => tmp.cleanup());
@@ -60,9 +60,9 @@ afterEach(() => {
 });
 
 describe('MixLoRA', () => {
-  it('a fresh adapter (B = 0) leaves the model unchanged; detaching restores the dense FFNs', () => {
+  it('a fresh adapter (B = 0) leaves the model unchanged; detaching restores the dense FFNs', async () => {
     const model = loadBase(base, quiet);
-    const plain = logprobs(model, batch);
+    const plain = await logprobs(model, batch);
     const ffns = model.blocks.map((b) => b.ffn);
     const mix = createMixLora(model, lora(['q_proj', 'v_proj']), { experts: 4, topK: 2 }, 'fresh', new Rng(0));
     mix.attach(model);
@@ -73,27 +73,29 @@ describe('MixLoRA', () => {
       'base_model.model.model.layers.1.mlp.experts.3.down_proj.lora_B.weight',
     ]));
     expect(mix.config.targetModules).toEqual(['q_proj', 'v_proj', 'gate_proj', 'up_proj', 'down_proj']);
-    expect(worstDiff(logprobs(model, batch), plain)).toBeLessThan(1e-5);
-    const stats = mix.stats();
+    mix.collectStats(true);
+    expect(worstDiff(await logprobs(model, batch), plain)).toBeLessThan(1e-5);
+    const stats = await mix.stats();
     expect(stats.map((s) => s.tokens)).toEqual([10, 10]);
+    mix.collectStats(false);
     mix.dispose();
     expect(model.blocks.map((b) => b.ffn)).toEqual(ffns);
     model.dispose();
   });
 
-  it('experts on only the named FFN projections, in only the chosen layers; a random adapter is sparse per token and works with the KV cache', () => {
+  it('experts on only the named FFN projections, in only the chosen layers; a random adapter is sparse per token and works with the KV cache', async () => {
     const model = loadBase(base, quiet);
-    const plain = logprobs(model, batch);
+    const plain = await logprobs(model, batch);
     const mix = createMixLora(model, { ...lora(['down_proj']), layersToTransform: [1] }, { experts: 3, topK: 1 }, 'x', new Rng(0));
     expect(mix.plain).toBeNull();
     expect(mix.ffns.map((f) => f.layer)).toEqual([1]);
     expect(mix.ffns[0]!.experts.map((e) => [...e.values()].map((l) => l.module))).toEqual([0, 1, 2].map((j) => [`model.layers.1.mlp.experts.${j}.down_proj`]));
     randomise(mix, 1);
     mix.attach(model);
-    expect(worstDiff(logprobs(model, batch), plain)).toBeGreaterThan(1e-3);
+    expect(worstDiff(await logprobs(model, batch), plain)).toBeGreaterThan(1e-3);
     const prompt = [[5, 9, 13, 17]];
-    const cached = generate(model, prompt, { maxNewTokens: 6, stopIds: [] });
-    const recomputed = generate(model, prompt, { maxNewTokens: 6, stopIds: [], useCache: false });
+    const cached = await generate(model, prompt, { maxNewTokens: 6, stopIds: [] });
+    const recomputed = await generate(model, prompt, { maxNewTokens: 6, stopIds: [], useCache: false });
     expect(cached.tokens).toEqual(recomputed.tokens);
     mix.dispose();
     model.dispose();
@@ -111,7 +113,7 @@ describe('MixLoRA', () => {
     const real = Float32Array.from([1, 1, 1, 0, 1, 1, 1]);
     const x = tf.tensor2d(xData, [N, D]);
     const tokenMask = tf.tensor2d(real, [N, 1]);
-    const ctx = (): ForwardContext => ({ batch: 1, seq: N, training: false, tokenMask, aux: [], rng: null });
+    const ctx = (): ForwardContext => ({ batch: 1, seq: N, training: false, tokenMask, realTokens: real, aux: [], rng: null });
     const host = (t: tf.Tensor): Float64Array => Float64Array.from(t.dataSync());
     // x [n, i] @ w [i, o], all in float64.
     const mm = (a: Float64Array, b: Float64Array, n: number, i: number, o: number): Float64Array => {
@@ -221,7 +223,7 @@ describe('MixLoRA', () => {
     const attached = attachAdapterFolders(model, [out], () => {});
     const tok = model.tokenizer!;
     const ids = tok.encode('pet xyz =', { addBos: true });
-    expect(tok.decode(generate(model, [ids], { maxNewTokens: 4 }).tokens[0]!, { skipSpecial: true })).toMatch(/^ cat/);
+    expect(tok.decode((await generate(model, [ids], { maxNewTokens: 4 })).tokens[0]!, { skipSpecial: true })).toMatch(/^ cat/);
     for (const a of attached) a.dispose();
     model.dispose();
   });
@@ -229,28 +231,28 @@ describe('MixLoRA', () => {
   it.each([
     ['llama', () => join(tmp.dir, 'base'), ['q_proj', 'v_proj']],
     ['gpt2', () => join(MODEL_FIXTURES, 'gpt2'), ['c_attn', 'c_fc']],
-  ] as const)('save → load round trip on %s gives identical logits', (_arch, dir, targets) => {
+  ] as const)('save → load round trip on %s gives identical logits', async (_arch, dir, targets) => {
     const model = loadBase(dir(), quiet);
     const mix = createMixLora(model, lora([...targets]), { experts: 3, topK: 2 }, 'rt', new Rng(2));
     randomise(mix, 3);
     const out = join(tmp.dir, `rt-${_arch}`);
-    saveMixLora(mix, out);
+    await saveMixLora(mix, out);
     mix.attach(model);
-    const want = logprobs(model, batch);
+    const want = await logprobs(model, batch);
     mix.dispose();
     const back = loadMixLora(model, out, quiet);
     back.attach(model);
-    expect(worstDiff(logprobs(model, batch), want)).toBe(0);
+    expect(worstDiff(await logprobs(model, batch), want)).toBe(0);
     expect(back.config).toEqual(mix.config);
     back.dispose();
     model.dispose();
   });
 
-  it('plain PEFT loaders refuse a MixLoRA folder; the MixLoRA loader names bad tensors', () => {
+  it('plain PEFT loaders refuse a MixLoRA folder; the MixLoRA loader names bad tensors', async () => {
     const model = loadBase(base, quiet);
     const mix = createMixLora(model, lora(['q_proj']), { experts: 2, topK: 1 }, 'bad', new Rng(4));
     const dir = join(tmp.dir, 'bad');
-    saveMixLora(mix, dir);
+    await saveMixLora(mix, dir);
     mix.dispose();
     try {
       expect(() => loadAdapter(model, dir, quiet)).toThrow(/bad: a MixLoRA adapter \(LoRA experts routed per token in the FFN\), not a plain PEFT LoRA/);

@@ -18,12 +18,12 @@ beforeAll(async () => {
 const quiet = { warn: () => {} };
 
 describe.each(['llama-gqa', 'qwen2', 'gpt2', 'mistral-swa'])('KV-cache decoding (%s)', (name) => {
-  it('equals recomputing the full forward at every step, and the reference greedy tokens', () => {
+  it('equals recomputing the full forward at every step, and the reference greedy tokens', async () => {
     const model = loadBase(join(MODEL_FIXTURES, name), quiet);
     const { greedy } = readReference(name);
     const opts = { maxNewTokens: greedy.tokens.length, stopIds: [], keepLogits: true };
-    const cached = generate(model, [greedy.prompt], { ...opts, useCache: true });
-    const full = generate(model, [greedy.prompt], { ...opts, useCache: false });
+    const cached = await generate(model, [greedy.prompt], { ...opts, useCache: true });
+    const full = await generate(model, [greedy.prompt], { ...opts, useCache: false });
     expect(cached.tokens).toEqual(full.tokens);
     expect(cached.tokens[0]).toEqual(greedy.tokens);
     cached.logits![0]!.forEach((row, i) => expect(maxAbsDiff(row, full.logits![0]![i]!)).toBeLessThan(1e-4));
@@ -38,7 +38,7 @@ describe('padding', () => {
     [40, 41, 42, 43, 44],
   ];
 
-  it.each(['left', 'right'] as const)('%s-padded batch rows equal the rows run alone', (side) => {
+  it.each(['left', 'right'] as const)('%s-padded batch rows equal the rows run alone', async (side) => {
     const model = loadBase(join(MODEL_FIXTURES, 'llama-gqa'), quiet);
     const T = Math.max(...rows.map((r) => r.length));
     const ids: number[] = [];
@@ -49,25 +49,25 @@ describe('padding', () => {
       ids.push(...(side === 'left' ? [...pad, ...r] : [...r, ...pad]));
       mask.push(...(side === 'left' ? [...pad, ...ones] : [...ones, ...pad]));
     }
-    const batched = logprobs(model, { ids: Int32Array.from(ids), attentionMask: Uint8Array.from(mask), batch: rows.length, seq: T });
-    rows.forEach((r, b) => {
-      const alone = logprobs(model, { ids: Int32Array.from(r), batch: 1, seq: r.length })[0]!;
+    const batched = await logprobs(model, { ids: Int32Array.from(ids), attentionMask: Uint8Array.from(mask), batch: rows.length, seq: T });
+    for (const [b, r] of rows.entries()) {
+      const alone = (await logprobs(model, { ids: Int32Array.from(r), batch: 1, seq: r.length }))[0]!;
       const offset = side === 'left' ? T - r.length : 0;
       alone.forEach((want, t) => expect(maxAbsDiff(batched[b]![t + offset]!, want)).toBeLessThan(1e-4));
-    });
+    }
     model.dispose();
   });
 
-  it('batched generation of prompts of different lengths equals generating each alone', () => {
+  it('batched generation of prompts of different lengths equals generating each alone', async () => {
     const model = loadBase(join(MODEL_FIXTURES, 'llama-gqa'), quiet);
-    const together = generate(model, rows, { maxNewTokens: 6, stopIds: [] }).tokens;
-    rows.forEach((r, b) => expect(generate(model, [r], { maxNewTokens: 6, stopIds: [] }).tokens[0]).toEqual(together[b]));
+    const together = (await generate(model, rows, { maxNewTokens: 6, stopIds: [] })).tokens;
+    for (const [b, r] of rows.entries()) expect((await generate(model, [r], { maxNewTokens: 6, stopIds: [] })).tokens[0]).toEqual(together[b]);
     model.dispose();
   });
 });
 
 describe('grouped-query attention', () => {
-  it('equals the same model with each K/V head repeated for its query heads', () => {
+  it('equals the same model with each K/V head repeated for its query heads', async () => {
     const dir = join(MODEL_FIXTURES, 'llama-gqa');
     const cfg = readConfig(dir);
     const G = cfg.heads / cfg.kvHeads;
@@ -84,14 +84,15 @@ describe('grouped-query attention', () => {
           return w.tile([1, G, 1, 1]).reshape(shape);
         });
       },
+      read: (key, shape) => tf.tidy(() => expanded.get(key, shape).dataSync() as Float32Array),
     };
     const mhaCfg = parseConfig({ ...cfg.raw, num_key_value_heads: cfg.heads });
     const mha = new CausalLM(mhaCfg, buildParts(mhaCfg, expanded));
     ckpt.close();
     const gqa = loadBase(dir, quiet);
     const batch = { ids: Int32Array.from([3, 14, 15, 92, 65, 35, 89, 79]), batch: 2, seq: 4 };
-    const a = logprobs(gqa, batch);
-    const b = logprobs(mha, batch);
+    const a = await logprobs(gqa, batch);
+    const b = await logprobs(mha, batch);
     a.forEach((row, i) => row.forEach((v, t) => expect(maxAbsDiff(v, b[i]![t]!)).toBeLessThan(1e-5)));
     gqa.dispose();
     mha.dispose();
@@ -103,10 +104,10 @@ describe('memory', () => {
     expect(tf.memory().numTensors).toBe(0);
   });
 
-  it('numTensors stays flat across 50 generate steps', () => {
+  it('numTensors stays flat across 50 generate steps', async () => {
     const model = loadBase(join(MODEL_FIXTURES, 'llama-gqa'), quiet);
     const counts: number[] = [];
-    generate(model, [[1, 2, 3]], { maxNewTokens: 50, stopIds: [], onToken: () => counts.push(tf.memory().numTensors) });
+    await generate(model, [[1, 2, 3]], { maxNewTokens: 50, stopIds: [], onToken: () => counts.push(tf.memory().numTensors) });
     expect(counts).toHaveLength(50);
     // Step 1 creates the cache; from then on nothing may accumulate.
     expect(new Set(counts.slice(1)).size).toBe(1);

@@ -40,7 +40,7 @@ async function molora(...args: string[]): Promise<string> {
 
 beforeAll(async () => {
   await initBackend();
-  initBase({ arch: 'llama', layers: 2, hidden: 32, heads: 2, ffn: 64, out: dense, seed: 1 });
+  await initBase({ arch: 'llama', layers: 2, hidden: 32, heads: 2, ffn: 64, out: dense, seed: 1 });
   taskCsv(tmp.dir);
 });
 afterAll(() => tmp.cleanup());

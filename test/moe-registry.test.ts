@@ -23,7 +23,7 @@ describe('sparse FFN layouts: src/base reads MoE folders through src/moe', () =>
         const sparse = model.blocks.filter((b) => b.ffn instanceof MoEFFN);
         expect(sparse.length).toBe(cfg.moe!.sparse.filter((s) => s).length);
         expect(sparse.length).toBeGreaterThan(0);
-        const tensors = modelTensors(model);
+        const tensors = await modelTensors(model);
         const written = [...tensors.values()].reduce((n, t) => n + t.data.length, 0);
         expect(weightCount(cfg)).toBe(written);
         // The packed layout is written back packed: the registry's packedTensors, not one key per expert linear.

@@ -24,15 +24,15 @@ export function writeTask(path: string, n: number, seed: number): void {
  * A tiny random Llama folder whose lm_head is scaled up: with init std 0.02 a frozen head bounds
  * the logits to about ±0.6 after the final norm, so no FFN-only training could fit a task.
  */
-export function writeDenseBase(dir: string): void {
+export async function writeDenseBase(dir: string): Promise<void> {
   const raw = `${dir}-raw`;
-  initBase({ arch: 'llama', layers: 2, hidden: 32, heads: 2, ffn: 64, out: raw, seed: 1 });
+  await initBase({ arch: 'llama', layers: 2, hidden: 32, heads: 2, ffn: 64, out: raw, seed: 1 });
   const m = loadBase(raw, { warn: () => {} });
   const head = m.parts.head;
   const old = head.weightT;
   head.weightT = old.mul(25);
   old.dispose();
-  saveModel(m, dir);
+  await saveModel(m, dir);
   m.dispose();
 }
 

@@ -38,9 +38,9 @@ const opts = (out: string, extra: Partial<TrainMoeOptions> = {}): TrainMoeOption
 
 beforeAll(async () => {
   await initBackend();
-  writeDenseBase(dense);
+  await writeDenseBase(dense);
   // Noisy copies: with identical experts a router's choice would not change the output at all.
-  upcycleFolder({ model: dense, out: moe, experts: 4, topK: 2, noise: 0.01, seed: 1, warn: () => {} });
+  await upcycleFolder({ model: dense, out: moe, experts: 4, topK: 2, noise: 0.01, seed: 1, warn: () => {} });
   taskCsv(tmp.dir);
 });
 afterAll(() => tmp.cleanup());

@@ -29,8 +29,8 @@ const batch = {
   seq: 6,
 };
 
-function worstDiff(a: CausalLM, b: CausalLM): number {
-  const [x, y] = [logprobs(a, batch), logprobs(b, batch)];
+async function worstDiff(a: CausalLM, b: CausalLM): Promise<number> {
+  const [x, y] = [await logprobs(a, batch), await logprobs(b, batch)];
   let worst = 0;
   x.forEach((row, i) => row.forEach((lp, t) => {
     if (batch.attentionMask[i * batch.seq + t]) worst = Math.max(worst, maxAbsDiff(lp, y[i]![t]!));
@@ -44,24 +44,24 @@ describe('sparse upcycling', () => {
     ['llama-gqa', 2, 'qwen2_moe'],
     ['qwen2', 0, 'qwen2_moe'],
     ['mistral', 1, 'qwen2_moe'],
-  ] as const)('%s with %i shared experts → %s; at σ = 0 with renormalised top-k it equals the dense model', (name, shared, type) => {
+  ] as const)('%s with %i shared experts → %s; at σ = 0 with renormalised top-k it equals the dense model', async (name, shared, type) => {
     const dense = loadBase(join(MODEL_FIXTURES, name), quiet);
-    const moe = upcycle(dense, { experts: 4, topK: 2, shared, seed: 1 });
+    const moe = await upcycle(dense, { experts: 4, topK: 2, shared, seed: 1 });
     try {
       expect(moe.config.modelType).toBe(type);
       expect(moeLayers(moe)).toHaveLength(dense.config.layers);
       expect(moe.config.moe!.normTopK).toBe(true);
-      expect(worstDiff(moe, dense)).toBeLessThan(1e-4);
+      expect(await worstDiff(moe, dense)).toBeLessThan(1e-4);
     } finally {
       dense.dispose();
       moe.dispose();
     }
   });
 
-  it('copies every expert from the dense MLP, adds noise σ to each copy, and draws the router with a small std', () => {
+  it('copies every expert from the dense MLP, adds noise σ to each copy, and draws the router with a small std', async () => {
     const dense = loadBase(join(MODEL_FIXTURES, 'llama-gqa'), quiet);
-    const exact = upcycle(dense, { experts: 4, topK: 2, routerStd: 0.05, seed: 2 });
-    const noisy = upcycle(dense, { experts: 4, topK: 2, noise: 0.01, seed: 2 });
+    const exact = await upcycle(dense, { experts: 4, topK: 2, routerStd: 0.05, seed: 2 });
+    const noisy = await upcycle(dense, { experts: 4, topK: 2, noise: 0.01, seed: 2 });
     try {
       const denseUp = dense.blocks[1]!.ffn.linears()[1]!.weightT.dataSync();
       const [a, b] = [moeLayers(exact)[1]!, moeLayers(noisy)[1]!];
@@ -77,18 +77,18 @@ describe('sparse upcycling', () => {
       const std = Math.sqrt(g.reduce((s, v) => s + v * v, 0) / g.length);
       expect(std).toBeGreaterThan(0.04);
       expect(std).toBeLessThan(0.06);
-      expect(worstDiff(noisy, dense)).toBeGreaterThan(1e-4);
+      expect(await worstDiff(noisy, dense)).toBeGreaterThan(1e-4);
     } finally {
       for (const m of [dense, exact, noisy]) m.dispose();
     }
   });
 
-  it.each([0, 2])('saveModel writes a HF folder (shared %i) that loads back to the same model', (shared) => {
+  it.each([0, 2])('saveModel writes a HF folder (shared %i) that loads back to the same model', async (shared) => {
     const dense = loadBase(join(MODEL_FIXTURES, 'llama-gqa'), quiet);
-    const moe = upcycle(dense, { experts: 3, topK: 2, shared, noise: 0.02, seed: 3 });
+    const moe = await upcycle(dense, { experts: 3, topK: 2, shared, noise: 0.02, seed: 3 });
     const { dir, cleanup } = tempDir();
     try {
-      saveModel(moe, dir);
+      await saveModel(moe, dir);
       const cfg = JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8')) as Record<string, unknown>;
       const ck = openCheckpoint(dir);
       const keys = ck.keys();
@@ -104,7 +104,7 @@ describe('sparse upcycling', () => {
       expect(keys.some((k) => /\.mlp\.(gate|up|down)_proj\./.test(k))).toBe(false);
       const back = loadBase(dir, quiet);
       try {
-        expect(worstDiff(back, moe)).toBe(0);
+        expect(await worstDiff(back, moe)).toBe(0);
       } finally {
         back.dispose();
       }
@@ -115,15 +115,15 @@ describe('sparse upcycling', () => {
     }
   });
 
-  it('refuses models it cannot upcycle and bad sizes', () => {
+  it('refuses models it cannot upcycle and bad sizes', async () => {
     const gpt2 = loadBase(join(MODEL_FIXTURES, 'gpt2'), quiet);
     const mixtral = loadBase(join(MODEL_FIXTURES, 'mixtral'), quiet);
     const llama = loadBase(join(MODEL_FIXTURES, 'llama-gqa'), quiet);
     try {
-      expect(() => upcycle(gpt2, { experts: 4, topK: 2 })).toThrow(/needs a dense Llama-family model .* gpt2/);
-      expect(() => upcycle(mixtral, { experts: 4, topK: 2 })).toThrow(/got model_type mixtral/);
-      expect(() => upcycle(llama, { experts: 2, topK: 3 })).toThrow(/topK 3 exceeds experts 2/);
-      expect(() => upcycle(llama, { experts: 4, topK: 2, shared: -1 })).toThrow(/shared must be a non-negative integer/);
+      await expect(upcycle(gpt2, { experts: 4, topK: 2 })).rejects.toThrow(/needs a dense Llama-family model .* gpt2/);
+      await expect(upcycle(mixtral, { experts: 4, topK: 2 })).rejects.toThrow(/got model_type mixtral/);
+      await expect(upcycle(llama, { experts: 2, topK: 3 })).rejects.toThrow(/topK 3 exceeds experts 2/);
+      await expect(upcycle(llama, { experts: 4, topK: 2, shared: -1 })).rejects.toThrow(/shared must be a non-negative integer/);
     } finally {
       for (const m of [gpt2, mixtral, llama]) m.dispose();
     }

@@ -9,12 +9,12 @@ import { lmLoss } from '../src/base/loss.js';
 import { SwiGLU } from '../src/base/mlp.js';
 import { Rng } from '../src/base/rng.js';
 import { logprobs } from '../src/base/scoring.js';
-import { RouterLosses } from '../src/moe/moe-losses.js';
+import { RouterLosses, type RouterStats } from '../src/moe/moe-losses.js';
 import {
-  computeAll, configureRouting, enableBalancingBias, maskExperts, MoEFFN, moeLayers, parseExpertMask, routerParams, routerStatsOf,
+  collectRouterStats, computeAll, configureRouting, enableBalancingBias, maskExperts, MoEFFN, moeLayers, parseExpertMask, routerParams, routerStatsOf,
   updateBalancingBias, type SharedExpert,
 } from '../src/moe/moe.js';
-import { Router, type RouterOptions } from '../src/moe/router.js';
+import { Router, sparsePlan, type RouterOptions } from '../src/moe/router.js';
 // The Mixtral folders here load through src/base, which reads sparse layers with the layouts src/moe registers.
 import '../src/moe/register.js';
 import { MODEL_FIXTURES, maxAbsDiff } from './helpers.js';
@@ -60,7 +60,7 @@ afterEach(() => {
 function ctxOf(real: number[], training = false, rng: Rng | null = null): ForwardContext {
   const tokenMask = tf.keep(tf.tensor2d(Float32Array.from(real), [real.length, 1]));
   masks.push(tokenMask);
-  return { batch: 1, seq: real.length, training, rng, aux: [], tokenMask };
+  return { batch: 1, seq: real.length, training, rng, aux: [], tokenMask, realTokens: Float32Array.from(real) };
 }
 
 function inputs(N: number, seed = 7): tf.Tensor2D {
@@ -114,10 +114,28 @@ function routeOf(moe: MoEFFN, x: tf.Tensor2D, real: number[]): HostRouting {
   let out: HostRouting | null = null;
   tf.tidy(() => {
     const r = moe.router.route(x, ctxOf(real), Float32Array.from(real));
-    const { tokens, counts, dropped, droppedTokens, weights } = r.dispatch;
-    out = { choices: r.choices, tokens, counts, dropped, droppedTokens, probs: r.probs.arraySync(), weights: weights.arraySync() };
+    const { tokens, counts, weights } = sparsePlan(r);
+    // Padding rows chose nothing.
+    const k = moe.router.opts.topK;
+    const choices = r.choices ? Int32Array.from(r.choices.dataSync(), (e, i) => (real[Math.floor(i / k)] ? e : -1)) : null;
+    const made = choices ? choices.filter((e) => e >= 0).length : tokens.length;
+    const served = new Set(tokens);
+    const droppedTokens = real.filter((m, n) => m && !served.has(n)).length;
+    out = { choices, tokens, counts, dropped: made - tokens.length, droppedTokens, probs: r.probs.arraySync(), weights: weights.arraySync() };
   });
   return out!;
+}
+
+/** The layer's statistics of the pass `run` makes (collected for that pass only). */
+async function statsOfRun(moe: MoEFFN, x: tf.Tensor2D, ctx: ForwardContext): Promise<{ y: number[][]; stats: RouterStats }> {
+  moe.stats.on = true;
+  try {
+    const y = run(moe, x, ctx);
+    return { y, stats: (await moe.stats.read())! };
+  } finally {
+    moe.stats.on = false;
+    moe.stats.clear();
+  }
 }
 
 function run(moe: MoEFFN, x: tf.Tensor2D, ctx: ForwardContext): number[][] {
@@ -150,7 +168,7 @@ describe('sparse dispatch', () => {
     x.dispose();
   });
 
-  it('dropless: every real token reaches its k experts, padding none', () => {
+  it('dropless: every real token reaches its k experts, padding none', async () => {
     const moe = makeMoE({ E: 4, k: 2 });
     const real = pattern(40, [3, 17, 39]);
     const x = inputs(40);
@@ -161,23 +179,23 @@ describe('sparse dispatch', () => {
     expect(perToken).toEqual(real.map((m) => 2 * m));
     expect(r.counts.reduce((a, b) => a + b, 0)).toBe(2 * 37);
     expect([r.dropped, r.droppedTokens]).toEqual([0, 0]);
-    run(moe, x, ctx);
-    const stats = moe.stats!;
+    const { stats } = await statsOfRun(moe, x, ctx);
     expect(stats.tokens).toBe(37);
     expect(stats.dropped).toBe(0);
     expect(stats.load.reduce((a, b) => a + b, 0)).toBeCloseTo(1, 6);
     // An all-padding pass reaches no expert and reports nothing routed.
     const pads = pattern(3, [0, 1, 2]);
     const x3 = inputs(3);
-    expect(run(moe, x3, ctxOf(pads, true))).toEqual([0, 1, 2].map(() => new Array(D).fill(0)));
-    expect(moe.stats!.tokens).toBe(0);
-    expect(moe.stats!.load).toEqual([0, 0, 0, 0]);
+    const empty = await statsOfRun(moe, x3, ctxOf(pads, true));
+    expect(empty.y).toEqual([0, 1, 2].map(() => new Array(D).fill(0)));
+    expect(empty.stats.tokens).toBe(0);
+    expect(empty.stats.load).toEqual([0, 0, 0, 0]);
     x3.dispose();
     moe.dispose();
     x.dispose();
   });
 
-  it('with a capacity factor, overflow choices are dropped and counted; fully dropped tokens get 0 (residual only)', () => {
+  it('with a capacity factor, overflow choices are dropped and counted; fully dropped tokens get 0 (residual only)', async () => {
     const moe = makeMoE({ E: 4, k: 2, router: { capacityFactor: 0.5 } });
     const real = pattern(40, [5]);
     const x = inputs(40, 3);
@@ -190,10 +208,11 @@ describe('sparse dispatch', () => {
     expect(overflow).toBeGreaterThan(0);
     expect(r.dropped).toBe(overflow);
     expect(Math.max(...r.counts)).toBeLessThanOrEqual(C);
-    const y = run(moe, x, ctx);
+    const { y, stats } = await statsOfRun(moe, x, ctx);
     const zeroRows = y.filter((row, n) => real[n] && row.every((v) => v === 0)).length;
-    expect(moe.stats!.dropped).toBe(overflow);
-    expect(moe.stats!.droppedTokens).toBe(zeroRows);
+    expect(stats.dropped).toBe(overflow);
+    expect(stats.droppedTokens).toBe(zeroRows);
+    expect(r.droppedTokens).toBe(zeroRows);
     expect(zeroRows).toBeGreaterThan(0);
     moe.dispose();
     x.dispose();
@@ -245,14 +264,13 @@ describe('routing options', () => {
     x.dispose();
   });
 
-  it('updateBias moves b_e by γ·sign(mean load − load_e) from the training passes since the last update', () => {
+  it('updateBias moves b_e by γ·sign(mean load − load_e) from the training passes since the last update', async () => {
     const moe = makeMoE({ E: 4, k: 1 });
     moe.router.enableBalancingBias();
     const real = pattern(20);
     const x = inputs(20, 2);
     const train = ctxOf(real, true);
-    run(moe, x, train);
-    const load = moe.stats!.load.map((l) => l * 20);
+    const load = (await statsOfRun(moe, x, train)).stats.load.map((l) => l * 20);
     run(moe, x, ctxOf(real, false)); // inference passes do not count
     moe.router.updateBias(0.1);
     const b = moe.router.bias!.arraySync() as number[];
@@ -286,32 +304,33 @@ describe('routing options', () => {
     }
   });
 
-  it('model-level masks: global and LAYER:EXPERT entries, atomic on error', () => {
+  it('model-level masks: global and LAYER:EXPERT entries, atomic on error', async () => {
     const model = loadBase(join(MODEL_FIXTURES, 'mixtral'), { warn: () => {} });
     const batch = { ids: Int32Array.from([5, 9, 13, 17, 21, 25]), batch: 1, seq: 6 };
-    const plain = logprobs(model, batch);
+    const plain = await logprobs(model, batch);
     expect(parseExpertMask('2, 0:3')).toEqual([{ layer: null, expert: 2 }, { layer: 0, expert: 3 }]);
     maskExperts(model, parseExpertMask('2,0:3'));
     expect(moeLayers(model).map((m) => [...m.router.masked].sort())).toEqual([[2, 3], [2]]);
-    expect(maxAbsDiff(logprobs(model, batch)[0]![5]!, plain[0]![5]!)).toBeGreaterThan(1e-3);
+    expect(maxAbsDiff((await logprobs(model, batch))[0]![5]!, plain[0]![5]!)).toBeGreaterThan(1e-3);
     expect(() => maskExperts(model, parseExpertMask('1:0,1:1,1:3'))).toThrow(/model\.layers\.1\.block_sparse_moe: masking 3 of 4/);
     expect(moeLayers(model).map((m) => [...m.router.masked].sort())).toEqual([[2, 3], [2]]);
     expect(() => maskExperts(model, parseExpertMask('5:1'))).toThrow(/layer 5 has no sparse MoE FFN/);
     expect(() => parseExpertMask('a:1')).toThrow(/expected EXPERT or LAYER:EXPERT/);
     maskExperts(model, []);
-    expect(maxAbsDiff(logprobs(model, batch)[0]![5]!, plain[0]![5]!)).toBe(0);
+    expect(maxAbsDiff((await logprobs(model, batch))[0]![5]!, plain[0]![5]!)).toBe(0);
     model.dispose();
   });
 
-  it('configureRouting switches every layer; bad settings are refused naming the router', () => {
+  it('configureRouting switches every layer; bad settings are refused naming the router', async () => {
     const model = loadBase(join(MODEL_FIXTURES, 'mixtral'), { warn: () => {} });
     const batch = { ids: Int32Array.from({ length: 24 }, (_, i) => 1 + ((i * 11) % 60)), batch: 2, seq: 12 };
+    collectRouterStats(model, true);
     configureRouting(model, { capacityFactor: 0.5 });
-    logprobs(model, batch);
-    expect(routerStatsOf(model).every((s) => s.dropped > 0)).toBe(true);
+    await logprobs(model, batch);
+    expect((await routerStatsOf(model)).every((s) => s.dropped > 0)).toBe(true);
     configureRouting(model, { capacityFactor: null });
-    logprobs(model, batch);
-    expect(routerStatsOf(model).map((s) => s.dropped)).toEqual([0, 0]);
+    await logprobs(model, batch);
+    expect((await routerStatsOf(model)).map((s) => s.dropped)).toEqual([0, 0]);
     expect(() => configureRouting(model, { capacityFactor: -1 })).toThrow(/router model\.layers\.0\.block_sparse_moe\.gate: capacity factor must be positive/);
     model.dispose();
   });
@@ -406,7 +425,7 @@ describe('gradients', () => {
 });
 
 describe('training passes', () => {
-  it('numTensors stays flat across repeated train-like steps (router update, aux losses, balancing bias)', () => {
+  it('numTensors stays flat across repeated train-like steps (router update, aux losses, balancing bias)', async () => {
     const model = loadBase(join(MODEL_FIXTURES, 'mixtral'), { warn: () => {} });
     const params = routerParams(model);
     expect([...params.keys()]).toEqual(['model.layers.0.block_sparse_moe.gate.weight_t', 'model.layers.1.block_sparse_moe.gate.weight_t']);
@@ -419,6 +438,7 @@ describe('training passes', () => {
     const batch = { ids, targets: Int32Array.from(ids, (v) => (v + 1) % 64), lossMask: new Float32Array(16).fill(1), batch: 2, seq: 8 };
     const counts: number[] = [];
     const lossValues: number[] = [];
+    collectRouterStats(model, true);
     for (let step = 0; step < 5; step++) {
       tf.tidy(() => {
         const { value, grads } = tf.variableGrads(() => lmLoss(model, batch, { training: true, rng }), [...params.values()]);
@@ -430,8 +450,8 @@ describe('training passes', () => {
     }
     expect(new Set(counts).size).toBe(1);
     expect(lossValues[4]).toBeLessThan(lossValues[0]!);
-    expect(routerStatsOf(model).map((s) => s.layer)).toEqual([0, 1]);
-    for (const s of routerStatsOf(model)) {
+    expect((await routerStatsOf(model)).map((s) => s.layer)).toEqual([0, 1]);
+    for (const s of await routerStatsOf(model)) {
       expect(s.tokens).toBe(16);
       expect(s.entropy).toBeGreaterThan(0);
       expect(s.entropy).toBeLessThan(Math.log(4));

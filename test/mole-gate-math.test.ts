@@ -110,12 +110,12 @@ describe('prefix gate against the float64 reference', () => {
     expect(againstReference(comp, experts, MIXED, mask)).toBeLessThan(1e-4);
   });
 
-  it('before a row’s first real token the logits are 0, so the weights are uniform', () => {
+  it('before a row’s first real token the logits are 0, so the weights are uniform', async () => {
     const { comp } = compose(TARGETS);
     comp.initGate({ granularity: 'prefix' }, new Rng(6), SHARP);
     comp.traceWeights(true);
     logits(model, LEFT_PADDED);
-    for (const t of comp.lastWeights().values()) {
+    for (const t of (await comp.lastWeights()).values()) {
       // Row 0's two pads and row 1's one pad.
       for (const r of [0, 1, 6]) expect(maxAbsDiff(t.probs.subarray(r * 3, r * 3 + 3), [1 / 3, 1 / 3, 1 / 3]), `${t.gate} row ${r}`).toBeLessThan(1e-7);
       // Real tokens are not uniform under this sharp gate.
@@ -385,7 +385,7 @@ describe('routing cross-entropy against its float64 definition', () => {
     expect(Math.max(...values) - Math.min(...values)).toBeGreaterThan(1e-2);
   });
 
-  it.each(['layer', 'block'] as GateLevel[])('per %s through the network: every gate’s term, from its traced probabilities', (level) => {
+  it.each(['layer', 'block'] as GateLevel[])('per %s through the network: every gate’s term, from its traced probabilities', async (level) => {
     const { comp } = compose(TARGETS);
     const gates = comp.initGate({ level, granularity: 'prefix', balanceAlpha: ALPHA }, new Rng(4), SHARP).gates;
     expect(gates.length).toBeGreaterThanOrEqual(2);
@@ -393,7 +393,7 @@ describe('routing cross-entropy against its float64 definition', () => {
     comp.setRows({ routeTo: ROUTE });
     const got = routingTerms(MIXED);
     // The probabilities G before masks and top-k (float32; the network makes them), per gate.
-    const G = [...comp.lastWeights().values()].map((t) => Float64Array.from(t.probs));
+    const G = [...(await comp.lastWeights()).values()].map((t) => Float64Array.from(t.probs));
     expect(got).toHaveLength(gates.length);
     expect(G).toHaveLength(gates.length);
     const layout = { batch: MIXED.batch, seq: MIXED.seq, real: MIXED.attentionMask! };

@@ -54,11 +54,11 @@ const BATCH: TokenBatch = {
 };
 const ALL = ['math', 'code', 'law'];
 
-function savedGate(options: Partial<GateOptions>, name: string): { dir: string; out: Float32Array } {
+async function savedGate(options: Partial<GateOptions>, name: string): Promise<{ dir: string; out: Float32Array }> {
   const comp = compose(ALL);
   comp.initGate(options, new Rng(21), { eStd: 0.5, tau: 0.8 });
   const dir = join(tmp.dir, name);
-  saveGate(comp, dir);
+  await saveGate(comp, dir);
   const out = logits(model, BATCH);
   // Off the base, so the next composition runs alone.
   live.splice(live.indexOf(comp), 1);
@@ -70,31 +70,33 @@ describe('gate folder', () => {
   it.each<[string, Partial<GateOptions>]>([
     ['layer, token, learned τ', {}],
     ['block, sequence, top-2, fixed τ, α 0.1', { level: 'block', granularity: 'sequence', topK: 2, temperature: { mode: 'fixed', value: 0.6 }, balanceAlpha: 0.1 }],
-  ])('round trip gives identical outputs (%s)', (name, options) => {
-    const { dir, out } = savedGate(options, name.replace(/\W+/g, '-'));
+  ])('round trip gives identical outputs (%s)', async (name, options) => {
+    const { dir, out } = await savedGate(options, name.replace(/\W+/g, '-'));
     const comp = compose(ALL);
-    const gates = loadGate(comp, dir);
+    const gates = await loadGate(comp, dir);
     expect(gates.options).toEqual({ level: 'layer', granularity: 'token', topK: null, temperature: { mode: 'learned' }, balanceAlpha: 0.5, ...options });
     expect(logits(model, BATCH)).toEqual(out);
   });
 
-  it('writes the experts’ fingerprints and the gate settings', () => {
-    const { dir } = savedGate({ topK: 2 }, 'config');
+  it('writes the experts’ fingerprints and the gate settings', async () => {
+    const { dir } = await savedGate({ topK: 2 }, 'config');
     const cfg = JSON.parse(readFileSync(join(dir, GATE_CONFIG), 'utf8'));
     const comp = compose(ALL);
-    expect(cfg.experts).toEqual(ALL.map((name) => {
-      const f = expertFingerprint(comp.expert(name));
-      return { name, config_sha256: f.config, tensors_sha256: f.tensors };
-    }));
+    const want = [];
+    for (const name of ALL) {
+      const f = await expertFingerprint(comp.expert(name));
+      want.push({ name, config_sha256: f.config, tensors_sha256: f.tensors });
+    }
+    expect(cfg.experts).toEqual(want);
     expect(cfg).toMatchObject({ level: 'layer', granularity: 'token', top_k: 2, temperature: { mode: 'learned' }, balance_alpha: 0.5, modules: comp.gatedModules() });
     const keys = [...openSafetensors(join(dir, GATE_WEIGHTS)).tensors.keys()].sort();
     expect(keys).toEqual(comp.gatedModules().flatMap((m) => [`${m}.mole_gate.e`, `${m}.mole_gate.rho`]).sort());
   });
 
-  it('loads into experts added in another order (the gate follows them)', () => {
-    const { dir, out } = savedGate({ topK: 2 }, 'order');
+  it('loads into experts added in another order (the gate follows them)', async () => {
+    const { dir, out } = await savedGate({ topK: 2 }, 'order');
     const comp = compose(['law', 'math', 'code']);
-    loadGate(comp, dir);
+    await loadGate(comp, dir);
     // Equal up to float32 summation order (LayerNorm over a permuted concatenation).
     expect(maxAbsDiff(logits(model, BATCH), out)).toBeLessThan(1e-4);
     // Masks and gate columns follow the composition's order.
@@ -109,8 +111,8 @@ describe('gate folder', () => {
     expect(maxAbsDiff(masked, want)).toBeLessThan(1e-4);
   });
 
-  it('refuses a changed, a missing or an extra expert, naming it', () => {
-    const { dir } = savedGate({}, 'refuse');
+  it('refuses a changed, a missing or an extra expert, naming it', async () => {
+    const { dir } = await savedGate({}, 'refuse');
     const oneValue = (e: LoraAdapter): void => {
       if (e.name !== 'code') return;
       const l = e.layers.values().next().value!;
@@ -118,13 +120,13 @@ describe('gate folder', () => {
       b[0]![0]! += 1e-3;
       tf.tidy(() => l.bT.assign(tf.tensor2d(b)));
     };
-    expect(() => loadGate(compose(ALL, oneValue), dir)).toThrow(/expert 'code' changed: its tensors differ/);
+    await expect(loadGate(compose(ALL, oneValue), dir)).rejects.toThrow(/expert 'code' changed: its tensors differ/);
     const otherAlpha = (e: LoraAdapter): void => {
       if (e.name === 'law') (e.config as { loraAlpha: number }).loraAlpha = 3;
     };
-    expect(() => loadGate(compose(ALL, otherAlpha), dir)).toThrow(/expert 'law' changed: its adapter_config.json differs/);
-    expect(() => loadGate(compose(['math', 'law']), dir)).toThrow(/expert 'code' is missing/);
-    expect(() => loadGate(compose([...ALL, 'poetry']), dir)).toThrow(/expert 'poetry' is extra/);
+    await expect(loadGate(compose(ALL, otherAlpha), dir)).rejects.toThrow(/expert 'law' changed: its adapter_config.json differs/);
+    await expect(loadGate(compose(['math', 'law']), dir)).rejects.toThrow(/expert 'code' is missing/);
+    await expect(loadGate(compose([...ALL, 'poetry']), dir)).rejects.toThrow(/expert 'poetry' is extra/);
   });
 });
 

@@ -20,12 +20,12 @@ beforeAll(async () => {
   await initBackend();
   const base = loadBase(BASE);
   const specs: [string, string[]][] = [['math', ['q_proj', 'v_proj']], ['code', ['v_proj', 'down_proj']], ['law', ['q_proj', 'up_proj', 'down_proj']], ['code2', ['v_proj', 'down_proj']]];
-  specs.forEach(([name, targets], i) => {
+  for (const [i, [name, targets]] of specs.entries()) {
     const a = randomExpert(base, name, targets, 50 + i);
     dirs[name] = join(tmp.dir, name);
-    saveAdapter(a, dirs[name]!);
+    await saveAdapter(a, dirs[name]!);
     a.dispose();
-  });
+  }
   base.dispose();
 });
 afterAll(() => tmp.cleanup());
@@ -47,32 +47,32 @@ describe('loadModel session', () => {
     const gateDir = join(tmp.dir, 'gate');
     const a = await session(['math', 'code', 'law']);
     a.initGate({}, 3, { eStd: 0.5 });
-    a.saveGate(gateDir);
-    const want = a.keep(['math', 'law']).generateBatch(PROMPTS, GEN);
+    await a.saveGate(gateDir);
+    const want = await a.keep(['math', 'law']).generateBatch(PROMPTS, GEN);
     expect(want[0]!.text).toBeNull();
     // The tokens greedy decoding picks under the float64 reference of this gate and mask.
     a.composition.detach();
-    const alone = generate(a.base, PROMPTS, GEN).tokens;
+    const alone = (await generate(a.base, PROMPTS, GEN)).tokens;
     const undo = installReference(a.base, { experts: a.experts.map((n) => a.composition.expert(n)), gates: a.composition.gate, mask: [[1, 0, 1]] });
-    const reference = generate(a.base, PROMPTS, { ...GEN, useCache: false }).tokens;
+    const reference = (await generate(a.base, PROMPTS, { ...GEN, useCache: false })).tokens;
     undo();
     a.composition.attach();
     expect(want.map((g) => g.tokens)).toEqual(reference);
     expect(reference).not.toEqual(alone);
 
     const b = await session(['law', 'code', 'math']);
-    b.useGate(gateDir).keep(['math', 'law']);
-    expect(b.generateBatch(PROMPTS, GEN)).toEqual(want);
+    (await b.useGate(gateDir)).keep(['math', 'law']);
+    expect(await b.generateBatch(PROMPTS, GEN)).toEqual(want);
   });
 
   it('only(name) generates exactly what that adapter alone does', async () => {
     const m = await session(['math', 'code']);
     m.initGate({}, 4, { eStd: 0.5 });
-    const got = m.only('code').generate(PROMPTS[0]!, GEN).tokens;
+    const got = (await m.only('code').generate(PROMPTS[0]!, GEN)).tokens;
     m.composition.detach();
     const alone = loadAdapter(m.base, dirs.code!);
     alone.attach(m.base);
-    expect(generate(m.base, [PROMPTS[0]!], GEN).tokens[0]).toEqual(got);
+    expect((await generate(m.base, [PROMPTS[0]!], GEN)).tokens[0]).toEqual(got);
     alone.dispose();
   });
 
@@ -80,23 +80,23 @@ describe('loadModel session', () => {
     const m = await session(['math', 'code', 'law']);
     m.initGate({}, 5, { eStd: 0.5 });
     const rows = [['code'], ['math', 'law']];
-    const mixed = m.rows({ mask: rows.map((r) => m.composition.maskRow(r)) }).generateBatch(PROMPTS, GEN);
+    const mixed = await m.rows({ mask: rows.map((r) => m.composition.maskRow(r)) }).generateBatch(PROMPTS, GEN);
     m.rows(null);
-    rows.forEach((names, b) => expect(m.keep(names).generate(PROMPTS[b]!, GEN)).toEqual(mixed[b]));
+    for (const [b, names] of rows.entries()) expect(await m.keep(names).generate(PROMPTS[b]!, GEN)).toEqual(mixed[b]);
   });
 
   it('a per-sequence gate generates without the KV cache', async () => {
     const m = await session(['math', 'code']);
     m.initGate({ granularity: 'sequence' }, 6, { eStd: 0.5 });
-    const got = m.generate(PROMPTS[1]!, GEN).tokens;
-    expect(generate(m.base, [PROMPTS[1]!], { ...GEN, useCache: false }).tokens[0]).toEqual(got);
+    const got = (await m.generate(PROMPTS[1]!, GEN)).tokens;
+    expect((await generate(m.base, [PROMPTS[1]!], { ...GEN, useCache: false })).tokens[0]).toEqual(got);
   });
 
   it('swapExpert from a folder equals adding that folder in its place', async () => {
     const m = await session(['math', 'code']);
     m.useWeights([0.25, 0.75]).swapExpert('code', dirs.code2!);
     const fresh = (await session(['math', 'code'], { code: 'code2' })).useWeights([0.25, 0.75]);
-    expect(m.generateBatch(PROMPTS, GEN)).toEqual(fresh.generateBatch(PROMPTS, GEN));
+    expect(await m.generateBatch(PROMPTS, GEN)).toEqual(await fresh.generateBatch(PROMPTS, GEN));
   });
 
   it('refuses dropping every expert and weights that are not shares, as --mask and --weights do', async () => {
@@ -112,13 +112,13 @@ describe('loadModel session', () => {
     writeFileSync(file, JSON.stringify({ tasks: { mix: { experts: { math: dirs.math, code: dirs.code }, weights: { math: 0.5, code: 0.5 } }, law: { experts: { law: dirs.law } } } }));
     const profiles = readProfiles(file);
     const m = await session([]);
-    applyProfile(m, profiles.tasks.mix!);
-    applyProfile(m, profiles.tasks.law!);
-    const got = m.generateBatch(PROMPTS, GEN).map((g) => g.tokens);
+    await applyProfile(m, profiles.tasks.mix!);
+    await applyProfile(m, profiles.tasks.law!);
+    const got = (await m.generateBatch(PROMPTS, GEN)).map((g) => g.tokens);
     m.composition.detach();
     const law = loadAdapter(m.base, dirs.law!);
     law.attach(m.base);
-    expect(got).toEqual(generate(m.base, PROMPTS, GEN).tokens);
+    expect(got).toEqual((await generate(m.base, PROMPTS, GEN)).tokens);
     law.dispose();
   });
 });

@@ -72,7 +72,7 @@ function againstReference(comp: MoleComposition, experts: LoraAdapter[], extra: 
 }
 
 describe('MoLE gate', () => {
-  it('matches the float64 reference: per token, per layer, learned τ', () => {
+  it('matches the float64 reference: per token, per layer, learned τ', async () => {
     const { comp, experts } = compose();
     comp.detach();
     const base = logits(model, BATCH);
@@ -82,9 +82,9 @@ describe('MoLE gate', () => {
     const got = logits(model, BATCH);
     // The experts and the gate matter: the output moved, and some weights are far from 1/3.
     expect(maxAbsDiff(base, got)).toBeGreaterThan(1e-2);
-    const w = [...comp.lastWeights().values()].flatMap((t) => [...t.weights]);
+    const w = [...(await comp.lastWeights()).values()].flatMap((t) => [...t.weights]);
     expect(Math.max(...w)).toBeGreaterThan(0.6);
-    expect(comp.lastWeights().size).toBe(comp.gatedModules().length);
+    expect((await comp.lastWeights()).size).toBe(comp.gatedModules().length);
     expect(againstReference(comp, experts)).toBeLessThan(1e-4);
   });
 
@@ -100,7 +100,7 @@ describe('MoLE gate', () => {
     expect(againstReference(comp, experts)).toBeLessThan(1e-4);
   });
 
-  it('a block gate serves all its block’s gated linears', () => {
+  it('a block gate serves all its block’s gated linears', async () => {
     const { comp } = compose();
     comp.initGate({ level: 'block' }, new Rng(4));
     expect(comp.gate!.gates.map((g) => [g.name, g.modules.length])).toEqual([
@@ -109,16 +109,16 @@ describe('MoLE gate', () => {
     ]);
     comp.traceWeights(true);
     logits(model, BATCH);
-    expect([...comp.lastWeights().keys()]).toEqual(['model.layers.0', 'model.layers.1']);
+    expect([...(await comp.lastWeights()).keys()]).toEqual(['model.layers.0', 'model.layers.1']);
   });
 
-  it('masking renormalises exactly: G′ = mG / Σ mG, per batch and per row', () => {
+  it('masking renormalises exactly: G′ = mG / Σ mG, per batch and per row', async () => {
     const { comp } = compose();
     comp.initGate({}, new Rng(5), SHARP);
     comp.traceWeights(true);
-    const check = (maskOfRow: (b: number) => number[]): void => {
+    const check = async (maskOfRow: (b: number) => number[]): Promise<void> => {
       logits(model, BATCH);
-      for (const t of comp.lastWeights().values()) {
+      for (const t of (await comp.lastWeights()).values()) {
         let worst = 0;
         for (let r = 0; r < t.rows; r++) {
           const m = maskOfRow(Math.floor(r / BATCH.seq));
@@ -130,10 +130,10 @@ describe('MoLE gate', () => {
       }
     };
     comp.mask(['math', 'law']);
-    check(() => [1, 0, 1]);
+    await check(() => [1, 0, 1]);
     comp.mask(null);
     comp.setRows({ mask: [comp.maskRow(['code']), comp.maskRow(['math', 'code'])] });
-    check((b) => (b === 0 ? [0, 1, 0] : [1, 1, 0]));
+    await check((b) => (b === 0 ? [0, 1, 0] : [1, 1, 0]));
   });
 
   it('with an expert masked, the output is the other experts under renormalised weights', () => {
@@ -306,7 +306,7 @@ describe('training the gate', () => {
     expect(logits(model, BATCH).every(Number.isFinite)).toBe(true);
   });
 
-  it('the balance loss is α·(−Σ log q) over gated layers and real tokens, once per pass, with a gradient', () => {
+  it('the balance loss is α·(−Σ log q) over gated layers and real tokens, once per pass, with a gradient', async () => {
     const { comp } = compose();
     comp.initGate({}, new Rng(11), SHARP);
     comp.traceWeights(true);
@@ -315,7 +315,7 @@ describe('training the gate', () => {
       expect(ctx.aux.map((a) => a.name)).toEqual([BALANCE_AUX]);
       return ctx.aux[0]!.value.dataSync()[0]!;
     });
-    const traces = [...comp.lastWeights().values()];
+    const traces = [...(await comp.lastWeights()).values()];
     const q = [0, 0, 0];
     const real = BATCH.attentionMask!;
     const nReal = real.reduce((a, b) => a + b, 0);
@@ -365,7 +365,7 @@ describe('training the gate', () => {
 });
 
 describe('gate statistics and memory', () => {
-  it('reports mean weights and entropy per gate over real tokens, per task', () => {
+  it('reports mean weights and entropy per gate over real tokens, per task', async () => {
     const { comp } = compose();
     comp.initGate({}, new Rng(15), SHARP);
     comp.collectStats(true);
@@ -373,11 +373,11 @@ describe('gate statistics and memory', () => {
     comp.setRows({ tasks: ['algebra', 'contracts'] });
     logits(model, BATCH);
     logits(model, BATCH);
-    const report = comp.gateStats();
+    const report = await comp.gateStats();
     expect(report.experts).toEqual(NAMES);
     const real = BATCH.attentionMask!;
     for (const s of report.gates) {
-      const t = comp.lastWeights().get(s.gate)!;
+      const t = (await comp.lastWeights()).get(s.gate)!;
       expect(s.tokens).toBe(2 * 10);
       for (let i = 0; i < 3; i++) {
         let m = 0;

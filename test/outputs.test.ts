@@ -26,10 +26,10 @@ const bytes = (dir: string): Record<string, Buffer> => Object.fromEntries(readdi
 
 beforeAll(async () => {
   await initBackend();
-  initBase({ ...SHAPE, out: base });
+  await initBase({ ...SHAPE, out: base });
   const model = loadBase(base);
   const lora = createLora(model, { ...DEFAULT_LORA, r: 2, init: 'gaussian' }, 'a', new Rng(1));
-  saveAdapter(lora, adapter);
+  await saveAdapter(lora, adapter);
   lora.dispose();
   model.dispose();
 });
@@ -47,36 +47,36 @@ describe('output folders', () => {
     expect(readdirSync(base)).not.toContain('merged');
   });
 
-  it('merge onto its own base (or an adapter) is refused and the base stays byte-identical, in the CLI too', () => {
+  it('merge onto its own base (or an adapter) is refused and the base stays byte-identical, in the CLI too', async () => {
     const before = bytes(base);
-    expect(() => mergeFolder({ model: base, adapters: [adapter], out: base, overwrite: true })).toThrow(/--out .* is the same folder as --model/);
-    expect(() => mergeFolder({ model: base, adapters: [adapter], out: adapter })).toThrow(/--out .* is the same folder as --adapter/);
+    await expect(mergeFolder({ model: base, adapters: [adapter], out: base, overwrite: true })).rejects.toThrow(/--out .* is the same folder as --model/);
+    await expect(mergeFolder({ model: base, adapters: [adapter], out: adapter })).rejects.toThrow(/--out .* is the same folder as --adapter/);
     const r = spawnSync('node', [CLI, 'merge', '--model', base, '--adapter', adapter, '--out', base], { encoding: 'utf8' });
     expect(r.status).toBe(1);
     expect(r.stderr).toContain(`molora: error: --out ${base} is the same folder as --model ${base}`);
     expect(bytes(base)).toEqual(before);
   });
 
-  it('init-base, merge and upcycle refuse a folder that holds a model unless told to overwrite', () => {
+  it('init-base, merge and upcycle refuse a folder that holds a model unless told to overwrite', async () => {
     const target = join(tmp.dir, 'target');
-    initBase({ ...SHAPE, out: target });
+    await initBase({ ...SHAPE, out: target });
     const before = bytes(target);
     const refused = /already holds a model \(model\.safetensors\); pass --overwrite to replace it, or choose another --out/;
-    expect(() => initBase({ ...SHAPE, seed: 5, out: target })).toThrow(refused);
-    expect(() => mergeFolder({ model: base, adapters: [adapter], out: target })).toThrow(refused);
-    expect(() => upcycleFolder({ model: base, experts: 2, topK: 1, out: target })).toThrow(refused);
+    await expect(initBase({ ...SHAPE, seed: 5, out: target })).rejects.toThrow(refused);
+    await expect(mergeFolder({ model: base, adapters: [adapter], out: target })).rejects.toThrow(refused);
+    await expect(upcycleFolder({ model: base, experts: 2, topK: 1, out: target })).rejects.toThrow(refused);
     expect(bytes(target)).toEqual(before);
-    initBase({ ...SHAPE, seed: 5, out: target, overwrite: true });
+    await initBase({ ...SHAPE, seed: 5, out: target, overwrite: true });
     expect(readFileSync(join(target, 'model.safetensors'))).not.toEqual(before['model.safetensors']);
-    mergeFolder({ model: base, adapters: [adapter], out: target, overwrite: true });
+    await mergeFolder({ model: base, adapters: [adapter], out: target, overwrite: true });
     expect(readdirSync(target).sort()).toEqual(Object.keys(before).sort());
   });
 
   it('a recipe step redoes its own unmarked output in the run folder, but replaces no model outside it', async () => {
     const run = join(tmp.dir, 'recipe-run');
     const outside = join(tmp.dir, 'outside');
-    initBase({ ...SHAPE, out: join(run, 'base') });
-    initBase({ ...SHAPE, out: outside });
+    await initBase({ ...SHAPE, out: join(run, 'base') });
+    await initBase({ ...SHAPE, out: outside });
     const before = bytes(outside);
     const file = join(tmp.dir, 'recipe.json');
     const quiet = { out: run, progress: 'off' as const, log: () => {}, print: () => {} };

@@ -19,13 +19,13 @@ beforeAll(async () => {
 });
 
 describe.each(MODELS)('parity with the PyTorch reference: %s', (name) => {
-  it.each([0, 1, 2])('case %i (unpadded, left-padded, right-padded) log-probs agree', (c) => {
+  it.each([0, 1, 2])('case %i (unpadded, left-padded, right-padded) log-probs agree', async (c) => {
     const model = loadBase(join(MODEL_FIXTURES, name), { warn: () => {} });
     try {
       const ref = readReference(name).cases[c]!;
       const B = ref.ids.length;
       const T = ref.ids[0]!.length;
-      const got = logprobs(model, {
+      const got = await logprobs(model, {
         ids: Int32Array.from(ref.ids.flat()),
         attentionMask: Uint8Array.from(ref.attention_mask.flat()),
         batch: B,

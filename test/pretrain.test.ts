@@ -17,7 +17,7 @@ const corpus = join(tmp.dir, 'corpus.csv');
 
 beforeAll(async () => {
   await initBackend();
-  initBase({ arch: 'llama', layers: 1, hidden: 16, heads: 2, ffn: 32, out: base, seed: 0 });
+  await initBase({ arch: 'llama', layers: 1, hidden: 16, heads: 2, ffn: 32, out: base, seed: 0 });
   writeCorpus(corpus, 60, 0);
 });
 
@@ -30,8 +30,8 @@ describe('pretrain', () => {
     const before = loadBase(base);
     const after = loadBase(out);
     try {
-      const a = modelTensors(before);
-      const b = modelTensors(after);
+      const a = await modelTensors(before);
+      const b = await modelTensors(after);
       expect([...b.keys()].sort()).toEqual([...a.keys()].sort());
       for (const [key, t] of a) {
         const changed = t.data.some((x, i) => Math.abs(x - b.get(key)!.data[i]!) > 1e-6);
@@ -50,7 +50,7 @@ describe('pretrain', () => {
 
   it('refuses a tied model, naming the folder', async () => {
     const tied = join(tmp.dir, 'tied');
-    initBase({ arch: 'llama', layers: 1, hidden: 16, heads: 2, ffn: 32, out: tied, tieWordEmbeddings: true });
+    await initBase({ arch: 'llama', layers: 1, hidden: 16, heads: 2, ffn: 32, out: tied, tieWordEmbeddings: true });
     await expect(pretrain({ model: tied, data: corpus, out: join(tmp.dir, 't'), steps: 1, lr: 1e-3, batchSize: 1, seqLen: 16, seed: 0, progress: 'off', log: () => {} })).rejects.toThrow(/tied.*untied head/);
   });
 });

@@ -37,7 +37,7 @@ function writeTask(path: string, n: number, seed: number): string[][] {
 
 beforeAll(async () => {
   await initBackend();
-  initBase({ arch: 'llama', layers: 2, hidden: 64, heads: 4, ffn: 128, out: base, seed: 1 });
+  await initBase({ arch: 'llama', layers: 2, hidden: 64, heads: 4, ffn: 128, out: base, seed: 1 });
   writeTask(join(tmp.dir, 'train.csv'), 400, 1);
 });
 afterAll(() => tmp.cleanup());
@@ -67,7 +67,7 @@ describe('train-adapter', () => {
 
     const model = loadBase(base);
     const data = await loadLmData(model, { ...common, valData: join(tmp.dir, 'val.csv'), seed: 0 }, () => {});
-    const baseVal = evaluate(model, data.dataset.val!, { batchSize: 16, seqLen: 32, exactMatch: false }).overall.loss;
+    const baseVal = (await evaluate(model, data.dataset.val!, { batchSize: 16, seqLen: 32, exactMatch: false })).overall.loss;
     expect(baseVal).toBeGreaterThan(3);
     expect(val).toBeLessThan(0.05 * baseVal);
 
@@ -76,12 +76,12 @@ describe('train-adapter', () => {
     let exact = 0;
     for (const [prompt, completion] of held) {
       const ids = tok.encode(prompt, { addBos: true });
-      const got = tok.decode(generate(model, [ids], { maxNewTokens: 6 }).tokens[0]!, { skipSpecial: true });
+      const got = tok.decode((await generate(model, [ids], { maxNewTokens: 6 })).tokens[0]!, { skipSpecial: true });
       if (got === completion) exact++;
     }
     expect(exact).toBe(held.length);
     // The eval report agrees: per-task exact match, loss below the base's.
-    const report = evaluate(model, data.dataset.val!, { batchSize: 8, seqLen: 32 });
+    const report = await evaluate(model, data.dataset.val!, { batchSize: 8, seqLen: 32 });
     expect(report.overall).toMatchObject({ n: held.length, exact_match: 1 });
     expect(report.overall.loss).toBeCloseTo(val, 3);
     adapter!.dispose();

@@ -58,9 +58,9 @@ function state(step: number): TrainState {
 }
 
 describe('training checkpoints', () => {
-  it('round-trip parameters, buffers, moments and state; latest names the newest', () => {
+  it('round-trip parameters, buffers, moments and state; latest names the newest', async () => {
     const { dir, params, buffers, opt } = setup();
-    const path = saveCheckpoint(dir, { state: state(4), params, buffers, optimizer: opt, extra: (d) => writeFileSync(join(d, 'adapter.txt'), 'mine') });
+    const path = await saveCheckpoint(dir, { state: state(4), params, buffers, optimizer: opt, extra: (d) => writeFileSync(join(d, 'adapter.txt'), 'mine') });
     expect(path).toBe(join(dir, 'checkpoint-4'));
     expect(readdirSync(path).sort()).toEqual(['adapter.txt', BUFFERS_FILE, OPTIMIZER_FILE, PARAMS_FILE, STATE_FILE].sort());
     expect(readFileSync(join(dir, LATEST_FILE), 'utf8').trim()).toBe('checkpoint-4');
@@ -73,35 +73,35 @@ describe('training checkpoints', () => {
     expect(Array.from(ck.params.get('layer.w')!)).toEqual([1, 2, 3, 4, 5, 6].map((x) => Math.fround(x - 0.1 * 1)));
     expect(Array.from(ck.buffers.get('bias')!)).toEqual([7, 8]);
     expect(ck.optimizer.step).toBe(4);
-    expect(ck.optimizer.moments['layer.b.exp_avg']).toEqual(opt.state().moments['layer.b.exp_avg']);
+    expect(ck.optimizer.moments['layer.b.exp_avg']).toEqual((await opt.state()).moments['layer.b.exp_avg']);
     expect(resolveCheckpoint(path)).toBe(path);
 
-    saveCheckpoint(dir, { state: state(8), params, buffers, optimizer: opt });
+    await saveCheckpoint(dir, { state: state(8), params, buffers, optimizer: opt });
     expect(resolveCheckpoint(dir)).toBe(join(dir, 'checkpoint-8'));
     // Writing a step again replaces that checkpoint whole.
-    saveCheckpoint(dir, { state: { ...state(4), epoch: 3 }, params, buffers, optimizer: opt });
+    await saveCheckpoint(dir, { state: { ...state(4), epoch: 3 }, params, buffers, optimizer: opt });
     expect(loadCheckpoint(join(dir, 'checkpoint-4'), params, buffers).state.epoch).toBe(3);
     expect(readdirSync(dir).sort()).toEqual(['checkpoint-4', 'checkpoint-8', LATEST_FILE]);
   });
 
-  it('refuses to save non-finite parameters and keeps the good checkpoint', () => {
+  it('refuses to save non-finite parameters and keeps the good checkpoint', async () => {
     const { dir, params, buffers, opt } = setup();
-    saveCheckpoint(dir, { state: state(2), params, buffers, optimizer: opt });
+    await saveCheckpoint(dir, { state: state(2), params, buffers, optimizer: opt });
     const good = readFileSync(join(dir, 'checkpoint-2', PARAMS_FILE));
     params.get('layer.b')!.assign(tf.tensor([0, NaN, 0]));
-    expect(() => saveCheckpoint(dir, { state: state(3), params, buffers, optimizer: opt })).toThrow(/parameter 'layer.b' holds NaN at index 1/);
+    await expect(saveCheckpoint(dir, { state: state(3), params, buffers, optimizer: opt })).rejects.toThrow(/parameter 'layer.b' holds NaN at index 1/);
     expect(readdirSync(dir).sort()).toEqual(['checkpoint-2', LATEST_FILE]);
     expect(readFileSync(join(dir, 'checkpoint-2', PARAMS_FILE))).toEqual(good);
   });
 
-  it('gives clear errors naming the file', () => {
+  it('gives clear errors naming the file', async () => {
     const { dir, params, buffers, opt } = setup();
     expect(() => resolveCheckpoint(join(dir, 'nope'))).toThrow(/nope: not found/);
     expect(() => resolveCheckpoint(dir)).toThrow(/neither a checkpoint \(no state.json\) nor a run folder \(no latest file\)/);
     writeFileSync(join(dir, LATEST_FILE), 'checkpoint-99\n');
     expect(() => resolveCheckpoint(dir)).toThrow(/latest: names 'checkpoint-99', which is not a checkpoint folder/);
 
-    const ck = saveCheckpoint(dir, { state: state(1), params, buffers, optimizer: opt });
+    const ck = await saveCheckpoint(dir, { state: state(1), params, buffers, optimizer: opt });
     const other = new Map([...params, ['extra', tf.variable(tf.zeros([1]))]]);
     disposers.push(() => other.get('extra')!.dispose());
     expect(() => loadCheckpoint(ck, other, buffers)).toThrow(new RegExp(`${PARAMS_FILE}: has no tensor 'extra' for trained parameter 'extra'`));

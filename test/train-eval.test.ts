@@ -17,7 +17,7 @@ let n = 0;
 beforeAll(async () => {
   await initBackend();
   const dir = join(tmp.dir, 'base');
-  initBase({ arch: 'llama', layers: 1, hidden: 16, heads: 2, ffn: 32, maxPositions: 16, out: dir, seed: 1 });
+  await initBase({ arch: 'llama', layers: 1, hidden: 16, heads: 2, ffn: 32, maxPositions: 16, out: dir, seed: 1 });
   model = loadBase(dir);
 });
 afterAll(() => {

@@ -39,7 +39,7 @@ function maxRelDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
 }
 
 describe('AdamW', () => {
-  it('matches a float64 PyTorch-semantics reference over several steps, with decay and a gradient scale', () => {
+  it('matches a float64 PyTorch-semantics reference over several steps, with decay and a gradient scale', async () => {
     const rng = new Rng(7);
     const init = rng.normalArray(12, 1);
     const p = tf.variable(tf.tensor(init, [3, 4]));
@@ -58,7 +58,7 @@ describe('AdamW', () => {
       referenceAdamW(ref.p, ref.m, ref.v, Array.from(g, (x) => x * scale), i + 1, lr, 0.1);
       expect(maxRelDiff(p.dataSync(), ref.p)).toBeLessThan(1e-6);
     });
-    const s = opt.state();
+    const s = await opt.state();
     expect(s.step).toBe(3);
     expect(maxRelDiff(s.moments['w.exp_avg']!, ref.m)).toBeLessThan(1e-6);
     expect(maxRelDiff(s.moments['w.exp_avg_sq']!, ref.v)).toBeLessThan(1e-5);
@@ -66,7 +66,7 @@ describe('AdamW', () => {
     p.dispose();
   });
 
-  it('state() and load() restore it exactly, and a parameter without a gradient is left alone', () => {
+  it('state() and load() restore it exactly, and a parameter without a gradient is left alone', async () => {
     const rng = new Rng(3);
     const a = tf.variable(tf.tensor(rng.normalArray(6, 1), [2, 3]));
     const b = tf.variable(tf.tensor(rng.normalArray(4, 1), [4]));
@@ -74,7 +74,7 @@ describe('AdamW', () => {
     const grads = [0, 1, 2].map(() => new Map([['a', tf.tensor(rng.normalArray(6, 1), [2, 3])], ['b', tf.tensor(rng.normalArray(4, 1), [4])]]));
     opt.apply(grads[0]!, 1e-2);
     opt.apply(grads[1]!, 1e-2);
-    const saved = opt.state();
+    const saved = await opt.state();
 
     const a2 = tf.variable(a.clone());
     const b2 = tf.variable(b.clone());
@@ -86,7 +86,7 @@ describe('AdamW', () => {
     opt2.apply(onlyA, 1e-2);
     expect(Array.from(a2.dataSync())).toEqual(Array.from(a.dataSync()));
     expect(Array.from(b.dataSync())).toEqual(Array.from(bBefore));
-    expect(opt2.state().moments['b.exp_avg']).toEqual(saved.moments['b.exp_avg']);
+    expect((await opt2.state()).moments['b.exp_avg']).toEqual(saved.moments['b.exp_avg']);
 
     expect(() => opt2.load({ step: 1, moments: { 'a.exp_avg': new Float32Array(6) } })).toThrow(/no 'a.exp_avg_sq'/);
     expect(() => opt2.load({ ...saved, moments: { ...saved.moments, 'a.exp_avg': new Float32Array(5) } })).toThrow(/5 values, parameter 'a' has 6/);

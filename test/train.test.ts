@@ -52,9 +52,10 @@ interface Batch {
 function makeBatch(idx: number[]): Batch {
   const x = new Float32Array(idx.length * D);
   idx.forEach((n, i) => x.set(data.x.subarray(n * D, (n + 1) * D), i * D));
+  // The trainer frees a batch's tensor fields after use; the one-hot's scratch goes here.
   return {
     x: tf.tensor2d(x, [idx.length, D]),
-    y: tf.oneHot(tf.tensor1d(idx.map((n) => data.y[n]!), 'int32'), C).toFloat() as tf.Tensor2D,
+    y: tf.tidy(() => tf.oneHot(tf.tensor1d(idx.map((n) => data.y[n]!), 'int32'), C).toFloat() as tf.Tensor2D),
     rows: idx.length,
   };
 }

@@ -29,17 +29,17 @@ afterEach(() => {
   expect(tf.memory().numTensors).toBe(0);
 });
 
-function exportUpcycled(name: string, o: UpcycleOptions): { dir: string; cfg: Record<string, unknown>; W: Weights64; live: CausalLM } {
+async function exportUpcycled(name: string, o: UpcycleOptions): Promise<{ dir: string; cfg: Record<string, unknown>; W: Weights64; live: CausalLM }> {
   const base = loadBase(dense, quiet);
-  const live = upcycle(base, o);
+  const live = await upcycle(base, o);
   base.dispose();
   const dir = join(tmp.dir, name);
-  saveModel(live, dir);
+  await saveModel(live, dir);
   const cfg = JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8')) as Record<string, unknown>;
   return { dir, cfg, W: readTensors64(join(dir, 'model.safetensors')), live };
 }
 
-function molora(model: CausalLM, c: ReferenceCase): Float32Array[][] {
+function molora(model: CausalLM, c: ReferenceCase): Promise<Float32Array[][]> {
   return logprobs(model, { ids: Int32Array.from(c.ids.flat()), attentionMask: Uint8Array.from(c.attention_mask.flat()), batch: c.ids.length, seq: c.ids[0]!.length });
 }
 
@@ -53,8 +53,8 @@ function worst(got: Float32Array[][], want: (ArrayLike<number> | null)[][]): num
 }
 
 describe('upcycle export against float64 references', () => {
-  it('σ = 0: a REFERENCE §4 Mixtral folder (config keys, tensor names, shapes) whose logits match the dense PyTorch float64 reference', () => {
-    const { dir, cfg, W, live } = exportUpcycled('exact', { experts: E, topK: K, routerStd: 0.5, seed: 11 });
+  it('σ = 0: a REFERENCE §4 Mixtral folder (config keys, tensor names, shapes) whose logits match the dense PyTorch float64 reference', async () => {
+    const { dir, cfg, W, live } = await exportUpcycled('exact', { experts: E, topK: K, routerStd: 0.5, seed: 11 });
     try {
       const denseCfg = JSON.parse(readFileSync(join(dense, 'config.json'), 'utf8')) as Record<string, unknown>;
       expect(cfg).toMatchObject({
@@ -96,8 +96,8 @@ describe('upcycle export against float64 references', () => {
       const back = loadBase(dir, quiet);
       try {
         for (const c of readReference('llama-gqa').cases) {
-          expect(worst(molora(back, c), c.logprobs)).toBeLessThan(1e-4);
-          expect(worst(molora(live, c), c.logprobs)).toBeLessThan(1e-4);
+          expect(worst(await molora(back, c), c.logprobs)).toBeLessThan(1e-4);
+          expect(worst(await molora(live, c), c.logprobs)).toBeLessThan(1e-4);
           // The float64 Mixtral forward of the saved folder equals the dense reference up to its 6-decimal rounding.
           expect(worst(logprobs64(W, cfg, c.ids, c.attention_mask).map((r) => r.map((v) => (v ? Float32Array.from(v) : null))) as Float32Array[][], c.logprobs)).toBeLessThan(1e-6);
         }
@@ -109,8 +109,8 @@ describe('upcycle export against float64 references', () => {
     }
   });
 
-  it('σ > 0 with a seeded router: the saved folder and the live model match the float64 Mixtral forward of the saved tensors at 1e-4', () => {
-    const { dir, cfg, W, live } = exportUpcycled('noisy', { experts: E, topK: K, noise: 0.05, routerStd: 0.3, seed: 12 });
+  it('σ > 0 with a seeded router: the saved folder and the live model match the float64 Mixtral forward of the saved tensors at 1e-4', async () => {
+    const { dir, cfg, W, live } = await exportUpcycled('noisy', { experts: E, topK: K, noise: 0.05, routerStd: 0.3, seed: 12 });
     const back = loadBase(dir, quiet);
     try {
       const denseRef = readReference('llama-gqa');
@@ -119,10 +119,10 @@ describe('upcycle export against float64 references', () => {
         const ref = logprobs64(W, cfg, c.ids, c.attention_mask, { stats });
         // Routing is decisive, so float32 cannot pick other experts than the float64 reference.
         expect(stats.minMargin).toBeGreaterThan(1e-3);
-        expect(worst(molora(back, c), ref)).toBeLessThan(1e-4);
-        expect(worst(molora(live, c), ref)).toBeLessThan(1e-4);
+        expect(worst(await molora(back, c), ref)).toBeLessThan(1e-4);
+        expect(worst(await molora(live, c), ref)).toBeLessThan(1e-4);
         // …and the check has teeth: the noisy experts move the model well away from the dense one.
-        expect(worst(molora(back, c), c.logprobs)).toBeGreaterThan(1e-2);
+        expect(worst(await molora(back, c), c.logprobs)).toBeGreaterThan(1e-2);
       }
     } finally {
       back.dispose();

@@ -55,17 +55,17 @@ export interface MergeFolderOptions {
  * output may not be (or lie inside, or contain) an input, so merging onto the base itself is
  * refused before anything is read; a failure leaves no new folder behind.
  */
-export function mergeFolder(o: MergeFolderOptions): void {
+export async function mergeFolder(o: MergeFolderOptions): Promise<void> {
   if (o.adapters.length === 0) throw new Error('merge needs at least one --adapter DIR');
   const inputs: Input[] = [['--model', o.model], ...o.adapters.map((dir): Input => ['--adapter', dir])];
-  holding(
+  await holding(
     claimOutput({ ...o, inputs }),
-    () => {
+    async () => {
       const model = loadBase(o.model);
       try {
         const adapters = o.adapters.map((dir) => loadAdapter(model, dir));
         mergeAdapters(model, adapters);
-        saveModel(model, o.out);
+        await saveModel(model, o.out);
         for (const a of adapters) a.dispose();
       } finally {
         model.dispose();

@@ -94,9 +94,10 @@ export function parseMixLoraConfig(raw: Record<string, unknown>, source: string,
 }
 
 /** Write mixlora_config.json + mixlora.safetensors, each atomically. */
-export function saveMixLora(adapter: MixLoraAdapter, dir: string): void {
+export async function saveMixLora(adapter: MixLoraAdapter, dir: string): Promise<void> {
+  const tensors = await transposedTensors(adapter.params());
   mkdirSync(dir, { recursive: true });
-  writeSafetensors(join(dir, MIXLORA_WEIGHTS), transposedTensors(adapter.params()), { format: 'pt' });
+  writeSafetensors(join(dir, MIXLORA_WEIGHTS), tensors, { format: 'pt' });
   writeJsonAtomic(join(dir, MIXLORA_CONFIG), mixLoraConfigJson(adapter.config));
 }
 

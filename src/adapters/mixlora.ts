@@ -7,9 +7,10 @@ import { Linear } from '../base/linear.js';
 import { GeluMLP, geluNew, SwiGLU, type FFN } from '../base/mlp.js';
 import type { CausalLM } from '../base/model.js';
 import type { Rng } from '../base/rng.js';
-import { RouterLosses, routerLossPart, routerStats, type RouterStats } from '../moe/moe-losses.js';
-import { Router } from '../moe/router.js';
-import { realOf, scatterAdd } from '../moe/moe.js';
+import { tensorsOnHost } from '../base/backend.js';
+import { RouterLosses, routerLossPart, RouterStatsSlot, type RouterStats } from '../moe/moe-losses.js';
+import { Router, sparsePlan, type Dispatch } from '../moe/router.js';
+import { scatterAdd } from '../moe/moe.js';
 
 /**
  * MixLoRA (Li et al. 2024, arXiv 2404.15159; TUDB-Labs/MixLoRA): E LoRA experts inside each dense
@@ -78,11 +79,12 @@ function projName(lin: Linear): string {
  * One block's FFN with MixLoRA experts; it stands in for the dense FFN while attached. Sparse like
  * MoEFFN: the shared in-projections run once on every row, then each expert gathers its tokens,
  * adds its LoRA deltas, and one down projection over all (token, expert) rows plus a segment sum
- * combines them. Padding rows reach no expert and come out 0.
+ * combines them. Padding rows reach no expert and come out 0. On webgpu every expert runs on
+ * every row, weighted by the [N, E] routing weights (see MoEFFN).
  */
 export class MixLoraFFN implements FFN {
-  /** The last pass's routing statistics. */
-  stats: RouterStats | null = null;
+  /** The last pass's routing statistics, while collecting. */
+  readonly stats = new RouterStatsSlot();
   private readonly parts: FfnParts;
 
   constructor(
@@ -100,13 +102,18 @@ export class MixLoraFFN implements FFN {
   }
 
   forward(x: tf.Tensor2D, ctx: ForwardContext): tf.Tensor2D {
-    const real = realOf(ctx);
+    const real = ctx.realTokens;
     const N = x.shape[0];
     if (real.length !== N) throw new Error(`${this.prefix}: ${N} rows but a ${real.length}-token mask`);
     const r = this.router.route(x, ctx, real);
-    const d = r.dispatch;
-    this.stats = routerStats(this.layer, r.hostLogits, r.hostProbs, real, d.counts, r.choices, d.dropped, d.droppedTokens);
-    if (ctx.training) this.losses.add(ctx, routerLossPart(r.logits, r.probs, ctx.tokenMask, r.choices));
+    this.stats.record(this.layer, r, ctx);
+    if (ctx.training) this.losses.add(ctx, routerLossPart(r.logits, r.probs, ctx, r.chosen));
+    return tensorsOnHost() ? this.sparse(x, sparsePlan(r), ctx) : this.dense(x, r.weights, ctx);
+  }
+
+  /** Each expert on its own tokens (rows grouped by expert), one down projection, one segment sum. */
+  private sparse(x: tf.Tensor2D, d: Dispatch, ctx: ForwardContext): tf.Tensor2D {
+    const N = x.shape[0];
     if (d.tokens.length === 0) return tf.zerosLike(x);
     const rows = tf.tensor1d(d.tokens, 'int32');
     const active = [...d.counts.keys()].filter((e) => d.counts[e]! > 0);
@@ -128,6 +135,23 @@ export class MixLoraFFN implements FFN {
     return scatterAdd(y.mul(d.weights.reshape([-1, 1])) as tf.Tensor2D, rows, N);
   }
 
+  /** Every unmasked expert on every row (the in-projections shared), weighted by the [N, E] routing weights. */
+  private dense(x: tf.Tensor2D, weights: tf.Tensor2D, ctx: ForwardContext): tf.Tensor2D {
+    const N = x.shape[0];
+    const { ins, out, act } = this.parts;
+    const bases = ins.map((lin) => lin.forward(x, ctx));
+    const terms = this.experts.flatMap((layers, e) => {
+      if (this.router.masked.has(e)) return [];
+      const withDelta = (lin: Linear, base: tf.Tensor2D, input: tf.Tensor2D): tf.Tensor2D => {
+        const l = layers.get(lin.name);
+        return l ? base.add(l.delta(input, ctx)) : base;
+      };
+      const a = act(ins.map((lin, i) => withDelta(lin, bases[i]!, x)));
+      return [withDelta(out, out.forward(a, ctx), a).mul(weights.slice([0, e], [N, 1])) as tf.Tensor2D];
+    });
+    return terms.length === 1 ? terms[0]! : tf.addN(terms);
+  }
+
   /** The dense FFN's linears: what exports write and plain LoRA adapters target. */
   linears(): Linear[] {
     return this.base.linears();
@@ -140,6 +164,7 @@ export class MixLoraFFN implements FFN {
 
   /** The adapter's own tensors: router and expert LoRAs. */
   disposeExperts(): void {
+    this.stats.clear();
     this.router.dispose();
     for (const e of this.experts) for (const l of e.values()) l.dispose();
   }
@@ -180,9 +205,22 @@ export class MixLoraAdapter {
     return out;
   }
 
-  /** Each adapted layer's routing in the last pass. */
-  stats(): RouterStats[] {
-    return this.ffns.flatMap((f) => (f.stats ? [f.stats] : []));
+  /** Each adapted layer's routing in the last pass recorded (collectStats). */
+  async stats(): Promise<RouterStats[]> {
+    const out: RouterStats[] = [];
+    for (const f of this.ffns) {
+      const s = await f.stats.read();
+      if (s) out.push(s);
+    }
+    return out;
+  }
+
+  /** Start (or stop, freeing what was kept) recording each adapted layer's routing statistics. */
+  collectStats(on: boolean): void {
+    for (const f of this.ffns) {
+      f.stats.on = on;
+      if (!on) f.stats.clear();
+    }
   }
 
   attach(model: CausalLM): void {

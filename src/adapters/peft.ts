@@ -2,6 +2,7 @@ import * as tf from '@tensorflow/tfjs';
 import { existsSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { writeJsonAtomic } from '../base/atomic.js';
+import { readHost } from '../base/host.js';
 import type { CausalLM } from '../base/model.js';
 import { openSafetensors, writeSafetensors, type TensorToWrite } from '../base/safetensors.js';
 import { linearsByName, LoraAdapter, newLayer } from './adapter.js';
@@ -16,20 +17,19 @@ export const ADAPTER_WEIGHTS = 'adapter_model.safetensors';
  * Variables kept transposed for fast matMuls, back in file orientation on the host, under their
  * keys: for LoRA that is lora_A [r, in] and lora_B [out, r], for Linear and Conv1D alike.
  */
-export function transposedTensors(params: Map<string, tf.Tensor>): Record<string, TensorToWrite> {
+export async function transposedTensors(params: Map<string, tf.Tensor>): Promise<Record<string, TensorToWrite>> {
   const out: Record<string, TensorToWrite> = {};
   for (const [key, v] of params) {
-    const host = tf.tidy(() => v.transpose());
-    out[key] = { dtype: 'F32', shape: host.shape, data: host.dataSync() as Float32Array };
-    host.dispose();
+    out[key] = { dtype: 'F32', shape: [...v.shape].reverse(), data: await readHost(() => v.transpose()) };
   }
   return out;
 }
 
 /** Write a PEFT adapter folder (adapter_config.json + adapter_model.safetensors), each file atomically. */
-export function saveAdapter(adapter: LoraAdapter, dir: string): void {
+export async function saveAdapter(adapter: LoraAdapter, dir: string): Promise<void> {
+  const tensors = await transposedTensors(adapter.params());
   mkdirSync(dir, { recursive: true });
-  writeSafetensors(join(dir, ADAPTER_WEIGHTS), transposedTensors(adapter.params()), { format: 'pt' });
+  writeSafetensors(join(dir, ADAPTER_WEIGHTS), tensors, { format: 'pt' });
   writeJsonAtomic(join(dir, ADAPTER_CONFIG), loraConfigJson(adapter.config));
 }
 

@@ -46,7 +46,7 @@ async function trainIn(o: TrainAdapterOptions): Promise<TrainResult> {
       try {
         return await trainLm(model, mix.params(), (dir) => (saveMixLora(mix, dir), writeDataRecord(dir, o)), {
           ...o,
-          onEval: (step, data) => ({ ...o.onEval?.(step, data), router: routingOn(model, () => mix.stats(), data.dataset.val ?? data.dataset.train, o) }),
+          onEval: async (step, data) => ({ ...(await o.onEval?.(step, data)), router: await routingOn(model, mix.ffns.map((f) => f.stats), data.dataset.val ?? data.dataset.train, o) }),
         });
       } finally {
         mix.dispose();

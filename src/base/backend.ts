@@ -1,32 +1,41 @@
 import * as tf from '@tensorflow/tfjs';
 import { installKernelPatches } from './kernels.js';
 import { guardWasmHeap } from './memory.js';
+import { defaultImporter, describeAdapter, startWebGpu, webGpuAdapter, WebGpuUnavailable, type AdapterSummary, type Importer, type StartOptions } from './webgpu.js';
 
-export type BackendName = 'tensorflow' | 'wasm' | 'cpu';
-export const BACKENDS: readonly BackendName[] = ['tensorflow', 'wasm', 'cpu'];
+export type BackendName = 'tensorflow' | 'webgpu' | 'wasm' | 'cpu';
+export const BACKENDS: readonly BackendName[] = ['tensorflow', 'webgpu', 'wasm', 'cpu'];
 
 export interface BackendInfo {
   name: BackendName;
   /** Why this backend was chosen, for logs and `molora inspect`. */
   reason: string;
+  /** The GPU behind webgpu (absent on the other backends). */
+  adapter?: AdapterSummary;
 }
 
 export interface BackendOptions {
   /** Explicit choice (the `--backend` flag); wins over MOLORA_BACKEND. */
   backend?: string;
-  /** Where warnings go; stderr by default. */
+  /** Where warnings and the GPU line go; stderr by default. */
   warn?: (msg: string) => void;
+  /** Loads the optional packages (tfjs-node, webgpu); tests inject a failing one to play "not installed". */
+  importer?: Importer;
+  /** Whether the machine has a GPU device node, which the automatic order checks before starting Dawn; tests inject one. */
+  gpuDevicePresent?: () => boolean;
 }
 
 let active: BackendInfo | null = null;
 
 /**
  * Pick and start the tfjs backend: an explicit choice, then MOLORA_BACKEND, then the best one
- * importable (tfjs-node-gpu, tfjs-node, wasm). An explicit choice that cannot start is an error,
- * never a silent fallback; landing on the pure-JS cpu backend is always announced.
+ * that starts: tfjs-node(-gpu), webgpu on a hardware adapter, wasm, and the pure-JS cpu backend
+ * (announced). An explicit choice that cannot start is an error saying why, never a silent
+ * fallback.
  */
 export async function initBackend(opts: BackendOptions = {}): Promise<BackendInfo> {
   const warn = opts.warn ?? ((m: string) => process.stderr.write(`molora: ${m}\n`));
+  const importer = opts.importer ?? defaultImporter;
   const requested = opts.backend ?? process.env.MOLORA_BACKEND ?? '';
   if (requested && !BACKENDS.includes(requested as BackendName)) {
     throw new Error(`unknown backend '${requested}'; choose one of: ${BACKENDS.join(', ')}`);
@@ -35,26 +44,15 @@ export async function initBackend(opts: BackendOptions = {}): Promise<BackendInf
   if (active && (!opts.backend || opts.backend === active.name)) return active;
 
   tf.enableProdMode();
-  let info: BackendInfo;
-  if (requested) {
-    if (!(await start(requested as BackendName))) {
-      throw new Error(`backend '${requested}' could not start${hint(requested as BackendName)}`);
-    }
-    info = { name: requested as BackendName, reason: opts.backend ? '--backend' : 'MOLORA_BACKEND' };
-  } else if (await start('tensorflow')) {
-    info = { name: 'tensorflow', reason: 'tfjs-node is installed' };
-  } else if (await start('wasm')) {
-    info = { name: 'wasm', reason: 'default (no tfjs-node installed)' };
-  } else if (await start('cpu')) {
-    info = { name: 'cpu', reason: 'wasm failed to start' };
-  } else {
-    throw new Error('no tfjs backend could start');
-  }
+  const probe = { importer, warn, gpuDevicePresent: opts.gpuDevicePresent };
+  const info = requested ? await forced(requested as BackendName, opts.backend ? '--backend' : 'MOLORA_BACKEND', probe) : await automatic(probe);
   if (info.name === 'cpu') {
     warn('WARNING: running on the pure-JS cpu backend, about 40x slower than wasm. ' +
       'Use --backend wasm, or install @tensorflow/tfjs-node(-gpu).');
   }
-  // After setBackend: the wasm module has registered its kernels, so ours replace them.
+  if (info.adapter) warn(`webgpu on ${describeAdapter(info.adapter)}`);
+  // After setBackend: the wasm module has registered its kernels, so ours replace them (and
+  // loading a backend package may have re-registered tfjs's stock gradients over ours).
   installKernelPatches();
   guardWasmHeap();
   active = info;
@@ -65,10 +63,59 @@ export function activeBackend(): BackendInfo | null {
   return active;
 }
 
-async function start(name: BackendName): Promise<boolean> {
+/** What a benchmark's --json says about where it ran: the backend and, on webgpu, the adapter. */
+export interface BackendReport {
+  backend: string;
+  adapter: AdapterSummary | null;
+}
+
+export function backendReport(): BackendReport {
+  return { backend: tf.getBackend(), adapter: webGpuAdapter() };
+}
+
+/**
+ * Whether tensors live in host memory, so a synchronous read is a copy: true on wasm, cpu and
+ * tfjs-node, false on webgpu, where it throws (a GPU buffer cannot be mapped synchronously).
+ * Plans that need host values mid-pass (the sparse MoE dispatch) run only where this holds.
+ */
+export function tensorsOnHost(): boolean {
+  return tf.getBackend() !== 'webgpu';
+}
+
+type Probe = Omit<StartOptions, 'hardwareOnly'> & { importer: Importer };
+
+async function forced(name: BackendName, reason: string, probe: Probe): Promise<BackendInfo> {
+  if (name === 'webgpu') {
+    try {
+      return { name, reason, adapter: await startWebGpu({ ...probe, hardwareOnly: false }) };
+    } catch (e) {
+      throw new Error(`backend 'webgpu' could not start: ${e instanceof Error ? e.message : String(e)}`);
+    }
+  }
+  if (!(await start(name, probe.importer))) throw new Error(`backend '${name}' could not start${hint(name)}`);
+  return { name, reason };
+}
+
+/** tensorflow → webgpu (hardware adapters only) → wasm → cpu. */
+async function automatic(probe: Probe): Promise<BackendInfo> {
+  const importer = probe.importer;
+  if (await start('tensorflow', importer)) return { name: 'tensorflow', reason: 'tfjs-node is installed' };
+  let noGpu: string;
+  try {
+    return { name: 'webgpu', reason: 'a hardware WebGPU adapter', adapter: await startWebGpu({ ...probe, hardwareOnly: true }) };
+  } catch (e) {
+    if (!(e instanceof WebGpuUnavailable && e.skip)) throw e;
+    noGpu = e.message;
+  }
+  if (await start('wasm', importer)) return { name: 'wasm', reason: `default (no tfjs-node; no webgpu: ${noGpu})` };
+  if (await start('cpu', importer)) return { name: 'cpu', reason: 'wasm failed to start' };
+  throw new Error('no tfjs backend could start');
+}
+
+async function start(name: Exclude<BackendName, 'webgpu'>, importer: Importer): Promise<boolean> {
   try {
     if (name === 'tensorflow') {
-      if (!(await importFirst(['@tensorflow/tfjs-node-gpu', '@tensorflow/tfjs-node']))) return false;
+      if (!(await importFirst(['@tensorflow/tfjs-node-gpu', '@tensorflow/tfjs-node'], importer))) return false;
     } else if (name === 'wasm') {
       await import('@tensorflow/tfjs-backend-wasm');
     }
@@ -78,10 +125,10 @@ async function start(name: BackendName): Promise<boolean> {
   }
 }
 
-async function importFirst(modules: string[]): Promise<boolean> {
+async function importFirst(modules: string[], importer: Importer): Promise<boolean> {
   for (const m of modules) {
     try {
-      await import(m);
+      await importer(m);
       return true;
     } catch {
       // not installed: try the next

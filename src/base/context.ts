@@ -11,6 +11,8 @@ export interface ForwardContext {
   training: boolean;
   /** [B*T, 1] float: 1 for real tokens, 0 for padding. */
   tokenMask: tf.Tensor2D;
+  /** The same mask on the host, [B*T] (plans that need it must not read a GPU tensor back mid-pass). */
+  realTokens: Float32Array;
   /** Auxiliary losses (gate balance, router losses) added by plug-ins during the pass. */
   aux: { name: string; value: tf.Scalar }[];
   /** Randomness for dropout and noisy routing; null means deterministic. */

@@ -1,4 +1,4 @@
-import * as tf from '@tensorflow/tfjs';
+import { readHost } from './host.js';
 import type { CausalLM, TokenBatch } from './model.js';
 import { Rng } from './rng.js';
 import { GREEDY, sampleToken, type SamplingOptions } from './sampling.js';
@@ -26,7 +26,7 @@ export interface GenerateResult {
  * every row's next token sits in the last column; positions come from the mask, so padding does
  * not shift them.
  */
-export function generate(model: CausalLM, prompts: number[][], opts: GenerateOptions & { keepLogits?: boolean } = {}): GenerateResult {
+export async function generate(model: CausalLM, prompts: number[][], opts: GenerateOptions & { keepLogits?: boolean } = {}): Promise<GenerateResult> {
   const B = prompts.length;
   if (B === 0 || prompts.some((p) => p.length === 0)) throw new Error('generate needs at least one non-empty prompt');
   const sampling: SamplingOptions = {
@@ -55,7 +55,7 @@ export function generate(model: CausalLM, prompts: number[][], opts: GenerateOpt
   try {
     let step: TokenBatch = batchOf(rows, masks, promptLens);
     for (let n = 0; n < maxNew && !done.every(Boolean); n++) {
-      const last = lastLogits(model, step, cache);
+      const last = await lastLogits(model, step, cache);
       for (let b = 0; b < B; b++) {
         const row = last.subarray(b * model.config.vocabSize, (b + 1) * model.config.vocabSize);
         const id = done[b] ? pad : sampleToken(row, sampling, rng);
@@ -84,14 +84,11 @@ function batchOf(rows: number[][], masks: number[][], promptLens: Int32Array): T
  * Logits of the last column of every row, [B·V] on the host. lm_head runs on every column of
  * the step, not just the last: a hook on it (a prefix or sequence gate) may pool over the row.
  */
-function lastLogits(model: CausalLM, batch: TokenBatch, cache?: ReturnType<CausalLM['newCache']>): Float32Array {
+function lastLogits(model: CausalLM, batch: TokenBatch, cache?: ReturnType<CausalLM['newCache']>): Promise<Float32Array> {
   const { batch: B, seq: T } = batch;
-  const logits = tf.tidy(() => {
+  return readHost(() => {
     const all = model.forward(batch, { cache });
     const V = all.shape[1];
     return all.reshape([B, T, V]).slice([0, T - 1, 0], [B, 1, V]).reshape([B, V]);
   });
-  const host = logits.dataSync() as Float32Array;
-  logits.dispose();
-  return host;
 }

@@ -45,11 +45,15 @@ export class RandomWeights implements WeightSource {
   }
 
   get(key: string, shape: number[]): tf.Tensor {
+    return tf.tensor(this.read(key, shape), shape);
+  }
+
+  read(key: string, shape: number[]): Float32Array {
     const n = shape.reduce((a, b) => a * b, 1);
-    if (/\.bias$/.test(key)) return tf.zeros(shape);
-    if (/(norm|ln_\d|ln_f)\.weight$/.test(key)) return tf.ones(shape);
+    if (/\.bias$/.test(key)) return new Float32Array(n);
+    if (/(norm|ln_\d|ln_f)\.weight$/.test(key)) return new Float32Array(n).fill(1);
     const std = /\.c_proj\.weight$/.test(key) ? this.std / Math.sqrt(2 * this.layers) : this.std;
-    return tf.tensor(this.rng.normalArray(n, std), shape);
+    return this.rng.normalArray(n, std);
   }
 }
 
@@ -112,11 +116,11 @@ export function baseConfigJson(o: InitBaseOptions): Record<string, unknown> {
  * `molora init-base`: a randomly initialised HF model folder with a byte-level tokenizer. A
  * failure leaves no folder behind (when it made the folder) and no model.safetensors.
  */
-export function initBase(o: InitBaseOptions): void {
+export async function initBase(o: InitBaseOptions): Promise<void> {
   const cfg = parseConfig(baseConfigJson(o), 'init-base options');
-  holding(
+  await holding(
     claimOutput(o),
-    () => {
+    async () => {
       // Llama tokenizers add bos themselves in Hugging Face; molora's promptIds does the same.
       writeJsonAtomic(join(o.out, 'tokenizer.json'), byteLevelTokenizerJson({ addBos: cfg.arch === 'llama' }));
       writeJsonAtomic(join(o.out, 'tokenizer_config.json'), byteLevelTokenizerConfig());
@@ -127,7 +131,7 @@ export function initBase(o: InitBaseOptions): void {
       });
       const model = new CausalLM(cfg, buildParts(cfg, new RandomWeights(new Rng(o.seed ?? 0), cfg.layers)));
       try {
-        saveModel(model, o.out);
+        await saveModel(model, o.out);
       } finally {
         model.dispose();
       }

@@ -30,6 +30,11 @@ import type { BackendWasm } from '@tensorflow/tfjs-backend-wasm';
  * - MoloraSplitHeads / MoloraMergeHeads: RoPE, the attention score scale and the head
  *   transpose in one pass, each the other's gradient.
  *
+ * webgpu kernels replaced (only these: none of the wasm ones above applies there):
+ * - AddN: it binds every input and the output as storage buffers, and tfjs 4.22 does not split a
+ *   sum past the device's maxStorageBuffersPerShaderStage (8 inputs failed validation on an
+ *   8-buffer device; Concat does split). Now it sums in chunks that fit.
+ *
  * Not patched: tf.fused.matMul leaks one tensor per call in tfjs-core itself (all backends);
  * molora's linear never fuses.
  *
@@ -37,8 +42,8 @@ import type { BackendWasm } from '@tensorflow/tfjs-backend-wasm';
  * TensorScatterUpdate (build from gather / one-hot products), Einsum (no wasm forward either:
  * use matMul).
  *
- * Gradients are global and installed at once. wasm kernels are installed only once the wasm
- * module has registered its own, since importing it later would overwrite ours: call this again
+ * Gradients are global and installed at once. A backend's kernels are installed only once its
+ * package has registered its own, since loading it later would overwrite ours: call this again
  * after setBackend (initBackend does). Idempotent: each patch checks it is not already in place.
  */
 export function installKernelPatches(): void {
@@ -48,20 +53,38 @@ export function installKernelPatches(): void {
   for (const k of MOLORA_KERNELS) {
     if (tf.getKernel(k.kernelName, k.backendName) !== k) tf.registerKernel(k);
   }
-  if (!tf.getKernel(tf.BatchMatMul, 'wasm')) return;
-  for (const k of WASM_KERNELS) {
-    const current = tf.getKernel(k.kernelName, 'wasm');
+  if (tf.getKernel(tf.BatchMatMul, 'wasm')) replaceKernels(WASM_KERNELS);
+  if (tf.getKernel(tf.BatchMatMul, 'webgpu')) replaceKernels(WEBGPU_KERNELS);
+}
+
+/** Names of molora's kernels registered for a backend right now: what the patches change there. */
+export function patchedKernels(backendName: string): string[] {
+  return [...MOLORA_KERNELS, ...WASM_KERNELS, ...WEBGPU_KERNELS]
+    .filter((k) => k.backendName === backendName && tf.getKernel(k.kernelName, backendName) === k)
+    .map((k) => k.kernelName);
+}
+
+/** Register `kernels` over the stock ones of their backend, keeping those for delegation. */
+function replaceKernels(kernels: tf.KernelConfig[]): void {
+  for (const k of kernels) {
+    const current = tf.getKernel(k.kernelName, k.backendName);
     if (current === k) continue;
     if (current) {
-      ORIGINAL.set(k.kernelName, current);
-      tf.unregisterKernel(k.kernelName, 'wasm');
+      ORIGINAL.set(`${k.backendName}/${k.kernelName}`, current);
+      tf.unregisterKernel(k.kernelName, k.backendName);
     }
     tf.registerKernel(k);
   }
 }
 
-/** The stock wasm kernels we replaced (kept for the cases we delegate, e.g. string slices). */
+/** The stock kernels we replaced, by backend/kernel (kept for the cases we delegate, e.g. string slices). */
 const ORIGINAL = new Map<string, tf.KernelConfig>();
+
+function stock(backendName: string, kernelName: string): tf.KernelConfig {
+  const k = ORIGINAL.get(`${backendName}/${kernelName}`);
+  if (!k) throw new Error(`the stock ${backendName} kernel '${kernelName}' was not kept`);
+  return k;
+}
 
 type Info = tf.TensorInfo;
 type KernelArgs = { inputs: tf.NamedTensorInfoMap; backend: BackendWasm; attrs: tf.NamedAttrMap };
@@ -276,7 +299,7 @@ function sliceInfo(backend: BackendWasm, x: Info, begin: number[], size: number[
 
 function slice(backend: BackendWasm, x: Info, begin: number[], size: number[]): Info {
   if (x.dtype === 'string') {
-    return ORIGINAL.get(tf.Slice)!.kernelFunc({ inputs: { x }, backend, attrs: { begin, size } }) as Info;
+    return stock('wasm', tf.Slice).kernelFunc({ inputs: { x }, backend, attrs: { begin, size } }) as Info;
   }
   return sliceInfo(backend, x, begin, size);
 }
@@ -332,14 +355,14 @@ function share(backend: BackendWasm, x: Info): Info {
 
 const identityKernel = wasmKernel(tf.Identity, ({ inputs, backend, attrs }) => {
   const x = inputs.x!;
-  if (x.dtype === 'string') return ORIGINAL.get(tf.Identity)!.kernelFunc({ inputs, backend, attrs }) as Info;
+  if (x.dtype === 'string') return stock('wasm', tf.Identity).kernelFunc({ inputs, backend, attrs }) as Info;
   return share(backend, x);
 });
 
 const castKernel = wasmKernel(tf.Cast, ({ inputs, backend, attrs }) => {
   const x = inputs.x!;
   if (x.dtype === 'string' || x.dtype !== (attrs as unknown as tf.CastAttrs).dtype) {
-    return ORIGINAL.get(tf.Cast)!.kernelFunc({ inputs, backend, attrs }) as Info;
+    return stock('wasm', tf.Cast).kernelFunc({ inputs, backend, attrs }) as Info;
   }
   return share(backend, x);
 });
@@ -406,6 +429,38 @@ const WASM_KERNELS: tf.KernelConfig[] = [
   batchMatMulKernel, fusedMatMulKernel, sliceKernel, unpackKernel, splitVKernel, gatherKernel,
   unsortedSegmentSumKernel, identityKernel, castKernel,
 ];
+
+// ---------------------------------------------------------------- webgpu
+
+interface WebGpuBackendLike {
+  device: { limits: { maxStorageBuffersPerShaderStage: number } };
+  disposeData(dataId: object): void;
+}
+
+/** Σ inputs in chunks of at most (storage buffers per stage − 1) inputs: the output takes one binding. */
+const webgpuAddNKernel: tf.KernelConfig = {
+  kernelName: tf.AddN,
+  backendName: 'webgpu',
+  kernelFunc: ({ inputs, backend, attrs }) => {
+    const be = backend as unknown as WebGpuBackendLike;
+    const sum = (ts: Info[]): Info => stock('webgpu', tf.AddN).kernelFunc({ inputs: ts as unknown as tf.NamedTensorInfoMap, backend, attrs }) as Info;
+    const max = be.device.limits.maxStorageBuffersPerShaderStage - 1;
+    let ts = Object.values(inputs) as Info[];
+    const partials: Info[] = [];
+    while (ts.length > max) {
+      const next: Info[] = [];
+      for (let i = 0; i < ts.length; i += max) next.push(sum(ts.slice(i, i + max)));
+      partials.push(...next);
+      ts = next;
+    }
+    const out = sum(ts);
+    // The partial sums are ours to free (a one-input sum shares its input's buffer, counted).
+    for (const t of partials) be.disposeData(t.dataId);
+    return out;
+  },
+};
+
+const WEBGPU_KERNELS: tf.KernelConfig[] = [webgpuAddNKernel];
 
 // ---------------------------------------------------------------- molora's own kernels
 

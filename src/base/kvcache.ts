@@ -1,3 +1,4 @@
+import type * as tf from '@tensorflow/tfjs';
 import type { LayerCache } from './attention.js';
 
 /**
@@ -7,6 +8,8 @@ import type { LayerCache } from './attention.js';
 export class KVCache {
   readonly layers: LayerCache[];
   length = 0;
+  /** Tensors that live as long as the decoding does (a router's choice made at the prefill); freed by dispose. */
+  readonly owned: tf.Tensor[] = [];
   private keyMask = new Uint8Array(0);
   private readonly nextPos: Int32Array;
 
@@ -36,6 +39,7 @@ export class KVCache {
       l.v?.dispose();
       l.k = l.v = null;
     }
+    for (const t of this.owned.splice(0)) t.dispose();
   }
 }
 

@@ -11,25 +11,54 @@ export interface LinearHook {
  * A frozen base linear layer, named by its Hugging Face module path (what PEFT targets).
  * The weight is kept as [in, out] so the forward is a plain 2-D matMul, the fast path on WASM;
  * `conv1d` records that the checkpoint stores it that way (GPT-2's fan_in_fan_out).
+ * A vocabulary-wide lm_head over a GPU's binding limit comes as column blocks of that weight
+ * (see vocab.ts): one product per block, concatenated.
  */
 export class Linear {
   private readonly hookList: LinearHook[] = [];
   /** weightT transposed, kept while training a frozen weight (see ops.frozenLinear). */
   private transposed: { of: tf.Tensor2D; w: tf.Tensor2D } | null = null;
+  /** weightT, or its column blocks [in, out_i] in order. */
+  private blocks: tf.Tensor2D[];
 
   constructor(
     readonly name: string,
-    public weightT: tf.Tensor2D,
+    weightT: tf.Tensor2D | tf.Tensor2D[],
     public bias: tf.Tensor1D | null,
     readonly conv1d: boolean,
-  ) {}
+  ) {
+    this.blocks = Array.isArray(weightT) ? weightT : [weightT];
+  }
+
+  /** The weight [in, out]; only when it is one tensor (a split lm_head has no single tensor to hand out). */
+  get weightT(): tf.Tensor2D {
+    this.assertWhole();
+    return this.blocks[0]!;
+  }
+
+  /** Replace the weight (a merge, full training); not a split one. */
+  set weightT(t: tf.Tensor2D) {
+    this.assertWhole();
+    this.blocks = [t];
+  }
+
+  private assertWhole(): void {
+    if (this.blocks.length > 1) {
+      throw new Error(`${this.name} is split into ${this.blocks.length} column blocks to fit the GPU's binding limit; this needs its weight as one tensor`);
+    }
+  }
+
+  /** Column blocks of the weight, in order: more than one only where it is over a GPU binding. */
+  get columnBlocks(): readonly tf.Tensor2D[] {
+    return this.blocks;
+  }
 
   get inFeatures(): number {
-    return this.weightT.shape[0];
+    return this.blocks[0]!.shape[0];
   }
 
   get outFeatures(): number {
-    return this.weightT.shape[1];
+    return this.blocks.reduce((a, b) => a + b.shape[1], 0);
   }
 
   /** The hooks whose deltas this layer adds, in the order added: a frozen copy (change them with addHook). */
@@ -52,13 +81,21 @@ export class Linear {
   }
 
   forward(x: tf.Tensor2D, ctx: ForwardContext): tf.Tensor2D {
-    const bias = this.bias ?? undefined;
-    const frozen = !(this.weightT instanceof tf.Variable && this.weightT.trainable);
-    let y = ctx.training && frozen
-      ? frozenLinear(x, this.weightT, () => this.weight(), bias)
-      : linear(x, this.weightT, bias);
+    let y = this.blocks.length > 1 ? this.blockProduct(x) : this.product(x, ctx);
     if (!ctx.plain) for (const h of this.hookList) y = y.add(h.delta(x, ctx));
     return y;
+  }
+
+  private product(x: tf.Tensor2D, ctx: ForwardContext): tf.Tensor2D {
+    const bias = this.bias ?? undefined;
+    const frozen = !(this.weightT instanceof tf.Variable && this.weightT.trainable);
+    return ctx.training && frozen ? frozenLinear(x, this.weightT, () => this.weight(), bias) : linear(x, this.weightT, bias);
+  }
+
+  /** x @ [W_1 … W_n] as one product per block (each fits a binding), then the bias. */
+  private blockProduct(x: tf.Tensor2D): tf.Tensor2D {
+    const y = tf.concat(this.blocks.map((b) => linear(x, b)), 1) as tf.Tensor2D;
+    return this.bias ? y.add(this.bias) : y;
   }
 
   /**
@@ -76,7 +113,7 @@ export class Linear {
   }
 
   dispose(): void {
-    this.weightT.dispose();
+    tf.dispose(this.blocks);
     this.bias?.dispose();
     this.transposed?.w.dispose();
     this.transposed = null;

@@ -9,6 +9,7 @@ import type { ModelParts } from './model.js';
 import { RMSNorm } from './norm.js';
 import { Rope } from './rope.js';
 import { sparseFfnLayout } from './sparse-ffn.js';
+import { Embedding, readRowBlocks } from './vocab.js';
 import type { WeightSource } from './weights.js';
 
 /** Checkpoint buffers that carry no weights (old exports saved RoPE's inv_freq). */
@@ -86,9 +87,9 @@ export function buildLlama(cfg: ModelConfig, w: WeightSource): ModelParts {
     return new Block(i, norm(`${p}.input_layernorm`), attn, norm(`${p}.post_attention_layernorm`), mlp);
   });
 
-  const embed = { name: 'model.embed_tokens', weight: w.get('model.embed_tokens.weight', [cfg.vocabSize, D]) as tf.Tensor2D };
-  const head = cfg.tieWordEmbeddings
-    ? new Linear('lm_head', embed.weight.transpose(), null, false)
-    : linear('lm_head', D, cfg.vocabSize);
+  const embed = new Embedding('model.embed_tokens', readRowBlocks(w, 'model.embed_tokens.weight', cfg.vocabSize, D));
+  // [V, D] row blocks transposed are the [D, V] weight's column blocks.
+  const headRows = cfg.tieWordEmbeddings ? embed.rowBlocks : readRowBlocks(w, 'lm_head.weight', cfg.vocabSize, D);
+  const head = new Linear('lm_head', headRows.map((b) => b.transpose() as tf.Tensor2D), null, false);
   return { embed, posEmbed: null, blocks, norm: norm('model.norm'), head, rope };
 }

@@ -3,7 +3,7 @@ import { openCheckpoint } from './checkpoint.js';
 import { readConfig, type ModelConfig } from './config.js';
 import { buildGpt2, GPT2_IGNORED } from './gpt2.js';
 import { buildLlama, LLAMA_IGNORED } from './llama.js';
-import { assertFitsHeap } from './memory.js';
+import { assertFitsMemory } from './memory.js';
 import { CausalLM, type ModelParts } from './model.js';
 import { sparseFfnLayout } from './sparse-ffn.js';
 import { loadTokenizer } from './tokenizer.js';
@@ -27,7 +27,7 @@ export function loadBase(dir: string, opts: LoadOptions = {}): CausalLM {
   const ckpt = openCheckpoint(dir);
   try {
     // Weights are decoded to float32; a tied head adds a transposed copy of the embedding.
-    assertFitsHeap(4 * (weightCount(cfg) + (cfg.tieWordEmbeddings ? cfg.vocabSize * cfg.hidden : 0)), `loading ${dir}`);
+    assertFitsMemory(4 * (weightCount(cfg) + (cfg.tieWordEmbeddings ? cfg.vocabSize * cfg.hidden : 0)), `loading ${dir}`);
     const weights = new CheckpointWeights(ckpt);
     const parts = buildParts(cfg, weights);
     const ignored = cfg.arch === 'gpt2' ? GPT2_IGNORED : LLAMA_IGNORED;

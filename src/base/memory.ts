@@ -1,5 +1,12 @@
 import * as tf from '@tensorflow/tfjs';
 import type { BackendWasm } from '@tensorflow/tfjs-backend-wasm';
+import { webGpuAdapter } from './webgpu.js';
+
+/**
+ * Memory plans: one estimator (weights, activations, optimizer state) and the budget of the
+ * backend that runs it: the wasm heap, or a GPU's memory. A plan over budget is refused before
+ * anything is allocated, with the numbers, rather than failing (or, on wasm, corrupting) later.
+ */
 
 /**
  * wasm32 addresses at most 4 GiB, and tfjs 4.22 does not fail past it: an allocation returns
@@ -13,12 +20,18 @@ const MiB = 2 ** 20;
 const GiB = 2 ** 30;
 
 /**
- * Bytes of float32 weights on the wasm heap. Every matrix used as a matMul weight also gets an
- * XNNPACK operator holding a packed copy for as long as the tensor lives (measured: 32 MiB of
- * weights grew the heap by 36 MiB more after one matMul each), so count them twice.
+ * Share of a GPU's memory a plan may take: the driver, other processes and the allocator's
+ * rounding take the rest.
  */
-export function estimateModelBytes(params: number): number {
-  return 2 * F32 * params;
+export const GPU_MEMORY_SHARE = 0.9;
+
+/**
+ * Bytes of float32 weights. On wasm every matrix used as a matMul weight also gets an XNNPACK
+ * operator holding a packed copy for as long as the tensor lives (measured: 32 MiB of weights grew
+ * the heap by 36 MiB more after one matMul each), so they count twice there.
+ */
+export function estimateModelBytes(params: number, backend = tf.getBackend()): number {
+  return (backend === 'wasm' ? 2 : 1) * F32 * params;
 }
 
 export interface TrainingShape {
@@ -44,28 +57,65 @@ export interface TrainingShape {
  * the one point measured (9.5M params, B=8, T=128, V=8192: a 1.2 GiB heap) this gives 1.3-1.7
  * GiB for the plausible shapes of that model, erring on the high side as it should.
  */
-export function estimateTrainingBytes(s: TrainingShape): number {
+export function estimateTrainingBytes(s: TrainingShape, backend = tf.getBackend()): number {
   const tokens = s.batch * s.seq;
   const perTokenLayer = 30 * s.hidden + 5 * s.ffn + 4 * s.heads * s.seq;
   const activations = 2 * F32 * tokens * s.layers * perTokenLayer;
   const logits = 2 * F32 * 4 * tokens * s.vocab;
   const optimizer = 3 * F32 * s.trainableParams;
   // Training keeps a transposed copy of each frozen weight for its input gradient (ops.frozenLinear),
-  // packed by XNNPACK too: the weights count twice over.
-  return 1.25 * (2 * estimateModelBytes(s.params) + activations + logits + optimizer);
+  // packed by XNNPACK too on wasm: the weights count twice over.
+  return 1.25 * (2 * estimateModelBytes(s.params, backend) + activations + logits + optimizer);
 }
 
 function fmt(bytes: number): string {
   return bytes >= GiB ? `${(bytes / GiB).toFixed(2)} GiB` : `${(bytes / MiB).toFixed(0)} MiB`;
 }
 
-/** Refuse a plan that would pass the wasm heap limit; a no-op on the other backends. */
-export function assertFitsHeap(bytes: number, what: string): void {
-  if (tf.getBackend() !== 'wasm' || bytes <= WASM_HEAP_LIMIT_BYTES) return;
-  throw new Error(
-    `${what} needs about ${fmt(bytes)} on the wasm heap, over the ${fmt(WASM_HEAP_LIMIT_BYTES)} molora allows ` +
-    `(wasm tops out at 4 GiB and then corrupts results silently). Use a smaller batch or sequence ` +
-    `length, or install @tensorflow/tfjs-node (or -gpu) to train on the tensorflow backend.`);
+/** What a plan must fit in on the running backend, or null where nothing is known or needed. */
+export interface MemoryBudget {
+  bytes: number;
+  /** "on the wasm heap, over the 3.50 GiB molora allows (…)". */
+  over: (bytes: number) => string;
+  /** The ways out. */
+  advice: string;
+}
+
+export function memoryBudget(): MemoryBudget | null {
+  const backend = tf.getBackend();
+  if (backend === 'wasm') {
+    return {
+      bytes: WASM_HEAP_LIMIT_BYTES,
+      over: () => `on the wasm heap, over the ${fmt(WASM_HEAP_LIMIT_BYTES)} molora allows (wasm tops out at 4 GiB and then corrupts results silently)`,
+      advice: 'Use a smaller batch or sequence length, or install @tensorflow/tfjs-node (or -gpu) to train on the tensorflow backend.',
+    };
+  }
+  const memory = backend === 'webgpu' ? webGpuAdapter()?.memory : null;
+  if (!memory) return null;
+  const bytes = GPU_MEMORY_SHARE * memory.bytes;
+  return {
+    bytes,
+    over: () => `of GPU memory, over the ${fmt(bytes)} molora allows (${Math.round(100 * GPU_MEMORY_SHARE)}% of ${fmt(memory.bytes)}, from ${memory.source})`,
+    advice: 'Use a smaller batch or sequence length, or a GPU with more memory.',
+  };
+}
+
+/** Refuse a plan over the running backend's memory budget; a no-op where there is none. */
+export function assertFitsMemory(bytes: number, what: string): void {
+  const budget = memoryBudget();
+  if (!budget || bytes <= budget.bytes) return;
+  throw new Error(`${what} needs about ${fmt(bytes)} ${budget.over(bytes)}. ${budget.advice}`);
+}
+
+/**
+ * Refuse a batch whose logits [tokens, vocab] are over the GPU's binding limit: kernels bind a
+ * tensor whole, and unlike the vocabulary tables (vocab.ts) activations are not split.
+ */
+export function assertLogitsFit(tokens: number, vocab: number, limit: number | null, what: string): void {
+  const bytes = F32 * tokens * vocab;
+  if (limit === null || bytes <= limit) return;
+  throw new Error(`${what}: its logits, ${tokens} tokens × ${vocab} vocabulary float32 (${fmt(bytes)}), are over the GPU's ` +
+    `${fmt(limit)} binding limit. Use a smaller batch or sequence length (at most ${Math.floor(limit / (F32 * vocab))} tokens a batch).`);
 }
 
 export interface HeapUsage {

@@ -8,6 +8,7 @@ import type { Linear } from './linear.js';
 import type { Norm } from './norm.js';
 import type { Rng } from './rng.js';
 import type { Rope } from './rope.js';
+import type { Embedding } from './vocab.js';
 import type { Tokenizer } from './tokenizer.js';
 
 /** A batch of token ids, row-major [B, T]; attentionMask 1 marks real tokens (default all 1). */
@@ -36,12 +37,6 @@ export interface ForwardOptions {
   rng?: Rng | null;
   /** The base alone: no linear hooks, no input hooks (see ForwardContext.plain). */
   plain?: boolean;
-}
-
-/** A named embedding table [V, D] (token or position). */
-export interface Embedding {
-  readonly name: string;
-  readonly weight: tf.Tensor2D;
 }
 
 export interface ModelParts {
@@ -95,11 +90,13 @@ export class CausalLM {
       throw new Error(`sequence of ${S} tokens exceeds the model's ${this.config.maxPositions} positions`);
     }
     const p = this.parts;
+    const realTokens = Float32Array.from(mask);
     const ctx: ForwardContext = {
       batch: B,
       seq: T,
       training: opts.training ?? false,
-      tokenMask: tf.tensor2d(Float32Array.from(mask), [B * T, 1]),
+      tokenMask: tf.tensor2d(realTokens, [B * T, 1]),
+      realTokens,
       aux: [],
       rng: opts.rng ?? null,
       plain: opts.plain ?? false,
@@ -109,8 +106,8 @@ export class CausalLM {
       mask: buildMask(keyMask, B, T, S, this.config.heads / this.config.kvHeads, this.config.slidingWindow),
     };
     const ids = tf.tensor1d(input.ids, 'int32');
-    let x = tf.gather(p.embed.weight, ids) as tf.Tensor2D;
-    if (p.posEmbed) x = x.add(tf.gather(p.posEmbed.weight, tf.tensor1d(positions, 'int32')));
+    let x = p.embed.gather(ids);
+    if (p.posEmbed) x = x.add(p.posEmbed.gather(tf.tensor1d(positions, 'int32')));
     this.blocks.forEach((block, i) => {
       x = block.forward(x, ctx, inputs, cache?.layers[i]);
     });
@@ -130,8 +127,8 @@ export class CausalLM {
 
   dispose(): void {
     const p = this.parts;
-    p.embed.weight.dispose();
-    p.posEmbed?.weight.dispose();
+    p.embed.dispose();
+    p.posEmbed?.dispose();
     for (const b of this.blocks) b.dispose();
     p.norm.dispose();
     p.head.dispose();

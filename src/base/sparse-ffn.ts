@@ -22,7 +22,7 @@ export interface SparseFfnLayout {
    * The FFN's weights when its checkpoint layout packs several linears into one tensor, with the
    * linears they hold (an export writes those no other way); null when each linear is its own key.
    */
-  packedTensors(ffn: FFN): { tensors: Map<string, HostTensor>; linears: Linear[] } | null;
+  packedTensors(ffn: FFN): { tensors: () => Promise<Map<string, HostTensor>>; linears: Linear[] } | null;
 }
 
 let registered: SparseFfnLayout | null = null;

@@ -8,6 +8,8 @@ export interface WeightSource {
   has(key: string): boolean;
   /** The tensor stored under `key`, checked against the shape the config implies. */
   get(key: string, shape: number[]): tf.Tensor;
+  /** The same values on the host (to cut a table into blocks before any of it reaches a GPU). */
+  read(key: string, shape: number[]): Float32Array;
 }
 
 /**
@@ -24,6 +26,10 @@ export class CheckpointWeights implements WeightSource {
   }
 
   get(key: string, shape: number[]): tf.Tensor {
+    return tf.tensor(this.read(key, shape), shape, 'float32');
+  }
+
+  read(key: string, shape: number[]): Float32Array {
     if (!this.ckpt.has(key)) {
       throw new WeightError(`${this.ckpt.dir}: tensor '${key}' is required by config.json but missing from the checkpoint`);
     }
@@ -37,7 +43,7 @@ export class CheckpointWeights implements WeightSource {
       throw new WeightError(`${this.ckpt.fileOf(key)}: tensor '${key}' has dtype ${t.dtype}, expected a float type`);
     }
     this.used.add(key);
-    return tf.tensor(t.data, shape, 'float32');
+    return t.data;
   }
 
   /** Keys in the checkpoint that the model did not read (buffers and unknown extras). */

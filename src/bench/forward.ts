@@ -1,6 +1,7 @@
-import * as tf from '@tensorflow/tfjs';
+import { backendReport, type BackendReport } from '../base/backend.js';
 import { parseConfig } from '../base/config.js';
 import { generate } from '../base/generate.js';
+import { readHost } from '../base/host.js';
 import { baseConfigJson, RandomWeights } from '../base/init.js';
 import { buildParts } from '../base/load.js';
 import { CausalLM } from '../base/model.js';
@@ -32,7 +33,6 @@ export interface BenchForwardResult {
   decode_cached_tokens_per_s: number;
   decode_recompute_tokens_per_s: number;
   cache_speedup: number;
-  backend: string;
 }
 
 /** A random Llama-style model built in memory with the given sizes (benchmarks need no files). */
@@ -41,39 +41,40 @@ export function randomLlama(o: ModelShape & { maxPositions: number }): CausalLM 
   return new CausalLM(cfg, buildParts(cfg, new RandomWeights(new Rng(0), cfg.layers)));
 }
 
-export function benchForward(o: BenchForwardOptions): BenchForwardResult {
+/** Each run timed to the read of its result, so GPU work counts until it is done. */
+export async function benchForward(o: BenchForwardOptions): Promise<BenchForwardResult & BackendReport> {
   const model = randomLlama({ ...o, maxPositions: Math.max(o.seq, o.newTokens + 8) });
   try {
     const rng = new Rng(1);
     const ids = Int32Array.from({ length: o.batch * o.seq }, () => rng.int(o.vocab));
-    const prefill = (): void => tf.tidy(() => void model.forward({ ids, batch: o.batch, seq: o.seq }).dataSync());
-    prefill();
+    const prefill = async (): Promise<void> => void (await readHost(() => model.forward({ ids, batch: o.batch, seq: o.seq })));
+    await prefill();
     const times: number[] = [];
-    for (let i = 0; i < (o.repeats ?? 3); i++) times.push(timed(prefill));
+    for (let i = 0; i < (o.repeats ?? 3); i++) times.push(await timed(prefill));
     const prefillMs = median(times);
 
     // Decoding: one row, a short prompt, greedy, never stopping early.
     const prompt = [Array.from({ length: 8 }, () => rng.int(o.vocab))];
-    const decode = (useCache: boolean): number =>
-      timed(() => generate(model, prompt, { maxNewTokens: o.newTokens, useCache, stopIds: [] }));
-    const cached = decode(true);
-    const recompute = decode(false);
+    const decode = (useCache: boolean): Promise<number> =>
+      timed(async () => void (await generate(model, prompt, { maxNewTokens: o.newTokens, useCache, stopIds: [] })));
+    const cached = await decode(true);
+    const recompute = await decode(false);
     return {
       prefill_tokens_per_s: (o.batch * o.seq) / (prefillMs / 1000),
       prefill_ms: prefillMs,
       decode_cached_tokens_per_s: o.newTokens / (cached / 1000),
       decode_recompute_tokens_per_s: o.newTokens / (recompute / 1000),
       cache_speedup: recompute / cached,
-      backend: tf.getBackend(),
+      ...backendReport(),
     };
   } finally {
     model.dispose();
   }
 }
 
-function timed(fn: () => void): number {
+async function timed(fn: () => Promise<void>): Promise<number> {
   const t0 = performance.now();
-  fn();
+  await fn();
   return performance.now() - t0;
 }
 

@@ -1,5 +1,7 @@
 import * as tf from '@tensorflow/tfjs';
+import { backendReport, type BackendReport } from '../base/backend.js';
 import type { ForwardContext } from '../base/context.js';
+import { readHost } from '../base/host.js';
 import { Linear } from '../base/linear.js';
 import { SwiGLU } from '../base/mlp.js';
 import { Rng } from '../base/rng.js';
@@ -27,15 +29,15 @@ export interface BenchMoeResult {
   sparse_train_ms: number;
   dense_train_ms: number;
   train_ratio: number;
-  backend: string;
 }
 
 /**
  * The sparse MoE FFN (dropless gather / segment-sum dispatch) against computeAll, which runs
  * every expert on every token and combines with the dense weight matrix, on the same random
  * layer and input. "train" is forward plus the gradients of all expert and router weights.
+ * On webgpu the model's own path is the dense one (see MoEFFN), so both columns time it.
  */
-export function benchMoe(o: BenchMoeOptions): BenchMoeResult {
+export async function benchMoe(o: BenchMoeOptions): Promise<BenchMoeResult & BackendReport> {
   const { experts: E, topK, tokens: N, hidden: D, ffn: I } = o;
   const rng = new Rng(0);
   const weight = (name: string, inF: number, outF: number): Linear =>
@@ -45,24 +47,25 @@ export function benchMoe(o: BenchMoeOptions): BenchMoeResult {
   const losses = new RouterLosses(1, { experts: E, topK, auxCoef: 0, zCoef: 0, normalise: false });
   const moe = new MoEFFN(0, 'bench', router, ffns, [], 'per-expert', losses);
   const x = tf.tensor2d(rng.normalArray(N * D, 1), [N, D]);
-  const mask = tf.ones([N, 1]) as tf.Tensor2D;
+  const realTokens = new Float32Array(N).fill(1);
+  const mask = tf.tensor2d(realTokens, [N, 1]);
   const vars = moe.linears().map((l) => l.weightT as unknown as tf.Variable);
-  const ctx = (training: boolean): ForwardContext => ({ batch: 1, seq: N, training, tokenMask: mask, aux: [], rng: null });
+  const ctx = (training: boolean): ForwardContext => ({ batch: 1, seq: N, training, tokenMask: mask, realTokens, aux: [], rng: null });
   const sparse = (c: ForwardContext): tf.Tensor2D => moe.forward(x, c);
   const dense = (c: ForwardContext): tf.Tensor2D => computeAll(moe, x, c);
-  const forward = (f: typeof sparse) => () => tf.tidy(() => void f(ctx(false)).dataSync());
+  const forward = (f: typeof sparse) => () => readHost(() => f(ctx(false)));
   // Reading every gradient makes sure lazy backends have finished them all.
   const train = (f: typeof sparse) => () =>
-    tf.tidy(() => {
+    readHost(() => {
       const { grads } = tf.variableGrads(() => f(ctx(true)).square().mean() as tf.Scalar, vars);
-      tf.addN(Object.values(grads).map((g) => g.sum())).dataSync();
+      return tf.addN(Object.values(grads).map((g) => g.sum()));
     });
   try {
     const t = {
-      sf: median(o.repeats, forward(sparse)),
-      df: median(o.repeats, forward(dense)),
-      st: median(o.repeats, train(sparse)),
-      dt: median(o.repeats, train(dense)),
+      sf: await median(o.repeats, forward(sparse)),
+      df: await median(o.repeats, forward(dense)),
+      st: await median(o.repeats, train(sparse)),
+      dt: await median(o.repeats, train(dense)),
     };
     return {
       sparse_forward_ms: t.sf,
@@ -71,7 +74,7 @@ export function benchMoe(o: BenchMoeOptions): BenchMoeResult {
       sparse_train_ms: t.st,
       dense_train_ms: t.dt,
       train_ratio: t.st / t.dt,
-      backend: tf.getBackend(),
+      ...backendReport(),
     };
   } finally {
     moe.dispose();
@@ -81,12 +84,12 @@ export function benchMoe(o: BenchMoeOptions): BenchMoeResult {
 }
 
 /** Median wall time of `repeats` runs after one untimed warm-up. */
-function median(repeats: number, fn: () => void): number {
-  fn();
+async function median(repeats: number, fn: () => Promise<unknown>): Promise<number> {
+  await fn();
   const times: number[] = [];
   for (let i = 0; i < repeats; i++) {
     const t0 = performance.now();
-    fn();
+    await fn();
     times.push(performance.now() - t0);
   }
   times.sort((a, b) => a - b);

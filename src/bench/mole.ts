@@ -1,13 +1,15 @@
 import * as tf from '@tensorflow/tfjs';
 import { createLora, type LoraAdapter } from '../adapters/adapter.js';
 import { DEFAULT_LORA } from '../adapters/config.js';
+import { backendReport, type BackendReport } from '../base/backend.js';
+import { readF32 } from '../base/host.js';
 import { lmLoss } from '../base/loss.js';
 import type { CausalLM } from '../base/model.js';
 import { Rng } from '../base/rng.js';
 import { MoleComposition } from '../gating/composition.js';
 import type { Batch } from '../data/index.js';
 import { createRouter } from '../gating/prompt-router.js';
-import { routerLoss } from '../gating/router-train.js';
+import { ExpertLossCache, routerLoss } from '../gating/router-train.js';
 import { accumulateGrads, disposeAccumulated } from '../train/grads.js';
 import { toLmBatch } from '../train/lm.js';
 import { AdamW } from '../train/optimizer.js';
@@ -30,11 +32,10 @@ export interface SwapResult {
   swap_set_ms: number;
   /** Median time to swap one expert. */
   swap_one_ms: number;
-  backend: string;
 }
 
 /** Hot-swap latency: replace every expert of a composition in place, base untouched. */
-export function benchSwap(shape: ModelShape, o: { experts: number; rank: number; targets: string[]; repeats?: number }): SwapResult {
+export async function benchSwap(shape: ModelShape, o: { experts: number; rank: number; targets: string[]; repeats?: number }): Promise<SwapResult & BackendReport> {
   const model = randomLlama({ ...shape, maxPositions: 64 });
   const comp = new MoleComposition(model);
   adapters(model, o.experts, o.rank, o.targets, 1).forEach((a) => comp.addExpert(a.name, a));
@@ -52,12 +53,12 @@ export function benchSwap(shape: ModelShape, o: { experts: number; rank: number;
       oneTimes.push(performance.now() - t1);
     }
     return {
-      base_params: model.linears().reduce((a, l) => a + l.weightT.size, 0) + model.parts.embed.weight.size,
+      base_params: model.linears().reduce((a, l) => a + l.weightT.size, 0) + model.parts.embed.rows * shape.hidden,
       adapter_params: sets[0]![0]!.parameterCount,
       experts: o.experts,
       swap_set_ms: median(setTimes),
       swap_one_ms: median(oneTimes),
-      backend: tf.getBackend(),
+      ...backendReport(),
     };
   } finally {
     comp.dispose();
@@ -82,11 +83,13 @@ export interface GateStepResult {
    */
   router_lm_step_ms: number;
   router_lm_ratio: number;
-  backend: string;
 }
 
-/** Training steps over N frozen experts (MoLE gates; the prompt router, both losses) against a single-LoRA step, same shapes. */
-export function benchGateStep(shape: ModelShape, o: { experts: number; rank: number; targets: string[]; batch: number; seq: number; steps: number }): GateStepResult {
+/**
+ * Training steps over N frozen experts (MoLE gates; the prompt router, both losses) against a
+ * single-LoRA step, same shapes; each step timed to the read of its loss.
+ */
+export async function benchGateStep(shape: ModelShape, o: { experts: number; rank: number; targets: string[]; batch: number; seq: number; steps: number }): Promise<GateStepResult & BackendReport> {
   const model = randomLlama({ ...shape, maxPositions: o.seq });
   const rng = new Rng(3);
   const N = o.batch * o.seq;
@@ -102,14 +105,15 @@ export function benchGateStep(shape: ModelShape, o: { experts: number; rank: num
     seq: o.seq,
   };
   const lm = toLmBatch(batch);
-  const time = (params: Map<string, tf.Variable>, loss: () => tf.Scalar): number => {
+  const time = async (params: Map<string, tf.Variable>, loss: () => tf.Scalar, prepare?: () => Promise<void>): Promise<number> => {
     const opt = new AdamW(params);
     const times: number[] = [];
     for (let i = 0; i < o.steps + 2; i++) {
       const t0 = performance.now();
+      await prepare?.();
       const acc = accumulateGrads(params, 1, loss);
       opt.apply(acc.grads, 1e-3);
-      acc.loss.dataSync();
+      await readF32(acc.loss);
       disposeAccumulated(acc);
       if (i >= 2) times.push(performance.now() - t0);
     }
@@ -120,17 +124,22 @@ export function benchGateStep(shape: ModelShape, o: { experts: number; rank: num
   try {
     const [single] = adapters(model, 1, o.rank, o.targets, 4);
     single!.attach(model);
-    const loraMs = time(single!.params(), trainLoss);
+    const loraMs = await time(single!.params(), trainLoss);
     single!.dispose();
     const comp = new MoleComposition(model);
     adapters(model, o.experts, o.rank, o.targets, 5).forEach((a) => comp.addExpert(a.name, a));
     comp.initGate({}, new Rng(6));
-    const gateMs = time(comp.params(), trainLoss);
+    const gateMs = await time(comp.params(), trainLoss);
     comp.useWeights(null);
     const router = createRouter(comp.experts, shape.hidden, {}, new Rng(7));
     const labels = Int32Array.from(comp.experts, (_, i) => i);
-    const labelsMs = time(router.params(), () => routerLoss(comp, router, batch, labels, 'labels'));
-    const lmMs = time(router.params(), () => routerLoss(comp, router, batch, labels, 'lm'));
+    let cache = new ExpertLossCache();
+    const labelsMs = await time(router.params(), () => routerLoss(comp, router, batch, labels, 'labels', cache));
+    // First-epoch steps: the experts' losses on the batch are computed (a fresh cache) every time.
+    const lmMs = await time(router.params(), () => routerLoss(comp, router, batch, labels, 'lm', cache), async () => {
+      cache = new ExpertLossCache();
+      await cache.fill(comp, batch);
+    });
     router.dispose();
     comp.dispose();
     return {
@@ -142,7 +151,7 @@ export function benchGateStep(shape: ModelShape, o: { experts: number; rank: num
       router_labels_ratio: labelsMs / loraMs,
       router_lm_step_ms: lmMs,
       router_lm_ratio: lmMs / loraMs,
-      backend: tf.getBackend(),
+      ...backendReport(),
     };
   } finally {
     model.dispose();

@@ -1,6 +1,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { join } from 'node:path';
 import { loadAdapter } from '../adapters/peft.js';
+import { readF32 } from '../base/host.js';
 import { loadBase } from '../base/load.js';
 import type { LinearHook } from '../base/linear.js';
 import { evalBatches } from '../data/index.js';
@@ -51,11 +52,13 @@ export async function probeFamily(o: ProbeOptions): Promise<ProbeRow[]> {
     const collect = (store: typeof train.dataset.train) => collectFeatures(comp, store, modules, offsets);
     const test = await data('test.csv');
     if (test.dataset.taskNames.join() !== tasks.join()) throw new Error(`probe: test tasks [${test.dataset.taskNames}] differ from the router file's [${tasks}]`);
-    const [fit, held] = [collect(train.dataset.train), collect(test.dataset.train)];
-    return [...fit.features.keys()].map((name) => {
-      const r = probe(fit.features.get(name)!, fit.labels, held.features.get(name)!, held.labels, tasks.length, o.steps ?? 300);
-      return { feature: name, ...r };
-    });
+    const [fit, held] = [await collect(train.dataset.train), await collect(test.dataset.train)];
+    const rows: ProbeRow[] = [];
+    for (const name of fit.features.keys()) {
+      const r = await probe(fit.features.get(name)!, fit.labels, held.features.get(name)!, held.labels, tasks.length, o.steps ?? 300);
+      rows.push({ feature: name, ...r });
+    }
+    return rows;
   } finally {
     comp.dispose();
     model.dispose();
@@ -63,11 +66,13 @@ export async function probeFamily(o: ProbeOptions): Promise<ProbeRow[]> {
 }
 
 /** Per feature name, one row per example [n][F]; and the examples' task ids. */
-function collectFeatures(comp: MoleComposition, store: Parameters<typeof evalBatches>[0], modules: string[], offsets: number[]): { features: Map<string, number[][]>; labels: number[] } {
+async function collectFeatures(comp: MoleComposition, store: Parameters<typeof evalBatches>[0], modules: string[], offsets: number[]): Promise<{ features: Map<string, number[][]>; labels: number[] }> {
   const features = new Map<string, number[][]>();
   const push = (name: string, row: number[]): void => void (features.get(name) ?? features.set(name, []).get(name)!).push(row);
   const labels: number[] = [];
   const model = comp.model;
+  // What the hooks saw in a pass, kept on the device until the pass is over, then read.
+  const kept = new Map<string, { gate: tf.Tensor2D; input: tf.Tensor2D }>();
   const seen = new Map<string, { gate: Float32Array; input: Float32Array; gw: number; iw: number }>();
   const unhooks = modules.map((m) => {
     const lin = model.linears().find((l) => l.name === m);
@@ -76,7 +81,7 @@ function collectFeatures(comp: MoleComposition, store: Parameters<typeof evalBat
       delta: (x, ctx) => {
         const outs = comp.experts.map((e) => comp.expert(e).layers.get(m)?.delta(x, ctx) ?? tf.zeros([x.shape[0], lin.outFeatures]));
         const g = normalise(tf.concat(outs, 1) as tf.Tensor2D);
-        seen.set(m, { gate: g.dataSync() as Float32Array, input: normalise(x).dataSync() as Float32Array, gw: g.shape[1], iw: x.shape[1] });
+        kept.set(m, { gate: tf.keep(g), input: tf.keep(normalise(x)) });
         return tf.zeros([x.shape[0], lin.outFeatures]);
       },
     };
@@ -86,10 +91,15 @@ function collectFeatures(comp: MoleComposition, store: Parameters<typeof evalBat
     for (const b of evalBatches(store, { batchSize: 16, seqLen: 32 })) {
       const lb = toLmBatch(b);
       tf.tidy(() => void model.forward(lb));
-      const parts = tf.tidy(() => {
-        const p = featureParts(model, lb);
-        return Object.fromEntries(FEATURE_PARTS.map((k) => [k, p[k].arraySync()])) as Record<FeaturePart, number[][]>;
-      });
+      for (const [m, { gate, input }] of kept) {
+        seen.set(m, { gate: await readF32(gate), input: await readF32(input), gw: gate.shape[1], iw: input.shape[1] });
+        tf.dispose([gate, input]);
+      }
+      kept.clear();
+      const p = tf.tidy(() => featureParts(model, lb));
+      const parts = {} as Record<FeaturePart, number[][]>;
+      for (const k of FEATURE_PARTS) parts[k] = (await p[k].array()) as number[][];
+      tf.dispose(Object.values(p));
       for (let r = 0; r < b.batch; r++) {
         labels.push(b.taskIds[r]!);
         push(`router: ${FEATURE_PARTS.join(' ⊕ ')} (the default)`, FEATURE_PARTS.flatMap((k) => parts[k][r]!));
@@ -116,8 +126,8 @@ function collectFeatures(comp: MoleComposition, store: Parameters<typeof evalBat
 }
 
 /** Softmax regression on z-scored features (full-batch Adam); accuracy on the fit and held-out rows. */
-function probe(xTrain: number[][], yTrain: number[], xTest: number[][], yTest: number[], classes: number, steps: number): { train: number; test: number } {
-  return tf.tidy(() => {
+async function probe(xTrain: number[][], yTrain: number[], xTest: number[][], yTest: number[], classes: number, steps: number): Promise<{ train: number; test: number }> {
+  const [train, test] = tf.tidy(() => {
     const X = tf.tensor2d(xTrain);
     const { mean, variance } = tf.moments(X, 0);
     const z = (x: tf.Tensor2D): tf.Tensor2D => x.sub(mean).div(variance.sqrt().add(1e-6));
@@ -127,14 +137,17 @@ function probe(xTrain: number[][], yTrain: number[], xTest: number[][], yTest: n
     const b = tf.variable(tf.zeros([classes]));
     const opt = tf.train.adam(0.01);
     for (let i = 0; i < steps; i++) opt.minimize(() => tf.losses.softmaxCrossEntropy(Y, Xz.matMul(W).add(b)) as tf.Scalar);
-    const acc = (x: tf.Tensor2D, y: number[]): number => {
-      const pred = x.matMul(W).add(b).argMax(1).dataSync();
-      return y.filter((t, i) => pred[i] === t).length / Math.max(y.length, 1);
-    };
-    const out = { train: acc(Xz, yTrain), test: acc(z(tf.tensor2d(xTest)), yTest) };
+    const predict = (x: tf.Tensor2D): tf.Tensor1D => x.matMul(W).add(b).argMax(1);
+    const out = [predict(Xz), predict(z(tf.tensor2d(xTest)))];
     opt.dispose();
     W.dispose();
     b.dispose();
     return out;
   });
+  const acc = async (pred: tf.Tensor1D, y: number[]): Promise<number> => {
+    const p = await pred.data();
+    pred.dispose();
+    return y.filter((t, i) => p[i] === t).length / Math.max(y.length, 1);
+  };
+  return { train: await acc(train!, yTrain), test: await acc(test!, yTest) };
 }

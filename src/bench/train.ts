@@ -1,6 +1,8 @@
 import * as tf from '@tensorflow/tfjs';
 import { createLora, type LoraAdapter } from '../adapters/adapter.js';
 import { DEFAULT_LORA } from '../adapters/config.js';
+import { backendReport, type BackendReport } from '../base/backend.js';
+import { readF32, readHost } from '../base/host.js';
 import { crossEntropy } from '../base/loss.js';
 import type { CausalLM } from '../base/model.js';
 import { matMul } from '../base/ops.js';
@@ -32,11 +34,10 @@ export interface BenchTrainResult extends PeakMemory {
   efficiency: number;
   trainable_params: number;
   loss: number;
-  backend: string;
 }
 
-/** Reads results with `await data()`, so it runs on GPU backends, where dataSync() throws. */
-export async function benchTrain(o: BenchTrainOptions): Promise<BenchTrainResult> {
+/** Steps timed to the read of their loss (`await data()`), so a GPU step counts until its work is done. */
+export async function benchTrain(o: BenchTrainOptions): Promise<BenchTrainResult & BackendReport> {
   const model = randomLlama({ ...o, maxPositions: o.seq });
   const adapter = createLora(model, { ...DEFAULT_LORA, r: o.rank, loraAlpha: o.alpha, targetModules: o.targets }, 'bench', new Rng(0));
   adapter.attach(model);
@@ -50,6 +51,7 @@ export async function benchTrain(o: BenchTrainOptions): Promise<BenchTrainResult
   const memory = new PeakMemorySampler();
   const probe = await MatmulProbe.create(model, N);
   try {
+    await probe.gflops();
     const times: number[] = [];
     const rates: number[] = [];
     let loss = NaN;
@@ -57,7 +59,7 @@ export async function benchTrain(o: BenchTrainOptions): Promise<BenchTrainResult
       const t0 = performance.now();
       const acc = accumulateGrads(params, 1, () => crossEntropy(model.forward(batch, { training: true }), targets, weights).mean);
       opt.apply(acc.grads, 1e-3);
-      loss = (await acc.loss.data())[0]!;
+      loss = (await readF32(acc.loss))[0]!;
       memory.sample();
       disposeAccumulated(acc);
       if (i < o.warmup) continue;
@@ -77,7 +79,7 @@ export async function benchTrain(o: BenchTrainOptions): Promise<BenchTrainResult
       efficiency: achieved / matmulGflops,
       trainable_params: adapter.parameterCount,
       loss,
-      backend: tf.getBackend(),
+      ...backendReport(),
       ...memory.result(),
     };
   } finally {
@@ -121,7 +123,7 @@ class MatmulProbe {
     this.pairs = [...shapes.values()].map((l) => [tf.randomNormal([N, l.inFeatures]), tf.randomNormal([l.inFeatures, l.outFeatures])]);
   }
 
-  /** A probe, run once untimed (kernel compilation, weight packing). */
+  /** A probe, run once untimed (kernel compilation, weight packing); each product is timed to the read of its result. */
   static async create(model: CausalLM, N: number): Promise<MatmulProbe> {
     const probe = new MatmulProbe(model, N);
     await probe.gflops();
@@ -132,9 +134,7 @@ class MatmulProbe {
     let flops = 0;
     const t0 = performance.now();
     for (const [x, w] of this.pairs) {
-      const y = matMul(x, w);
-      await y.data();
-      y.dispose();
+      await readHost(() => matMul(x, w));
       flops += 2 * x.shape[0] * x.shape[1] * w.shape[1];
     }
     return flops / ((performance.now() - t0) / 1000) / 1e9;

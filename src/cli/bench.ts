@@ -1,5 +1,6 @@
 import { Option, type Command } from 'commander';
 import { choice, int } from './args.js';
+import { backendLine } from './format.js';
 import { benchForward, type BenchForwardOptions } from '../bench/forward.js';
 import { benchTrain, type BenchTrainOptions } from '../bench/train.js';
 import { benchParity, type ParityResult } from '../bench/parity.js';
@@ -14,14 +15,14 @@ type WithShapeFlags<T> = Omit<T, keyof BenchShape> & BenchShapeFlags & { json?: 
 
 export async function runBenchForward(flags: WithShapeFlags<BenchForwardOptions>): Promise<void> {
   const o = { ...flags, ...resolveBenchShape(flags) };
-  const r = benchForward(o);
+  const r = await benchForward(o);
   if (o.json) {
     process.stdout.write(JSON.stringify(r) + '\n');
     return;
   }
   process.stdout.write(
     [
-      `backend: ${r.backend}`,
+      `backend: ${backendLine(r)}`,
       `prefill: ${r.prefill_tokens_per_s.toFixed(0)} tokens/s (${r.prefill_ms.toFixed(1)} ms for ${o.batch}×${o.seq})`,
       `decode with KV cache: ${r.decode_cached_tokens_per_s.toFixed(1)} tokens/s`,
       `decode recomputing the prefix: ${r.decode_recompute_tokens_per_s.toFixed(1)} tokens/s`,
@@ -41,7 +42,7 @@ export async function runBenchTrain(flags: WithShapeFlags<BenchTrainOptions>): P
   }
   process.stdout.write(
     [
-      `backend: ${r.backend}`,
+      `backend: ${backendLine(r)}`,
       `LoRA step: ${r.step_ms.toFixed(1)} ms median, ${r.tokens_per_s.toFixed(0)} tokens/s (${r.trainable_params} trainable parameters)`,
       `achieved ${r.achieved_gflops.toFixed(2)} GFLOP/s of matmul work; plain matMul on these shapes: ${r.matmul_gflops.toFixed(2)} GFLOP/s (${(100 * r.efficiency).toFixed(0)}%)`,
       `peak RSS ${mib(r.peak_rss_mib)}; wasm heap ${mib(r.peak_heap_mib)}; GPU buffers ${mib(r.peak_gpu_buffers_mib)}${r.memory_note ? ` (${r.memory_note})` : ''}`,
@@ -52,22 +53,22 @@ export async function runBenchTrain(flags: WithShapeFlags<BenchTrainOptions>): P
 const mib = (x: number | null): string => (x === null ? 'n/a' : `${x.toFixed(0)} MiB`);
 
 export async function runBenchSwap(o: { preset: PresetName; experts: number; rank: number; targets: string[]; json?: boolean }): Promise<void> {
-  const r = benchSwap(PRESETS[o.preset], o);
+  const r = await benchSwap(PRESETS[o.preset], o);
   process.stdout.write(
     o.json
       ? JSON.stringify(r) + '\n'
-      : `backend: ${r.backend}\nbase: ${(r.base_params / 1e6).toFixed(0)}M parameters (${PRESETS[o.preset].about} shapes); ${r.experts} experts of ${r.adapter_params} parameters\nswap the whole expert set: ${r.swap_set_ms.toFixed(2)} ms median; one expert: ${r.swap_one_ms.toFixed(2)} ms\n`,
+      : `backend: ${backendLine(r)}\nbase: ${(r.base_params / 1e6).toFixed(0)}M parameters (${PRESETS[o.preset].about} shapes); ${r.experts} experts of ${r.adapter_params} parameters\nswap the whole expert set: ${r.swap_set_ms.toFixed(2)} ms median; one expert: ${r.swap_one_ms.toFixed(2)} ms\n`,
   );
 }
 
 export async function runBenchGate(flags: BenchShapeFlags & { experts: number; rank: number; targets: string[]; steps: number; json?: boolean }): Promise<void> {
   const o = { ...flags, ...resolveBenchShape(flags) };
-  const r = benchGateStep(o, o);
+  const r = await benchGateStep(o, o);
   process.stdout.write(
     o.json
       ? JSON.stringify(r) + '\n'
       : [
-          `backend: ${r.backend}`,
+          `backend: ${backendLine(r)}`,
           `single-LoRA step: ${r.lora_step_ms.toFixed(1)} ms; over ${r.experts} frozen experts:`,
           `  MoLE gate step: ${r.gate_step_ms.toFixed(1)} ms (${r.ratio.toFixed(2)}×)`,
           `  prompt-router step, labels: ${r.router_labels_step_ms.toFixed(1)} ms (${r.router_labels_ratio.toFixed(2)}×)`,

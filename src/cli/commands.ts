@@ -10,10 +10,10 @@ import { forwardTable } from './format.js';
 
 export async function runForward(o: ComposeFlags & { ids?: number[]; text?: string; json?: boolean }): Promise<void> {
   if (!o.ids === (o.text === undefined)) throw new Error('give exactly one of --ids or --text');
-  const composed = openComposed(o);
+  const composed = await openComposed(o);
   const model = composed.base;
   const ids = promptIds(model, o);
-  const lp = logprobs(model, { ids: Int32Array.from(ids), batch: 1, seq: ids.length })[0]!;
+  const lp = (await logprobs(model, { ids: Int32Array.from(ids), batch: 1, seq: ids.length }))[0]!;
   if (o.json) {
     process.stdout.write(JSON.stringify({ ids, logprobs: lp.map((row) => Array.from(row)) }) + '\n');
   } else {
@@ -32,13 +32,13 @@ export async function runGenerate(o: ComposeFlags & PromptFormatFlags & {
   seed: number;
 }): Promise<void> {
   if (!o.promptIds === (o.prompt === undefined)) throw new Error('give exactly one of --prompt or --prompt-ids');
-  const composed = openComposed(o);
+  const composed = await openComposed(o);
   const model = composed.base;
   const served = o.prompt === undefined ? undefined : servePromptFlags({ ...o, prompt: o.prompt }, model);
   const ids = promptIds(model, { ids: o.promptIds, ...served });
   const decoder = model.tokenizer?.streamDecoder({ context: ids });
   if (served !== undefined) process.stdout.write(served.text);
-  generate(model, [ids], {
+  await generate(model, [ids], {
     ...o,
     useCache: composed.cacheSafe,
     onToken: (_row, id) => {
@@ -51,7 +51,7 @@ export async function runGenerate(o: ComposeFlags & PromptFormatFlags & {
 }
 
 export async function runInitBase(o: InitBaseOptions & { tie?: boolean }): Promise<void> {
-  initBase({ ...o, tieWordEmbeddings: o.tie });
+  await initBase({ ...o, tieWordEmbeddings: o.tie });
   process.stderr.write(`molora: wrote a random ${o.arch} base to ${o.out}\n`);
 }
 
@@ -75,6 +75,6 @@ export async function runInspect(dir: string, o: { json?: boolean }): Promise<vo
 }
 
 export async function runMerge(o: { model: string; adapter: string[]; out: string; overwrite?: boolean }): Promise<void> {
-  mergeFolder({ model: o.model, adapters: o.adapter, out: o.out, overwrite: o.overwrite });
+  await mergeFolder({ model: o.model, adapters: o.adapter, out: o.out, overwrite: o.overwrite });
   process.stderr.write(`molora: merged ${o.adapter.length} adapter(s) into ${o.out}\n`);
 }

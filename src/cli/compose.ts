@@ -52,7 +52,7 @@ export function scoringFormat(o: ComposeFlags & DataFormat, warn: (msg: string) 
 }
 
 /** The base with its adapters and expert composition, as the flags ask. */
-export function openComposed(o: ComposeFlags): MoleModel {
+export async function openComposed(o: ComposeFlags): Promise<MoleModel> {
   const experts = o.expert ?? [];
   if ((o.gate || o.weights || o.mask || o.only) && experts.length === 0 && !o.profile) {
     throw new Error('--gate, --weights, --mask and --only act on experts: add --expert NAME=DIR');
@@ -64,9 +64,9 @@ export function openComposed(o: ComposeFlags): MoleModel {
   const m = new MoleModel(base);
   try {
     attachAdapterFolders(base, o.adapter ?? []);
-    if (o.profile) applyProfile(m, profileFor(readProfiles(o.profile), o.task!));
+    if (o.profile) await applyProfile(m, profileFor(readProfiles(o.profile), o.task!));
     for (const [name, dir] of experts) m.addExpert(name, dir);
-    if (o.gate) m.useGate(o.gate);
+    if (o.gate) await m.useGate(o.gate);
     else if (o.weights) m.useWeights(o.weights);
     if (o.only) m.only(o.only);
     else if (o.mask) m.mask(o.mask);

@@ -17,7 +17,7 @@ export async function runEval(
     },
 ): Promise<void> {
   const format = scoringFormat(o);
-  const composed = openComposed(o);
+  const composed = await openComposed(o);
   const bar = byteProgress('greedy completions', 'examples');
   try {
     const report = await evaluateCsv(composed.base, { ...o, ...format, useCache: composed.cacheSafe, onProgress: bar.update });

@@ -1,4 +1,11 @@
+import type { BackendReport } from '../base/backend.js';
 import type { Tokenizer } from '../base/tokenizer.js';
+import { describeAdapter } from '../base/webgpu.js';
+
+/** "wasm", or "webgpu on <the adapter>". */
+export function backendLine(r: BackendReport): string {
+  return r.adapter ? `${r.backend} on ${describeAdapter(r.adapter)}` : r.backend;
+}
 
 /** A token as readable text: its decoded string when there is a tokenizer, else #id. */
 export function tokenLabel(tok: Tokenizer | null, id: number): string {

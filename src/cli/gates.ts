@@ -30,10 +30,10 @@ export async function runGates(
 ): Promise<void> {
   if (!o.gate) throw new Error('gates reports a trained gate: give --gate DIR with its --expert set');
   const format = scoringFormat(o);
-  const m = openComposed(o);
+  const m = await openComposed(o);
   try {
     const { dataset } = await loadLmData(m.base, { ...o, ...format, batchSize: 8, seed: 0, role: 'evaluation' }, () => {});
-    const report = gateStatsOn(m.composition, dataset.train, dataset.taskNames, o.seqLen, Infinity);
+    const report = await gateStatsOn(m.composition, dataset.train, dataset.taskNames, o.seqLen, Infinity);
     if (o.html) writeGatesPage(report, o.html);
     process.stdout.write(o.json ? JSON.stringify(report) + '\n' : gatesTable(report) + '\n');
   } finally {

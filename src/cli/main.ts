@@ -290,7 +290,7 @@ bench
 // Every command takes --backend, wherever it sits on the command line.
 for (const c of leaves(program)) {
   c.addOption(
-    new Option('--backend <name>', 'tfjs backend (default: tensorflow if tfjs-node is installed, else wasm)')
+    new Option('--backend <name>', 'tfjs backend (default: tensorflow if tfjs-node is installed, else webgpu on a hardware GPU, else wasm; webgpu on a software adapter only when asked)')
       .choices(BACKENDS)
       .env('MOLORA_BACKEND'),
   );

@@ -2,6 +2,7 @@ import type { Command } from 'commander';
 import { benchMoe, type BenchMoeOptions } from '../bench/moe.js';
 import { trainMoe, upcycleFolder } from '../moe/train-moe.js';
 import { float, int } from './args.js';
+import { backendLine } from './format.js';
 import { addDataFlags, addTrainerFlags, lmOptions, type CliTrainFlags } from './train.js';
 
 /** `upcycle`, `train-moe` and `bench moe`. */
@@ -47,7 +48,7 @@ export function registerMoeCommands(program: Command, bench: Command): void {
 }
 
 export async function runUpcycle(o: { model: string; experts: number; topK: number; shared: number; noise: number; seed: number; out: string; overwrite?: boolean }): Promise<void> {
-  const cfg = upcycleFolder(o);
+  const cfg = await upcycleFolder(o);
   process.stderr.write(`molora: upcycled ${o.model} into a ${cfg.modelType} with ${o.experts} experts (top-${o.topK}${o.shared ? `, ${o.shared} shared` : ''}) in ${o.out}\n`);
 }
 
@@ -65,7 +66,7 @@ export async function runTrainMoe(o: CliTrainFlags & { model: string; routerOnly
 
 export async function runBenchMoe(o: BenchMoeOptions & { json?: boolean }): Promise<void> {
   if (o.topK > o.experts) throw new Error(`--top-k ${o.topK} exceeds --experts ${o.experts}`);
-  const r = benchMoe(o);
+  const r = await benchMoe(o);
   if (o.json) {
     process.stdout.write(JSON.stringify({ experts: o.experts, top_k: o.topK, tokens: o.tokens, hidden: o.hidden, ffn: o.ffn, ...r }) + '\n');
     return;
@@ -73,7 +74,7 @@ export async function runBenchMoe(o: BenchMoeOptions & { json?: boolean }): Prom
   const ms = (x: number): string => `${x.toFixed(1)} ms`;
   process.stdout.write(
     [
-      `backend: ${r.backend}; ${o.tokens} tokens, hidden ${o.hidden}, ${o.experts} experts of width ${o.ffn}, top-${o.topK}`,
+      `backend: ${backendLine(r)}; ${o.tokens} tokens, hidden ${o.hidden}, ${o.experts} experts of width ${o.ffn}, top-${o.topK}`,
       `forward: sparse ${ms(r.sparse_forward_ms)}, all experts ${ms(r.dense_forward_ms)}, ratio ${r.forward_ratio.toFixed(2)}× (ideal ${(o.topK / o.experts).toFixed(2)}×)`,
       `forward + backward: sparse ${ms(r.sparse_train_ms)}, all experts ${ms(r.dense_train_ms)}, ratio ${r.train_ratio.toFixed(2)}×`,
     ].join('\n') + '\n',

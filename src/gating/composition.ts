@@ -6,7 +6,8 @@ import type { CausalLM, ForwardOptions, InputHook, TokenBatch } from '../base/mo
 import type { KVCache } from '../base/kvcache.js';
 import { Rng } from '../base/rng.js';
 import { createGates, gateWeights, perToken, selection, type GateInit, type GateOptions, type MoleGate, type MoleGates, type Selection } from './mole.js';
-import { FEATURE_PARTS, featureWidth, routeWeights, type PromptRouter } from './prompt-router.js';
+import { readF32 } from '../base/host.js';
+import { FEATURE_PARTS, featureWidth, promptFeatures, routeWeights, type PromptRouter } from './prompt-router.js';
 import { GateStats, type GateStatsReport } from './stats.js';
 
 /**
@@ -51,10 +52,23 @@ interface Expert {
  */
 type Mixing = { kind: 'static'; weights: Map<string, number> | null } | { kind: 'gate'; gates: MoleGates } | { kind: 'router'; router: PromptRouter };
 
-/** A router's choice for the rows of the current pass: probabilities and the weights applied, [B][N]. */
+/** A router's choice for the rows of a pass: probabilities and the weights applied, [B][N] (lastRouting). */
 export interface Routing {
   probs: number[][];
   weights: number[][];
+}
+
+/** The same, on the device, [B, N] each: made before the pass without reading anything back. */
+interface DeviceRouting {
+  probs: tf.Tensor2D;
+  weights: tf.Tensor2D;
+}
+
+/** One gate's most recent probabilities and applied weights, kept on the device until lastWeights reads them. */
+interface KeptTrace {
+  modules: readonly string[];
+  probs: tf.Tensor2D;
+  weights: tf.Tensor2D;
 }
 
 /** What the hooks of one forward pass share, built by the first gated linear that runs. */
@@ -90,11 +104,14 @@ export class MoleComposition {
   private attached = true;
   private stats: GateStats | null = null;
   private collecting = false;
-  private trace: Map<string, GateTrace> | null = null;
+  private trace: Map<string, KeptTrace> | null = null;
   private readonly inputHook: InputHook = (input, opts) => this.routeInput(input, opts);
-  /** The router's choice for the pass about to run, and the choices cached decoding steps reuse. */
-  private routing: Routing | null = null;
-  private readonly cachedRouting = new WeakMap<KVCache, Routing>();
+  /**
+   * The router's choice for the pass about to run (kept tensors: owned here, or by the KV cache
+   * whose prefill made it), and the choices cached decoding steps reuse.
+   */
+  private routing: (DeviceRouting & { cache: KVCache | null }) | null = null;
+  private readonly cachedRouting = new WeakMap<KVCache, DeviceRouting>();
 
   constructor(readonly model: CausalLM) {}
 
@@ -125,9 +142,14 @@ export class MoleComposition {
     return this.gate?.params() ?? this.router?.params() ?? new Map();
   }
 
-  /** The router's choice for the rows of the last pass it routed (null before one, or without a router). */
-  lastRouting(): Routing | null {
-    return this.router ? this.routing : null;
+  /**
+   * The router's choice for the rows of the last pass it routed (null before one, without a
+   * router, or once the KV cache that held it is gone).
+   */
+  async lastRouting(): Promise<Routing | null> {
+    const r = this.router ? this.routing : null;
+    if (!r || r.weights.isDisposed) return null;
+    return { probs: (await r.probs.array()) as number[][], weights: (await r.weights.array()) as number[][] };
   }
 
   /** Add a frozen expert. Not once a gate is set: its shape depends on the experts. */
@@ -233,7 +255,7 @@ export class MoleComposition {
     const router = this.router;
     if (!router) throw new Error('release router: the composition has no router');
     this.mixing = { kind: 'static', weights: null };
-    this.routing = null;
+    this.setRouting(null);
     return router;
   }
 
@@ -300,25 +322,35 @@ export class MoleComposition {
     return this.experts.map((n) => (names.includes(n) ? 1 : 0));
   }
 
-  /** Start (true: from zero) or stop accumulating gate statistics; read them with gateStats(). */
+  /**
+   * Start (true: from zero) or stop accumulating gate statistics, which stay on the device until
+   * gateStats() reads them; stopping frees them.
+   */
   collectStats(on: boolean): void {
-    if (on) this.stats = new GateStats(this.experts);
+    this.stats?.dispose();
+    this.stats = on ? new GateStats(this.experts) : null;
     this.collecting = on;
   }
 
-  gateStats(): GateStatsReport {
+  async gateStats(): Promise<GateStatsReport> {
     if (!this.stats) throw new Error('no gate statistics: call collectStats(true) before the forward passes');
     return this.stats.report();
   }
 
-  /** Keep each gate's most recent per-token weights on the host (for inspection; slow). */
+  /** Keep each gate's most recent per-token weights (for inspection; slow); false frees them. */
   traceWeights(on: boolean): void {
+    for (const t of this.trace?.values() ?? []) tf.dispose([t.probs, t.weights]);
     this.trace = on ? new Map() : null;
   }
 
-  lastWeights(): Map<string, GateTrace> {
+  /** Each gate's most recent per-token probabilities and weights, read to the host. */
+  async lastWeights(): Promise<Map<string, GateTrace>> {
     if (!this.trace) throw new Error('no gate trace: call traceWeights(true) before the forward pass');
-    return this.trace;
+    const out = new Map<string, GateTrace>();
+    for (const [gate, t] of this.trace) {
+      out.set(gate, { gate, modules: t.modules, rows: t.weights.shape[0], probs: await readF32(t.probs), weights: await readF32(t.weights) });
+    }
+    return out;
   }
 
   /** Remove the hooks: the base runs alone until attach(). */
@@ -337,6 +369,9 @@ export class MoleComposition {
   /** Detach and free the gate and every expert still in the composition. */
   dispose(): void {
     this.detach();
+    this.collectStats(false);
+    this.traceWeights(false);
+    this.setRouting(null);
     this.gate?.dispose();
     this.router?.dispose();
     for (const e of this.entries) e.adapter.dispose();
@@ -353,8 +388,8 @@ export class MoleComposition {
     if (this.gate && (m.kind !== 'gate' || m.gates !== this.gate)) this.gate.dispose();
     if (this.router && (m.kind !== 'router' || m.router !== this.router)) this.router.dispose();
     this.mixing = m;
-    this.routing = null;
-    if (this.stats) this.stats = new GateStats(this.experts);
+    this.setRouting(null);
+    if (this.stats) this.collectStats(true);
   }
 
   private rehook(): void {
@@ -430,7 +465,9 @@ export class MoleComposition {
     }
     if (this.collecting) this.stats!.record(gate.name, gate.modules, weights, ctx, this.rows?.tasks?.map(String) ?? null);
     if (this.trace) {
-      this.trace.set(gate.name, { gate: gate.name, modules: gate.modules, rows: weights.shape[0], probs: probs.dataSync() as Float32Array, weights: weights.dataSync() as Float32Array });
+      const old = this.trace.get(gate.name);
+      this.trace.set(gate.name, { modules: gate.modules, probs: tf.keep(probs.clone()), weights: tf.keep(weights.clone()) });
+      if (old) tf.dispose([old.probs, old.weights]);
     }
   }
 
@@ -454,9 +491,10 @@ export class MoleComposition {
     const pass: Pass = { allowed, selection: null, weights: [], blockWeights: new Map() };
     const mixing = this.mixing;
     if (mixing.kind === 'router') {
-      if (!this.routing || this.routing.weights.length !== B) throw new Error(`composition: the router chose for ${this.routing?.weights.length ?? 0} rows, the batch has ${B}`);
+      const chosen = this.routing?.weights;
+      if (!chosen || chosen.isDisposed || chosen.shape[0] !== B) throw new Error(`composition: the router chose for ${chosen?.shape[0] ?? 0} rows, the batch has ${B}`);
       // The router applied the masks when it chose.
-      pass.weights = this.experts.map((_, i) => rowColumn(this.routing!.weights.map((w) => w[i]!), T));
+      pass.weights = this.experts.map((_, i) => chosen.slice([0, i], [B, 1]).reshape([B, 1, 1]).tile([1, T, 1]).reshape([B * T, 1]) as tf.Tensor2D);
       return pass;
     }
     if (mixing.kind === 'static') {
@@ -482,23 +520,37 @@ export class MoleComposition {
     const cache = opts.cache;
     const reused = cache && cache.length > 0 ? this.cachedRouting.get(cache) : undefined;
     if (reused) {
-      this.routing = reused;
+      this.setRouting(reused, cache!);
       return;
     }
     const router = this.mixing.router;
-    const probs = router.probabilities(this.model, input);
-    this.routing = { probs, weights: routeWeights(probs, this.allowedRows(), router.options.topK) };
-    if (cache) this.cachedRouting.set(cache, this.routing);
-    if (this.collecting) this.recordRouting(this.routing.weights);
+    const allowed = this.allowedRows();
+    const routing = tf.tidy(() => {
+      const probs = tf.softmax(router.logits(promptFeatures(this.model, input)));
+      return { probs: tf.keep(probs), weights: tf.keep(routeWeights(probs, allowed, router.options.topK)) };
+    });
+    if (cache) {
+      cache.owned.push(routing.probs, routing.weights);
+      this.cachedRouting.set(cache, routing);
+    }
+    this.setRouting(routing, cache ?? null);
+    if (this.collecting) this.recordRouting(routing.weights);
+  }
+
+  /** Make `r` the routing in use, freeing the previous one unless a KV cache owns it. */
+  private setRouting(r: DeviceRouting | null, cache: KVCache | null = null): void {
+    const old = this.routing;
+    this.routing = r ? { ...r, cache } : null;
+    if (old && !old.cache && old.weights !== r?.weights) tf.dispose([old.probs, old.weights]);
   }
 
   /** Routing statistics: one 'router' gate whose units are rows. */
-  private recordRouting(weights: number[][]): void {
-    const B = weights.length;
+  private recordRouting(weights: tf.Tensor2D): void {
+    const B = weights.shape[0];
     tf.tidy(() => {
-      const w = tf.tensor2d(weights.flat(), [B, this.entries.length]);
-      const rowsCtx = { batch: B, seq: 1, training: false, tokenMask: tf.ones([B, 1]) as tf.Tensor2D, aux: [], rng: null };
-      this.stats!.record('router', [], w, rowsCtx, this.rows?.tasks?.map(String) ?? null);
+      const realTokens = new Float32Array(B).fill(1);
+      const rowsCtx = { batch: B, seq: 1, training: false, tokenMask: tf.tensor2d(realTokens, [B, 1]), realTokens, aux: [], rng: null };
+      this.stats!.record('router', [], weights, rowsCtx, this.rows?.tasks?.map(String) ?? null);
     });
   }
 

@@ -6,6 +6,7 @@ import type { LoraAdapter } from '../adapters/adapter.js';
 import { loraConfigJson } from '../adapters/config.js';
 import { transposedTensors } from '../adapters/peft.js';
 import { writeJsonAtomic } from '../base/atomic.js';
+import { readF32 } from '../base/host.js';
 import { openSafetensors, writeSafetensors, type TensorToWrite } from '../base/safetensors.js';
 import type { MoleComposition } from './composition.js';
 import { gateGroups, gateKey, MoleGate, MoleGates, TAU_MIN, validateGateOptions, type GateOptions } from './mole.js';
@@ -33,10 +34,10 @@ export interface ExpertFingerprint {
   tensors: string;
 }
 
-export function expertFingerprint(adapter: LoraAdapter): ExpertFingerprint {
+export async function expertFingerprint(adapter: LoraAdapter): Promise<ExpertFingerprint> {
   const config = createHash('sha256').update(JSON.stringify(loraConfigJson(adapter.config))).digest('hex');
   const h = createHash('sha256');
-  const tensors = transposedTensors(adapter.params());
+  const tensors = await transposedTensors(adapter.params());
   for (const key of Object.keys(tensors).sort()) {
     const t = tensors[key]!;
     h.update(`${key}\0${t.dtype}\0${t.shape.join(',')}\0`);
@@ -59,16 +60,16 @@ interface GateConfigJson {
 }
 
 /** Write the composition's gate to `dir`, each file atomically. */
-export function saveGate(composition: MoleComposition, dir: string): void {
+export async function saveGate(composition: MoleComposition, dir: string): Promise<void> {
   const gates = composition.gate;
   if (!gates) throw new GateFolderError('save gate: the composition mixes with static weights, it has no gate');
   const o = gates.options;
   const tensors: Record<string, TensorToWrite> = {};
-  for (const [key, v] of gates.params()) tensors[key] = { dtype: 'F32', shape: v.shape, data: v.dataSync() as Float32Array };
+  for (const [key, v] of gates.params()) tensors[key] = { dtype: 'F32', shape: v.shape, data: await readF32(v) };
   const config: GateConfigJson = {
     format: FORMAT,
     version: VERSION,
-    experts: expertRecords(composition),
+    experts: await expertRecords(composition),
     level: o.level,
     granularity: o.granularity,
     top_k: o.topK,
@@ -86,7 +87,7 @@ export function saveGate(composition: MoleComposition, dir: string): void {
  * Load the gate in `dir` and put it in use. The composition must hold exactly the gate's experts,
  * unchanged (by fingerprint); their order may differ (the gate's tensors are permuted to it).
  */
-export function loadGate(composition: MoleComposition, dir: string): MoleGates {
+export async function loadGate(composition: MoleComposition, dir: string): Promise<MoleGates> {
   const configPath = join(dir, GATE_CONFIG);
   const cfg = readGateConfig(configPath);
   const fail = (msg: string): never => {
@@ -94,7 +95,7 @@ export function loadGate(composition: MoleComposition, dir: string): MoleGates {
   };
   const trained = cfg.experts.map((e) => e.name);
   const loaded = composition.experts;
-  checkExperts(composition, cfg.experts, fail);
+  await checkExperts(composition, cfg.experts, fail);
   const modules = composition.gatedModules();
   if (cfg.modules.join('\n') !== modules.join('\n')) fail(`gates modules [${cfg.modules.join(', ')}], the experts adapt [${modules.join(', ')}] on this base`);
 
@@ -139,20 +140,22 @@ export function loadGate(composition: MoleComposition, dir: string): MoleGates {
 export type ExpertRecord = GateConfigJson['experts'][number];
 
 /** The records of the composition's experts, in its order, as gate and router configs store them. */
-export function expertRecords(composition: MoleComposition): ExpertRecord[] {
-  return composition.experts.map((name) => {
-    const f = expertFingerprint(composition.expert(name));
-    return { name, config_sha256: f.config, tensors_sha256: f.tensors };
-  });
+export async function expertRecords(composition: MoleComposition): Promise<ExpertRecord[]> {
+  const records: ExpertRecord[] = [];
+  for (const name of composition.experts) {
+    const f = await expertFingerprint(composition.expert(name));
+    records.push({ name, config_sha256: f.config, tensors_sha256: f.tensors });
+  }
+  return records;
 }
 
 /** The composition must hold exactly the recorded experts (any order), each unchanged by fingerprint. */
-export function checkExperts(composition: MoleComposition, records: readonly ExpertRecord[], fail: (msg: string) => never): void {
+export async function checkExperts(composition: MoleComposition, records: readonly ExpertRecord[], fail: (msg: string) => never): Promise<void> {
   const trained = records.map((e) => e.name);
   const loaded = composition.experts;
   for (const e of records) {
     if (!loaded.includes(e.name)) fail(`expert '${e.name}' is missing: the gate was trained with [${trained.join(', ')}], the composition has [${loaded.join(', ')}]`);
-    const f = expertFingerprint(composition.expert(e.name));
+    const f = await expertFingerprint(composition.expert(e.name));
     if (f.config !== e.config_sha256) fail(`expert '${e.name}' changed: its adapter_config.json differs from the one the gate was trained with (sha256 ${short(f.config)}, expected ${short(e.config_sha256)})`);
     if (f.tensors !== e.tensors_sha256) fail(`expert '${e.name}' changed: its tensors differ from the ones the gate was trained with (sha256 ${short(f.tensors)}, expected ${short(e.tensors_sha256)})`);
   }

@@ -32,8 +32,11 @@ export interface Generation {
 /**
  * Start the backend and load a base model folder, ready for experts:
  *   const m = await loadModel(dir);
- *   m.addExpert('math', mathDir).addExpert('code', codeDir).useGate(gateDir).mask(['code']);
- *   m.generate('2 + 2 =');
+ *   m.addExpert('math', mathDir).addExpert('code', codeDir);
+ *   (await m.useGate(gateDir)).mask(['code']);
+ *   await m.generate('2 + 2 =');
+ * What reads tensors back (generation, loading or saving a gate, whose experts are checked by
+ * fingerprint) is async: a GPU backend cannot read synchronously.
  */
 export async function loadModel(dir: string, opts: LoadModelOptions = {}): Promise<MoleModel> {
   await initBackend({ backend: opts.backend, warn: opts.warn });
@@ -100,13 +103,14 @@ export class MoleModel {
   }
 
   /** Load a gate (or router) folder trained with exactly these experts. */
-  useGate(dir: string): this {
-    loadRouting(this.composition, dir);
+  async useGate(dir: string): Promise<this> {
+    await loadRouting(this.composition, dir);
     return this;
   }
 
-  saveGate(dir: string): void {
-    saveRouting(this.composition, dir);
+  async saveGate(dir: string): Promise<this> {
+    await saveRouting(this.composition, dir);
+    return this;
   }
 
   /** Mix with fixed shares (≥ 0, summing to 1) instead of a gate; null: the plain sum, every expert at full strength. */
@@ -142,18 +146,18 @@ export class MoleModel {
     return this;
   }
 
-  generate(prompt: Prompt, opts: GenerateOptions & { raw?: boolean } = {}): Generation {
-    return this.generateBatch([prompt], opts)[0]!;
+  async generate(prompt: Prompt, opts: GenerateOptions & { raw?: boolean } = {}): Promise<Generation> {
+    return (await this.generateBatch([prompt], opts))[0]!;
   }
 
   /**
    * One batch, one base pass per step. A per-sequence gate pools over every token of a row, so it
    * runs without the KV cache (a cached step would see only its new token).
    */
-  generateBatch(prompts: Prompt[], opts: GenerateOptions & { raw?: boolean } = {}): Generation[] {
+  async generateBatch(prompts: Prompt[], opts: GenerateOptions & { raw?: boolean } = {}): Promise<Generation[]> {
     const shape = opts.raw ? null : this.promptFormat();
     const ids = prompts.map((p) => promptIds(this.base, typeof p !== 'string' ? { ids: p } : shape ? shape(p) : { text: p }));
-    const { tokens } = generate(this.base, ids, { ...opts, useCache: this.cacheSafe ? opts.useCache : false });
+    const { tokens } = await generate(this.base, ids, { ...opts, useCache: this.cacheSafe ? opts.useCache : false });
     const tok = this.base.tokenizer;
     return tokens.map((t) => ({ tokens: t, text: tok ? tok.decode(t, { skipSpecial: true }) : null }));
   }

@@ -64,7 +64,7 @@ export function profileFor(p: Profiles, task: string): ProfileEntry {
 }
 
 /** Switch a model to a profile: experts are reloaded from their folders, the base never is. */
-export function applyProfile(m: MoleModel, e: ProfileEntry): void {
+export async function applyProfile(m: MoleModel, e: ProfileEntry): Promise<void> {
   const c = m.composition;
   c.mask(null);
   // Back to the plain sum: a gate or router is over the old experts, and old shares by name
@@ -72,7 +72,7 @@ export function applyProfile(m: MoleModel, e: ProfileEntry): void {
   c.useWeights(null);
   for (const name of c.experts) m.removeExpert(name);
   for (const [name, dir] of Object.entries(e.experts)) m.addExpert(name, dir);
-  if (e.gate) m.useGate(e.gate);
+  if (e.gate) await m.useGate(e.gate);
   else if (e.weights) m.useWeights(e.weights);
   if (e.only) m.only(e.only);
   else if (e.mask) m.mask(e.mask);

@@ -1,4 +1,5 @@
 import * as tf from '@tensorflow/tfjs';
+import { readHost } from '../base/host.js';
 import type { CausalLM, TokenBatch } from '../base/model.js';
 import type { Rng } from '../base/rng.js';
 import { normalise } from './mole.js';
@@ -39,7 +40,7 @@ export function featureParts(model: CausalLM, input: TokenBatch): Record<Feature
   // [B, 1, T] × [B, T, D] → [B, D]: a weighted sum over each row's positions.
   const pool = (w: Float32Array, x: tf.Tensor2D): tf.Tensor2D => normalise(tf.matMul(tf.tensor3d(w, [B, 1, T]), x.reshape([B, T, D])).reshape([B, D]));
   const { h } = model.hidden(input, { plain: true });
-  const embeddings = tf.gather(model.parts.embed.weight, tf.tensor1d(input.ids, 'int32')) as tf.Tensor2D;
+  const embeddings = model.parts.embed.gather(tf.tensor1d(input.ids, 'int32'));
   return { 'embed-mean': pool(mean, embeddings), 'final-mean': pool(mean, h), 'final-last': pool(last, h) };
 }
 
@@ -128,20 +129,19 @@ export class PromptRouter {
   }
 
   /** W' = σ⁻¹·W and b' = b − (μσ⁻¹)·W on the host: the same scores from the raw feature. */
-  folded(): { weight: Float32Array; bias: Float32Array } {
-    return tf.tidy(() => {
-      if (!this.standard) return { weight: this.weight.dataSync() as Float32Array, bias: this.bias.dataSync() as Float32Array };
-      const { mean, invStd } = this.standard;
-      const weight = this.weight.mul(invStd.reshape([-1, 1]));
-      const bias = this.bias.sub(tf.matMul(mean.reshape([1, -1]), weight).reshape([-1]));
-      return { weight: weight.dataSync() as Float32Array, bias: bias.dataSync() as Float32Array };
-    });
+  async folded(): Promise<{ weight: Float32Array; bias: Float32Array }> {
+    const std = this.standard;
+    const weight = () => (std ? this.weight.mul(std.invStd.reshape([-1, 1])) : this.weight.clone());
+    return {
+      weight: await readHost(weight),
+      bias: await readHost(() => (std ? this.bias.sub(tf.matMul(std.mean.reshape([1, -1]), weight()).reshape([-1])) : this.bias.clone())),
+    };
   }
 
   /** Routing probabilities per row on the host, [B][N]. */
-  probabilities(model: CausalLM, input: TokenBatch): number[][] {
+  async probabilities(model: CausalLM, input: TokenBatch): Promise<number[][]> {
     const N = this.experts.length;
-    const p = tf.tidy(() => tf.softmax(this.logits(promptFeatures(model, input))).dataSync());
+    const p = await readHost(() => tf.softmax(this.logits(promptFeatures(model, input))));
     return Array.from({ length: input.batch }, (_, b) => Array.from(p.subarray(b * N, (b + 1) * N)));
   }
 
@@ -198,18 +198,27 @@ export function centroidRouter(experts: readonly string[], sums: Float64Array, c
 }
 
 /**
- * Each row's expert weights from its routing probabilities: the k most probable allowed experts,
- * renormalised (k = 1: weight 1 on the best). A row with no allowed expert gets all zeros: the
- * base alone. `allowed` is one 0/1 row for every row, one per row, or null (all allowed).
+ * Each row's expert weights from its routing probabilities [B, N], on the device: the k most
+ * probable allowed experts, renormalised (k = 1: weight 1 on the best; equal shares where their
+ * probabilities are all 0). A row with no allowed expert gets all zeros: the base alone.
+ * `allowed` is one 0/1 row for every row, one per row, or null (all allowed).
  */
-export function routeWeights(probs: number[][], allowed: number[][] | null, topK: number): number[][] {
-  return probs.map((p, b) => {
-    const ok = allowed ? allowed[allowed.length === 1 ? 0 : b]! : p.map(() => 1);
-    const order = p.map((_, i) => i).filter((i) => ok[i]).sort((i, j) => p[j]! - p[i]! || i - j).slice(0, topK);
-    const total = order.reduce((s, i) => s + p[i]!, 0);
-    const w = p.map(() => 0);
-    for (const i of order) w[i] = topK === 1 ? 1 : total > 0 ? p[i]! / total : 1 / order.length;
-    return w;
+export function routeWeights(probs: tf.Tensor2D, allowed: number[][] | null, topK: number): tf.Tensor2D {
+  return tf.tidy(() => {
+    const N = probs.shape[1];
+    const ok = allowed ? tf.tensor2d(allowed.flat(), [allowed.length, N]) : tf.ones([1, N]);
+    // Excluded experts score far below any probability (finite: WGSL may assume no infinities).
+    const score = probs.mul(ok).add(ok.sub(1).mul(1e30));
+    // [B, k, N]: the k best, less any that were not allowed (a row allowing fewer than k).
+    const cells = tf.oneHot(tf.topk(score, topK).indices, N).toFloat().mul(ok.reshape([-1, 1, N]));
+    const picked = cells.sum(1) as tf.Tensor2D;
+    if (topK === 1) return picked;
+    const p = picked.mul(probs);
+    const total = p.sum(1, true);
+    const zero = total.equal(0);
+    const equal = picked.div(picked.sum(1, true).maximum(1));
+    // A zero total divides by 1 (its branch is not taken): a tiny divisor would make the gradient 0/0.
+    return tf.where(zero.logicalNot().tile([1, N]), p.div(total.add(zero.toFloat())), equal) as tf.Tensor2D;
   });
 }
 

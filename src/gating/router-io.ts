@@ -29,13 +29,13 @@ interface RouterConfigJson {
 }
 
 /** Write the composition's gate or router to `dir`, each file atomically. */
-export function saveRouting(composition: MoleComposition, dir: string): void {
+export async function saveRouting(composition: MoleComposition, dir: string): Promise<void> {
   const router = composition.router;
   if (!router) return saveGate(composition, dir);
   const D = composition.model.config.hidden;
-  const config: RouterConfigJson = { format: FORMAT, version: VERSION, experts: expertRecords(composition), top_k: router.options.topK, feature: FEATURE, hidden_size: D };
+  const config: RouterConfigJson = { format: FORMAT, version: VERSION, experts: await expertRecords(composition), top_k: router.options.topK, feature: FEATURE, hidden_size: D };
   const N = router.experts.length;
-  const folded = router.folded();
+  const folded = await router.folded();
   const F = featureWidth(D);
   // [F, N] → PyTorch's [N, F].
   const weight = new Float32Array(N * F);
@@ -53,18 +53,18 @@ export function saveRouting(composition: MoleComposition, dir: string): void {
 }
 
 /** Load the gate or router in `dir` and put it in use (a router's experts are checked as a gate's). */
-export function loadRouting(composition: MoleComposition, dir: string): void {
+export async function loadRouting(composition: MoleComposition, dir: string): Promise<void> {
   const path = join(dir, GATE_CONFIG);
   if (!existsSync(path)) throw new GateFolderError(`${path}: not found (is this a gate folder?)`);
   const raw = readJsonObject(path, (m) => new GateFolderError(m));
   if (raw.format !== FORMAT) {
-    loadGate(composition, dir);
+    await loadGate(composition, dir);
     return;
   }
-  composition.useRouter(readRouter(composition, dir, raw as unknown as RouterConfigJson));
+  composition.useRouter(await readRouter(composition, dir, raw as unknown as RouterConfigJson));
 }
 
-function readRouter(composition: MoleComposition, dir: string, cfg: RouterConfigJson): PromptRouter {
+async function readRouter(composition: MoleComposition, dir: string, cfg: RouterConfigJson): Promise<PromptRouter> {
   const fail = (msg: string): never => {
     throw new GateFolderError(`router ${dir}: ${msg}`);
   };
@@ -73,7 +73,7 @@ function readRouter(composition: MoleComposition, dir: string, cfg: RouterConfig
   if (!Array.isArray(cfg.experts) || cfg.experts.length < 2) fail('experts must list at least 2 experts');
   const D = composition.model.config.hidden;
   if (cfg.hidden_size !== D) fail(`it was trained on a base with hidden_size ${cfg.hidden_size}, this base has ${D}`);
-  checkExperts(composition, cfg.experts, fail);
+  await checkExperts(composition, cfg.experts, fail);
   try {
     validateRouterOptions({ topK: cfg.top_k }, cfg.experts.length);
   } catch (e) {

@@ -1,10 +1,11 @@
 import * as tf from '@tensorflow/tfjs';
+import { readF32, readHost } from '../base/host.js';
 import { lmLoss, type LmBatch } from '../base/loss.js';
 import { evalBatches, type Batch, type Dataset } from '../data/index.js';
 import { tokenLosses } from '../train/evaluate.js';
 import { toLmBatch, type LmData } from '../train/lm.js';
 import type { MoleComposition } from './composition.js';
-import { featureWidth, promptFeatures, routeWeights, standardiser, type PromptRouter, type Standardiser } from './prompt-router.js';
+import { featureWidth, promptFeatures, standardiser, type PromptRouter, type Standardiser } from './prompt-router.js';
 
 /**
  * What teaches the router:
@@ -50,15 +51,15 @@ export function resolveRoutingLoss(wanted: (typeof ROUTING_LOSSES)[number], labe
 }
 
 /**
- * The router's training loss on one batch (only the router's variables get a gradient). The
- * experts' losses on a row never change (base and experts are frozen), so `cache` keeps them per
- * training sequence: after the first epoch the LM loss costs no expert pass.
+ * The router's training loss on one batch (only the router's variables get a gradient). The LM
+ * terms need the experts' losses on the batch's rows, which `cache` must hold (fill it before
+ * the pass: they are read back from the device, which a GPU cannot do inside one).
  */
-export function routerLoss(comp: MoleComposition, router: PromptRouter, b: Batch, labels: Int32Array, kind: RoutingLoss, cache?: ExpertLossCache): tf.Scalar {
+export function routerLoss(comp: MoleComposition, router: PromptRouter, b: Batch, labels: Int32Array, kind: RoutingLoss, cache: ExpertLossCache): tf.Scalar {
   const lb = toLmBatch(b);
   const logp = tf.logSoftmax(router.logits(promptFeatures(comp.model, lb)));
   const label = Array.from(b.taskIds, (t) => labels[t] ?? -1);
-  return routingTerms(logp, kind, label, () => (cache ? cache.get(comp, b) : expertLosses(comp, lb)));
+  return routingTerms(logp, kind, label, () => cache.get(b, comp.experts.length));
 }
 
 /** The terms `kind` asks for, from log-probabilities [B, N]: labels, the LM mixture (nll computed only then), or both. */
@@ -69,16 +70,26 @@ function routingTerms(logp: tf.Tensor2D, kind: RoutingLoss, label: number[], nll
   return terms.length === 1 ? terms[0]! : tf.addN(terms);
 }
 
-/** Each training sequence's expert losses (summed over its completion) and loss tokens, computed once. */
+/**
+ * Each training sequence's expert losses (summed over its completion) and loss tokens. The
+ * experts' losses on a row never change (base and experts are frozen), so they are computed once:
+ * after the first epoch the LM loss costs no expert pass.
+ */
 export class ExpertLossCache {
   private readonly rows = new Map<number, { sums: Float32Array; tokens: number }>();
 
-  get(comp: MoleComposition, b: Batch): { sums: Float32Array; tokens: Float32Array } {
+  /** Compute the losses of the batch's sequences not yet held. */
+  async fill(comp: MoleComposition, b: Batch): Promise<void> {
     const N = comp.experts.length;
-    if (!Array.from(b.seqs).every((k) => this.rows.has(k))) {
-      const fresh = expertLosses(comp, toLmBatch(b));
-      b.seqs.forEach((k, r) => this.rows.set(k, { sums: fresh.sums.slice(r * N, (r + 1) * N), tokens: fresh.tokens[r]! }));
-    }
+    if (Array.from(b.seqs).every((k) => this.rows.has(k))) return;
+    const fresh = await expertLosses(comp, toLmBatch(b));
+    b.seqs.forEach((k, r) => this.rows.set(k, { sums: fresh.sums.slice(r * N, (r + 1) * N), tokens: fresh.tokens[r]! }));
+  }
+
+  /** The batch's rows, [B·N] and [B]; every sequence must have been filled. */
+  get(b: Batch, N: number): { sums: Float32Array; tokens: Float32Array } {
+    const missing = Array.from(b.seqs).filter((k) => !this.rows.has(k));
+    if (missing.length) throw new Error(`expert losses of sequence ${missing[0]} were not computed: fill the cache before the pass`);
     const sums = new Float32Array(b.batch * N);
     const tokens = new Float32Array(b.batch);
     b.seqs.forEach((k, r) => {
@@ -114,34 +125,35 @@ function mixtureLoss(logp: tf.Tensor2D, nll: { sums: Float32Array; tokens: Float
  * Each row's summed completion loss under each expert alone, [B·N] row-major, and its loss
  * tokens [B]: one pass per expert, on the host (constants for the router's gradient).
  */
-export function expertLosses(comp: MoleComposition, lb: LmBatch): { sums: Float32Array; tokens: Float32Array } {
+export async function expertLosses(comp: MoleComposition, lb: LmBatch): Promise<{ sums: Float32Array; tokens: Float32Array }> {
   const { batch: B, seq: T } = lb;
   const N = comp.experts.length;
   const sums = new Float32Array(B * N);
   const tokens = new Float32Array(B);
   for (let r = 0; r < B; r++) for (let t = 0; t < T; t++) tokens[r]! += lb.lossMask[r * T + t]!;
-  comp.experts.forEach((name, i) => {
-    comp.mask([name]);
-    const host = tf.tidy(() => tokenLosses(comp.model.forward(lb), lb.targets).dataSync());
-    for (let r = 0; r < B; r++) {
-      let s = 0;
-      for (let t = 0; t < T; t++) s += lb.lossMask[r * T + t]! * host[r * T + t]!;
-      sums[r * N + i] = s;
+  try {
+    for (const [i, name] of comp.experts.entries()) {
+      comp.mask([name]);
+      const host = await readHost(() => tokenLosses(comp.model.forward(lb), lb.targets));
+      for (let r = 0; r < B; r++) {
+        let s = 0;
+        for (let t = 0; t < T; t++) s += lb.lossMask[r * T + t]! * host[r * T + t]!;
+        sums[r * N + i] = s;
+      }
     }
-  });
-  comp.mask(null);
+  } finally {
+    comp.mask(null);
+  }
   return { sums, tokens };
 }
 
 /** The LM loss of the routed model (each row through its top-k experts): what validation reports. */
 export function routedLoss(comp: MoleComposition, router: PromptRouter, b: Batch): tf.Scalar {
-  const lb = toLmBatch(b);
-  const weights = routeWeights(router.probabilities(comp.model, lb), null, router.options.topK);
-  comp.setRows({ weights });
+  comp.useRouter(router);
   try {
-    return lmLoss(comp.model, lb);
+    return lmLoss(comp.model, toLmBatch(b));
   } finally {
-    comp.setRows(null);
+    comp.releaseRouter();
   }
 }
 
@@ -149,12 +161,12 @@ export function routedLoss(comp: MoleComposition, router: PromptRouter, b: Batch
  * Routing accuracy on the validation rows whose task names an expert: the share routed to that
  * expert (top-1); null without such rows.
  */
-export function routingAccuracy(comp: MoleComposition, router: PromptRouter, data: LmData, labels: Int32Array, seqLen: number): number | null {
+export async function routingAccuracy(comp: MoleComposition, router: PromptRouter, data: LmData, labels: Int32Array, seqLen: number): Promise<number | null> {
   const store = data.dataset.val ?? data.dataset.train;
   let hit = 0;
   let n = 0;
   for (const b of evalBatches(store, { batchSize: 16, seqLen })) {
-    const probs = router.probabilities(comp.model, toLmBatch(b));
+    const probs = await router.probabilities(comp.model, toLmBatch(b));
     probs.forEach((p, r) => {
       const want = labels[b.taskIds[r]!] ?? -1;
       if (want < 0) return;
@@ -170,7 +182,7 @@ export function routingAccuracy(comp: MoleComposition, router: PromptRouter, dat
  * labelled with it and their count (the centroid router's input), the standardiser of all rows'
  * features (the prompt router's conditioning), and with `keep` every row's feature and task id.
  */
-export function featureStats(comp: MoleComposition, data: LmData, labels: Int32Array | null, seqLen: number, keep = false): FeatureStats {
+export async function featureStats(comp: MoleComposition, data: LmData, labels: Int32Array | null, seqLen: number, keep = false): Promise<FeatureStats> {
   const N = comp.experts.length;
   const F = featureWidth(comp.model.config.hidden);
   const sums = new Float64Array(N * F);
@@ -180,7 +192,7 @@ export function featureStats(comp: MoleComposition, data: LmData, labels: Int32A
   const kept: { features: Float32Array[]; taskIds: number[]; batches: Batch[] } = { features: [], taskIds: [], batches: [] };
   let rows = 0;
   for (const b of evalBatches(data.dataset.train, { batchSize: 16, seqLen })) {
-    const f = tf.tidy(() => promptFeatures(comp.model, toLmBatch(b)).dataSync() as Float32Array);
+    const f = await readHost(() => promptFeatures(comp.model, toLmBatch(b)));
     if (keep) {
       kept.features.push(f);
       kept.taskIds.push(...b.taskIds);
@@ -238,15 +250,18 @@ export function fitsFullBatch(rows: number, hidden: number, maxRows = FULL_BATCH
 
 /** The router's whole training set, held as one batch. */
 export class RouterTrainingSet {
-  private readonly features: tf.Tensor2D;
-  private readonly label: number[];
-  private readonly nll: { sums: Float32Array; tokens: Float32Array } | null;
+  private constructor(
+    private readonly features: tf.Tensor2D,
+    private readonly label: number[],
+    private readonly nll: { sums: Float32Array; tokens: Float32Array } | null,
+  ) {}
 
-  constructor(comp: MoleComposition, rows: NonNullable<FeatureStats['rows']>, labels: Int32Array, kind: RoutingLoss) {
+  /** The set for these rows; the LM loss needs every row's expert losses, computed here. */
+  static async create(comp: MoleComposition, rows: NonNullable<FeatureStats['rows']>, labels: Int32Array, kind: RoutingLoss): Promise<RouterTrainingSet> {
     const n = rows.taskIds.length;
-    this.features = tf.keep(tf.tensor2d(rows.features, [n, rows.features.length / n]));
-    this.label = Array.from(rows.taskIds, (t) => labels[t] ?? -1);
-    this.nll = kind === 'labels' ? null : allExpertLosses(comp, rows.batches);
+    const nll = kind === 'labels' ? null : await allExpertLosses(comp, rows.batches);
+    const features = tf.keep(tf.tensor2d(rows.features, [n, rows.features.length / n]));
+    return new RouterTrainingSet(features, Array.from(rows.taskIds, (t) => labels[t] ?? -1), nll);
   }
 
   get size(): number {
@@ -257,8 +272,9 @@ export class RouterTrainingSet {
    * Fit the router to convergence on every row (full-batch Adam at lr 1e-2 until the loss moves
    * less than 1e-7 over 50 iterations, at most `maxIterations`): a warm start that makes the step
    * budget and learning rate the user gives matter little. Returns iterations run and final loss.
+   * The loss is read back only where it is checked (every 50 iterations, and the last).
    */
-  fit(router: PromptRouter, kind: RoutingLoss, l2: number, maxIterations = 2000): { iterations: number; loss: number } {
+  async fit(router: PromptRouter, kind: RoutingLoss, l2: number, maxIterations = 2000): Promise<{ iterations: number; loss: number }> {
     const opt = tf.train.adam(1e-2);
     const objective = (): tf.Scalar => withL2(this.loss(router, kind), router, l2);
     let last = Infinity;
@@ -267,9 +283,11 @@ export class RouterTrainingSet {
     try {
       while (i < maxIterations) {
         const value = opt.minimize(objective, true, [router.weight, router.bias])!;
-        loss = value.dataSync()[0]!;
+        i++;
+        const checked = i % 50 === 0 || i === maxIterations;
+        if (checked) loss = (await readF32(value))[0]!;
         value.dispose();
-        if (++i % 50 === 0) {
+        if (i % 50 === 0) {
           if (Math.abs(last - loss) < 1e-7) break;
           last = loss;
         }
@@ -290,8 +308,9 @@ export class RouterTrainingSet {
 }
 
 /** expertLosses over several batches, rows concatenated in order. */
-function allExpertLosses(comp: MoleComposition, batches: Batch[]): { sums: Float32Array; tokens: Float32Array } {
-  const parts = batches.map((b) => expertLosses(comp, toLmBatch(b)));
+async function allExpertLosses(comp: MoleComposition, batches: Batch[]): Promise<{ sums: Float32Array; tokens: Float32Array }> {
+  const parts: { sums: Float32Array; tokens: Float32Array }[] = [];
+  for (const b of batches) parts.push(await expertLosses(comp, toLmBatch(b)));
   return {
     sums: concat(parts.map((p) => p.sums), parts.reduce((a, p) => a + p.sums.length, 0)),
     tokens: concat(parts.map((p) => p.tokens), parts.reduce((a, p) => a + p.tokens.length, 0)),

@@ -1,5 +1,6 @@
 import * as tf from '@tensorflow/tfjs';
 import type { ForwardContext } from '../base/context.js';
+import { readF32 } from '../base/host.js';
 import { matMul } from '../base/ops.js';
 
 /** What one gate did over the tokens it saw (real tokens only). */
@@ -32,11 +33,12 @@ interface Sums {
 }
 
 /**
- * Accumulates gate statistics across forward passes on the host (one small read per gate per
- * pass, so only while reporting). Weights are the applied ones, after masks and top-k.
+ * Accumulates gate statistics across forward passes. The sums stay on the device, one [1, N+2]
+ * row (Σ weights, Σ entropy, tokens) per gate and task, so a pass never waits on the host;
+ * report() reads them. Weights are the applied ones, after masks and top-k. dispose() frees them.
  */
 export class GateStats {
-  private readonly sums = new Map<string, { modules: readonly string[]; byTask: Map<string | null, Sums> }>();
+  private readonly sums = new Map<string, { modules: readonly string[]; byTask: Map<string | null, tf.Tensor2D> }>();
 
   constructor(readonly experts: readonly string[]) {}
 
@@ -44,7 +46,13 @@ export class GateStats {
   record(gate: string, modules: readonly string[], weights: tf.Tensor2D, ctx: ForwardContext, tasks: readonly string[] | null): void {
     const [rows, N] = weights.shape;
     const labels: (string | null)[] = tasks ? [...new Set(tasks)] : [null];
-    const host = tf.tidy(() => {
+    let entry = this.sums.get(gate);
+    if (!entry) {
+      entry = { modules, byTask: new Map() };
+      this.sums.set(gate, entry);
+    }
+    const byTask = entry.byTask;
+    tf.tidy(() => {
       const entropy = weights.mul(weights.maximum(TINY).log()).sum(1, true).neg();
       const cols = tf.concat([weights, entropy, tf.onesLike(entropy)], 1);
       let pick: tf.Tensor2D = ctx.tokenMask.reshape([1, rows]);
@@ -55,29 +63,37 @@ export class GateStats {
         for (let t = 0; t < rows; t++) m[labels.indexOf(tasks[Math.floor(t / perRow)]!) * rows + t] = 1;
         pick = tf.tensor2d(m, [labels.length, rows]).mul(pick);
       }
-      return matMul(pick, cols as tf.Tensor2D);
-    });
-    const data = host.dataSync();
-    host.dispose();
-    let entry = this.sums.get(gate);
-    if (!entry) {
-      entry = { modules, byTask: new Map() };
-      this.sums.set(gate, entry);
-    }
-    labels.forEach((label, k) => {
-      let s = entry.byTask.get(label);
-      if (!s) {
-        s = { weight: new Float64Array(N), entropy: 0, tokens: 0 };
-        entry.byTask.set(label, s);
-      }
-      const row = data.subarray(k * (N + 2), (k + 1) * (N + 2));
-      for (let i = 0; i < N; i++) s.weight[i] += row[i]!;
-      s.entropy += row[N]!;
-      s.tokens += row[N + 1]!;
+      const part = matMul(pick, cols as tf.Tensor2D);
+      labels.forEach((label, k) => {
+        const row = part.slice([k, 0], [1, N + 2]);
+        const old = byTask.get(label);
+        byTask.set(label, tf.keep(old ? old.add(row) : row));
+        old?.dispose();
+      });
     });
   }
 
-  report(): GateStatsReport {
+  /** Free the sums kept on the device. */
+  dispose(): void {
+    for (const { byTask } of this.sums.values()) tf.dispose([...byTask.values()]);
+    this.sums.clear();
+  }
+
+  async report(): Promise<GateStatsReport> {
+    const host = new Map<string, { modules: readonly string[]; byTask: Map<string | null, Sums> }>();
+    for (const [gate, { modules, byTask }] of this.sums) {
+      const parts = new Map<string | null, Sums>();
+      for (const [label, t] of byTask) {
+        const row = await readF32(t);
+        const N = row.length - 2;
+        parts.set(label, { weight: Float64Array.from(row.subarray(0, N)), entropy: row[N]!, tokens: row[N + 1]! });
+      }
+      host.set(gate, { modules, byTask: parts });
+    }
+    return this.summarise(host);
+  }
+
+  private summarise(sums: Map<string, { modules: readonly string[]; byTask: Map<string | null, Sums> }>): GateStatsReport {
     const N = this.experts.length;
     const stat = (gate: string, modules: readonly string[], parts: Sums[]): GateStat => {
       const tokens = parts.reduce((a, s) => a + s.tokens, 0);
@@ -92,7 +108,7 @@ export class GateStats {
     };
     const gates: GateStat[] = [];
     const byTask: Record<string, GateStat[]> = {};
-    for (const [gate, { modules, byTask: parts }] of this.sums) {
+    for (const [gate, { modules, byTask: parts }] of sums) {
       gates.push(stat(gate, modules, [...parts.values()]));
       for (const [label, s] of parts) if (label !== null) (byTask[label] ??= []).push(stat(gate, modules, [s]));
     }

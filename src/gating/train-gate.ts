@@ -132,7 +132,7 @@ async function trainIn(o: TrainGateOptions): Promise<TrainResult> {
         const mask = p > 0 ? dropoutMasks(comp.experts, b.taskIds, dataset.taskNames, p, rng) : undefined;
         comp.setRows(routeTo.some((e) => e >= 0) || mask ? { ...(mask && { mask }), ...(routeTo.some((e) => e >= 0) && { routeTo }) } : null);
       },
-      onEval: (_step, { dataset }) => ({ gates: summariseGates(gateStatsOn(comp, dataset.val ?? dataset.train, dataset.taskNames, o.seqLen)) }),
+      onEval: async (_step, { dataset }) => ({ gates: summariseGates(await gateStatsOn(comp, dataset.val ?? dataset.train, dataset.taskNames, o.seqLen)) }),
     });
   } finally {
     comp.dispose();
@@ -160,23 +160,28 @@ async function trainPromptRouter(model: CausalLM, comp: MoleComposition, o: Trai
       ...o,
       // Which loss the data allows, the features' standardiser (one plain pass) and, for data
       // small enough, the whole training set as one batch; before step 1.
-      onData: (data) => {
+      onData: async (data) => {
         labels = taskExperts(data.dataset, comp.experts);
         const r = resolveRoutingLoss(o.routingLoss ?? 'auto', labels, comp.experts);
         kind = r.loss;
-        const stats = featureStats(comp, data, null, o.seqLen, fitsFullBatch(data.dataset.train.size, model.config.hidden, o.fullBatchRows));
+        const stats = await featureStats(comp, data, null, o.seqLen, fitsFullBatch(data.dataset.train.size, model.config.hidden, o.fullBatchRows));
         router.standardise(stats.std);
         log(`router: routing loss '${kind}' (${r.why})`);
         if (!stats.rows) return log(`router: ${data.dataset.train.size} training rows: trained on batches of ${o.batchSize}`);
-        full = new RouterTrainingSet(comp, stats.rows, labels, kind);
-        const fit = full.fit(router, kind, l2);
-        log(`router: fitted on all ${full.size} training rows first (${fit.iterations} full-batch iterations, loss ${fit.loss.toFixed(4)}); every step then uses them all`);
+        const set = await RouterTrainingSet.create(comp, stats.rows, labels, kind);
+        full = set;
+        const fit = await set.fit(router, kind, l2);
+        log(`router: fitted on all ${set.size} training rows first (${fit.iterations} full-batch iterations, loss ${fit.loss.toFixed(4)}); every step then uses them all`);
+      },
+      // The LM terms need the experts' losses on the batch's rows: computed (once per row) before the pass.
+      prepare: async (b, training) => {
+        if (training && !full && kind !== 'labels') await cache.fill(comp, b);
       },
       loss: (b, training) => {
         if (!training) return routedLoss(comp, router, b);
         return withL2(full ? full.loss(router, kind) : routerLoss(comp, router, b, labels, kind, cache), router, l2);
       },
-      onEval: (_step, data) => ({ routing_accuracy: routingAccuracy(comp, router, data, labels, o.seqLen) }),
+      onEval: async (_step, data) => ({ routing_accuracy: await routingAccuracy(comp, router, data, labels, o.seqLen) }),
     });
   } finally {
     (full as RouterTrainingSet | null)?.dispose();
@@ -185,10 +190,10 @@ async function trainPromptRouter(model: CausalLM, comp: MoleComposition, o: Trai
 }
 
 /** Save the router through the composition (which takes it for the save, then lets it go). */
-function saveRouter(comp: MoleComposition, router: ReturnType<typeof createRouter>, dir: string): void {
+async function saveRouter(comp: MoleComposition, router: ReturnType<typeof createRouter>, dir: string): Promise<void> {
   comp.useRouter(router);
   try {
-    saveRouting(comp, dir);
+    await saveRouting(comp, dir);
   } finally {
     comp.releaseRouter();
   }
@@ -200,16 +205,16 @@ async function fitCentroidRouter(model: CausalLM, comp: MoleComposition, o: Trai
   const data = await loadLmData(model, o, log);
   const labels = taskExperts(data.dataset, comp.experts);
   if (!labels.some((e) => e >= 0)) throw new Error(`the centroid router needs a task column whose values name experts (${comp.experts.join(', ')})`);
-  const { sums, counts, std } = featureStats(comp, data, labels, o.seqLen);
+  const { sums, counts, std } = await featureStats(comp, data, labels, o.seqLen);
   const router = centroidRouter(comp.experts, sums, counts, std, o.routerOptions ?? {});
   comp.useRouter(router);
-  saveRouting(comp, o.out);
+  await saveRouting(comp, o.out);
   log(`centroid router: ${counts.map((c, i) => `${comp.experts[i]} ${c} rows`).join(', ')}; wrote ${o.out}`);
   return { status: 'done', step: 0, checkpoint: null, lastLoss: null, best: null };
 }
 
 /** Gate statistics (per task when the data has tasks) over a store's first batches, in order. */
-export function gateStatsOn(comp: MoleComposition, store: TokenStore, names: string[], seqLen: number, batches = STATS_BATCHES): GateStatsReport {
+export async function gateStatsOn(comp: MoleComposition, store: TokenStore, names: string[], seqLen: number, batches = STATS_BATCHES): Promise<GateStatsReport> {
   comp.collectStats(true);
   try {
     let n = 0;
@@ -219,7 +224,7 @@ export function gateStatsOn(comp: MoleComposition, store: TokenStore, names: str
       tf.tidy(() => void comp.model.forward(toLmBatch(b)));
     }
     comp.setRows(null);
-    return comp.gateStats();
+    return await comp.gateStats();
   } finally {
     comp.collectStats(false);
   }

@@ -1,6 +1,7 @@
 import * as tf from '@tensorflow/tfjs';
 import type { ModelConfig, MoEConfig } from '../base/config.js';
 import type { HostTensor } from '../base/host-tensor.js';
+import { readHost } from '../base/host.js';
 import { Linear } from '../base/linear.js';
 import { SwiGLU } from '../base/mlp.js';
 import type { LinearReader } from '../base/sparse-ffn.js';
@@ -104,15 +105,12 @@ export function moeWeightCount(m: MoEConfig, hidden: number): number {
 }
 
 /** A packed layer's experts in the packed checkpoint layout: gate_up_proj [E, 2I, D], down_proj [E, D, I]. */
-export function packedExpertTensors(moe: MoEFFN): Map<string, HostTensor> {
-  const [gateUp, down] = tf.tidy(() => [
-    tf.stack(moe.experts.map((x) => tf.concat([x.gate.weightT.transpose(), x.up.weightT.transpose()], 0))),
-    tf.stack(moe.experts.map((x) => x.down.weightT.transpose())),
+export async function packedExpertTensors(moe: MoEFFN): Promise<Map<string, HostTensor>> {
+  const [E, D, I] = [moe.experts.length, moe.experts[0]!.gate.inFeatures, moe.experts[0]!.gate.outFeatures];
+  const gateUp = await readHost(() => tf.stack(moe.experts.map((x) => tf.concat([x.gate.weightT.transpose(), x.up.weightT.transpose()], 0))));
+  const down = await readHost(() => tf.stack(moe.experts.map((x) => x.down.weightT.transpose())));
+  return new Map([
+    [`${moe.prefix}.experts.gate_up_proj`, { shape: [E, 2 * I, D], data: gateUp }],
+    [`${moe.prefix}.experts.down_proj`, { shape: [E, D, I], data: down }],
   ]);
-  const out = new Map<string, HostTensor>();
-  for (const [key, t] of [['gate_up_proj', gateUp!], ['down_proj', down!]] as const) {
-    out.set(`${moe.prefix}.experts.${key}`, { shape: t.shape, data: t.dataSync() as Float32Array });
-    t.dispose();
-  }
-  return out;
 }

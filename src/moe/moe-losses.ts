@@ -1,6 +1,8 @@
 import * as tf from '@tensorflow/tfjs';
 import type { ForwardContext } from '../base/context.js';
+import { readF32 } from '../base/host.js';
 import { matMul } from '../base/ops.js';
+import type { Routing } from './router.js';
 
 /** One MoE layer's share of the router losses over the real tokens of one pass. */
 export interface RouterLossPart {
@@ -9,33 +11,22 @@ export interface RouterLossPart {
   /** [1, E] Σ over real tokens of the router probabilities (differentiable). */
   probSum: tf.Tensor2D;
   /** [E] (token, slot) choices per expert over real tokens: constants, top-k has no gradient. Null for expert choice. */
-  choices: Float64Array | null;
+  choices: tf.Tensor1D | null;
   /** Σ over real tokens of logsumexp(z)² (differentiable). */
   zSum: tf.Scalar;
 }
 
 /**
- * This layer's part. `mask` is ctx.tokenMask [N, 1]; `choices` the router's [N·k] top-k
- * experts (−1 on padding) or null for expert choice.
+ * This layer's part. `ctx` gives the token mask (tokenMask, and realTokens on the host);
+ * `chosen` is the router's [E] choice counts over real tokens, or null for expert choice.
  */
-export function routerLossPart(
-  logits: tf.Tensor2D,
-  probs: tf.Tensor2D,
-  mask: tf.Tensor2D,
-  choices: Int32Array | null,
-): RouterLossPart {
-  const [N, E] = probs.shape;
-  if (mask.shape[0] !== N) throw new Error(`routerLossPart: mask has ${mask.shape[0]} rows, probs [${probs.shape}]`);
-  const m = mask.reshape([1, N]) as tf.Tensor2D;
+export function routerLossPart(logits: tf.Tensor2D, probs: tf.Tensor2D, ctx: Pick<ForwardContext, 'tokenMask' | 'realTokens'>, chosen: tf.Tensor1D | null): RouterLossPart {
+  const N = probs.shape[0];
+  if (ctx.tokenMask.shape[0] !== N) throw new Error(`routerLossPart: mask has ${ctx.tokenMask.shape[0]} rows, probs [${probs.shape}]`);
+  const m = ctx.tokenMask.reshape([1, N]) as tf.Tensor2D;
   const lse = logits.logSumExp(1, true);
-  let counts: Float64Array | null = null;
-  if (choices) {
-    counts = new Float64Array(E);
-    for (const e of choices) if (e >= 0) counts[e]! += 1;
-  }
-  let tokens = 0;
-  for (const v of mask.dataSync()) tokens += v === 0 ? 0 : 1;
-  return { tokens, probSum: matMul(m, probs), choices: counts, zSum: matMul(m, lse.square()).reshape([]) as tf.Scalar };
+  const tokens = ctx.realTokens.reduce((a, v) => a + (v === 0 ? 0 : 1), 0);
+  return { tokens, probSum: matMul(m, probs), choices: chosen, zSum: matMul(m, lse.square()).reshape([]) as tf.Scalar };
 }
 
 /**
@@ -49,11 +40,10 @@ export function loadBalancingLoss(parts: RouterLossPart[], experts: number, topK
   const used = parts.filter((p) => p.choices !== null);
   if (used.length === 0) throw new Error('loadBalancingLoss: no token-choice layer to balance');
   const tokens = Math.max(1, used.reduce((a, p) => a + p.tokens, 0));
-  const f = new Float32Array(experts);
-  for (const p of used) p.choices!.forEach((c, e) => (f[e]! += c / tokens));
   return tf.tidy(() => {
+    const f = tf.addN(used.map((p) => p.choices!)).div(tokens).reshape([1, experts]);
     const P = tf.addN(used.map((p) => p.probSum)).div(tokens);
-    const aux = P.mul(tf.tensor2d(f, [1, experts])).sum().mul(normalise ? experts / topK : experts);
+    const aux = P.mul(f).sum().mul(normalise ? experts / topK : experts);
     return aux as tf.Scalar;
   });
 }
@@ -124,55 +114,74 @@ export interface RouterStats {
   droppedTokens: number;
 }
 
-/** Host-side statistics from one routing (no tensors: cheap enough to keep for every pass). */
-export function routerStats(
-  layer: number,
-  logits: Float32Array,
-  probs: Float32Array,
-  real: Float32Array,
-  counts: Int32Array,
-  choices: Int32Array | null,
-  dropped: number,
-  droppedTokens: number,
-): RouterStats {
-  const N = real.length;
-  const E = counts.length;
-  let tokens = 0;
-  let z = 0;
-  let entropy = 0;
-  const pMean = new Float64Array(E);
-  for (let n = 0; n < N; n++) {
-    if (real[n] === 0) continue;
-    tokens++;
-    let max = -Infinity;
-    for (let e = 0; e < E; e++) max = Math.max(max, logits[n * E + e]!);
-    let s = 0;
-    for (let e = 0; e < E; e++) s += Math.exp(logits[n * E + e]! - max);
-    const lse = max + Math.log(s);
-    z += lse * lse;
-    for (let e = 0; e < E; e++) {
-      const p = probs[n * E + e]!;
-      pMean[e]! += p;
-      if (p > 0) entropy -= p * Math.log(p);
-    }
+/**
+ * One layer's routing statistics, kept on the device while a pass runs (a GPU pass must not wait
+ * for the host) and decoded when read: switched on by `on` (train-moe's eval, mixlora stats).
+ */
+export class RouterStatsSlot {
+  on = false;
+  private last: { layer: number; experts: number; values: tf.Tensor1D } | null = null;
+
+  /** Keep this pass's statistics (replacing the previous pass's) when collecting. */
+  record(layer: number, r: Pick<Routing, 'logits' | 'probs' | 'served' | 'chosen'>, ctx: Pick<ForwardContext, 'tokenMask'>): void {
+    if (!this.on) return;
+    const values = tf.keep(statsVector(r, ctx.tokenMask));
+    this.clear();
+    this.last = { layer, experts: r.probs.shape[1], values };
   }
-  const t = Math.max(tokens, 1);
-  const assigned = counts.reduce((a, b) => a + b, 0);
+
+  /** The last recorded pass's statistics, or null. */
+  async read(): Promise<RouterStats | null> {
+    if (!this.last) return null;
+    const { layer, experts, values } = this.last;
+    return decodeStats(layer, experts, await readF32(values));
+  }
+
+  clear(): void {
+    this.last?.values.dispose();
+    this.last = null;
+  }
+}
+
+/**
+ * [5 + 3E] sums over the real tokens: tokens, Σ lse(z)², Σ entropy, dropped choices, tokens with
+ * no expert, then per expert: assignments served, (token, slot) choices, Σ p.
+ */
+function statsVector(r: Pick<Routing, 'logits' | 'probs' | 'served' | 'chosen'>, tokenMask: tf.Tensor2D): tf.Tensor1D {
+  return tf.tidy(() => {
+    const [N, E] = r.probs.shape;
+    const m = tokenMask.reshape([1, N]) as tf.Tensor2D;
+    const lse = r.logits.logSumExp(1, true);
+    // 0·log 0 = 0 for experts that masks set to exactly 0.
+    const entropy = r.probs.mul(r.probs.maximum(1e-30).log()).sum(1, true).neg();
+    const served = r.served.mul(tokenMask);
+    const perExpert = served.sum(0);
+    const chosen = r.chosen ?? tf.zeros([E]);
+    const dropped = r.chosen ? chosen.sum().sub(perExpert.sum()) : tf.scalar(0);
+    const unserved = matMul(m, served.sum(1, true).equal(0).toFloat() as tf.Tensor2D);
+    const head = tf.stack([m.sum(), matMul(m, lse.square() as tf.Tensor2D).reshape([]), matMul(m, entropy as tf.Tensor2D).reshape([]), dropped, unserved.reshape([])]);
+    return tf.concat([head, perExpert, chosen, matMul(m, r.probs).reshape([E])]) as tf.Tensor1D;
+  });
+}
+
+/** RouterStats from statsVector's values. */
+export function decodeStats(layer: number, E: number, v: Float32Array): RouterStats {
+  const [tokens, z, entropy, dropped, droppedTokens] = Array.from(v.subarray(0, 5));
+  const served = v.subarray(5, 5 + E);
+  const chosen = v.subarray(5 + E, 5 + 2 * E);
+  const pSum = v.subarray(5 + 2 * E, 5 + 3 * E);
+  const t = Math.max(tokens!, 1);
+  const assigned = served.reduce((a, b) => a + b, 0);
   let aux = 0;
-  if (choices) {
-    const f = new Float64Array(E);
-    for (const e of choices) if (e >= 0) f[e]! += 1;
-    for (let e = 0; e < E; e++) aux += (f[e]! / t) * (pMean[e]! / t);
-    aux *= E;
-  }
+  for (let e = 0; e < E; e++) aux += (chosen[e]! / t) * (pSum[e]! / t);
   return {
     layer,
-    tokens,
-    load: Array.from(counts, (c) => (assigned > 0 ? c / assigned : 0)),
-    aux,
-    zLoss: z / t,
-    entropy: entropy / t,
-    dropped,
-    droppedTokens,
+    tokens: tokens!,
+    load: Array.from(served, (c) => (assigned > 0 ? c / assigned : 0)),
+    aux: aux * E,
+    zLoss: z! / t,
+    entropy: entropy! / t,
+    dropped: dropped!,
+    droppedTokens: droppedTokens!,
   };
 }

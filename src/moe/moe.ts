@@ -3,8 +3,9 @@ import type { ForwardContext } from '../base/context.js';
 import type { Linear } from '../base/linear.js';
 import type { FFN, SwiGLU } from '../base/mlp.js';
 import type { CausalLM } from '../base/model.js';
-import { routerLossPart, routerStats, type RouterLosses, type RouterStats } from './moe-losses.js';
-import type { Dispatch, Router, RouterOptions } from './router.js';
+import { tensorsOnHost } from '../base/backend.js';
+import { routerLossPart, RouterStatsSlot, type RouterLosses, type RouterStats } from './moe-losses.js';
+import { sparsePlan, type Dispatch, type Router, type RouterOptions } from './router.js';
 
 /** An always-on expert: Qwen2-MoE's, gated by sigmoid(g·x), or DeepSeek's, ungated. */
 export interface SharedExpert {
@@ -32,27 +33,17 @@ export function scatterAdd(y: tf.Tensor2D, ids: tf.Tensor1D, n: number): tf.Tens
   return f(y) as tf.Tensor2D;
 }
 
-/** Host copies of ctx.tokenMask, read once per pass for all layers. */
-const realRows = new WeakMap<ForwardContext, Float32Array>();
-
-export function realOf(ctx: ForwardContext): Float32Array {
-  let r = realRows.get(ctx);
-  if (!r) {
-    r = ctx.tokenMask.dataSync() as Float32Array;
-    realRows.set(ctx, r);
-  }
-  return r;
-}
-
 /**
  * Sparse MoE FFN (REFERENCE.md §4): y = Σ_j w_j E_{S_j}(x) + shared experts. Dropless sparse
  * dispatch: each expert gathers only its own tokens, runs its SwiGLU on them with plain 2-D
  * matMuls, and one segment sum adds the weighted outputs back. Padding reaches no routed expert
- * (shared experts run on every row, as in a dense FFN).
+ * (shared experts run on every row, as in a dense FFN). On webgpu, where the plan would have to
+ * be read back mid-pass, every unmasked expert runs on every row and the [N, E] routing weights
+ * (zero off the chosen experts) combine them: the same sum at E/k times the expert FLOPs.
  */
 export class MoEFFN implements FFN {
-  /** The last pass's routing statistics (load, aux, z-loss, entropy, drops). */
-  stats: RouterStats | null = null;
+  /** The last pass's routing statistics (load, aux, z-loss, entropy, drops), while collecting. */
+  readonly stats = new RouterStatsSlot();
 
   constructor(
     readonly layer: number,
@@ -71,18 +62,22 @@ export class MoEFFN implements FFN {
   }
 
   forward(x: tf.Tensor2D, ctx: ForwardContext): tf.Tensor2D {
-    const real = realOf(ctx);
+    const real = ctx.realTokens;
     if (real.length !== x.shape[0]) throw new Error(`${this.prefix}: ${x.shape[0]} rows but a ${real.length}-token mask`);
     const xin = this.router.jitterInput(x, ctx);
     const r = this.router.route(xin, ctx, real);
-    let y = this.combine(xin, r.dispatch, ctx);
+    const y = this.withShared(tensorsOnHost() ? this.combine(xin, sparsePlan(r), ctx) : denseCombine(this, xin, r.weights, ctx), xin, ctx);
+    this.stats.record(this.layer, r, ctx);
+    if (ctx.training) this.losses.add(ctx, routerLossPart(r.logits, r.probs, ctx, r.chosen));
+    return y;
+  }
+
+  /** y plus the shared experts' outputs on every row (each times sigmoid(g·x) when gated). */
+  withShared(y: tf.Tensor2D, x: tf.Tensor2D, ctx: ForwardContext): tf.Tensor2D {
     for (const s of this.shared) {
-      const out = s.mlp.forward(xin, ctx);
-      y = y.add(s.gate ? out.mul(tf.sigmoid(s.gate.forward(xin, ctx))) : out);
+      const out = s.mlp.forward(x, ctx);
+      y = y.add(s.gate ? out.mul(tf.sigmoid(s.gate.forward(x, ctx))) : out);
     }
-    const d = r.dispatch;
-    this.stats = routerStats(this.layer, r.hostLogits, r.hostProbs, real, d.counts, r.choices, d.dropped, d.droppedTokens);
-    if (ctx.training) this.losses.add(ctx, routerLossPart(r.logits, r.probs, ctx.tokenMask, r.choices));
     return y;
   }
 
@@ -125,6 +120,7 @@ export class MoEFFN implements FFN {
   }
 
   dispose(): void {
+    this.stats.clear();
     this.router.dispose();
     for (const e of this.experts) e.dispose();
     for (const s of this.shared) {
@@ -134,30 +130,20 @@ export class MoEFFN implements FFN {
   }
 }
 
+/** Every unmasked expert on every row, combined with the [N, E] routing weights: the webgpu path. */
+function denseCombine(moe: MoEFFN, x: tf.Tensor2D, weights: tf.Tensor2D, ctx: ForwardContext): tf.Tensor2D {
+  const N = x.shape[0];
+  const terms = moe.experts.flatMap((expert, e) => (moe.router.masked.has(e) ? [] : [expert.forward(x, ctx).mul(weights.slice([0, e], [N, 1]))]));
+  return (terms.length === 1 ? terms[0]! : tf.addN(terms)) as tf.Tensor2D;
+}
+
 /**
- * Reference for benchmarks and tests only, never the model's path: the same routing, then
- * every expert on every token, combined with the dense [N, E] weight matrix.
+ * The dense combine on any backend: the same routing, then every expert on every token, with the
+ * shared experts. What webgpu runs; on the other backends a reference for benchmarks and tests.
  */
 export function computeAll(moe: MoEFFN, x: tf.Tensor2D, ctx: ForwardContext): tf.Tensor2D {
-  const real = realOf(ctx);
-  const E = moe.experts.length;
-  const N = x.shape[0];
-  const d = moe.router.route(x, ctx, real).dispatch;
-  const cell = new Int32Array(d.tokens.length);
-  let at = 0;
-  d.counts.forEach((c, e) => {
-    for (let i = 0; i < c; i++, at++) cell[at] = d.tokens[at]! * E + e;
-  });
-  const w = tf.unsortedSegmentSum(d.weights, tf.tensor1d(cell, 'int32'), N * E).reshape([N, E]);
-  let y = tf.zerosLike(x);
-  moe.experts.forEach((expert, e) => {
-    y = y.add(expert.forward(x, ctx).mul(w.slice([0, e], [N, 1])));
-  });
-  for (const s of moe.shared) {
-    const out = s.mlp.forward(x, ctx);
-    y = y.add(s.gate ? out.mul(tf.sigmoid(s.gate.forward(x, ctx))) : out);
-  }
-  return y;
+  const r = moe.router.route(x, ctx, ctx.realTokens);
+  return moe.withShared(denseCombine(moe, x, r.weights, ctx), x, ctx);
 }
 
 /** The model's sparse MoE FFNs, in layer order. */
@@ -170,9 +156,22 @@ export function configureRouting(model: CausalLM, changes: Partial<Pick<RouterOp
   for (const m of moeLayers(model)) m.router.configure(changes);
 }
 
-/** Each MoE layer's routing in the last pass. */
-export function routerStatsOf(model: CausalLM): RouterStats[] {
-  return moeLayers(model).flatMap((m) => (m.stats ? [m.stats] : []));
+/** Start (or stop, freeing the kept statistics) recording each MoE layer's routing statistics. */
+export function collectRouterStats(model: CausalLM, on: boolean): void {
+  for (const m of moeLayers(model)) {
+    m.stats.on = on;
+    if (!on) m.stats.clear();
+  }
+}
+
+/** Each MoE layer's routing in the last pass recorded (collectRouterStats). */
+export async function routerStatsOf(model: CausalLM): Promise<RouterStats[]> {
+  const out: RouterStats[] = [];
+  for (const m of moeLayers(model)) {
+    const s = await m.stats.read();
+    if (s) out.push(s);
+  }
+  return out;
 }
 
 /**

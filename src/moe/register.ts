@@ -11,6 +11,6 @@ registerSparseFfn({
   },
   packedTensors: (ffn) =>
     ffn instanceof MoEFFN && ffn.layout === 'packed'
-      ? { tensors: packedExpertTensors(ffn), linears: ffn.experts.flatMap((e) => e.linears()) }
+      ? { tensors: () => packedExpertTensors(ffn), linears: ffn.experts.flatMap((e) => e.linears()) }
       : null,
 });

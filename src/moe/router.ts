@@ -21,39 +21,42 @@ export interface RouterOptions {
   jitter: number;
 }
 
-/** Which tokens each expert runs on and with what weight: a host-side plan plus differentiable weights. */
+/** The sparse dispatch's plan: which tokens each expert runs on and with what weight. */
 export interface Dispatch {
-  /** Token row of each assignment, grouped by expert (expert 0's first). */
+  /** Token row of each assignment, grouped by expert (expert 0's first), ascending within an expert. */
   tokens: Int32Array;
   /** Assignments per expert; they sum to tokens.length. */
   counts: Int32Array;
   /** [M] routing weight of each assignment, in `tokens` order: the router's gradient flows through these. */
   weights: tf.Tensor1D;
-  /** (token, slot) choices that overflowed an expert's capacity and were skipped. */
-  dropped: number;
-  /** Real tokens left with no expert at all (residual only). */
-  droppedTokens: number;
 }
 
+/** One routing, all on the device: nothing in it needs a read back to the host. */
 export interface Routing {
   /** [N, E] router logits (noisy ones under noisy top-k training). */
   logits: tf.Tensor2D;
   /** [N, E] softmax of the logits in float32, masked experts at exactly 0. */
   probs: tf.Tensor2D;
-  hostLogits: Float32Array;
-  hostProbs: Float32Array;
-  /** Token choice: [N·k] chosen experts per token, slot-major within a token; −1 on padding. Null for expert choice. */
-  choices: Int32Array | null;
-  dispatch: Dispatch;
+  /** [N, E] each (token, expert) pair's weight in the output: 0 unless the expert serves the token (differentiable through probs). */
+  weights: tf.Tensor2D;
+  /** [N, E] 1 where the expert serves the token (after capacity), else 0; a constant. */
+  served: tf.Tensor2D;
+  /** Token choice: [E] (token, slot) choices of the real tokens per expert, before capacity (the balance loss's counts). Null for expert choice. */
+  chosen: tf.Tensor1D | null;
+  /** Token choice: [N, k] the experts each token chose, best first. Null for expert choice. */
+  choices: tf.Tensor2D | null;
 }
+
+/** Score that keeps a masked expert (or, for expert choice, a padding token) out of a top-k: finite, as WGSL may assume. */
+const EXCLUDED = -1e30;
 
 /** Logit offset that takes a masked expert out of the softmax (exp underflows to exactly 0, no NaN). */
 const MASKED = -1e9;
 
 /**
- * Top-k router: z = x W_gᵀ (no bias), p = softmax(z), then a host-side selection whose indices
- * are constants (TopK has no usable gradient), while the weights are gathered from p so the
- * task loss trains the router. Options: Shazeer's noisy top-k, Mixtral's jitter, a capacity
+ * Top-k router: z = x W_gᵀ (no bias), p = softmax(z), then a selection (on the device, so a GPU
+ * never waits for the host) whose one-hot cells are constants (TopK has no usable gradient),
+ * while the weights are taken from p so the task loss trains the router. Options: Shazeer's noisy top-k, Mixtral's jitter, a capacity
  * limit, expert-choice routing, DeepSeek-V3's aux-loss-free balancing bias, inference masking.
  */
 export class Router {
@@ -66,8 +69,8 @@ export class Router {
   noise: Linear | null = null;
   /** Experts taken out of routing (inference masking); the softmax renormalises over the rest. */
   readonly masked = new Set<number>();
-  /** (token, slot) choices per expert in training passes since the last updateBias. */
-  private readonly load: Float64Array;
+  /** [E] (token, slot) choices per expert in training passes since the last updateBias; null before any. */
+  private load: tf.Tensor1D | null = null;
 
   private o: RouterOptions;
 
@@ -80,7 +83,6 @@ export class Router {
       throw new Error(`router ${gate.name}: gate has ${gate.outFeatures} outputs for ${opts.experts} experts`);
     }
     this.o = checked(opts, gate.name);
-    this.load = new Float64Array(opts.experts);
   }
 
   get opts(): Readonly<RouterOptions> {
@@ -107,7 +109,11 @@ export class Router {
     return x.mul(tf.tensor2d(ctx.rng.uniformArray(N * D, 1 - eps, 1 + eps), [N, D]));
   }
 
-  /** Route the rows of x; `real` (1 = real token, 0 = padding) keeps padding out of every expert. */
+  /**
+   * Route the rows of x; `real` (1 = real token, 0 = padding) keeps padding out of every expert.
+   * Selection runs on the device (top-k on p + bias, capacity by a running count), so a GPU
+   * pass never waits on the host; hostPlan reads it where tensors live in host memory.
+   */
   route(x: tf.Tensor2D, ctx: ForwardContext, real: Float32Array): Routing {
     const { experts: E } = this.opts;
     const N = x.shape[0];
@@ -116,124 +122,75 @@ export class Router {
       const eps = tf.tensor2d(ctx.rng.normalArray(N * E, 1), [N, E]);
       logits = logits.add(eps.mul(tf.softplus(this.noise.forward(x, ctx))));
     }
-    if (this.masked.size > 0) {
-      const off = new Float32Array(E);
-      for (const e of this.masked) off[e] = MASKED;
-      logits = logits.add(tf.tensor2d(off, [1, E]));
-    }
+    if (this.masked.size > 0) logits = logits.add(this.offsets(MASKED));
     const probs = tf.softmax(logits);
-    const hostLogits = logits.dataSync() as Float32Array;
-    const hostProbs = probs.dataSync() as Float32Array;
-    if (this.opts.mode === 'expert-choice') {
-      return { logits, probs, hostLogits, hostProbs, choices: null, dispatch: this.expertChoice(probs, hostProbs, real) };
-    }
-    const choices = this.topK(hostProbs, real);
-    if (ctx.training) for (const e of choices) if (e >= 0) this.load[e]! += 1;
-    return { logits, probs, hostLogits, hostProbs, choices, dispatch: this.tokenChoice(probs, choices, real) };
+    if (this.opts.mode === 'expert-choice') return { logits, probs, ...this.expertChoice(probs, real), chosen: null, choices: null };
+    const r = this.tokenChoice(probs, real);
+    if (ctx.training) this.countLoad(r.chosen);
+    return { logits, probs, ...r };
   }
 
-  /** The k best experts of each real token by p (+ bias), best first. */
-  private topK(p: Float32Array, real: Float32Array): Int32Array {
-    const { experts: E, topK: k } = this.opts;
-    const N = real.length;
-    const bias = this.bias ? (this.bias.dataSync() as Float32Array) : null;
-    const out = new Int32Array(N * k).fill(-1);
-    const score = new Float64Array(E);
-    for (let n = 0; n < N; n++) {
-      if (real[n] === 0) continue;
-      for (let e = 0; e < E; e++) score[e] = this.masked.has(e) ? -Infinity : p[n * E + e]! + (bias ? bias[e]! : 0);
-      for (let j = 0; j < k; j++) {
-        let best = -1;
-        for (let e = 0; e < E; e++) if (score[e] !== -Infinity && (best < 0 || score[e]! > score[best]!)) best = e;
-        out[n * k + j] = best;
-        score[best] = -Infinity;
-      }
-    }
-    return out;
+  /** [1, E]: `value` at the masked experts, 0 elsewhere. */
+  private offsets(value: number): tf.Tensor2D {
+    const E = this.opts.experts;
+    const off = new Float32Array(E);
+    for (const e of this.masked) off[e] = value;
+    return tf.tensor2d(off, [1, E]);
   }
 
-  private tokenChoice(probs: tf.Tensor2D, choices: Int32Array, real: Float32Array): Dispatch {
+  /**
+   * Each real token's k best unmasked experts by p (+ bias); weights from the unbiased p,
+   * renormalised over the k when normTopK. With a capacity, choices are served slot-major (every
+   * token's first choice before any second) while the expert has room; the rest are dropped.
+   */
+  private tokenChoice(probs: tf.Tensor2D, real: Float32Array): Pick<Routing, 'weights' | 'served'> & { chosen: tf.Tensor1D; choices: tf.Tensor2D } {
     const { experts: E, topK: k, capacityFactor: cf } = this.opts;
     const N = real.length;
-    let nReal = 0;
-    for (let n = 0; n < N; n++) nReal += real[n] === 0 ? 0 : 1;
-    const capacity = cf === null ? Infinity : Math.ceil(((k * nReal) / E) * cf);
-    // Slot-major, so every token's first choice is served before any second choice.
-    const kept = new Uint8Array(N * k);
-    const counts = new Int32Array(E);
-    let dropped = 0;
-    for (let j = 0; j < k; j++) {
-      for (let n = 0; n < N; n++) {
-        const e = choices[n * k + j]!;
-        if (e < 0) continue;
-        if (counts[e]! < capacity) {
-          counts[e]! += 1;
-          kept[n * k + j] = 1;
-        } else dropped++;
-      }
+    let score: tf.Tensor2D = this.bias ? probs.add(this.bias) : probs;
+    if (this.masked.size > 0) score = score.add(this.offsets(EXCLUDED));
+    const choices = tf.topk(score, k).indices as tf.Tensor2D;
+    // [N, k, E]: one-hot of each (token, slot) choice, padding rows zeroed.
+    const isReal = tf.tensor2d(real, [N, 1]).notEqual(0).toFloat();
+    const chosenCells = tf.oneHot(choices, E).toFloat().mul(isReal.expandDims(2));
+    let slotP = chosenCells.mul(probs.expandDims(1)).sum(2) as tf.Tensor2D;
+    // Padding rows (all 0) divide by 1: a clamped tiny divisor would give the gradient 0/0.
+    if (this.opts.normTopK) slotP = slotP.div(slotP.sum(1, true).add(tf.onesLike(isReal).sub(isReal)));
+    let served = chosenCells;
+    const nReal = real.reduce((a, v) => a + (v === 0 ? 0 : 1), 0);
+    if (cf !== null) {
+      const capacity = Math.ceil(((k * nReal) / E) * cf);
+      const slotMajor = chosenCells.transpose([1, 0, 2]).reshape([k * N, E]);
+      const fits = tf.cumsum(slotMajor, 0).lessEqual(capacity).toFloat();
+      served = slotMajor.mul(fits).reshape([k, N, E]).transpose([1, 0, 2]);
     }
-    let droppedTokens = 0;
-    for (let n = 0; n < N; n++) {
-      if (real[n] === 0) continue;
-      let any = false;
-      for (let j = 0; j < k; j++) any ||= kept[n * k + j] === 1;
-      if (!any) droppedTokens++;
-    }
-    // Real tokens only: a padding row would renormalise over whatever p it pointed at (0/0 if masked).
-    const realIndex = new Int32Array(N).fill(-1);
-    let r = 0;
-    for (let n = 0; n < N; n++) if (real[n] !== 0) realIndex[n] = r++;
-    const start = prefix(counts);
-    const tokens = new Int32Array(start[E]!);
-    const slot = new Int32Array(start[E]!);
-    const fill = start.slice(0, E);
-    for (let n = 0; n < N; n++) {
-      for (let j = 0; j < k; j++) {
-        if (!kept[n * k + j]) continue;
-        const at = fill[choices[n * k + j]!]!++;
-        tokens[at] = n;
-        slot[at] = realIndex[n]! * k + j;
-      }
-    }
-    const weights = tf.tidy(() => {
-      // p at every real token's k choices, [nReal, k].
-      const cells = new Int32Array(nReal * k);
-      for (let n = 0; n < N; n++) {
-        if (realIndex[n]! < 0) continue;
-        for (let j = 0; j < k; j++) cells[realIndex[n]! * k + j] = n * E + choices[n * k + j]!;
-      }
-      let w = tf.gather(probs.reshape([N * E]), tf.tensor1d(cells, 'int32')).reshape([nReal, k]);
-      if (this.opts.normTopK) w = w.div(w.sum(1, true));
-      return tf.gather(w.reshape([nReal * k]), tf.tensor1d(slot, 'int32')) as tf.Tensor1D;
-    });
-    return { tokens, counts, weights, dropped, droppedTokens };
+    return {
+      weights: served.mul(slotP.expandDims(2)).sum(1) as tf.Tensor2D,
+      served: served.sum(1) as tf.Tensor2D,
+      chosen: chosenCells.sum([0, 1]) as tf.Tensor1D,
+      choices,
+    };
   }
 
-  /** Each unmasked expert takes its top-C real tokens by p; the weights are p itself. */
-  private expertChoice(probs: tf.Tensor2D, p: Float32Array, real: Float32Array): Dispatch {
+  /** Each unmasked expert takes its top-C real tokens by p (C = ⌈tokens·cf/E⌉, cf defaulting to k); the weights are p itself. */
+  private expertChoice(probs: tf.Tensor2D, real: Float32Array): Pick<Routing, 'weights' | 'served'> {
     const { experts: E, topK: k, capacityFactor: cf } = this.opts;
     const N = real.length;
-    const realRows: number[] = [];
-    for (let n = 0; n < N; n++) if (real[n] !== 0) realRows.push(n);
-    const C = Math.min(realRows.length, Math.ceil((realRows.length * (cf ?? k)) / E));
-    const tokens: number[] = [];
-    const flat: number[] = [];
-    const counts = new Int32Array(E);
-    const covered = new Uint8Array(N);
-    for (let e = 0; e < E; e++) {
-      if (this.masked.has(e)) continue;
-      const best = realRows.slice().sort((a, b) => p[b * E + e]! - p[a * E + e]! || a - b).slice(0, C);
-      best.sort((a, b) => a - b);
-      for (const n of best) {
-        tokens.push(n);
-        flat.push(n * E + e);
-        covered[n] = 1;
-      }
-      counts[e] = best.length;
-    }
-    const droppedTokens = realRows.filter((n) => !covered[n]).length;
-    const weights = tf.tidy(() => tf.gather(probs.reshape([N * E]), tf.tensor1d(Int32Array.from(flat), 'int32')) as tf.Tensor1D);
-    return { tokens: Int32Array.from(tokens), counts, weights, dropped: 0, droppedTokens };
+    const nReal = real.reduce((a, v) => a + (v === 0 ? 0 : 1), 0);
+    const C = Math.min(nReal, Math.ceil((nReal * (cf ?? k)) / E));
+    if (C === 0) return { weights: tf.zerosLike(probs), served: tf.zerosLike(probs) };
+    const isReal = tf.tensor2d(real, [N, 1]).notEqual(0);
+    const score = tf.where(isReal, probs, tf.fill([N, E], EXCLUDED)).transpose() as tf.Tensor2D;
+    const best = tf.topk(score, C).indices;
+    let served = tf.oneHot(best, N).toFloat().sum(1).transpose() as tf.Tensor2D;
+    if (this.masked.size > 0) served = served.mul(tf.onesLike(this.offsets(1)).sub(this.offsets(1)));
+    return { weights: served.mul(probs), served };
+  }
+
+  /** Training passes' choices per expert, summed on the device until updateBias reads them. */
+  private countLoad(chosen: tf.Tensor1D): void {
+    const next = tf.keep(this.load ? this.load.add(chosen) : chosen.clone()) as tf.Tensor1D;
+    this.load?.dispose();
+    this.load = next;
   }
 
   /** DeepSeek-V3's name for the balancing bias buffer. */
@@ -254,18 +211,18 @@ export class Router {
    */
   updateBias(gamma: number): void {
     if (!this.bias) throw new Error(`router ${this.gate.name}: the balancing bias is off (enableBalancingBias first)`);
-    const E = this.opts.experts;
-    const mean = this.load.reduce((a, b) => a + b, 0) / E;
-    const step = Float32Array.from(this.load, (l) => gamma * Math.sign(mean - l));
-    const bias = this.bias;
-    tf.tidy(() => bias.assign(bias.add(tf.tensor1d(step))));
-    this.load.fill(0);
+    const { bias, load } = this;
+    if (!load) return;
+    tf.tidy(() => bias.assign(bias.add(load.mean().sub(load).sign().mul(gamma))));
+    load.dispose();
+    this.load = null;
   }
 
   dispose(): void {
     this.gate.dispose();
     this.noise?.dispose();
     this.bias?.dispose();
+    this.load?.dispose();
   }
 }
 
@@ -280,9 +237,25 @@ function checked(o: RouterOptions, name: string): RouterOptions {
   return o;
 }
 
-/** Exclusive prefix sums, with the total appended. */
-function prefix(counts: Int32Array): Int32Array {
-  const out = new Int32Array(counts.length + 1);
-  for (let e = 0; e < counts.length; e++) out[e + 1] = out[e]! + counts[e]!;
-  return out;
+/**
+ * The sparse dispatch's plan for a routing. It reads `served` back synchronously, which is safe
+ * only where tensors live in host memory (wasm, cpu, tfjs-node: a copy, no GPU stall); on webgpu
+ * MoE layers combine densely instead (see tensorsOnHost).
+ */
+export function sparsePlan(r: Routing): Dispatch {
+  const [N, E] = r.served.shape;
+  const served = r.served.dataSync();
+  const counts = new Int32Array(E);
+  const tokens: number[] = [];
+  const cells: number[] = [];
+  for (let e = 0; e < E; e++) {
+    for (let n = 0; n < N; n++) {
+      if (served[n * E + e] === 0) continue;
+      tokens.push(n);
+      cells.push(n * E + e);
+      counts[e]! += 1;
+    }
+  }
+  const weights = tf.gather(r.weights.reshape([N * E]), tf.tensor1d(cells, 'int32')) as tf.Tensor1D;
+  return { tokens: Int32Array.from(tokens), counts, weights };
 }

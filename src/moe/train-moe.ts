@@ -1,6 +1,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { join } from 'node:path';
 import { modelTensors, saveModel } from '../base/export.js';
+import { readF32 } from '../base/host.js';
 import type { Linear } from '../base/linear.js';
 import { loadBase } from '../base/load.js';
 import { holding } from '../base/lock.js';
@@ -10,8 +11,8 @@ import { writeSafetensors, type TensorToWrite } from '../base/safetensors.js';
 import { evalBatches, type TokenStore } from '../data/index.js';
 import { toLmBatch, trainLm, type LmTrainOptions } from '../train/lm.js';
 import { inRunFolder, type TrainResult } from '../train/trainer.js';
-import type { RouterStats } from './moe-losses.js';
-import { enableBalancingBias, moeLayers, routerParams, routerStatsOf, updateBalancingBias } from './moe.js';
+import type { RouterStats, RouterStatsSlot } from './moe-losses.js';
+import { enableBalancingBias, moeLayers, routerParams, updateBalancingBias } from './moe.js';
 import { upcycle, type UpcycleOptions } from './upcycle.js';
 
 export interface UpcycleFolderOptions extends UpcycleOptions {
@@ -25,15 +26,15 @@ export interface UpcycleFolderOptions extends UpcycleOptions {
 }
 
 /** `molora upcycle`: a dense model folder in, a Mixtral / Qwen2-MoE folder (tokenizer files copied) out. */
-export function upcycleFolder(o: UpcycleFolderOptions): CausalLM['config'] {
+export async function upcycleFolder(o: UpcycleFolderOptions): Promise<CausalLM['config']> {
   return holding(
     claimOutput({ out: o.out, inputs: [['--model', o.model]], overwrite: o.overwrite, log: o.warn }),
-    () => {
+    async () => {
       const dense = loadBase(o.model, { warn: o.warn });
       try {
-        const moe = upcycle(dense, o);
+        const moe = await upcycle(dense, o);
         try {
-          saveModel(moe, o.out);
+          await saveModel(moe, o.out);
           return moe.config;
         } finally {
           moe.dispose();
@@ -85,28 +86,32 @@ const STATS_BATCHES = 8;
 
 /**
  * Per-layer routing over a store's first batches (inference passes, so no bias update or aux
- * loss), token-weighted across batches. `statsOf` reads the layers' last-pass statistics.
+ * loss), token-weighted across batches. `slots` are the routed layers' statistics, recorded for
+ * these passes only.
  */
-export function routingOn(
+export async function routingOn(
   model: CausalLM,
-  statsOf: () => RouterStats[],
+  slots: RouterStatsSlot[],
   store: TokenStore,
   o: { batchSize: number; seqLen: number },
   batches = STATS_BATCHES,
-): Record<string, LayerRouting> {
+): Promise<Record<string, LayerRouting>> {
   const sums = new Map<number, LayerRouting>();
   let n = 0;
-  for (const b of evalBatches(store, o)) {
-    if (n++ >= batches) break;
-    tf.tidy(() => void model.hidden(toLmBatch(b)));
-    for (const s of statsOf()) {
-      const acc = sums.get(s.layer) ?? { tokens: 0, load: s.load.map(() => 0), aux: 0, z_loss: 0, entropy: 0 };
-      acc.tokens += s.tokens;
-      s.load.forEach((l, e) => (acc.load[e]! += l * s.tokens));
-      acc.aux += s.aux * s.tokens;
-      acc.z_loss += s.zLoss * s.tokens;
-      acc.entropy += s.entropy * s.tokens;
-      sums.set(s.layer, acc);
+  for (const slot of slots) slot.on = true;
+  try {
+    for (const b of evalBatches(store, o)) {
+      if (n++ >= batches) break;
+      tf.tidy(() => void model.hidden(toLmBatch(b)));
+      for (const slot of slots) {
+        const s = await slot.read();
+        if (s) add(sums, s);
+      }
+    }
+  } finally {
+    for (const slot of slots) {
+      slot.on = false;
+      slot.clear();
     }
   }
   const r = (x: number, t: number): number => Math.round((x / Math.max(t, 1)) * 1e4) / 1e4;
@@ -118,17 +123,28 @@ export function routingOn(
   );
 }
 
+/** One pass's statistics of a layer, added to its token-weighted sums. */
+function add(sums: Map<number, LayerRouting>, s: RouterStats): void {
+  const acc = sums.get(s.layer) ?? { tokens: 0, load: s.load.map(() => 0), aux: 0, z_loss: 0, entropy: 0 };
+  acc.tokens += s.tokens;
+  s.load.forEach((l, e) => (acc.load[e]! += l * s.tokens));
+  acc.aux += s.aux * s.tokens;
+  acc.z_loss += s.zLoss * s.tokens;
+  acc.entropy += s.entropy * s.tokens;
+  sums.set(s.layer, acc);
+}
+
 /**
  * saveModel, plus each router's aux-loss-free balancing bias when it is on, under DeepSeek-V3's
  * key `<gate>.e_score_correction_bias`: it changes which experts are picked, so inference needs it.
  */
-export function saveMoeModel(model: CausalLM, dir: string): void {
-  saveModel(model, dir);
+export async function saveMoeModel(model: CausalLM, dir: string): Promise<void> {
+  await saveModel(model, dir);
   const biased = moeLayers(model).filter((m) => m.router.bias);
   if (biased.length === 0) return;
   const files: Record<string, TensorToWrite> = {};
-  for (const [key, t] of modelTensors(model)) files[key] = { dtype: 'F32', shape: t.shape, data: t.data };
-  for (const m of biased) files[m.router.biasName] = { dtype: 'F32', shape: [m.router.opts.experts], data: m.router.bias!.dataSync() as Float32Array };
+  for (const [key, t] of await modelTensors(model)) files[key] = { dtype: 'F32', shape: t.shape, data: t.data };
+  for (const m of biased) files[m.router.biasName] = { dtype: 'F32', shape: [m.router.opts.experts], data: await readF32(m.router.bias!) };
   writeSafetensors(join(dir, 'model.safetensors'), files, { format: 'pt' });
 }
 
@@ -182,9 +198,9 @@ async function trainIn(o: TrainMoeOptions): Promise<TrainResult> {
         if (gamma !== undefined) updateBalancingBias(model, gamma);
         o.afterStep?.(step);
       },
-      onEval: (step, data) => ({
-        ...o.onEval?.(step, data),
-        router: routingOn(model, () => routerStatsOf(model), data.dataset.val ?? data.dataset.train, o),
+      onEval: async (step, data) => ({
+        ...(await o.onEval?.(step, data)),
+        router: await routingOn(model, moeLayers(model).map((m) => m.stats), data.dataset.val ?? data.dataset.train, o),
       }),
     });
   } finally {

@@ -35,9 +35,9 @@ export interface UpcycleOptions {
  * down projection is scaled so that, with renormalised top-k, the output starts equal to the
  * dense model's: routed experts by 1/(s+1), the shared block by 2/(s+1).
  */
-export function upcycle(dense: CausalLM, o: UpcycleOptions): CausalLM {
+export async function upcycle(dense: CausalLM, o: UpcycleOptions): Promise<CausalLM> {
   const cfg = parseConfig(upcycledConfigJson(dense.config, o), 'upcycled config');
-  const source = new UpcycleWeights(dense, cfg, o);
+  const source = new UpcycleWeights(await modelTensors(dense), cfg, o);
   return new CausalLM(cfg, buildParts(cfg, source), dense.tokenizer, dense.dir);
 }
 
@@ -104,8 +104,8 @@ class UpcycleWeights implements WeightSource {
   private readonly rng: Rng;
   private readonly shared: number;
 
-  constructor(model: CausalLM, private readonly cfg: ModelConfig, private readonly o: UpcycleOptions) {
-    this.dense = modelTensors(model);
+  constructor(dense: Map<string, HostTensor>, private readonly cfg: ModelConfig, private readonly o: UpcycleOptions) {
+    this.dense = dense;
     this.rng = new Rng(o.seed ?? 0);
     this.shared = o.shared ?? 0;
   }
@@ -115,11 +115,15 @@ class UpcycleWeights implements WeightSource {
   }
 
   get(key: string, shape: number[]): tf.Tensor {
+    return tf.tensor(this.read(key, shape), shape, 'float32');
+  }
+
+  read(key: string, shape: number[]): Float32Array {
     const make = this.source(key);
     if (!make) throw new Error(`upcycle: no source for tensor '${key}'`);
     const t = make();
     if (t.shape.join() !== shape.join()) throw new Error(`upcycle: '${key}' would be [${t.shape}], the config implies [${shape}]`);
-    return tf.tensor(t.data, shape, 'float32');
+    return t.data;
   }
 
   /** How to make `key`, or null if the upcycled model has no such tensor (a thunk: has() draws no randomness). */

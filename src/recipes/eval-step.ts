@@ -59,10 +59,10 @@ export async function evalSettings(o: EvalStepOptions): Promise<Summary> {
     const format = servedFormat(Object.keys(given).length ? given : null, [...(o.adapters ?? []), ...experts.map(([, d]) => d)], o.log) ?? {};
     const store = (await loadLmDataset(base, { ...o, ...format, seqLen, batchSize, seed: 0, role: 'evaluation' })).train;
     const settings: Record<string, EvalReport> = {};
-    const score = (name: string): void => {
+    const score = async (name: string): Promise<void> => {
       const bar = byteProgress(`eval ${name}`, 'examples');
       try {
-        settings[name] = evaluate(base, store, { batchSize, seqLen, useCache: m.cacheSafe, onProgress: bar.update });
+        settings[name] = await evaluate(base, store, { batchSize, seqLen, useCache: m.cacheSafe, onProgress: bar.update });
       } finally {
         bar.stop();
       }
@@ -71,38 +71,38 @@ export async function evalSettings(o: EvalStepOptions): Promise<Summary> {
     const has = (s: string): boolean => wanted.includes(s);
     if (has('base')) {
       if (experts.length) m.composition.detach();
-      score(o.adapters?.length ? 'adapters' : 'base');
+      await score(o.adapters?.length ? 'adapters' : 'base');
       if (experts.length) m.composition.attach();
     }
     if (has('adapters')) {
       for (const n of names) {
         m.only(n);
-        score(`adapter:${n}`);
+        await score(`adapter:${n}`);
       }
       m.mask(null);
     }
     if (has('static-equal')) {
       m.useWeights(Object.fromEntries(names.map((n) => [n, 1 / names.length])));
-      score('static-equal');
+      await score('static-equal');
     }
     const samples: Sample[] = [];
     const prompts = samplePrompts(base, store, o.samples ?? 0);
-    const sample = (setting: string): void => {
+    const sample = async (setting: string): Promise<void> => {
       // From the prompt's tokens as scored: its text was already shaped by the row format.
-      for (const { maxNew, ids, ...s } of prompts) samples.push({ ...s, setting, output: m.generate(ids, { maxNewTokens: maxNew }).text ?? '' });
+      for (const { maxNew, ids, ...s } of prompts) samples.push({ ...s, setting, output: (await m.generate(ids, { maxNewTokens: maxNew })).text ?? '' });
     };
     const summary: Summary = { tasks: store.taskNames.length ? [...store.taskNames] : ['all'], settings };
     if (o.gate) {
-      m.useGate(o.gate);
-      if (has('gate')) score('gate');
-      sample('gate');
+      await m.useGate(o.gate);
+      if (has('gate')) await score('gate');
+      await sample('gate');
       for (const n of names) {
         m.mask([n]);
-        if (has('masks')) score(`gate-mask:${n}`);
-        sample(`gate-mask:${n}`);
+        if (has('masks')) await score(`gate-mask:${n}`);
+        await sample(`gate-mask:${n}`);
       }
       m.mask(null);
-      const stats = gateStatsOn(m.composition, store, store.taskNames, seqLen, Infinity);
+      const stats = await gateStatsOn(m.composition, store, store.taskNames, seqLen, Infinity);
       const matrix = (gates: typeof stats.gates): number[][] => gates.map((g) => g.meanWeight);
       summary.experts = names;
       summary.gates = {
@@ -113,7 +113,7 @@ export async function evalSettings(o: EvalStepOptions): Promise<Summary> {
         entropy: stats.gates.map((g) => g.entropy),
       };
     } else {
-      sample(Object.keys(settings).at(-1) ?? 'base');
+      await sample(Object.keys(settings).at(-1) ?? 'base');
     }
     if (samples.length) summary.samples = samples;
     return summary;

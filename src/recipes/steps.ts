@@ -82,7 +82,7 @@ export async function runStep(step: Step, ctx: StepContext): Promise<TrainResult
   const f = step.fields;
   switch (step.type) {
     case 'init-base':
-      initBase({
+      await initBase({
         arch: f.arch as Arch,
         layers: f.layers as number,
         hidden: f.hidden as number,
@@ -116,7 +116,7 @@ export async function runStep(step: Step, ctx: StepContext): Promise<TrainResult
       return r.status;
     }
     case 'upcycle':
-      upcycleFolder({
+      await upcycleFolder({
         model: f.model as string,
         out: step.out,
         experts: f.experts as number,
@@ -149,10 +149,10 @@ export async function runStep(step: Step, ctx: StepContext): Promise<TrainResult
       const m = await loadModel(f.model as string, { warn: ctx.log });
       try {
         for (const [name, dir] of f.experts as [string, string][]) m.addExpert(name, dir);
-        m.useGate(f.gate as string);
+        await m.useGate(f.gate as string);
         const seqLen = (f.seqLen as number | undefined) ?? 256;
         const { dataset } = await loadLmData(m.base, { ...pick(f, COLUMNS), data: f.data as string, seqLen, batchSize: 8, seed: 0 }, () => {});
-        writeJsonAtomic(step.out, gateStatsOn(m.composition, dataset.train, dataset.taskNames, seqLen, Infinity));
+        writeJsonAtomic(step.out, await gateStatsOn(m.composition, dataset.train, dataset.taskNames, seqLen, Infinity));
       } finally {
         m.dispose();
       }

@@ -2,6 +2,7 @@ import type * as tf from '@tensorflow/tfjs';
 import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { diskError, writeFileAtomic, writeJsonAtomic } from '../base/atomic.js';
+import { readF32 } from '../base/host.js';
 import type { RngState } from '../base/rng.js';
 import { openSafetensors, writeSafetensors, type TensorToWrite } from '../base/safetensors.js';
 import type { AdamW, AdamWState } from './optimizer.js';
@@ -58,7 +59,7 @@ export interface CheckpointContents {
   buffers: Map<string, tf.Variable>;
   optimizer: AdamW;
   /** The caller's own artifact, written into the checkpoint folder before it is renamed into place. */
-  extra?: (dir: string) => void;
+  extra?: (dir: string) => void | Promise<void>;
 }
 
 export function checkpointName(step: number): string {
@@ -70,9 +71,10 @@ export function checkpointName(step: number): string {
  * writes nothing) when a parameter holds NaN or Inf or exceeds MAX_PARAM, so a good checkpoint is
  * never replaced by a diverged one.
  */
-export function saveCheckpoint(outDir: string, c: CheckpointContents): string {
-  const params = hostTensors(c.params, 'parameter', MAX_PARAM);
-  const buffers = hostTensors(c.buffers, 'buffer', Infinity);
+export async function saveCheckpoint(outDir: string, c: CheckpointContents): Promise<string> {
+  const params = await hostTensors(c.params, 'parameter', MAX_PARAM);
+  const buffers = await hostTensors(c.buffers, 'buffer', Infinity);
+  const opt = await c.optimizer.state();
   const name = checkpointName(c.state.step);
   const final = join(outDir, name);
   const tmp = join(outDir, `.${name}.${process.pid}.tmp`);
@@ -82,12 +84,11 @@ export function saveCheckpoint(outDir: string, c: CheckpointContents): string {
     writeSafetensors(join(tmp, PARAMS_FILE), params);
     if (c.buffers.size) writeSafetensors(join(tmp, BUFFERS_FILE), buffers);
     const moments: Record<string, TensorToWrite> = {};
-    const opt = c.optimizer.state();
     for (const [key, data] of Object.entries(opt.moments)) {
       moments[key] = { dtype: 'F32', shape: params[key.slice(0, key.lastIndexOf('.'))]!.shape, data };
     }
     writeSafetensors(join(tmp, OPTIMIZER_FILE), moments, { step: String(opt.step) });
-    c.extra?.(tmp);
+    await c.extra?.(tmp);
     writeJsonAtomic(join(tmp, STATE_FILE), { format: FORMAT, version: VERSION, ...c.state });
     if (existsSync(final)) {
       // Re-saving a step (a resume from an earlier checkpoint): move the old one aside first.
@@ -118,10 +119,10 @@ export function removeStaleTemps(outDir: string): void {
   for (const f of readdirSync(outDir)) if (STALE_TEMP.test(f)) rmSync(join(outDir, f), { recursive: true, force: true });
 }
 
-function hostTensors(vars: Map<string, tf.Variable>, what: string, limit: number): Record<string, TensorToWrite> {
+async function hostTensors(vars: Map<string, tf.Variable>, what: string, limit: number): Promise<Record<string, TensorToWrite>> {
   const out: Record<string, TensorToWrite> = {};
   for (const [name, v] of vars) {
-    const data = v.dataSync() as Float32Array;
+    const data = await readF32(v);
     for (let i = 0; i < data.length; i++) {
       if (!(Number.isFinite(data[i]!) && Math.abs(data[i]!) <= limit)) throw new CheckpointError(`${what} '${name}' holds ${data[i]} at index ${i}`);
     }

@@ -1,5 +1,6 @@
 import * as tf from '@tensorflow/tfjs';
 import { generate } from '../base/generate.js';
+import { readHost } from '../base/host.js';
 import type { CausalLM } from '../base/model.js';
 import { evalBatches, fitPrompts, type TokenStore } from '../data/index.js';
 import type { DataFormat } from '../data/record.js';
@@ -49,7 +50,7 @@ export interface EvaluateOptions {
  * same tokens; a row whose completion alone fills the window is counted in `skipped`. Text is
  * cut into windows as in training.
  */
-export function evaluate(model: CausalLM, store: TokenStore, o: EvaluateOptions): EvalReport {
+export async function evaluate(model: CausalLM, store: TokenStore, o: EvaluateOptions): Promise<EvalReport> {
   const window = Math.min(o.seqLen, model.config.maxPositions);
   const fit = store.mode === 'completion' ? fitPrompts(store, window, model.tokenizer?.bosId ?? null) : { store, cut: 0, skipped: 0 };
   const data = fit.store;
@@ -63,9 +64,7 @@ export function evaluate(model: CausalLM, store: TokenStore, o: EvaluateOptions)
   for (let i = 0; i < data.size; i++) examples[data.taskIds[i]!]++;
   for (const b of evalBatches(data, { batchSize: o.batchSize, seqLen: window })) {
     const lb = toLmBatch(b);
-    const perToken = tf.tidy(() => tokenLosses(model.forward(lb), lb.targets));
-    const host = perToken.dataSync();
-    perToken.dispose();
+    const host = await readHost(() => tokenLosses(model.forward(lb), lb.targets));
     for (let r = 0; r < b.batch; r++) {
       const task = b.taskIds[r]!;
       for (let t = 0; t < b.seq; t++) {
@@ -75,7 +74,7 @@ export function evaluate(model: CausalLM, store: TokenStore, o: EvaluateOptions)
       }
     }
   }
-  const exact = data.mode === 'completion' && (o.exactMatch ?? true) ? exactMatches(model, data, o) : null;
+  const exact = data.mode === 'completion' && (o.exactMatch ?? true) ? await exactMatches(model, data, o) : null;
   const score = (tasks: number[]): TaskScore => {
     const sum = (xs: ArrayLike<number>): number => tasks.reduce((a, t) => a + xs[t]!, 0);
     const loss = sum(lossSum) / Math.max(sum(tokenCount), 1);
@@ -95,14 +94,14 @@ export function tokenLosses(logits: tf.Tensor2D, targets: Int32Array): tf.Tensor
 }
 
 /** Exact-match counts per task, decoding prompts a batch at a time. */
-function exactMatches(model: CausalLM, store: TokenStore, o: EvaluateOptions): Float64Array {
+async function exactMatches(model: CausalLM, store: TokenStore, o: EvaluateOptions): Promise<Float64Array> {
   const hits = new Float64Array(store.taskNames.length || 1);
   let done = 0;
   for (const idx of decodeBatches(store, o.batchSize, model.config.maxPositions)) {
     const prompts = idx.map((i) => Array.from(store.example(i).subarray(0, store.promptLens[i]!)));
     const refs = idx.map((i) => untilStop(Array.from(store.example(i).subarray(store.promptLens[i]!)), model.config.eosIds));
     const maxNew = Math.max(...refs.map((r) => r.length));
-    const { tokens } = generate(model, prompts, { maxNewTokens: maxNew, useCache: o.useCache });
+    const { tokens } = await generate(model, prompts, { maxNewTokens: maxNew, useCache: o.useCache });
     idx.forEach((i, j) => {
       const got = tokens[j]!.slice(0, refs[j]!.length);
       if (got.length === refs[j]!.length && got.every((x, k) => x === refs[j]![k])) hits[store.taskIds[i]!]++;

@@ -3,7 +3,8 @@ import { createHash } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { lmLoss, type LmBatch } from '../base/loss.js';
-import { assertFitsHeap, estimateTrainingBytes } from '../base/memory.js';
+import { assertFitsMemory, assertLogitsFit, estimateTrainingBytes } from '../base/memory.js';
+import { bindingLimitBytes } from '../base/vocab.js';
 import type { CausalLM } from '../base/model.js';
 import { weightCount } from '../base/load.js';
 import {
@@ -76,11 +77,16 @@ export interface LmTrainOptions extends LmDataOptions {
   /** Runs before each batch's forward pass (e.g. to set per-row expert masks), with the run's seeded stream. */
   beforeBatch?: (b: Batch, training: boolean, rng: Rng, data: LmData) => void;
   /** Runs once the data is loaded, before the first step (e.g. statistics a loss needs). */
-  onData?: (data: LmData) => void;
+  onData?: (data: LmData) => void | Promise<void>;
+  /**
+   * Runs before each batch's forward and backward pass, outside the gradient tape: the place for
+   * host values a loss needs (read asynchronously: a GPU cannot be read inside the pass).
+   */
+  prepare?: (b: Batch, training: boolean, data: LmData) => Promise<void>;
   /** Replaces the next-token loss (e.g. a router's loss); runs after beforeBatch. */
   loss?: (b: Batch, training: boolean, rng: Rng, data: LmData) => tf.Scalar;
   /** Extra values for each eval entry of metrics.jsonl (e.g. gate weights); gets the validation store. */
-  onEval?: (step: number, data: LmData) => Record<string, unknown>;
+  onEval?: (step: number, data: LmData) => Record<string, unknown> | Promise<Record<string, unknown>>;
 }
 
 export interface LmData {
@@ -163,17 +169,19 @@ export function toLmBatch(b: Batch): LmBatch {
  * Train `params` (and nothing else) on next-token loss over the data, with the shared trainer:
  * resume, checkpoints, eval, progress and metrics. `save` writes the caller's artifact.
  */
-export async function trainLm(model: CausalLM, params: Map<string, tf.Variable>, save: (dir: string) => void, o: LmTrainOptions): Promise<TrainResult> {
+export async function trainLm(model: CausalLM, params: Map<string, tf.Variable>, save: (dir: string) => void | Promise<void>, o: LmTrainOptions): Promise<TrainResult> {
   const log = o.log ?? ((m: string) => process.stderr.write(`molora: ${m}\n`));
   const { dataset, sampler } = await loadLmData(model, o, log);
-  o.onData?.({ dataset, sampler });
+  await o.onData?.({ dataset, sampler });
   const c = model.config;
   let trainable = 0;
   for (const v of params.values()) trainable += v.size;
-  assertFitsHeap(
+  const plan = `training with batch ${o.batchSize} × seq ${o.seqLen}`;
+  assertFitsMemory(
     estimateTrainingBytes({ params: weightCount(c), trainableParams: trainable, batch: o.batchSize, seq: o.seqLen, hidden: c.hidden, layers: c.layers, heads: c.heads, ffn: c.ffn, vocab: c.vocabSize }),
-    `training with batch ${o.batchSize} × seq ${o.seqLen}`,
+    plan,
   );
+  assertLogitsFit(o.batchSize * o.seqLen, c.vocabSize, bindingLimitBytes(), plan);
   const accum = o.gradAccum ?? 1;
   const steps = o.steps ?? Math.max(1, Math.ceil(((o.epochs ?? 1) * sampler.stepsPerEpoch) / accum));
   const batches: Batches<Batch> = {
@@ -191,6 +199,7 @@ export async function trainLm(model: CausalLM, params: Map<string, tf.Variable>,
       o.beforeBatch?.(b, training, rng, { dataset, sampler });
       return o.loss ? o.loss(b, training, rng, { dataset, sampler }) : lmLoss(model, toLmBatch(b), { training, rng });
     },
+    prepare: o.prepare ? (b, training) => o.prepare!(b, training, { dataset, sampler }) : undefined,
     batches,
     evalSet: val ? () => evalBatches(val, { batchSize: o.batchSize, seqLen: o.seqLen }) : undefined,
     save,

@@ -1,4 +1,5 @@
 import * as tf from '@tensorflow/tfjs';
+import { readF32 } from '../base/host.js';
 
 export interface AdamWOptions {
   beta1?: number;
@@ -83,11 +84,11 @@ export class AdamW {
     });
   }
 
-  state(): AdamWState {
+  async state(): Promise<AdamWState> {
     const moments: Record<string, Float32Array> = {};
     for (const name of this.params.keys()) {
-      moments[`${name}.exp_avg`] = this.m.get(name)!.dataSync() as Float32Array;
-      moments[`${name}.exp_avg_sq`] = this.v.get(name)!.dataSync() as Float32Array;
+      moments[`${name}.exp_avg`] = await readF32(this.m.get(name)!);
+      moments[`${name}.exp_avg_sq`] = await readF32(this.v.get(name)!);
     }
     return { step: this.t, moments };
   }

@@ -2,6 +2,7 @@ import * as tf from '@tensorflow/tfjs';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { holding, type FolderLock } from '../base/lock.js';
+import { readHost } from '../base/host.js';
 import { globalNorm } from '../base/ops.js';
 import { claimOutput, refuseArtifact, type Input } from '../base/output.js';
 import { Rng } from '../base/rng.js';
@@ -24,7 +25,10 @@ import { lrAt, validateSchedule, type ScheduleConfig, type ScheduleKind } from '
 
 /** The training data: an endless, resumable stream of batches. */
 export interface Batches<B> {
-  /** The next batch. Called inside the step's tidy, so tensors it creates are freed after the step. */
+  /**
+   * The next batch. It is fetched (and prepared) before the step's gradient tape; tensors it
+   * holds as fields are freed after the step, and any other tensor next() makes at once.
+   */
   next(): B;
   /** JSON-serialisable position in the stream, stored in checkpoints… */
   state(): unknown;
@@ -52,14 +56,19 @@ export interface TrainSpec<B> {
    */
   loss(batch: B, training: boolean, rng: Rng): tf.Scalar;
   batches: Batches<B>;
-  /** Validation batches, for mean loss and perplexity at each eval. */
+  /**
+   * Runs before each batch's forward and backward pass (training and eval), outside the gradient
+   * tape: where a loss's host inputs are read asynchronously (a GPU cannot be read inside a pass).
+   */
+  prepare?: (batch: B, training: boolean) => Promise<void>;
+  /** Validation batches, for mean loss and perplexity at each eval; each batch's tensor fields are freed after its loss. */
   evalSet?: () => Iterable<B>;
   /** Extra values logged with each eval (e.g. gate weights). */
-  onEval?: (step: number) => Record<string, unknown>;
+  onEval?: (step: number) => Record<string, unknown> | Promise<Record<string, unknown>>;
   /** Runs after each optimizer update, with the number of updates done. */
   afterStep?: (step: number) => void;
   /** Caller's own artifact (e.g. the PEFT adapter): into each checkpoint folder, and into outDir at the end. */
-  save(dir: string): void;
+  save(dir: string): void | Promise<void>;
   /** Optimizer updates in the whole run. */
   steps: number;
   lr: number;
@@ -230,7 +239,7 @@ export async function train<B>(spec: TrainSpec<B>): Promise<TrainResult> {
     let last: Record<string, unknown> | null = null;
     let lastLoss: number | null = null;
     let zeroSteps = 0;
-    const save = (): string => {
+    const save = async (): Promise<string> => {
       const state: TrainState = {
         step,
         epoch: batches.epoch?.() ?? null,
@@ -241,7 +250,7 @@ export async function train<B>(spec: TrainSpec<B>): Promise<TrainResult> {
         best,
       };
       try {
-        return saveCheckpoint(outDir, { state, params, buffers, optimizer, extra: (dir) => spec.save(dir) });
+        return await saveCheckpoint(outDir, { state, params, buffers, optimizer, extra: (dir) => spec.save(dir) });
       } catch (e) {
         if (!(e instanceof CheckpointError)) throw e;
         throw new TrainError(
@@ -256,16 +265,24 @@ export async function train<B>(spec: TrainSpec<B>): Promise<TrainResult> {
       const t0 = performance.now();
       const lr = lrAt(step, schedule);
       let tokens = 0;
-      const acc = accumulateGrads(params, k, () => {
-        const b = batches.next();
-        tokens += batches.tokens(b);
-        return spec.loss(b, true, rng);
-      });
+      const micro: B[] = [];
+      let acc: ReturnType<typeof accumulateGrads>;
+      try {
+        for (let i = 0; i < k; i++) {
+          const b = keepBatch(() => batches.next());
+          micro.push(b);
+          await spec.prepare?.(b, true);
+          tokens += batches.tokens(b);
+        }
+        acc = accumulateGrads(params, k, (i) => spec.loss(micro[i]!, true, rng));
+      } finally {
+        disposeBatches(micro);
+      }
       let loss: number;
       let gradNorm: number;
       try {
         // The only host read of a step: loss, gradient norm, and the largest parameter magnitude.
-        const host = tf.tidy(() => tf.stack([acc.loss, globalNorm([...acc.grads.values()]), largestMagnitude(params)]).dataSync());
+        const host = await readHost(() => tf.stack([acc.loss, globalNorm([...acc.grads.values()]), largestMagnitude(params)]));
         loss = host[0]! / k;
         gradNorm = host[1]! / k;
         zeroSteps = gradNorm === 0 ? zeroSteps + 1 : 0;
@@ -284,7 +301,7 @@ export async function train<B>(spec: TrainSpec<B>): Promise<TrainResult> {
       progress.update({ step, loss, lr, tokens, seconds });
 
       if ((evalEvery > 0 && step % evalEvery === 0) || step === spec.steps) {
-        const ev = evaluate(spec, rng, step);
+        const ev = await evaluate(spec, rng, step);
         if (ev) {
           metrics.write(ev);
           last = { ...last, ...ev };
@@ -294,7 +311,7 @@ export async function train<B>(spec: TrainSpec<B>): Promise<TrainResult> {
           say(describeEval(ev));
         }
       }
-      if ((saveEvery > 0 && step % saveEvery === 0) || step === spec.steps || interrupted) checkpoint = save();
+      if ((saveEvery > 0 && step % saveEvery === 0) || step === spec.steps || interrupted) checkpoint = await save();
       if (interrupted) {
         say(`Interrupted after step ${step}/${spec.steps}. Checkpoint written to ${checkpoint}. To continue, run the same command with --resume ${outDir}`);
         return { status: 'interrupted', step, checkpoint, lastLoss, best };
@@ -302,7 +319,7 @@ export async function train<B>(spec: TrainSpec<B>): Promise<TrainResult> {
       // Let signals and timers (the progress bar) through: they only run between event-loop turns.
       await new Promise<void>((resolve) => setImmediate(resolve));
     }
-    spec.save(outDir);
+    await spec.save(outDir);
     return { status: 'done', step, checkpoint, lastLoss, best };
   } finally {
     removeHandler();
@@ -335,6 +352,28 @@ function kept(checkpoint: string | null): string {
     : 'No checkpoint had been written yet.';
 }
 
+/**
+ * A batch made by `make`: its tensor fields kept until disposeBatches, other tensors it made freed
+ * now. Only fields are looked at: walking a batch's typed arrays element by element is slow.
+ */
+function keepBatch<B>(make: () => B): B {
+  let batch: B;
+  tf.tidy(() => {
+    batch = make();
+    for (const t of batchTensors(batch)) tf.keep(t);
+  });
+  return batch!;
+}
+
+function disposeBatches<B>(batches: B[]): void {
+  for (const b of batches) tf.dispose(batchTensors(b));
+}
+
+function batchTensors(b: unknown): tf.Tensor[] {
+  if (b instanceof tf.Tensor) return [b];
+  return b && typeof b === 'object' ? Object.values(b).filter((v): v is tf.Tensor => v instanceof tf.Tensor) : [];
+}
+
 function assignAll(vars: Map<string, tf.Variable>, values: Map<string, Float32Array>): void {
   tf.tidy(() => {
     for (const [name, v] of vars) v.assign(tf.tensor(values.get(name)!, v.shape));
@@ -342,44 +381,49 @@ function assignAll(vars: Map<string, tf.Variable>, values: Map<string, Float32Ar
 }
 
 /** Token-weighted mean validation loss and its perplexity, plus the caller's extras. */
-function evaluate<B>(spec: TrainSpec<B>, rng: Rng, step: number): Record<string, unknown> & { step: number } | null {
+async function evaluate<B>(spec: TrainSpec<B>, rng: Rng, step: number): Promise<Record<string, unknown> & { step: number } | null> {
   if (!spec.evalSet && !spec.onEval) return null;
   const out: Record<string, unknown> & { step: number } = { step };
   const evalSet = spec.evalSet;
   if (evalSet) {
-    let sum = 0;
-    let total = 0;
-    // The outer tidy frees batches an eval set builds up front; the inner one each batch's
-    // activations, and the batch itself when the set builds it lazily in next().
-    tf.tidy(() => {
-      const losses: tf.Scalar[] = [];
-      const weights: number[] = [];
+    const weights: number[] = [];
+    const kept: tf.Scalar[] = [];
+    let losses: Float32Array;
+    try {
+      // Each batch (and any tensors it holds) goes after its loss; its activations go with its tidy.
       const it = evalSet()[Symbol.iterator]();
       for (;;) {
         let done = false;
-        const loss = tf.tidy(() => {
+        const b = keepBatch(() => {
           const n = it.next();
-          if (n.done) {
-            done = true;
-            return tf.scalar(0);
-          }
-          weights.push(spec.batches.tokens(n.value));
-          return spec.loss(n.value, false, rng);
+          done = n.done === true;
+          return n.value as B;
         });
         if (done) break;
-        losses.push(loss);
+        try {
+          await spec.prepare?.(b, false);
+          weights.push(spec.batches.tokens(b));
+          kept.push(tf.tidy(() => spec.loss(b, false, rng)));
+        } finally {
+          disposeBatches([b]);
+        }
       }
-      if (losses.length === 0) throw new Error('evalSet yielded no batches');
-      tf.stack(losses).dataSync().forEach((x, i) => {
-        sum += x * weights[i]!;
-        total += weights[i]!;
-      });
+      if (kept.length === 0) throw new Error('evalSet yielded no batches');
+      losses = await readHost(() => tf.stack(kept));
+    } finally {
+      tf.dispose(kept);
+    }
+    let sum = 0;
+    let total = 0;
+    losses.forEach((x, i) => {
+      sum += x * weights[i]!;
+      total += weights[i]!;
     });
     const valLoss = sum / total;
     out.val_loss = valLoss;
     out.perplexity = Math.exp(valLoss);
   }
-  return { ...out, ...spec.onEval?.(step) };
+  return { ...out, ...(await spec.onEval?.(step)) };
 }
 
 function describeEval(ev: Record<string, unknown> & { step: number }): string {

@@ -7,8 +7,10 @@ import { saveModel } from '../src/base/export.js';
 import { generate } from '../src/base/generate.js';
 import { loadBase, weightCount } from '../src/base/load.js';
 import { writeSafetensors, type TensorToWrite } from '../src/base/safetensors.js';
-import { MoEFFN, moeLayers } from '../src/gating/moe.js';
+import { MoEFFN, moeLayers } from '../src/moe/moe.js';
 import { MODEL_FIXTURES, maxAbsDiff, readReference, tempDir } from './helpers.js';
+// These folders load through src/base, which reads sparse layers with the layouts src/moe registers.
+import '../src/moe/register.js';
 
 // The MoE fixtures' layouts, export and greedy decoding (their log-prob parity is moe-parity.test.ts).
 const MODELS = ['mixtral', 'mixtral-packed', 'qwen2-moe', 'olmoe'];

@@ -44,7 +44,7 @@ async function trainIn(o: TrainAdapterOptions): Promise<TrainResult> {
       const mix = createMixLora(model, config, o.mixlora, o.name ?? o.out, new Rng(o.seed));
       mix.attach(model);
       try {
-        return await trainLm(model, mix.params(), (dir) => (saveMixLora(mix, dir), writeDataRecord(dir, o)), {
+        return await trainLm(model, mix.params(), async (dir) => { await saveMixLora(mix, dir); writeDataRecord(dir, o); }, {
           ...o,
           onEval: async (step, data) => ({ ...(await o.onEval?.(step, data)), router: await routingOn(model, mix.ffns.map((f) => f.stats), data.dataset.val ?? data.dataset.train, o) }),
         });
@@ -55,7 +55,7 @@ async function trainIn(o: TrainAdapterOptions): Promise<TrainResult> {
     const adapter = createLora(model, config, o.name ?? o.out, new Rng(o.seed));
     adapter.attach(model);
     try {
-      return await trainLm(model, adapter.params(), (dir) => (saveAdapter(adapter, dir), writeDataRecord(dir, o)), o);
+      return await trainLm(model, adapter.params(), async (dir) => { await saveAdapter(adapter, dir); writeDataRecord(dir, o); }, o);
     } finally {
       adapter.dispose();
     }

@@ -39,7 +39,7 @@ const gateStepTensors: number[] = [];
 const routerStepTensors: number[] = [];
 let test: Awaited<ReturnType<typeof loadLmData>>;
 const exact = (r: EvalReport): Record<string, number> => Object.fromEntries(Object.entries(r.tasks).map(([t, s]) => [t, s.exact_match!]));
-const score = (): Record<string, number> => exact(evaluate(model.base, test.dataset.train, { batchSize: 30, seqLen: 32, useCache: model.cacheSafe }));
+const score = (): Record<string, number> => exact(evaluate(model.base, test.dataset.train, { batchSize: 30, seqLen: 32, useCache: model.kvCacheUsable }));
 
 beforeAll(async () => {
   await initBackend();
@@ -82,7 +82,7 @@ afterAll(() => {
 });
 
 describe('prompt routers over three task experts', () => {
-  const own = (): Record<string, number> => Object.fromEntries(Object.keys(TASKS).map((t) => [t, (model.only(t), score())[t]!]));
+  const own = (): Record<string, number> => Object.fromEntries(Object.keys(TASKS).map((t) => [t, (model.soloExpert(t), score())[t]!]));
 
   it('the default router (task labels) matches each adapter alone; masking an expert loses only its task', () => {
     const alone = own();
@@ -113,7 +113,7 @@ describe('prompt routers over three task experts', () => {
 describe('MoLE composition of three task experts', () => {
   it('the gate recovers each task close to its own adapter and beats static equal weights; masking an expert loses its task and spares the others', () => {
     const own: Record<string, number> = {};
-    for (const t of Object.keys(TASKS)) own[t] = (model.only(t), score())[t]!;
+    for (const t of Object.keys(TASKS)) own[t] = (model.soloExpert(t), score())[t]!;
     model.mask(null).useWeights({ color: 1 / 3, fruit: 1 / 3, pet: 1 / 3 });
     const equal = score();
     model.useGate(join(tmp.dir, 'gate'));

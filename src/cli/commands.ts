@@ -42,7 +42,7 @@ export async function runGenerate(o: ComposeFlags & PromptFormatFlags & {
   if (served !== undefined) process.stdout.write(served.text);
   generate(model, [ids], {
     ...o,
-    useCache: composed.cacheSafe,
+    useCache: composed.kvCacheUsable,
     onToken: (_row, id) => {
       if (model.config.eosIds.includes(id)) return;
       process.stdout.write(decoder ? decoder.push(id) : `${id} `);

@@ -221,7 +221,7 @@ function spellings(table: Table): Map<string, string> {
 }
 
 /** Aliased keys under their option's name; refuses a setting given twice under two spellings. */
-export function canonicalKeys<T extends Table>(table: T, raw: Readonly<Record<string, unknown>>, fail: (msg: string) => never): Record<string, unknown> {
+function canonicalKeys<T extends Table>(table: T, raw: Readonly<Record<string, unknown>>, fail: (msg: string) => never): Record<string, unknown> {
   const names = spellings(table);
   const out: Record<string, unknown> = {};
   const given = new Map<string, string>();
@@ -243,10 +243,11 @@ export function checkFields<T extends Table>(table: T, raw: Readonly<Record<stri
   const fields = canonicalKeys(table, raw, fail);
   const known = Object.entries(table).filter(([, o]) => o.scope !== 'cli');
   const allowed = new Set(known.map(([k]) => k));
+  const names = spellings(table);
   for (const [k, o] of known) if (o.required && fields[k] === undefined) fail(`needs "${k}"`);
   const out: Record<string, unknown> = {};
   for (const [k, v] of Object.entries(fields)) {
-    if (!allowed.has(k)) fail(`unknown field '${k}'${suggestion(k, [...spellings(table).keys()].filter((s) => allowed.has(spellings(table).get(s)!)))} (fields: ${[...allowed].join(', ')})`);
+    if (!allowed.has(k)) fail(`unknown field '${k}'${suggestion(k, [...names].filter(([, n]) => allowed.has(n)).map(([s]) => s))} (fields: ${[...allowed].join(', ')})`);
     try {
       out[k] = table[k]!.fromJson(v, ctx);
     } catch (e) {
@@ -259,7 +260,7 @@ export function checkFields<T extends Table>(table: T, raw: Readonly<Record<stri
 }
 
 /** ", did you mean 'x'?" for the closest known name within a few edits, else ''. */
-export function suggestion(word: string, names: string[]): string {
+function suggestion(word: string, names: string[]): string {
   let best: [string, number] | null = null;
   for (const n of names) {
     const d = editDistance(word.toLowerCase(), n.toLowerCase());

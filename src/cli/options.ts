@@ -1,5 +1,6 @@
-import { InvalidArgumentError, Option, type Command } from 'commander';
-import { OptionValueError, type Opt, type Table, type Values } from '../base/options.js';
+import { Option, type Command } from 'commander';
+import type { Opt, Table, Values } from '../base/options.js';
+import { commanderParser } from './args.js';
 
 const kebab = (name: string): string => name.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
 const camel = (flag: string): string => flag.replace(/-([a-z])/g, (_, c: string) => c.toUpperCase());
@@ -12,22 +13,12 @@ export function addOptions(c: Command, table: Table): Command {
   for (const [name, o] of Object.entries(table)) {
     if (o.scope === 'recipe') continue;
     const flag = new Option(`--${flagName(name, o)}${o.arg ? ` <${o.arg}>` : ''}`, o.help);
-    if (o.arg) flag.argParser((text: string, prev: unknown) => parsed(o, text, prev));
+    if (o.arg) flag.argParser(commanderParser((text: string, prev: unknown) => o.fromText(text, prev)));
     if (o.default !== undefined) flag.default(o.default);
     if (o.required) flag.makeOptionMandatory();
     c.addOption(flag);
   }
   return c;
-}
-
-/** Commander reports InvalidArgumentError with the flag; any other error would escape as a crash. */
-function parsed(o: Opt<unknown>, text: string, prev: unknown): unknown {
-  try {
-    return o.fromText(text, prev);
-  } catch (e) {
-    if (e instanceof OptionValueError) throw new InvalidArgumentError(e.message);
-    throw e;
-  }
 }
 
 /** Commander's parsed flags under the table's names (a flag named otherwise, like --expert, under its option). */

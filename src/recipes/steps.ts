@@ -12,7 +12,7 @@ import { gateStatsOn, trainGate } from '../gating/train-gate.js';
 import { trainMoe, upcycleFolder } from '../moe/train-moe.js';
 import { collectRun } from '../report/collect.js';
 import { renderReport } from '../report/page.js';
-import type { Summary } from '../report/summary.js';
+import { parseSummary, type Summary } from '../report/summary.js';
 import { loadLmData, type LmTrainOptions } from '../train/lm.js';
 import { pretrain } from '../train/pretrain.js';
 import type { ProgressMode } from '../train/progress.js';
@@ -149,7 +149,10 @@ function reportStep({ fields: f, out }: StepOf<'report'>, ctx: StepContext): Sta
 
 /** A skipped step's result, shown again: an eval's table, so a rerun of a finished recipe still prints it. */
 export function replayStep(step: Step, ctx: StepContext): void {
-  if (step.type === 'eval') printSummary(JSON.parse(readFileSync(step.out, 'utf8')) as Summary, ctx);
+  if (step.type !== 'eval') return;
+  const { value, problems } = parseSummary(JSON.parse(readFileSync(step.out, 'utf8')));
+  if (problems.length) throw new Error(`${step.out}: ${problems.join('; ')}`);
+  printSummary(value, ctx);
 }
 
 function printSummary(s: Summary, ctx: StepContext): void {

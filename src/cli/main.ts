@@ -8,6 +8,7 @@ import { runForward, runGenerate, runInitBase, runInspect, runMerge } from './co
 import { runTrainAdapter } from './train.js';
 import { addOptions } from './options.js';
 import { INIT_BASE_OPTIONS } from '../base/init-options.js';
+import { DEFAULT_ALPHA, DEFAULT_RANK, DEFAULT_TARGETS } from '../adapters/config.js';
 import { TRAIN_ADAPTER_OPTIONS } from '../adapters/lora-options.js';
 import { TRAIN_GATE_OPTIONS } from '../gating/gate-options.js';
 import { runEval } from './eval.js';
@@ -181,9 +182,9 @@ addModelShapeFlags(
     .command('train')
     .description('Time AdamW LoRA training steps on a random Llama-style model; same flags as ../shared/peers/torch_lora_step.py.'),
 )
-  .option('--rank <r>', 'LoRA rank', int(1), 8)
-  .option('--alpha <a>', 'LoRA alpha', float(0), 16)
-  .option('--targets <list>', 'target modules, comma-separated', nameList, ['q_proj', 'v_proj'])
+  .option('--rank <r>', 'LoRA rank', int(1), DEFAULT_RANK)
+  .option('--alpha <a>', 'LoRA alpha', float(0), DEFAULT_ALPHA)
+  .option('--targets <list>', 'target modules, comma-separated', nameList, [...DEFAULT_TARGETS])
   .option('--steps <n>', 'timed steps', int(1), 8)
   .option('--warmup <n>', 'untimed steps first', int(0), 2)
   .option('--json', 'print one JSON line: the shapes, tokens_per_s, step_ms (median), achieved and matmul GFLOP/s, and memory (below)')
@@ -201,8 +202,8 @@ bench
   .description('Hot-swap latency: replace every MoLE expert\'s tensors in place on a SmolLM-135M-shaped base (no base reload).')
   .option('--preset <name>', `the base's shapes: ${PRESET_NAMES.join(', ')}`, choice(PRESET_NAMES), 'smollm2-135m')
   .option('--experts <n>', 'experts in the set', int(1), 4)
-  .option('--rank <r>', 'LoRA rank', int(1), 8)
-  .option('--targets <list>', 'adapted modules', nameList, ['q_proj', 'v_proj'])
+  .option('--rank <r>', 'LoRA rank', int(1), DEFAULT_RANK)
+  .option('--targets <list>', 'adapted modules', nameList, [...DEFAULT_TARGETS])
   .option('--json', 'print one JSON line')
   .action(runBenchSwap);
 
@@ -212,8 +213,8 @@ addModelShapeFlags(
     .description('Gate-training step over N frozen experts against a single-LoRA training step, same shapes.'),
 )
   .option('--experts <n>', 'frozen experts', int(2), 4)
-  .option('--rank <r>', 'LoRA rank', int(1), 8)
-  .option('--targets <list>', 'adapted modules', nameList, ['q_proj', 'v_proj'])
+  .option('--rank <r>', 'LoRA rank', int(1), DEFAULT_RANK)
+  .option('--targets <list>', 'adapted modules', nameList, [...DEFAULT_TARGETS])
   .option('--steps <n>', 'timed steps', int(1), 5)
   .option('--json', 'print one JSON line')
   .action(runBenchGate);

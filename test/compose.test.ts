@@ -39,7 +39,7 @@ const gateStepTensors: number[] = [];
 const routerStepTensors: number[] = [];
 let test: Awaited<ReturnType<typeof loadLmData>>;
 const exact = (r: EvalReport): Record<string, number> => Object.fromEntries(Object.entries(r.tasks).map(([t, s]) => [t, s.exact_match!]));
-const score = async (): Promise<Record<string, number>> => exact(await evaluate(model.base, test.dataset.train, { batchSize: 30, seqLen: 32, useCache: model.cacheSafe }));
+const score = async (): Promise<Record<string, number>> => exact(await evaluate(model.base, test.dataset.train, { batchSize: 30, seqLen: 32, useCache: model.kvCacheUsable }));
 
 beforeAll(async () => {
   await initBackend();
@@ -84,7 +84,7 @@ afterAll(() => {
 describe('prompt routers over three task experts', () => {
   const own = async (): Promise<Record<string, number>> => {
     const out: Record<string, number> = {};
-    for (const t of Object.keys(TASKS)) out[t] = (model.only(t), await score())[t]!;
+    for (const t of Object.keys(TASKS)) out[t] = (model.soloExpert(t), await score())[t]!;
     return out;
   };
 
@@ -117,7 +117,7 @@ describe('prompt routers over three task experts', () => {
 describe('MoLE composition of three task experts', () => {
   it('the gate recovers each task close to its own adapter and beats static equal weights; masking an expert loses its task and spares the others', async () => {
     const own: Record<string, number> = {};
-    for (const t of Object.keys(TASKS)) own[t] = (model.only(t), await score())[t]!;
+    for (const t of Object.keys(TASKS)) own[t] = (model.soloExpert(t), await score())[t]!;
     model.mask(null).useWeights({ color: 1 / 3, fruit: 1 / 3, pet: 1 / 3 });
     const equal = await score();
     await model.useGate(join(tmp.dir, 'gate'));

@@ -5,7 +5,8 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { initBackend } from '../src/base/backend.js';
 import { initBase } from '../src/base/init.js';
-import { addMixLoraFlags, mixLoraOptions } from '../src/cli/mixlora-flags.js';
+import { MIXLORA_OPTIONS, mixLoraOf } from '../src/adapters/lora-options.js';
+import { addOptions, optionValues } from '../src/cli/options.js';
 import { registerMoeCommands } from '../src/cli/moe.js';
 import { readMetrics } from '../src/train/metrics.js';
 import { maxAbsDiff, tempDir } from './helpers.js';
@@ -86,11 +87,11 @@ describe('MoE commands', () => {
     expect(text).toMatch(/forward: sparse [\d.]+ ms, all experts [\d.]+ ms, ratio [\d.]+× \(ideal 0\.50×\)/);
   });
 
-  it('addMixLoraFlags parses into trainAdapter\'s mixlora option', () => {
-    const parse = (...args: string[]): ReturnType<typeof mixLoraOptions> => {
-      const c = addMixLoraFlags(new Command('train-adapter').exitOverride().option('--target-regex <re>'));
+  it("MIXLORA_OPTIONS' flags parse into trainAdapter's mixlora option", () => {
+    const parse = (...args: string[]): ReturnType<typeof mixLoraOf> => {
+      const c = addOptions(new Command('train-adapter').exitOverride().option('--target-regex <re>'), MIXLORA_OPTIONS);
       c.parse(args, { from: 'user' });
-      return mixLoraOptions(c.opts());
+      return mixLoraOf({ ...optionValues(MIXLORA_OPTIONS, c.opts()), targetRegex: c.opts().targetRegex });
     };
     expect(parse()).toBeUndefined();
     expect(parse('--moe-experts', '8')).toEqual({ experts: 8, topK: 2, auxCoef: undefined });

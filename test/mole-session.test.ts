@@ -48,7 +48,7 @@ describe('loadModel session', () => {
     const a = await session(['math', 'code', 'law']);
     a.initGate({}, 3, { eStd: 0.5 });
     await a.saveGate(gateDir);
-    const want = await a.keep(['math', 'law']).generateBatch(PROMPTS, GEN);
+    const want = await a.keepExperts(['math', 'law']).generateBatch(PROMPTS, GEN);
     expect(want[0]!.text).toBeNull();
     // The tokens greedy decoding picks under the float64 reference of this gate and mask.
     a.composition.detach();
@@ -61,14 +61,14 @@ describe('loadModel session', () => {
     expect(reference).not.toEqual(alone);
 
     const b = await session(['law', 'code', 'math']);
-    (await b.useGate(gateDir)).keep(['math', 'law']);
+    (await b.useGate(gateDir)).keepExperts(['math', 'law']);
     expect(await b.generateBatch(PROMPTS, GEN)).toEqual(want);
   });
 
   it('only(name) generates exactly what that adapter alone does', async () => {
     const m = await session(['math', 'code']);
     m.initGate({}, 4, { eStd: 0.5 });
-    const got = (await m.only('code').generate(PROMPTS[0]!, GEN)).tokens;
+    const got = (await m.soloExpert('code').generate(PROMPTS[0]!, GEN)).tokens;
     m.composition.detach();
     const alone = loadAdapter(m.base, dirs.code!);
     alone.attach(m.base);
@@ -82,7 +82,7 @@ describe('loadModel session', () => {
     const rows = [['code'], ['math', 'law']];
     const mixed = await m.rows({ mask: rows.map((r) => m.composition.maskRow(r)) }).generateBatch(PROMPTS, GEN);
     m.rows(null);
-    for (const [b, names] of rows.entries()) expect(await m.keep(names).generate(PROMPTS[b]!, GEN)).toEqual(mixed[b]);
+    for (const [b, names] of rows.entries()) expect(await m.keepExperts(names).generate(PROMPTS[b]!, GEN)).toEqual(mixed[b]);
   });
 
   it('a per-sequence gate generates without the KV cache', async () => {

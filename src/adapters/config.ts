@@ -21,12 +21,17 @@ export interface LoraConfig {
 
 export class AdapterConfigError extends Error {}
 
+/** molora's rank and alpha when none is given (PEFT's LoraConfig defaults to r 8, alpha 8). */
+export const DEFAULT_RANK = 8;
+export const DEFAULT_ALPHA = 16;
+export const DEFAULT_TARGETS: readonly string[] = ['q_proj', 'v_proj'];
+
 export const DEFAULT_LORA: LoraConfig = {
-  r: 8,
-  loraAlpha: 16,
+  r: DEFAULT_RANK,
+  loraAlpha: DEFAULT_ALPHA,
   loraDropout: 0,
   useRslora: false,
-  targetModules: ['q_proj', 'v_proj'],
+  targetModules: [...DEFAULT_TARGETS],
   layersToTransform: null,
   init: 'kaiming',
   fanInFanOut: false,
@@ -76,6 +81,7 @@ export function parseLoraConfig(raw: Record<string, unknown>, source: string, wa
   }
   const layers = raw.layers_to_transform;
   const cfg: LoraConfig = {
+    // PEFT's own defaults for a file that leaves them out (LoraConfig: r 8, lora_alpha 8).
     r: num('r', 8),
     loraAlpha: num('lora_alpha', 8),
     loraDropout: num('lora_dropout', 0),

@@ -112,6 +112,23 @@ function parseHeader(
   bytes: Uint8Array,
   dataBytes: number,
 ): { metadata: Record<string, string>; tensors: Map<string, TensorInfo> } {
+  const json = headerJson(file, bytes);
+  let metadata: Record<string, string> = {};
+  const tensors = new Map<string, TensorInfo>();
+  for (const [name, entry] of Object.entries(json)) {
+    if (name === '__metadata__') {
+      // The reference reads null as "no metadata".
+      if (entry !== null) metadata = headerMetadata(file, entry);
+      continue;
+    }
+    tensors.set(name, tensorEntry(file, name, entry, dataBytes));
+  }
+  checkTiling(file, tensors, dataBytes);
+  return { metadata, tensors };
+}
+
+/** The header bytes as a JSON object. */
+function headerJson(file: string, bytes: Uint8Array): Record<string, unknown> {
   let text: string;
   try {
     text = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true }).decode(bytes);
@@ -125,54 +142,55 @@ function parseHeader(
     throw new SafetensorsError(file, `header is not valid JSON (${(err as Error).message})`);
   }
   if (!isRecord(json)) throw new SafetensorsError(file, 'header is not a JSON object');
+  return json;
+}
 
-  let metadata: Record<string, string> = {};
-  const tensors = new Map<string, TensorInfo>();
-  for (const [name, entry] of Object.entries(json)) {
-    if (name === '__metadata__') {
-      if (entry === null) continue; // the reference reads null as "no metadata"
-      if (!isRecord(entry)) throw new SafetensorsError(file, '__metadata__ is not an object of strings');
-      for (const [k, v] of Object.entries(entry)) {
-        if (typeof v !== 'string') throw new SafetensorsError(file, `__metadata__ entry '${k}' is not a string`);
-      }
-      // fromEntries defines keys (even "__proto__") rather than assigning them.
-      metadata = Object.fromEntries(Object.entries(entry)) as Record<string, string>;
-      continue;
-    }
-    if (!isRecord(entry)) throw new SafetensorsError(file, 'header entry is not an object', name);
-    const { dtype, shape, data_offsets: offsets } = entry;
-    if (!isDtype(dtype)) {
-      throw new SafetensorsError(file, `unknown dtype ${show(dtype)} (the format defines ${Object.keys(DTYPE_BITS).join(', ')})`, name);
-    }
-    if (!Array.isArray(shape) || !shape.every(isCount)) {
-      throw new SafetensorsError(file, `shape ${show(shape)} is not a list of non-negative integers`, name);
-    }
-    if (!Array.isArray(offsets) || offsets.length !== 2 || !offsets.every(isCount)) {
-      throw new SafetensorsError(file, `data_offsets ${show(offsets)} is not a pair of non-negative integers`, name);
-    }
-    const [begin, end] = offsets as [number, number];
-    if (begin > end) throw new SafetensorsError(file, `data_offsets [${begin}, ${end}] end before they begin`, name);
-    if (end > dataBytes) {
-      throw new SafetensorsError(file, `data_offsets [${begin}, ${end}] run past the ${dataBytes}-byte data section (truncated file?)`, name);
-    }
-    const n = numel(shape);
-    const bits = n === undefined ? undefined : n * DTYPE_BITS[dtype];
-    if (bits !== undefined && bits % 8 !== 0) {
-      throw new SafetensorsError(file, `shape [${shape.join(', ')}] of ${dtype} is not a whole number of bytes`, name);
-    }
-    const want = bits === undefined || bits > Number.MAX_SAFE_INTEGER ? undefined : bits / 8;
-    if (want !== end - begin) {
-      throw new SafetensorsError(
-        file,
-        `holds ${end - begin} bytes but shape [${shape.join(', ')}] of ${dtype} needs ${want ?? 'more than 2^53'}`,
-        name,
-      );
-    }
-    tensors.set(name, { name, dtype, shape: shape.slice(), begin, end });
+function headerMetadata(file: string, entry: unknown): Record<string, string> {
+  if (!isRecord(entry)) throw new SafetensorsError(file, '__metadata__ is not an object of strings');
+  const out: [string, string][] = [];
+  for (const [k, v] of Object.entries(entry)) {
+    if (typeof v !== 'string') throw new SafetensorsError(file, `__metadata__ entry '${k}' is not a string`);
+    out.push([k, v]);
   }
+  // fromEntries defines keys (even "__proto__") rather than assigning them.
+  return Object.fromEntries(out);
+}
 
-  // Like the reference reader: the regions must tile the data section exactly, with no overlap,
-  // no gap and nothing after the last tensor.
+/** One tensor's entry, checked: a known dtype, a shape, offsets inside the data whose length the shape needs. */
+function tensorEntry(file: string, name: string, entry: unknown, dataBytes: number): TensorInfo {
+  if (!isRecord(entry)) throw new SafetensorsError(file, 'header entry is not an object', name);
+  const { dtype, shape, data_offsets: offsets } = entry;
+  if (!isDtype(dtype)) {
+    throw new SafetensorsError(file, `unknown dtype ${show(dtype)} (the format defines ${Object.keys(DTYPE_BITS).join(', ')})`, name);
+  }
+  if (!Array.isArray(shape) || !shape.every(isCount)) {
+    throw new SafetensorsError(file, `shape ${show(shape)} is not a list of non-negative integers`, name);
+  }
+  if (!Array.isArray(offsets) || offsets.length !== 2 || !offsets.every(isCount)) {
+    throw new SafetensorsError(file, `data_offsets ${show(offsets)} is not a pair of non-negative integers`, name);
+  }
+  const [begin, end] = offsets as [number, number];
+  if (begin > end) throw new SafetensorsError(file, `data_offsets [${begin}, ${end}] end before they begin`, name);
+  if (end > dataBytes) {
+    throw new SafetensorsError(file, `data_offsets [${begin}, ${end}] run past the ${dataBytes}-byte data section (truncated file?)`, name);
+  }
+  const n = numel(shape);
+  const bits = n === undefined ? undefined : n * DTYPE_BITS[dtype];
+  if (bits !== undefined && bits % 8 !== 0) {
+    throw new SafetensorsError(file, `shape [${shape.join(', ')}] of ${dtype} is not a whole number of bytes`, name);
+  }
+  const want = bits === undefined || bits > Number.MAX_SAFE_INTEGER ? undefined : bits / 8;
+  if (want !== end - begin) {
+    throw new SafetensorsError(file, `holds ${end - begin} bytes but shape [${shape.join(', ')}] of ${dtype} needs ${want ?? 'more than 2^53'}`, name);
+  }
+  return { name, dtype, shape: shape.slice(), begin, end };
+}
+
+/**
+ * Like the reference reader: the regions must tile the data section exactly, with no overlap,
+ * no gap and nothing after the last tensor.
+ */
+function checkTiling(file: string, tensors: Map<string, TensorInfo>, dataBytes: number): void {
   const regions = [...tensors.values()].sort((a, b) => a.begin - b.begin || a.end - b.end);
   let at = 0;
   let prev: TensorInfo | undefined;
@@ -187,7 +205,6 @@ function parseHeader(
   if (at !== dataBytes) {
     throw new SafetensorsError(file, `data section is ${dataBytes} bytes but the tensors cover only ${at}`);
   }
-  return { metadata, tensors };
 }
 
 /** Read exactly `dst.length` bytes at `position`, or fail naming the file as truncated. */

@@ -219,16 +219,7 @@ export function trainByteLevelBpe(
   const minFrequency = opts.minFrequency ?? 2;
   if (!Number.isInteger(minFrequency) || minFrequency < 1) throw new Error(`BPE training: minFrequency ${minFrequency} must be a whole number ≥ 1`);
   if (vocabSize < 256 + specials.length) throw new Error(`BPE training: vocabSize ${vocabSize} is below the ${256 + specials.length} byte and special tokens`);
-  const counts = new Map<string, number>();
-  const encoder = new TextEncoder();
-  for (const text of texts) {
-    for (const part of splitOn(text, specials)) {
-      for (const w of part.match(GPT2_SPLIT) ?? []) {
-        const spelled = Array.from(encoder.encode(w), (b) => BYTE_TO_UNICODE[b]!).join('');
-        counts.set(spelled, (counts.get(spelled) ?? 0) + 1);
-      }
-    }
-  }
+  const counts = wordCounts(texts, specials);
   const words = [...counts.keys()].map((w) => Array.from(w));
   const freq = [...counts.values()];
   // Pair counts and the words each pair occurs in, updated only for the words a merge touches.
@@ -271,6 +262,21 @@ export function trainByteLevelBpe(
     }
   }
   return byteLevelTokenizerJson({ specials, merges, addBos: opts.addBos });
+}
+
+/** How often each pre-tokenized word occurs, spelled in GPT-2's byte alphabet; special tokens left out. */
+function wordCounts(texts: Iterable<string>, specials: string[]): Map<string, number> {
+  const counts = new Map<string, number>();
+  const encoder = new TextEncoder();
+  for (const text of texts) {
+    for (const part of splitOn(text, specials)) {
+      for (const w of part.match(GPT2_SPLIT) ?? []) {
+        const spelled = Array.from(encoder.encode(w), (b) => BYTE_TO_UNICODE[b]!).join('');
+        counts.set(spelled, (counts.get(spelled) ?? 0) + 1);
+      }
+    }
+  }
+  return counts;
 }
 
 /** The regex GPT-2's (and Hugging Face's ByteLevel) pre-tokenizer splits words with. */

@@ -1,23 +1,37 @@
 import { InvalidArgumentError } from 'commander';
+import { choiceArg, floatArg, intArg, OptionValueError, parseList, parseNamedPath, parseRanges } from '../base/options.js';
+
+/**
+ * A value parser of src/base/options.ts as commander wants it: a refused value becomes an
+ * InvalidArgumentError, which commander reports naming the flag (any other error would escape as
+ * a crash).
+ */
+export function commanderParser<T, P>(parse: (v: string, prev?: P) => T): (v: string, prev?: P) => T {
+  return (v, prev) => {
+    try {
+      return parse(v, prev);
+    } catch (e) {
+      if (e instanceof OptionValueError) throw new InvalidArgumentError(e.message);
+      throw e;
+    }
+  };
+}
 
 /** Commander parsers that reject bad values with a message naming the flag's expectation. */
-export function int(min = 0): (v: string) => number {
-  return (v: string) => {
-    const n = Number(v);
-    if (!Number.isInteger(n) || n < min) throw new InvalidArgumentError(`expected an integer ≥ ${min}, got '${v}'`);
-    return n;
-  };
-}
+export const int = (min = 0): ((v: string) => number) => commanderParser((v: string) => intArg(v, min));
 
-export function float(min = -Infinity, max = Infinity): (v: string) => number {
-  return (v: string) => {
-    const n = Number(v);
-    if (!Number.isFinite(n) || n < min || n > max) {
-      throw new InvalidArgumentError(`expected a number in [${min}, ${max}], got '${v}'`);
-    }
-    return n;
-  };
-}
+export const float = (min = -Infinity, max = Infinity): ((v: string) => number) => commanderParser((v: string) => floatArg(v, min, max));
+
+export const choice = <T extends string>(options: readonly T[]): ((v: string) => T) => commanderParser((v: string) => choiceArg(v, options));
+
+/** "0-3,6" → [0, 1, 2, 3, 6]. */
+export const rangeList = commanderParser(parseRanges);
+
+/** "a,b" → ['a', 'b']. */
+export const nameList = commanderParser(parseList);
+
+/** Repeatable "name=dir". */
+export const namedPaths = commanderParser(parseNamedPath);
 
 /** "1,2,3" → [1, 2, 3]. */
 export function idList(v: string): number[] {
@@ -28,45 +42,9 @@ export function idList(v: string): number[] {
   return ids;
 }
 
-export function choice<T extends string>(options: readonly T[]): (v: string) => T {
-  return (v: string) => {
-    if (!(options as readonly string[]).includes(v)) throw new InvalidArgumentError(`expected one of ${options.join(', ')}, got '${v}'`);
-    return v as T;
-  };
-}
-
 /** Repeatable option: each use appends. */
 export function collect(v: string, prev: string[]): string[] {
   return [...prev, v];
-}
-
-/** "0-3,6" → [0, 1, 2, 3, 6]. */
-export function rangeList(v: string): number[] {
-  const out: number[] = [];
-  for (const part of v.split(',').map((s) => s.trim()).filter(Boolean)) {
-    const m = /^(\d+)(?:-(\d+))?$/.exec(part);
-    if (!m) throw new InvalidArgumentError(`expected layer indices like 0-3,6, got '${v}'`);
-    const lo = Number(m[1]);
-    const hi = m[2] === undefined ? lo : Number(m[2]);
-    if (hi < lo) throw new InvalidArgumentError(`empty range '${part}'`);
-    for (let i = lo; i <= hi; i++) out.push(i);
-  }
-  if (out.length === 0) throw new InvalidArgumentError(`expected layer indices like 0-3,6, got '${v}'`);
-  return out;
-}
-
-/** "a,b" → ['a', 'b']. */
-export function nameList(v: string): string[] {
-  const out = v.split(',').map((s) => s.trim()).filter(Boolean);
-  if (out.length === 0) throw new InvalidArgumentError(`expected a comma-separated list, got '${v}'`);
-  return out;
-}
-
-/** Repeatable "name=dir". */
-export function namedPaths(v: string, prev: [string, string][]): [string, string][] {
-  const i = v.indexOf('=');
-  if (i <= 0 || i === v.length - 1) throw new InvalidArgumentError(`expected NAME=DIR, got '${v}'`);
-  return [...prev, [v.slice(0, i), v.slice(i + 1)]];
 }
 
 /** "a=0.5,b=1" → { a: 0.5, b: 1 }. */

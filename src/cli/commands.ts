@@ -1,12 +1,14 @@
 import { mergeFolder } from '../adapters/merge.js';
 import { generate } from '../base/generate.js';
-import { initBase, type InitBaseOptions } from '../base/init.js';
+import { INIT_BASE_OPTIONS } from '../base/init-options.js';
+import { initBase } from '../base/init.js';
 import { inspectFolder } from '../base/inspect.js';
 import { promptIds } from '../base/prompt.js';
 import { logprobs } from '../base/scoring.js';
 import { openComposed, type ComposeFlags } from './compose.js';
 import { servePromptFlags, type PromptFormatFlags } from './serve-flags.js';
 import { forwardTable } from './format.js';
+import { optionValues } from './options.js';
 
 export async function runForward(o: ComposeFlags & { ids?: number[]; text?: string; json?: boolean }): Promise<void> {
   if (!o.ids === (o.text === undefined)) throw new Error('give exactly one of --ids or --text');
@@ -40,7 +42,7 @@ export async function runGenerate(o: ComposeFlags & PromptFormatFlags & {
   if (served !== undefined) process.stdout.write(served.text);
   await generate(model, [ids], {
     ...o,
-    useCache: composed.cacheSafe,
+    useCache: composed.kvCacheUsable,
     onToken: (_row, id) => {
       if (model.config.eosIds.includes(id)) return;
       process.stdout.write(decoder ? decoder.push(id) : `${id} `);
@@ -50,7 +52,8 @@ export async function runGenerate(o: ComposeFlags & PromptFormatFlags & {
   composed.dispose();
 }
 
-export async function runInitBase(o: InitBaseOptions & { tie?: boolean }): Promise<void> {
+export async function runInitBase(flags: Record<string, unknown>): Promise<void> {
+  const o = optionValues(INIT_BASE_OPTIONS, flags);
   await initBase({ ...o, tieWordEmbeddings: o.tie });
   process.stderr.write(`molora: wrote a random ${o.arch} base to ${o.out}\n`);
 }

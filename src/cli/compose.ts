@@ -68,7 +68,7 @@ export async function openComposed(o: ComposeFlags): Promise<MoleModel> {
     for (const [name, dir] of experts) m.addExpert(name, dir);
     if (o.gate) await m.useGate(o.gate);
     else if (o.weights) m.useWeights(o.weights);
-    if (o.only) m.only(o.only);
+    if (o.only) m.soloExpert(o.only);
     else if (o.mask) m.mask(o.mask);
     if (o.maskExperts) maskExperts(base, parseExpertMask(o.maskExperts));
   } catch (e) {

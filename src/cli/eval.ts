@@ -20,7 +20,7 @@ export async function runEval(
   const composed = await openComposed(o);
   const bar = byteProgress('greedy completions', 'examples');
   try {
-    const report = await evaluateCsv(composed.base, { ...o, ...format, useCache: composed.cacheSafe, onProgress: bar.update });
+    const report = await evaluateCsv(composed.base, { ...o, ...format, useCache: composed.kvCacheUsable, onProgress: bar.update });
     bar.stop();
     process.stdout.write(o.json ? JSON.stringify(report) + '\n' : evalTable(report) + '\n');
   } finally {

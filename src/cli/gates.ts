@@ -1,6 +1,8 @@
 import { dirname } from 'node:path';
 import { writeFileAtomic } from '../base/atomic.js';
-import { DEFAULT_GATE_LR, gateStatsOn, routerSettings, trainGate, type RouterFlags } from '../gating/train-gate.js';
+import { gateStatsOn, trainGate } from '../gating/train-gate.js';
+import { gateLr, routerSettings, TRAIN_GATE_OPTIONS } from '../gating/gate-options.js';
+import { optionValues } from './options.js';
 import { renderReport } from '../report/page.js';
 import { parseGates } from '../report/summary.js';
 import type { GateStatsReport } from '../gating/stats.js';
@@ -8,16 +10,14 @@ import { loadLmData } from '../train/lm.js';
 import type { DataFormat } from '../data/record.js';
 import type { DataFileFormat } from '../data/rows.js';
 import { openComposed, scoringFormat, type ComposeFlags } from './compose.js';
-import { lmOptions, type CliTrainFlags } from './train.js';
+import { lmOptions } from './train.js';
 
-export async function runTrainGate(o: Omit<CliTrainFlags, 'lr'> & RouterFlags & { lr?: number; model: string; expert: [string, string][]; temperature?: string | number }): Promise<void> {
-  const t = o.temperature;
-  const temperature = t === undefined || t === 'learn' ? t : Number(t);
-  if (typeof temperature === 'number' && !(temperature > 0)) throw new Error(`--temperature must be 'learn' or a positive number, got '${t}'`);
-  const settings = routerSettings({ ...o, temperature });
-  const opts = lmOptions({ ...o, lr: o.lr ?? DEFAULT_GATE_LR[settings.router!] });
+export async function runTrainGate(flags: Record<string, unknown>): Promise<void> {
+  const o = optionValues(TRAIN_GATE_OPTIONS, flags);
+  const settings = routerSettings(o);
+  const opts = lmOptions({ ...o, lr: gateLr(o.lr, settings) });
   try {
-    const r = await trainGate({ ...opts, model: o.model, experts: o.expert, ...settings });
+    const r = await trainGate({ ...opts, model: o.model, experts: o.experts, ...settings });
     if (r.status === 'interrupted') process.exitCode = 130;
     else process.stderr.write(`molora: trained the ${settings.router} router for ${r.step} steps; gate folder ${o.out}\n`);
   } finally {

@@ -5,17 +5,20 @@ import { BACKENDS, initBackend } from '../base/backend.js';
 // Sparse MoE folders (Mixtral, Qwen2-MoE, OLMoE) load through the layouts src/moe registers.
 import '../moe/register.js';
 import { runForward, runGenerate, runInitBase, runInspect, runMerge } from './commands.js';
-import { addDataFlags, addTrainerFlags, runTrainAdapter } from './train.js';
+import { runTrainAdapter } from './train.js';
+import { addOptions } from './options.js';
+import { INIT_BASE_OPTIONS } from '../base/init-options.js';
+import { DEFAULT_ALPHA, DEFAULT_RANK, DEFAULT_TARGETS } from '../adapters/config.js';
+import { TRAIN_ADAPTER_OPTIONS } from '../adapters/lora-options.js';
+import { TRAIN_GATE_OPTIONS } from '../gating/gate-options.js';
 import { runEval } from './eval.js';
 import { addPromptFormatFlags } from './serve-flags.js';
 import { addComposeFlags, addScoringFlags } from './compose.js';
 import { runGates, runTrainGate } from './gates.js';
 import { runReport } from '../report/cli.js';
-import { addMixLoraFlags } from './mixlora-flags.js';
 import { registerMoeCommands } from './moe.js';
 import { registerRecipeCommands } from './recipes.js';
 import { ROUTER_VARIANTS } from '../bench/compose.js';
-import { DEFAULT_GATE_LR } from '../gating/train-gate.js';
 import { taskFamilies } from '../data/families.js';
 import { addModelShapeFlags, runBenchProbe, runBenchCompose, runBenchForward, runBenchGate, runBenchParity, runBenchSwap, runBenchTrain } from './bench.js';
 import { PRESET_NAMES } from '../bench/presets.js';
@@ -94,61 +97,23 @@ addPromptFormatFlags(addComposeFlags(
   .option('--seed <n>', 'sampling seed', int(0), 0)
   .action(runGenerate);
 
-program
-  .command('init-base')
-  .description('Write a randomly initialised Hugging Face model folder with a byte-level tokenizer.')
-  .requiredOption('--arch <arch>', 'llama or gpt2', choice(['llama', 'gpt2'] as const))
-  .requiredOption('--layers <n>', 'transformer blocks', int(1))
-  .requiredOption('--hidden <d>', 'hidden size', int(1))
-  .requiredOption('--heads <h>', 'attention heads', int(1))
-  .option('--kv-heads <k>', 'key/value heads (llama GQA); default = heads', int(1))
-  .requiredOption('--ffn <f>', 'feed-forward (intermediate) size', int(1))
-  .option('--vocab <v>', 'vocabulary size; default = the byte-level tokenizer\'s 259', int(1))
-  .option('--max-positions <n>', 'context length', int(1))
-  .option('--tie', 'tie lm_head to the embedding (llama; gpt2 always ties)')
-  .requiredOption('--out <dir>', 'folder to write')
-  .option('--overwrite', 'replace a model already in --out')
-  .option('--seed <n>', 'init seed', int(0), 0)
-  .action(runInitBase);
+addOptions(
+  program.command('init-base').description('Write a randomly initialised Hugging Face model folder with a byte-level tokenizer.'),
+  INIT_BASE_OPTIONS,
+).action(runInitBase);
 
-addMixLoraFlags(addTrainerFlags(
-  addDataFlags(
-    program
-      .command('train-adapter')
-      .description('Train a LoRA adapter on the frozen base from a CSV or JSONL file; writes a PEFT adapter folder (plus molora_data.json, the row format it was trained with) with metrics.jsonl and checkpoints.')
-      .requiredOption('--model <dir>', 'base model folder (Hugging Face layout)')
-      .requiredOption('--out <dir>', 'output folder: the PEFT adapter, metrics.jsonl, checkpoints')
-      .option('--name <name>', 'adapter name for logs (default: the output folder)')
-      .option('--rank <r>', 'LoRA rank r', int(1), 8)
-      .option('--alpha <a>', 'lora_alpha; scale = alpha/r (alpha/√r with --rslora)', float(0), 16)
-      .option('--dropout <p>', 'lora_dropout on the adapter input', float(0, 0.99), 0)
-      .option('--rslora', 'rank-stabilised scaling alpha/√r')
-      .option('--targets <list>', 'module-name suffixes to adapt, comma-separated', nameList, ['q_proj', 'v_proj'])
-      .option('--target-regex <re>', 'adapt modules whose full name matches this regex (instead of --targets)')
-      .option('--layers <list>', 'only these transformer layers, e.g. 0-3,6 (layers_to_transform)', rangeList)
-      .option('--init <kind>', 'A init: kaiming (PEFT default) or gaussian; B starts at 0', choice(['kaiming', 'gaussian'] as const), 'kaiming'),
-  ),
-)).action(runTrainAdapter);
+addOptions(
+  program
+    .command('train-adapter')
+    .description('Train a LoRA adapter on the frozen base from a CSV or JSONL file; writes a PEFT adapter folder (plus molora_data.json, the row format it was trained with) with metrics.jsonl and checkpoints.'),
+  TRAIN_ADAPTER_OPTIONS,
+).action(runTrainAdapter);
 
-addTrainerFlags(
-  addDataFlags(
-    program
-      .command('train-gate')
-      .description('Train a router over frozen LoRA experts (base and experts stay frozen): by default the prompt router, which reads each prompt through the base and sends the row to its best expert at full strength. Writes gate_config.json + gate.safetensors, metrics.jsonl and checkpoints.')
-      .requiredOption('--model <dir>', 'base model folder')
-      .option('--expert <name=dir>', 'a frozen PEFT LoRA expert; repeat (at least 2); the order fixes the router columns. With --task-column, rows whose task equals an expert name teach the router', namedPaths, [])
-      .requiredOption('--out <dir>', 'output folder for the router')
-      .option('--router <kind>', "prompt: one decision per row from the base's hidden states at the prompt (default); centroid: the same feature, training-free nearest task centroid (needs --task-column); mole: the MoLE paper's gates in every adapted linear", choice(['prompt', 'centroid', 'mole'] as const))
-      .option('--routing-loss <kind>', "prompt router: labels (cross-entropy on --task-column values that name experts), lm (the LM loss alone: each row's likelihood under its routed expert), both; auto (default) takes labels when the task column names experts, else lm", choice(['auto', 'labels', 'lm', 'both'] as const))
-      .option('--router-l2 <lambda>', 'prompt router: L2 penalty (λ/2)·|W|² on its standardised weights (default 1e-2)', float(0))
-      .option('--top-k <k>', 'experts per row (prompt, centroid; default 1: the chosen expert at full strength) or per unit (mole), renormalised', int(1))
-      .option('--level <level>', 'mole only: one gate per gated linear (layer, default) or per transformer block (block)', choice(['layer', 'block'] as const))
-      .option('--granularity <g>', "mole only: token (default): weights per position; sequence: one per row, pooled over its real tokens (sees the answer while training); prefix: per row but causal", choice(['token', 'sequence', 'prefix'] as const))
-      .option('--balance <alpha>', 'mole only: balance-loss coefficient α in α·(−Σ log qᵢ) (default 0.5); 0 disables it', float(0))
-      .option('--temperature <t>', "mole only: 'learn' (default) for a learnable τ, or a fixed positive value")
-      .option('--mask-dropout <p>', "mole only: each training row drops one random expert (never the one named like its task) with probability p (default 0)", float(0, 0.99)),
-  ),
-  { help: `peak learning rate (default: ${Object.entries(DEFAULT_GATE_LR).map(([r, lr]) => `${lr} for ${r}`).join(', ')})` },
+addOptions(
+  program
+    .command('train-gate')
+    .description('Train a router over frozen LoRA experts (base and experts stay frozen): by default the prompt router, which reads each prompt through the base and sends the row to its best expert at full strength. Writes gate_config.json + gate.safetensors, metrics.jsonl and checkpoints.'),
+  TRAIN_GATE_OPTIONS,
 ).action(runTrainGate);
 
 addScoringFlags(addComposeFlags(
@@ -217,9 +182,9 @@ addModelShapeFlags(
     .command('train')
     .description('Time AdamW LoRA training steps on a random Llama-style model; same flags as ../shared/peers/torch_lora_step.py.'),
 )
-  .option('--rank <r>', 'LoRA rank', int(1), 8)
-  .option('--alpha <a>', 'LoRA alpha', float(0), 16)
-  .option('--targets <list>', 'target modules, comma-separated', nameList, ['q_proj', 'v_proj'])
+  .option('--rank <r>', 'LoRA rank', int(1), DEFAULT_RANK)
+  .option('--alpha <a>', 'LoRA alpha', float(0), DEFAULT_ALPHA)
+  .option('--targets <list>', 'target modules, comma-separated', nameList, [...DEFAULT_TARGETS])
   .option('--steps <n>', 'timed steps', int(1), 8)
   .option('--warmup <n>', 'untimed steps first', int(0), 2)
   .option('--json', 'print one JSON line: the shapes, tokens_per_s, step_ms (median), achieved and matmul GFLOP/s, and memory (below)')
@@ -237,8 +202,8 @@ bench
   .description('Hot-swap latency: replace every MoLE expert\'s tensors in place on a SmolLM-135M-shaped base (no base reload).')
   .option('--preset <name>', `the base's shapes: ${PRESET_NAMES.join(', ')}`, choice(PRESET_NAMES), 'smollm2-135m')
   .option('--experts <n>', 'experts in the set', int(1), 4)
-  .option('--rank <r>', 'LoRA rank', int(1), 8)
-  .option('--targets <list>', 'adapted modules', nameList, ['q_proj', 'v_proj'])
+  .option('--rank <r>', 'LoRA rank', int(1), DEFAULT_RANK)
+  .option('--targets <list>', 'adapted modules', nameList, [...DEFAULT_TARGETS])
   .option('--json', 'print one JSON line')
   .action(runBenchSwap);
 
@@ -248,8 +213,8 @@ addModelShapeFlags(
     .description('Gate-training step over N frozen experts against a single-LoRA training step, same shapes.'),
 )
   .option('--experts <n>', 'frozen experts', int(2), 4)
-  .option('--rank <r>', 'LoRA rank', int(1), 8)
-  .option('--targets <list>', 'adapted modules', nameList, ['q_proj', 'v_proj'])
+  .option('--rank <r>', 'LoRA rank', int(1), DEFAULT_RANK)
+  .option('--targets <list>', 'adapted modules', nameList, [...DEFAULT_TARGETS])
   .option('--steps <n>', 'timed steps', int(1), 5)
   .option('--json', 'print one JSON line')
   .action(runBenchGate);

@@ -1,37 +1,26 @@
 import type { Command } from 'commander';
 import { benchMoe, type BenchMoeOptions } from '../bench/moe.js';
 import { trainMoe, upcycleFolder } from '../moe/train-moe.js';
-import { float, int } from './args.js';
+import { int } from './args.js';
 import { backendLine } from './format.js';
-import { addDataFlags, addTrainerFlags, lmOptions, type CliTrainFlags } from './train.js';
+import { TRAIN_MOE_OPTIONS, UPCYCLE_OPTIONS } from '../moe/moe-options.js';
+import { addOptions, optionValues } from './options.js';
+import { lmOptions } from './train.js';
 
 /** `upcycle`, `train-moe` and `bench moe`. */
 export function registerMoeCommands(program: Command, bench: Command): void {
-  program
-    .command('upcycle')
-    .description('Sparse upcycling: turn a dense Llama-family model into a Mixtral (or, with --shared, Qwen2-MoE) folder whose experts all start as copies of the dense MLP.')
-    .requiredOption('--model <dir>', 'dense model folder (llama, mistral, qwen2)')
-    .requiredOption('--experts <n>', 'routed experts per layer', int(1))
-    .requiredOption('--top-k <k>', 'experts per token (weights renormalised over the k)', int(1))
-    .option('--shared <n>', 'always-on shared experts (a Qwen2-MoE shared expert of width n·ffn)', int(0), 0)
-    .option('--noise <sigma>', 'Gaussian noise std added to each expert copy; 0 keeps exact copies (output equals the dense model)', float(0), 0)
-    .option('--seed <n>', 'seed for the router init and the noise', int(0), 0)
-    .requiredOption('--out <dir>', 'folder to write (config.json, model.safetensors, tokenizer files)')
-    .option('--overwrite', 'replace a model already in --out')
-    .action(runUpcycle);
+  addOptions(
+    program
+      .command('upcycle')
+      .description('Sparse upcycling: turn a dense Llama-family model into a Mixtral (or, with --shared, Qwen2-MoE) folder whose experts all start as copies of the dense MLP.'),
+    UPCYCLE_OPTIONS,
+  ).action(runUpcycle);
 
-  addTrainerFlags(
-    addDataFlags(
-      program
-        .command('train-moe')
-        .description('Train a sparse MoE model\'s FFNs (routers and experts, or --router-only) from a CSV; attention, norms and embeddings stay frozen. Writes the whole model folder, metrics.jsonl with per-layer routing, and checkpoints.')
-        .requiredOption('--model <dir>', 'sparse MoE model folder (mixtral, qwen2_moe, olmoe; e.g. from molora upcycle)')
-        .requiredOption('--out <dir>', 'output folder: the trained model, metrics.jsonl, checkpoints')
-        .option('--router-only', 'train only the routers; experts stay frozen')
-        .option('--aux-coef <c>', 'load-balancing loss coefficient (default: router_aux_loss_coef from config.json); 0 = off', float(0))
-        .option('--z-coef <c>', 'router z-loss coefficient (default: router_z_loss_coef, usually 0)', float(0))
-        .option('--balance-bias <gamma>', 'DeepSeek-V3 aux-loss-free balancing: per-expert selection bias moved by γ·sign(mean load − load) after each update', float(0)),
-    ),
+  addOptions(
+    program
+      .command('train-moe')
+      .description('Train a sparse MoE model\'s FFNs (routers and experts, or --router-only) from a CSV; attention, norms and embeddings stay frozen. Writes the whole model folder, metrics.jsonl with per-layer routing, and checkpoints.'),
+    TRAIN_MOE_OPTIONS,
   ).action(runTrainMoe);
 
   bench
@@ -47,12 +36,14 @@ export function registerMoeCommands(program: Command, bench: Command): void {
     .action(runBenchMoe);
 }
 
-export async function runUpcycle(o: { model: string; experts: number; topK: number; shared: number; noise: number; seed: number; out: string; overwrite?: boolean }): Promise<void> {
+export async function runUpcycle(flags: Record<string, unknown>): Promise<void> {
+  const o = optionValues(UPCYCLE_OPTIONS, flags);
   const cfg = await upcycleFolder(o);
   process.stderr.write(`molora: upcycled ${o.model} into a ${cfg.modelType} with ${o.experts} experts (top-${o.topK}${o.shared ? `, ${o.shared} shared` : ''}) in ${o.out}\n`);
 }
 
-export async function runTrainMoe(o: CliTrainFlags & { model: string; routerOnly?: boolean; auxCoef?: number; zCoef?: number; balanceBias?: number }): Promise<void> {
+export async function runTrainMoe(flags: Record<string, unknown>): Promise<void> {
+  const o = optionValues(TRAIN_MOE_OPTIONS, flags);
   if (o.balanceBias !== undefined && !(o.balanceBias > 0)) throw new Error(`--balance-bias must be positive, got ${o.balanceBias}`);
   const opts = lmOptions(o);
   try {

@@ -115,17 +115,36 @@ export interface Dataset {
 export async function loadDataset(opts: LoadDatasetOptions): Promise<Dataset> {
   const role = opts.role ?? 'training';
   const spec = rowFormat(opts, { chat: opts.chatTemplate, turns: role === 'evaluation' ? 'last' : 'all' });
+  const valSplit = checkOptions(opts, spec);
+  const files = opts.valData === undefined ? [opts.path] : [opts.path, opts.valData];
+  const loaded = await readFiles(files, spec, opts, role);
+  let train = loaded[0]!.store;
+  let val: TokenStore | null = null;
+  if (loaded[1] !== undefined) [train, val] = sharedTasks(train, loaded[1].store);
+  else if (valSplit > 0) ({ train, val } = splitStore(train, valSplit, opts.seed));
+  const truncate = spec.mode === 'text' || role === 'evaluation' ? null : (opts.truncate ?? 'left');
+  const fitted = fitToLength(train, val, truncate, opts);
+  return { train: fitted.train, val: fitted.val, stats: datasetStats(spec, files, loaded, fitted, truncate, opts), taskNames: fitted.train.taskNames };
+}
+
+/** Refuses settings that contradict each other; returns the validation fraction. */
+function checkOptions(opts: LoadDatasetOptions, spec: RowFormat): number {
   if (!Number.isInteger(opts.seqLen) || opts.seqLen < 1) throw new Error(`seqLen must be a positive integer, got ${opts.seqLen}`);
   if (opts.truncate !== undefined && !TRUNCATE_SIDES.includes(opts.truncate)) throw new Error(`truncate must be ${TRUNCATE_SIDES.join(' or ')}, got '${opts.truncate}'`);
   if (spec.mode === 'text' && opts.truncate !== undefined) throw new Error('truncate applies to prompt/completion and chat rows; text rows are packed into windows');
   const valSplit = opts.valSplit ?? 0;
   if (!(valSplit >= 0 && valSplit < 1)) throw new Error(`valSplit must be in [0, 1), got ${valSplit}`);
   if (valSplit > 0 && opts.valData !== undefined) throw new Error('give either valSplit or valData, not both');
+  return valSplit;
+}
 
-  const files = opts.valData === undefined ? [opts.path] : [opts.path, opts.valData];
+type Loaded = { store: TokenStore; stats: ReadStats; hit: boolean };
+
+/** Each file tokenized (or from the cache), with progress over their bytes together. */
+async function readFiles(files: string[], spec: RowFormat, opts: LoadDatasetOptions, role: DataRole): Promise<Loaded[]> {
   const sizes = files.map((f) => statSync(f).size);
   const total = sizes.reduce((a, b) => a + b, 0);
-  const loaded: { store: TokenStore; stats: ReadStats; hit: boolean }[] = [];
+  const loaded: Loaded[] = [];
   let done = 0;
   for (const [i, file] of files.entries()) {
     const one = await loadFile(file, spec, opts, (n) => opts.onProgress?.(done + n, total));
@@ -134,35 +153,38 @@ export async function loadDataset(opts: LoadDatasetOptions): Promise<Dataset> {
     done += sizes[i]!;
     opts.onProgress?.(done, total);
   }
+  return loaded;
+}
 
-  let train = loaded[0]!.store;
-  let val: TokenStore | null = null;
-  if (loaded[1] !== undefined) [train, val] = sharedTasks(train, loaded[1].store);
-  else if (valSplit > 0) ({ train, val } = splitStore(train, valSplit, opts.seed));
+type Fitted = { train: TokenStore; val: TokenStore | null; truncated: number; dropped: number };
 
-  const truncate = spec.mode === 'text' || role === 'evaluation' ? null : (opts.truncate ?? 'left');
-  const cut = { truncated: 0, dropped: 0 };
+/** Left truncation fits the stores now (so the layout's own right cut never applies); right truncation only counts. */
+function fitToLength(train: TokenStore, val: TokenStore | null, truncate: TruncateSide | null, opts: LoadDatasetOptions): Fitted {
+  const out: Fitted = { train, val, truncated: 0, dropped: 0 };
   if (truncate === 'left') {
-    // Fitted now, so the layout's own right cut never applies.
     const fit = (s: TokenStore): TokenStore => {
       const f = fitPrompts(s, opts.seqLen + 1, opts.encoder.bosId);
-      cut.truncated += f.cut;
-      cut.dropped += f.skipped;
+      out.truncated += f.cut;
+      out.dropped += f.skipped;
       return f.store;
     };
-    train = fit(train);
-    if (val !== null) val = fit(val);
+    out.train = fit(train);
+    if (val !== null) out.val = fit(val);
   }
-  const stores = val === null ? [train] : [train, val];
   if (truncate === 'right') {
-    for (const s of stores) {
+    for (const s of val === null ? [train] : [train, val]) {
       const t = truncation(s, opts.seqLen);
-      cut.truncated += t.truncated;
-      cut.dropped += t.dropped;
+      out.truncated += t.truncated;
+      out.dropped += t.dropped;
     }
   }
-  const sum = (f: (s: ReadStats) => number): number => loaded.reduce((a, l) => a + f(l.stats), 0);
-  const stats: DatasetStats = {
+  return out;
+}
+
+function datasetStats(spec: RowFormat, files: string[], loaded: Loaded[], f: Fitted, truncate: TruncateSide | null, opts: LoadDatasetOptions): DatasetStats {
+  const { train, val } = f;
+  const sum = (g: (s: ReadStats) => number): number => loaded.reduce((a, l) => a + g(l.stats), 0);
+  return {
     mode: spec.mode,
     rowsRead: sum((s) => s.rowsRead),
     examples: sum((s) => s.examples),
@@ -175,10 +197,10 @@ export async function loadDataset(opts: LoadDatasetOptions): Promise<Dataset> {
     badLinesSkipped: sum((s) => s.badLinesSkipped),
     badRows: loaded.flatMap((l, i) => l.stats.badRows.map((b) => ({ file: files[i]!, ...b }))),
     truncate,
-    truncated: cut.truncated,
-    dropped: cut.dropped,
+    truncated: f.truncated,
+    dropped: f.dropped,
     unlocatedTurns: sum((s) => s.unlocatedTurns),
-    tokens: stores.reduce((a, s) => a + s.tokenCount, 0),
+    tokens: train.tokenCount + (val?.tokenCount ?? 0),
     trainTokens: train.tokenCount,
     valTokens: val?.tokenCount ?? 0,
     trainSequences: layoutOf(train, opts.seqLen).count,
@@ -186,7 +208,6 @@ export async function loadDataset(opts: LoadDatasetOptions): Promise<Dataset> {
     perTask: perTask(train, val),
     cache: opts.cacheDir === undefined ? 'off' : loaded.every((l) => l.hit) ? 'hit' : 'miss',
   };
-  return { train, val, stats, taskNames: train.taskNames };
 }
 
 /** A file with no example left is an error, not an empty run: say which file, what it was for and why. */

@@ -129,15 +129,26 @@ export class MoleModel {
     return this;
   }
 
-  /** Keep only these experts, renormalised. */
-  keep(names: string[]): this {
+  /** Keep only these experts, renormalised (the complement of `mask`). */
+  keepExperts(names: string[]): this {
     this.composition.mask(names);
     return this;
   }
 
-  only(name: string): this {
+  /** One expert alone at full strength (as `--only` does): no gate, no mixing. */
+  soloExpert(name: string): this {
     this.composition.only(name);
     return this;
+  }
+
+  /** @deprecated the old name of keepExperts, kept for scripts. */
+  keep(names: string[]): this {
+    return this.keepExperts(names);
+  }
+
+  /** @deprecated the old name of soloExpert, kept for scripts. */
+  only(name: string): this {
+    return this.soloExpert(name);
   }
 
   /** Per-row expert masks (or weights, task labels) for the next generateBatch. */
@@ -157,7 +168,7 @@ export class MoleModel {
   async generateBatch(prompts: Prompt[], opts: GenerateOptions & { raw?: boolean } = {}): Promise<Generation[]> {
     const shape = opts.raw ? null : this.promptFormat();
     const ids = prompts.map((p) => promptIds(this.base, typeof p !== 'string' ? { ids: p } : shape ? shape(p) : { text: p }));
-    const { tokens } = await generate(this.base, ids, { ...opts, useCache: this.cacheSafe ? opts.useCache : false });
+    const { tokens } = await generate(this.base, ids, { ...opts, useCache: this.kvCacheUsable ? opts.useCache : false });
     const tok = this.base.tokenizer;
     return tokens.map((t) => ({ tokens: t, text: tok ? tok.decode(t, { skipSpecial: true }) : null }));
   }
@@ -168,10 +179,15 @@ export class MoleModel {
     return format && ((text) => servePrompt(format, text, () => modelChatTemplate(this.base.dir, format.chatTemplate)));
   }
 
-  /** False under per-sequence and prefix gates: they pool a row's tokens, and a cached step sees only its new one. */
-  get cacheSafe(): boolean {
+  /** Whether decoding may use the KV cache: not under per-sequence and prefix gates, which pool a row's tokens while a cached step sees only its new one. */
+  get kvCacheUsable(): boolean {
     const g = this.composition.gate;
     return !g || g.options.granularity === 'token';
+  }
+
+  /** @deprecated the old name of kvCacheUsable, kept for scripts. */
+  get cacheSafe(): boolean {
+    return this.kvCacheUsable;
   }
 
   dispose(): void {

@@ -74,6 +74,6 @@ export async function applyProfile(m: MoleModel, e: ProfileEntry): Promise<void>
   for (const [name, dir] of Object.entries(e.experts)) m.addExpert(name, dir);
   if (e.gate) await m.useGate(e.gate);
   else if (e.weights) m.useWeights(e.weights);
-  if (e.only) m.only(e.only);
+  if (e.only) m.soloExpert(e.only);
   else if (e.mask) m.mask(e.mask);
 }

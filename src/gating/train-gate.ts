@@ -52,45 +52,6 @@ export interface TrainGateOptions extends LmTrainOptions {
   maskDropout?: number;
 }
 
-/** The routing flags as the CLI and recipes spell them (each optional; MoLE's only with router 'mole'). */
-export interface RouterFlags {
-  router?: string;
-  topK?: number;
-  routingLoss?: string;
-  routerL2?: number;
-  level?: string;
-  granularity?: string;
-  balance?: number;
-  /** 'learn' or a fixed positive τ. */
-  temperature?: 'learn' | number;
-  maskDropout?: number;
-}
-
-/** Flags → train-gate options, refusing MoLE flags for other routers (they would be ignored). */
-export function routerSettings(f: RouterFlags): Pick<TrainGateOptions, 'router' | 'routerOptions' | 'routingLoss' | 'routerL2' | 'gate' | 'maskDropout'> {
-  const router = (f.router ?? 'prompt') as RouterKind;
-  if (!ROUTERS.includes(router)) throw new Error(`router must be one of ${ROUTERS.join(', ')}, got '${f.router}'`);
-  const mole = { level: f.level, granularity: f.granularity, balance: f.balance, temperature: f.temperature, maskDropout: f.maskDropout };
-  const given = Object.entries(mole).filter(([, v]) => v !== undefined).map(([k]) => k);
-  if (router !== 'mole') {
-    if (given.length) throw new Error(`${given.join(', ')}: MoLE gate settings, for router 'mole' only (this is router '${router}')`);
-    if (f.routingLoss !== undefined && !(ROUTING_LOSSES as readonly string[]).includes(f.routingLoss)) throw new Error(`routing loss must be one of ${ROUTING_LOSSES.join(', ')}, got '${f.routingLoss}'`);
-    if (router === 'centroid' && (f.routingLoss !== undefined || f.routerL2 !== undefined)) throw new Error(`the centroid router is not trained: routing loss and L2 are for router 'prompt'`);
-    return { router, routerOptions: f.topK !== undefined ? { topK: f.topK } : undefined, routingLoss: f.routingLoss as TrainGateOptions['routingLoss'], routerL2: f.routerL2 };
-  }
-  if (f.routingLoss !== undefined || f.routerL2 !== undefined) throw new Error(`routing loss and router L2 are for router 'prompt', not 'mole'`);
-  const t = f.temperature ?? 'learn';
-  if (t !== 'learn' && !(typeof t === 'number' && t > 0)) throw new Error(`temperature must be 'learn' or a positive number, got '${t}'`);
-  const gate: Partial<GateOptions> = {
-    temperature: t === 'learn' ? { mode: 'learned' } : { mode: 'fixed', value: t },
-    ...(f.level !== undefined && { level: f.level as GateOptions['level'] }),
-    ...(f.granularity !== undefined && { granularity: f.granularity as GateOptions['granularity'] }),
-    ...(f.topK !== undefined && { topK: f.topK }),
-    ...(f.balance !== undefined && { balanceAlpha: f.balance }),
-  };
-  return { router, gate, maskDropout: f.maskDropout };
-}
-
 /** Validation batches the per-eval gate statistics look at (enough for stable means, cheap). */
 const STATS_BATCHES = 8;
 

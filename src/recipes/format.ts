@@ -1,5 +1,12 @@
 import { isAbsolute, join } from 'node:path';
+import { INIT_BASE_OPTIONS } from '../base/init-options.js';
+import { checkFields, int, list, namedPaths, OptionValueError, path, paths, required, type Table, type Values } from '../base/options.js';
+import { TRAIN_ADAPTER_OPTIONS } from '../adapters/lora-options.js';
 import { readTemplateArg } from '../data/template.js';
+import { TRAIN_GATE_OPTIONS } from '../gating/gate-options.js';
+import { TRAIN_MOE_OPTIONS, UPCYCLE_OPTIONS } from '../moe/moe-options.js';
+import { COLUMN_OPTIONS, PRETRAIN_OPTIONS } from '../train/train-options.js';
+import { EVAL_SETTINGS } from './eval-step.js';
 
 /**
  * The recipe file: a JSON object `{ "name"?, "description"?, "steps": [Step, …] }`. Each step has
@@ -14,94 +21,58 @@ import { readTemplateArg } from '../data/template.js';
 export const STEP_TYPES = ['init-base', 'pretrain', 'train-adapter', 'train-gate', 'upcycle', 'train-moe', 'eval', 'gates', 'report'] as const;
 export type StepType = (typeof STEP_TYPES)[number];
 
-type Kind = 'string' | 'path' | 'template' | 'number' | 'int' | 'bool' | 'strings' | 'paths' | 'named-paths' | 'temperature';
+// Recipe-only steps: eval and gates score with the options of src/recipes/eval-step.ts and gateStatsOn.
+const EVAL_OPTIONS = {
+  model: required(path('base model folder')),
+  ...COLUMN_OPTIONS,
+  adapters: paths('plain adapters, always on'),
+  experts: namedPaths('MoLE experts {"name": "dir"}'),
+  gate: path('gate folder'),
+  settings: list(`settings to score: ${EVAL_SETTINGS.join(', ')}`),
+  samples: int('test prompts per task to decode', 0),
+  batchSize: int('sequences per batch', 1),
+  seqLen: int('longest sequence', 2),
+} as const;
 
-// The trainer and data fields every training step shares (LmTrainOptions, CLI names in camelCase).
-export const TRAINER: Record<string, Kind> = {
-  steps: 'int',
-  epochs: 'int',
-  lr: 'number',
-  batchSize: 'int',
-  gradAccum: 'int',
-  seqLen: 'int',
-  warmup: 'int',
-  schedule: 'string',
-  weightDecay: 'number',
-  clip: 'number',
-  evalEvery: 'int',
-  saveEvery: 'int',
-  seed: 'int',
-  valSplit: 'number',
-  valData: 'path',
-  truncate: 'string',
-  skipBadRows: 'bool',
-};
-// The row-format fields (the CLI's format flags); templates given as "@file" are read from that file.
-export const COLUMNS: Record<string, Kind> = {
-  textColumn: 'string',
-  promptColumn: 'string',
-  completionColumn: 'string',
-  promptTemplate: 'template',
-  completionTemplate: 'template',
-  messagesColumn: 'string',
-  userColumn: 'string',
-  assistantColumn: 'string',
-  system: 'template',
-  chatTemplate: 'template',
-  taskColumn: 'string',
-  dataFormat: 'string',
-};
+const GATES_OPTIONS = {
+  model: required(path('base model folder')),
+  ...COLUMN_OPTIONS,
+  experts: required(namedPaths('MoLE experts {"name": "dir"}')),
+  gate: required(path('gate folder')),
+  seqLen: int('longest sequence (default 256)', 2),
+} as const;
 
-/** Each step type's fields (besides type, id and out) and which of them it needs. */
-const FIELDS: Record<StepType, { required: string[]; fields: Record<string, Kind> }> = {
-  'init-base': {
-    required: ['arch', 'layers', 'hidden', 'heads', 'ffn'],
-    fields: { arch: 'string', layers: 'int', hidden: 'int', heads: 'int', kvHeads: 'int', ffn: 'int', vocab: 'int', maxPositions: 'int', tie: 'bool', seed: 'int' },
-  },
-  pretrain: { required: ['model', 'data'], fields: { model: 'path', data: 'path', ...COLUMNS, ...TRAINER } },
-  'train-adapter': {
-    required: ['model', 'data'],
-    fields: { model: 'path', data: 'path', name: 'string', rank: 'int', alpha: 'number', dropout: 'number', rslora: 'bool', targets: 'strings', ...COLUMNS, ...TRAINER },
-  },
-  'train-gate': {
-    required: ['model', 'data', 'experts'],
-    fields: {
-      model: 'path',
-      data: 'path',
-      experts: 'named-paths',
-      router: 'string',
-      routingLoss: 'string',
-      routerL2: 'number',
-      level: 'string',
-      granularity: 'string',
-      topK: 'int',
-      balance: 'number',
-      temperature: 'temperature',
-      maskDropout: 'number',
-      ...COLUMNS,
-      ...TRAINER,
-    },
-  },
-  upcycle: { required: ['model', 'experts', 'topK'], fields: { model: 'path', experts: 'int', topK: 'int', shared: 'int', noise: 'number', seed: 'int' } },
-  'train-moe': {
-    required: ['model', 'data'],
-    fields: { model: 'path', data: 'path', routerOnly: 'bool', auxCoef: 'number', zCoef: 'number', balanceBias: 'number', ...COLUMNS, ...TRAINER },
-  },
-  eval: {
-    required: ['model', 'data'],
-    fields: { model: 'path', data: 'path', adapters: 'paths', experts: 'named-paths', gate: 'path', settings: 'strings', samples: 'int', batchSize: 'int', seqLen: 'int', ...COLUMNS },
-  },
-  gates: { required: ['model', 'data', 'experts', 'gate'], fields: { model: 'path', data: 'path', experts: 'named-paths', gate: 'path', seqLen: 'int', ...COLUMNS } },
-  report: { required: [], fields: { dir: 'path' } },
-};
+const REPORT_OPTIONS = { dir: path('run folder to report (default: the run folder)') } as const;
 
-/** A step after checking, with every path made absolute. */
-export interface Step {
+/** Each step type's fields (besides type, id and out): the option table of its CLI command. */
+const STEP_OPTIONS = {
+  'init-base': INIT_BASE_OPTIONS,
+  pretrain: PRETRAIN_OPTIONS,
+  'train-adapter': TRAIN_ADAPTER_OPTIONS,
+  'train-gate': TRAIN_GATE_OPTIONS,
+  upcycle: UPCYCLE_OPTIONS,
+  'train-moe': TRAIN_MOE_OPTIONS,
+  eval: EVAL_OPTIONS,
+  gates: GATES_OPTIONS,
+  report: REPORT_OPTIONS,
+} as const satisfies Record<StepType, Table>;
+
+export type StepOptions = typeof STEP_OPTIONS;
+
+/** A step of one type after checking, with every path made absolute. */
+export interface StepOf<K extends StepType> {
   id: string;
-  type: StepType;
+  type: K;
   out: string;
-  /** The step's fields, paths resolved; `experts` as [name, dir] pairs in file order. */
-  fields: Record<string, unknown>;
+  /** The step's fields under their option names (aliases renamed); `experts` as [name, dir] pairs in file order. */
+  fields: Values<StepOptions[K]>;
+}
+
+export type Step = { [K in StepType]: StepOf<K> }[StepType];
+
+/** A step's fields as a plain record, for code that reads fields shared by several step types (data, columns). */
+export function fieldsOf(step: Step): Readonly<Record<string, unknown>> {
+  return step.fields;
 }
 
 export interface Recipe {
@@ -132,11 +103,7 @@ export function parseRecipe(json: unknown, file: string, roots: PathRoots): Reci
   const steps = (json.steps as unknown[]).map((raw, i): Step => {
     const where = `step ${i + 1}`;
     if (!isObject(raw)) return fail(`${where} is not an object`);
-    const type = raw.type;
-    if (typeof type !== 'string' || !(STEP_TYPES as readonly string[]).includes(type)) {
-      return fail(`${where} has unknown type ${JSON.stringify(type)} (types: ${STEP_TYPES.join(', ')})`);
-    }
-    const spec = FIELDS[type as StepType];
+    const type = STEP_TYPES.find((t) => t === raw.type) ?? fail(`${where} has unknown type ${JSON.stringify(raw.type)} (types: ${STEP_TYPES.join(', ')})`);
     const out = raw.out ?? (type === 'report' ? 'report.html' : undefined);
     if (typeof out !== 'string' || out === '') return fail(`${where} (${type}) needs "out": the path it writes, relative to the run folder`);
     const id = raw.id ?? out;
@@ -144,15 +111,10 @@ export function parseRecipe(json: unknown, file: string, roots: PathRoots): Reci
     const named = `step '${id}' (${type})`;
     if (ids.has(id)) fail(`${named}: id used twice (give each step its own "id" or "out")`);
     ids.add(id);
-    for (const k of spec.required) if (raw[k] === undefined) fail(`${named} needs "${k}"`);
-    const fields: Record<string, unknown> = {};
-    for (const [k, v] of Object.entries(raw)) {
-      if (k === 'type' || k === 'id' || k === 'out') continue;
-      const kind = spec.fields[k];
-      if (!kind) fail(`${named}: unknown field '${k}' (fields: ${Object.keys(spec.fields).join(', ')})`);
-      fields[k] = checkField(v, kind!, (msg) => fail(`${named}: "${k}" ${msg}`), resolvePath);
-    }
-    return { id, type: type as StepType, out: isAbsolute(out) ? out : join(roots.run, out), fields };
+    const rest = Object.fromEntries(Object.entries(raw).filter(([k]) => !['type', 'id', 'out'].includes(k)));
+    const fields = checkFields(STEP_OPTIONS[type], rest, { resolvePath, readTemplate: (v) => readTemplate(v, resolvePath) }, (msg) => fail(`${named}${msg.startsWith('needs ') ? ' ' : ': '}${msg}`));
+    // checkFields checked `fields` against STEP_OPTIONS[type], the table Step pairs with that type.
+    return { id, type, out: isAbsolute(out) ? out : join(roots.run, out), fields } as Step;
   });
   const name = json.name ?? undefined;
   if (name !== undefined && typeof name !== 'string') fail('"name" must be a string');
@@ -161,34 +123,12 @@ export function parseRecipe(json: unknown, file: string, roots: PathRoots): Reci
   return { name: (name as string | undefined) ?? 'recipe', description: description as string | undefined, steps };
 }
 
-function checkField(v: unknown, kind: Kind, fail: (msg: string) => never, resolvePath: (p: string) => string): unknown {
-  switch (kind) {
-    case 'string':
-      return typeof v === 'string' ? v : fail('must be a string');
-    case 'path':
-      return typeof v === 'string' && v !== '' ? resolvePath(v) : fail('must be a path');
-    case 'template':
-      if (typeof v !== 'string') return fail('must be a string (or "@file")');
-      try {
-        return v.startsWith('@') ? readTemplateArg(`@${resolvePath(v.slice(1))}`) : v;
-      } catch (e) {
-        return fail((e as Error).message);
-      }
-    case 'number':
-      return typeof v === 'number' && Number.isFinite(v) ? v : fail('must be a number');
-    case 'int':
-      return Number.isInteger(v) ? v : fail('must be an integer');
-    case 'bool':
-      return typeof v === 'boolean' ? v : fail('must be true or false');
-    case 'strings':
-      return Array.isArray(v) && v.every((s) => typeof s === 'string') ? v : fail('must be a list of strings');
-    case 'paths':
-      return Array.isArray(v) && v.every((s) => typeof s === 'string' && s !== '') ? v.map((s: string) => resolvePath(s)) : fail('must be a list of paths');
-    case 'named-paths':
-      if (!isObject(v) || Object.keys(v).length === 0) return fail('must be an object {"name": "path", …}');
-      return Object.entries(v).map(([n, p]) => (typeof p === 'string' && p !== '' ? [n, resolvePath(p)] : fail(`entry '${n}' must be a path`)));
-    case 'temperature':
-      return v === 'learn' || (typeof v === 'number' && v > 0) ? v : fail("must be 'learn' or a positive number");
+/** A template field's text: as given, or read from "@file" (relative like any recipe path). */
+function readTemplate(v: string, resolvePath: (p: string) => string): string {
+  try {
+    return v.startsWith('@') ? readTemplateArg(`@${resolvePath(v.slice(1))}`) : v;
+  } catch (e) {
+    throw new OptionValueError((e as Error).message);
   }
 }
 

@@ -3,7 +3,7 @@ import { DataError } from '../data/errors.js';
 import { cellText, parseMessages } from '../data/row-format.js';
 import { openRows, type DataFileFormat } from '../data/rows.js';
 import { columnTemplate, parseTemplate, renderTemplate, templateColumns } from '../data/template.js';
-import type { Recipe, Step, StepType } from './format.js';
+import { fieldsOf, type Recipe, type Step, type StepType } from './format.js';
 
 /**
  * Held-out scoring: an eval step of a recipe must not score a prompt that any training step of
@@ -30,7 +30,7 @@ interface PromptSource {
 }
 
 function promptSource(step: Step): PromptSource {
-  const f = step.fields as Record<string, string | undefined>;
+  const f = fieldsOf(step) as Record<string, string | undefined>;
   if (f.messagesColumn !== undefined) {
     const column = f.messagesColumn;
     return {
@@ -87,7 +87,7 @@ export class HeldOutError extends Error {
 export function trainingFiles(recipe: Recipe): PromptFile[] {
   return recipe.steps
     .filter((s) => TRAINING_STEPS.includes(s.type))
-    .flatMap((step) => [step.fields.data, step.fields.valData].filter((f): f is string => typeof f === 'string').map((file) => ({ step, file, column: promptSource(step).label })));
+    .flatMap((step) => [fieldsOf(step).data, fieldsOf(step).valData].filter((f): f is string => typeof f === 'string').map((file) => ({ step, file, column: promptSource(step).label })));
 }
 
 /**
@@ -96,7 +96,7 @@ export function trainingFiles(recipe: Recipe): PromptFile[] {
  */
 async function forEachPrompt(f: PromptFile, visit: (prompt: string, line: number) => boolean): Promise<void> {
   const source = promptSource(f.step);
-  const rows = await openRows(f.file, { skipBadRows: f.step.fields.skipBadRows === true, format: f.step.fields.dataFormat as DataFileFormat | undefined });
+  const rows = await openRows(f.file, { skipBadRows: fieldsOf(f.step).skipBadRows === true, format: fieldsOf(f.step).dataFormat as DataFileFormat | undefined });
   try {
     const missing = source.columns.find((c) => !rows.columns.includes(c));
     if (missing !== undefined) throw new DataError(`no column '${missing}' for step '${f.step.id}' (columns: ${rows.columns.join(', ')})`, f.file, rows.columnsLine);
@@ -117,7 +117,7 @@ async function forEachPrompt(f: PromptFile, visit: (prompt: string, line: number
 
 /** The first prompt of an eval step's data that a training file of the recipe holds; null when none does. */
 export async function findSharedPrompt(recipe: Recipe, evalStep: Step): Promise<SharedPrompt | null> {
-  const ev: PromptFile = { step: evalStep, file: evalStep.fields.data as string, column: promptSource(evalStep).label };
+  const ev: PromptFile = { step: evalStep, file: fieldsOf(evalStep).data as string, column: promptSource(evalStep).label };
   const lines = new Map<string, number>();
   await forEachPrompt(ev, (p, line) => {
     if (!lines.has(p)) lines.set(p, line);
@@ -146,7 +146,7 @@ export async function assertHeldOut(recipe: Recipe, recipeFile: string, steps?: 
   const checked = new Set<string>();
   const training = trainingFiles(recipe).map((t) => t.file);
   for (const step of steps ?? recipe.steps.filter((s) => s.type === 'eval')) {
-    if (o.skipMissing && ![step.fields.data as string, ...training].every((f) => existsSync(f))) continue;
+    if (o.skipMissing && ![fieldsOf(step).data as string, ...training].every((f) => existsSync(f))) continue;
     const found = await findSharedPrompt(recipe, step);
     if (found) throw new HeldOutError(recipeFile, found);
     checked.add(step.id);

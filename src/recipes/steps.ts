@@ -1,24 +1,26 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { isAbsolute, join, relative } from 'node:path';
-import type { LoraConfig } from '../adapters/config.js';
+import { loraConfigOf, mixLoraOf } from '../adapters/lora-options.js';
 import { trainAdapter } from '../adapters/train-adapter.js';
 import { writeFileAtomic, writeJsonAtomic } from '../base/atomic.js';
-import type { Arch } from '../base/config.js';
 import { initBase } from '../base/init.js';
 import { summaryTable } from './summary-table.js';
 import { GATE_CONFIG } from '../gating/gate-io.js';
 import { loadModel } from '../gating/mole-model.js';
-import { DEFAULT_GATE_LR, gateStatsOn, routerSettings, trainGate, type RouterFlags } from '../gating/train-gate.js';
+import { gateLr, routerSettings } from '../gating/gate-options.js';
+import { gateStatsOn, trainGate } from '../gating/train-gate.js';
 import { trainMoe, upcycleFolder } from '../moe/train-moe.js';
 import { collectRun } from '../report/collect.js';
 import { renderReport } from '../report/page.js';
-import type { Summary } from '../report/summary.js';
+import { parseSummary, type Summary } from '../report/summary.js';
 import { loadLmData, type LmTrainOptions } from '../train/lm.js';
 import { pretrain } from '../train/pretrain.js';
 import type { ProgressMode } from '../train/progress.js';
 import type { TrainResult } from '../train/trainer.js';
+import { defaultOf } from '../base/options.js';
+import { lmTrainOptionsOf, TRAINER_OPTIONS, type TrainSettings } from '../train/train-options.js';
 import { evalSettings } from './eval-step.js';
-import { COLUMNS, TRAINER, type Step, type StepType } from './format.js';
+import type { Step, StepOf, StepType } from './format.js';
 
 export interface StepContext {
   run: string;
@@ -42,13 +44,6 @@ export function outputOf(step: Step): string {
   return f ? join(step.out, f) : step.out;
 }
 
-type F = Record<string, unknown>;
-
-/** The fields of a step that belong to `keys` (its trainer or column fields). */
-function pick(f: F, keys: Record<string, unknown>): F {
-  return Object.fromEntries(Object.entries(f).filter(([k]) => k in keys));
-}
-
 /**
  * Whether a step may replace what its output already holds: inside the run folder the output is
  * the recipe's own, and one without its marker is an unfinished attempt to redo. Elsewhere nothing
@@ -59,16 +54,10 @@ function owned(out: string, ctx: StepContext): boolean {
   return r !== '' && !r.startsWith('..') && !isAbsolute(r);
 }
 
-/** The trainer and column fields of a step as trainLm options, with the CLI's defaults. */
-function trainerOptions(f: F, out: string, ctx: StepContext): LmTrainOptions {
+/** A training step's shared fields as trainLm options, resuming an interrupted run and reporting through ctx. */
+function trainerOptions(f: TrainSettings, out: string, ctx: StepContext): LmTrainOptions {
   return {
-    batchSize: 8,
-    seqLen: 256,
-    lr: 1e-3,
-    seed: 0,
-    ...(pick(f, { ...TRAINER, ...COLUMNS }) as Partial<LmTrainOptions>),
-    data: f.data as string,
-    out,
+    ...lmTrainOptionsOf(f, out),
     // An interrupted run left checkpoints: pick up from the last one.
     resume: existsSync(join(out, 'latest')) ? out : undefined,
     overwrite: owned(out, ctx),
@@ -77,100 +66,93 @@ function trainerOptions(f: F, out: string, ctx: StepContext): LmTrainOptions {
   };
 }
 
+type Status = TrainResult['status'];
+
 /** Run one step: the same library call the matching CLI command makes. */
-export async function runStep(step: Step, ctx: StepContext): Promise<TrainResult['status']> {
-  const f = step.fields;
+export async function runStep(step: Step, ctx: StepContext): Promise<Status> {
   switch (step.type) {
     case 'init-base':
-      await initBase({
-        arch: f.arch as Arch,
-        layers: f.layers as number,
-        hidden: f.hidden as number,
-        heads: f.heads as number,
-        kvHeads: f.kvHeads as number | undefined,
-        ffn: f.ffn as number,
-        vocab: f.vocab as number | undefined,
-        maxPositions: f.maxPositions as number | undefined,
-        tieWordEmbeddings: f.tie as boolean | undefined,
-        seed: f.seed as number | undefined,
-        out: step.out,
-        overwrite: owned(step.out, ctx),
-      });
-      return 'done';
+      return initBaseStep(step, ctx);
     case 'pretrain':
-      return (await pretrain({ ...trainerOptions(f, step.out, ctx), model: f.model as string })).status;
-    case 'train-adapter': {
-      const lora: Partial<LoraConfig> = {};
-      if (f.rank !== undefined) lora.r = f.rank as number;
-      if (f.alpha !== undefined) lora.loraAlpha = f.alpha as number;
-      if (f.dropout !== undefined) lora.loraDropout = f.dropout as number;
-      if (f.rslora !== undefined) lora.useRslora = f.rslora as boolean;
-      if (f.targets !== undefined) lora.targetModules = f.targets as string[];
-      return (await trainAdapter({ ...trainerOptions(f, step.out, ctx), model: f.model as string, name: (f.name as string | undefined) ?? step.id, lora })).status;
-    }
-    case 'train-gate': {
-      const flags = { ...f, temperature: f.temperature as 'learn' | number | undefined } as RouterFlags;
-      const settings = routerSettings(flags);
-      const lr = (f.lr as number | undefined) ?? DEFAULT_GATE_LR[settings.router!];
-      const r = await trainGate({ ...trainerOptions(f, step.out, ctx), lr, model: f.model as string, experts: f.experts as [string, string][], ...settings });
-      return r.status;
-    }
+      return (await pretrain({ ...trainerOptions(step.fields, step.out, ctx), model: step.fields.model })).status;
+    case 'train-adapter':
+      return trainAdapterStep(step, ctx);
+    case 'train-gate':
+      return trainGateStep(step, ctx);
     case 'upcycle':
-      await upcycleFolder({
-        model: f.model as string,
-        out: step.out,
-        experts: f.experts as number,
-        topK: f.topK as number,
-        shared: f.shared as number | undefined,
-        noise: f.noise as number | undefined,
-        seed: f.seed as number | undefined,
-        overwrite: owned(step.out, ctx),
-        warn: ctx.log,
-      });
-      return 'done';
+      return upcycleStep(step, ctx);
     case 'train-moe':
-      return (
-        await trainMoe({
-          ...trainerOptions(f, step.out, ctx),
-          model: f.model as string,
-          routerOnly: f.routerOnly as boolean | undefined,
-          auxCoef: f.auxCoef as number | undefined,
-          zCoef: f.zCoef as number | undefined,
-          balanceBias: f.balanceBias as number | undefined,
-        })
-      ).status;
-    case 'eval': {
-      const s = await evalSettings({ ...(f as Omit<Parameters<typeof evalSettings>[0], 'log'>), log: ctx.log });
-      writeJsonAtomic(step.out, s);
-      printSummary(s, ctx);
-      return 'done';
-    }
-    case 'gates': {
-      const m = await loadModel(f.model as string, { warn: ctx.log });
-      try {
-        for (const [name, dir] of f.experts as [string, string][]) m.addExpert(name, dir);
-        await m.useGate(f.gate as string);
-        const seqLen = (f.seqLen as number | undefined) ?? 256;
-        const { dataset } = await loadLmData(m.base, { ...pick(f, COLUMNS), data: f.data as string, seqLen, batchSize: 8, seed: 0 }, () => {});
-        writeJsonAtomic(step.out, await gateStatsOn(m.composition, dataset.train, dataset.taskNames, seqLen, Infinity));
-      } finally {
-        m.dispose();
-      }
-      return 'done';
-    }
-    case 'report': {
-      const dir = (f.dir as string | undefined) ?? ctx.run;
-      if (!existsSync(dir)) throw new Error(`report: ${dir} does not exist`);
-      writeFileAtomic(step.out, renderReport(collectRun(dir), new Date()));
-      ctx.print(`report: ${step.out}\n`);
-      return 'done';
-    }
+      return trainMoeStep(step, ctx);
+    case 'eval':
+      return evalStep(step, ctx);
+    case 'gates':
+      return gatesStep(step, ctx);
+    case 'report':
+      return reportStep(step, ctx);
   }
+}
+
+async function initBaseStep({ fields: f, out }: StepOf<'init-base'>, ctx: StepContext): Promise<Status> {
+  await initBase({ ...f, tieWordEmbeddings: f.tie, out, overwrite: owned(out, ctx) });
+  return 'done';
+}
+
+async function trainAdapterStep({ fields: f, out, id }: StepOf<'train-adapter'>, ctx: StepContext): Promise<Status> {
+  const mixlora = mixLoraOf(f);
+  return (await trainAdapter({ ...trainerOptions(f, out, ctx), model: f.model, name: f.name ?? id, lora: loraConfigOf(f), mixlora })).status;
+}
+
+async function trainGateStep({ fields: f, out }: StepOf<'train-gate'>, ctx: StepContext): Promise<Status> {
+  const settings = routerSettings(f);
+  const lr = gateLr(f.lr, settings);
+  return (await trainGate({ ...trainerOptions(f, out, ctx), lr, model: f.model, experts: f.experts, ...settings })).status;
+}
+
+async function upcycleStep({ fields: f, out }: StepOf<'upcycle'>, ctx: StepContext): Promise<Status> {
+  await upcycleFolder({ ...f, out, overwrite: owned(out, ctx), warn: ctx.log });
+  return 'done';
+}
+
+async function trainMoeStep({ fields: f, out }: StepOf<'train-moe'>, ctx: StepContext): Promise<Status> {
+  const o = { ...trainerOptions(f, out, ctx), model: f.model, routerOnly: f.routerOnly, auxCoef: f.auxCoef, zCoef: f.zCoef, balanceBias: f.balanceBias };
+  return (await trainMoe(o)).status;
+}
+
+async function evalStep({ fields: f, out }: StepOf<'eval'>, ctx: StepContext): Promise<Status> {
+  const s = await evalSettings({ ...f, log: ctx.log });
+  writeJsonAtomic(out, s);
+  printSummary(s, ctx);
+  return 'done';
+}
+
+async function gatesStep({ fields: f, out }: StepOf<'gates'>, ctx: StepContext): Promise<Status> {
+  const m = await loadModel(f.model, { warn: ctx.log });
+  try {
+    for (const [name, dir] of f.experts) m.addExpert(name, dir);
+    await m.useGate(f.gate);
+    const seqLen = f.seqLen ?? defaultOf(TRAINER_OPTIONS.seqLen);
+    const { dataset } = await loadLmData(m.base, { ...f, seqLen, batchSize: 8, seed: 0 }, () => {});
+    writeJsonAtomic(out, await gateStatsOn(m.composition, dataset.train, dataset.taskNames, seqLen, Infinity));
+  } finally {
+    m.dispose();
+  }
+  return 'done';
+}
+
+function reportStep({ fields: f, out }: StepOf<'report'>, ctx: StepContext): Status {
+  const dir = f.dir ?? ctx.run;
+  if (!existsSync(dir)) throw new Error(`report: ${dir} does not exist`);
+  writeFileAtomic(out, renderReport(collectRun(dir), new Date()));
+  ctx.print(`report: ${out}\n`);
+  return 'done';
 }
 
 /** A skipped step's result, shown again: an eval's table, so a rerun of a finished recipe still prints it. */
 export function replayStep(step: Step, ctx: StepContext): void {
-  if (step.type === 'eval') printSummary(JSON.parse(readFileSync(step.out, 'utf8')) as Summary, ctx);
+  if (step.type !== 'eval') return;
+  const { value, problems } = parseSummary(JSON.parse(readFileSync(step.out, 'utf8')));
+  if (problems.length) throw new Error(`${step.out}: ${problems.join('; ')}`);
+  printSummary(value, ctx);
 }
 
 function printSummary(s: Summary, ctx: StepContext): void {

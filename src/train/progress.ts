@@ -1,7 +1,8 @@
 import { MultiBar, type SingleBar } from 'cli-progress';
 
 /** auto: a bar on a TTY, plain lines elsewhere; off: no progress output (messages still print). */
-export type ProgressMode = 'auto' | 'bar' | 'lines' | 'off';
+export const PROGRESS_MODES = ['auto', 'bar', 'lines', 'off'] as const;
+export type ProgressMode = (typeof PROGRESS_MODES)[number];
 
 export interface ProgressOptions {
   /** Last step of the run. */

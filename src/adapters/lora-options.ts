@@ -1,0 +1,67 @@
+import { bool, choice, float, int, list, path, ranges, required, string, type Values } from '../base/options.js';
+import { COLUMN_OPTIONS, DATA_OPTIONS, TRAINER_OPTIONS } from '../train/train-options.js';
+import { DEFAULT_ALPHA, DEFAULT_RANK, DEFAULT_TARGETS, type LoraConfig } from './config.js';
+import type { MixLoraOptions } from './mixlora.js';
+
+/**
+ * train-adapter's LoRA settings (src/base/options.ts). The names are the CLI's and the recipes';
+ * `aliases` accept the camelCase of PEFT's keys (LoraConfig's fields), and `peft` names the key
+ * each lands in in adapter_config.json (loraConfigOf, then loraConfigJson).
+ */
+export const LORA_OPTIONS = {
+  name: string('adapter name for logs (default: the output folder)'),
+  rank: int('LoRA rank r', 1, { arg: 'r', default: DEFAULT_RANK, aliases: ['r'], peft: 'r' }),
+  alpha: float('lora_alpha; scale = alpha/r (alpha/√r with --rslora)', 0, Infinity, { arg: 'a', default: DEFAULT_ALPHA, aliases: ['loraAlpha'], peft: 'lora_alpha' }),
+  dropout: float('lora_dropout on the adapter input', 0, 0.99, { arg: 'p', default: 0, aliases: ['loraDropout'], peft: 'lora_dropout' }),
+  rslora: bool('rank-stabilised scaling alpha/√r', { aliases: ['useRslora'], peft: 'use_rslora' }),
+  targets: list('module-name suffixes to adapt, comma-separated', { default: [...DEFAULT_TARGETS], aliases: ['targetModules'], peft: 'target_modules' }),
+  targetRegex: string('adapt modules whose full name matches this regex (instead of --targets)', { arg: 're', peft: 'target_modules' }),
+  layers: ranges('only these transformer layers, e.g. 0-3,6 (layers_to_transform)', { aliases: ['layersToTransform'], peft: 'layers_to_transform' }),
+  init: choice(['kaiming', 'gaussian'] as const, 'A init: kaiming (PEFT default) or gaussian; B starts at 0', { default: 'kaiming', peft: 'init_lora_weights' }),
+} as const;
+
+export type LoraSettings = Values<typeof LORA_OPTIONS>;
+
+/** The settings as the PEFT config's fields (unset ones left to DEFAULT_LORA). */
+export function loraConfigOf(s: LoraSettings): Partial<LoraConfig> {
+  const config: Partial<LoraConfig> = {
+    r: s.rank,
+    loraAlpha: s.alpha,
+    loraDropout: s.dropout,
+    useRslora: s.rslora,
+    targetModules: s.targetRegex ?? s.targets,
+    layersToTransform: s.layers,
+    init: s.init,
+  };
+  return Object.fromEntries(Object.entries(config).filter(([, v]) => v !== undefined));
+}
+
+/** train-adapter's MixLoRA settings: given moeExperts, LoRA experts in each FFN under a router. */
+export const MIXLORA_OPTIONS = {
+  moeExperts: int('MixLoRA: n LoRA experts in each FFN, picked per token by a trained top-k router; writes mixlora_config.json + mixlora.safetensors. FFN projections in --targets get experts (all of them if none is named), the other targets a plain LoRA', 1),
+  topK: int('MixLoRA: experts per token (default 2)', 1, { arg: 'k' }),
+  moeAuxCoef: float('MixLoRA: load-balancing loss coefficient (default 0.01)', 0, Infinity, { arg: 'c' }),
+} as const;
+
+/** The MixLoRA settings as trainAdapter's `mixlora` option (undefined: a plain LoRA run). */
+export function mixLoraOf(s: Values<typeof MIXLORA_OPTIONS> & { targetRegex?: string }): MixLoraOptions | undefined {
+  if (s.moeExperts === undefined) {
+    if (s.topK !== undefined || s.moeAuxCoef !== undefined) throw new Error('--top-k and --moe-aux-coef need --moe-experts');
+    return undefined;
+  }
+  if (s.targetRegex !== undefined) throw new Error('--moe-experts takes --targets, not --target-regex');
+  const topK = s.topK ?? 2;
+  if (topK > s.moeExperts) throw new Error(`--top-k ${topK} exceeds --moe-experts ${s.moeExperts}`);
+  return { experts: s.moeExperts, topK, auxCoef: s.moeAuxCoef };
+}
+
+/** `molora train-adapter` and a recipe's train-adapter step: every setting, in --help's order. */
+export const TRAIN_ADAPTER_OPTIONS = {
+  model: required(path('base model folder (Hugging Face layout)')),
+  out: required(path('output folder: the PEFT adapter, metrics.jsonl, checkpoints', { scope: 'cli' })),
+  ...LORA_OPTIONS,
+  ...COLUMN_OPTIONS,
+  ...DATA_OPTIONS,
+  ...TRAINER_OPTIONS,
+  ...MIXLORA_OPTIONS,
+} as const;

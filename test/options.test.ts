@@ -1,0 +1,82 @@
+import { execFileSync } from 'node:child_process';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { DEFAULT_LORA, loraConfigJson } from '../src/adapters/config.js';
+import { loraConfigOf, TRAIN_ADAPTER_OPTIONS, LORA_OPTIONS } from '../src/adapters/lora-options.js';
+import type { Table } from '../src/base/options.js';
+import { parseTemperature, TRAIN_GATE_OPTIONS } from '../src/gating/gate-options.js';
+import { TRAIN_MOE_OPTIONS } from '../src/moe/moe-options.js';
+import { parseRecipe, RecipeError } from '../src/recipes/format.js';
+
+// The CLI as users run it: the built dist/ (npm test builds first).
+const CLI = join(import.meta.dirname, '..', 'dist', 'cli', 'main.js');
+const help = (command: string): string => execFileSync('node', [CLI, command, '--help'], { encoding: 'utf8' });
+
+const kebab = (name: string): string => name.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
+const COMMANDS: [string, Table][] = [['train-adapter', TRAIN_ADAPTER_OPTIONS], ['train-gate', TRAIN_GATE_OPTIONS], ['train-moe', TRAIN_MOE_OPTIONS]];
+
+const roots = { recipe: '/recipes', run: '/runs/r' };
+const step = (type: string, fields: Record<string, unknown>): unknown => ({ steps: [{ type, out: 'x', ...fields }] });
+const parse = (type: string, fields: Record<string, unknown>) => parseRecipe(step(type, fields), 'r.json', roots).steps[0]!;
+const refusal = (type: string, fields: Record<string, unknown>): string => {
+  try {
+    parse(type, fields);
+  } catch (e) {
+    if (e instanceof RecipeError) return e.message;
+    throw e;
+  }
+  throw new Error('accepted');
+};
+const REQUIRED: Record<string, Record<string, unknown>> = {
+  'train-adapter': { model: 'm', data: 'd.csv' },
+  'train-gate': { model: 'm', data: 'd.csv', experts: { a: 'ea', b: 'eb' } },
+  'train-moe': { model: 'm', data: 'd.csv' },
+};
+
+describe('option tables', () => {
+  it.each(COMMANDS)('%s: every flag in --help comes from its table, and every table option is a flag', (command, table) => {
+    const flags = [...help(command).matchAll(/^\s{2}(--[a-z0-9-]+)/gm)].map((m) => m[1]).filter((f) => f !== '--help' && f !== '--backend');
+    const fromTable = Object.entries(table).filter(([, o]) => o.scope !== 'recipe').map(([name, o]) => `--${o.flag ?? kebab(name)}`);
+    expect(flags.sort()).toEqual(fromTable.sort());
+  });
+
+  it.each(COMMANDS)('%s: a recipe step takes exactly its table\'s fields (the CLI-only ones aside)', (command, table) => {
+    const listed = /\(fields: ([^)]*)\)/.exec(refusal(command, { ...REQUIRED[command], bogus: 1 }))![1]!.split(', ');
+    expect(listed.sort()).toEqual(Object.entries(table).filter(([, o]) => o.scope !== 'cli').map(([k]) => k).sort());
+  });
+
+  it('accepts PEFT camelCase aliases under the one name, and refuses a setting spelled twice', () => {
+    const s = parse('train-adapter', { ...REQUIRED['train-adapter'], r: 4, loraAlpha: 8, targetModules: ['q_proj'], loraDropout: 0.1, useRslora: true, layersToTransform: [0, 1] });
+    expect(s.fields).toMatchObject({ rank: 4, alpha: 8, targets: ['q_proj'], dropout: 0.1, rslora: true, layers: [0, 1] });
+    expect(refusal('train-adapter', { ...REQUIRED['train-adapter'], rank: 4, r: 4 })).toMatch(/'rank' and 'r' are the same setting; give one/);
+  });
+
+  it('refuses an unknown field, naming the closest one', () => {
+    expect(refusal('train-adapter', { ...REQUIRED['train-adapter'], ranks: 4 })).toMatch(/step 'x' \(train-adapter\): unknown field 'ranks' \(did you mean 'rank'\?\)/);
+    expect(refusal('train-gate', { ...REQUIRED['train-gate'], routerl2: 0.1 })).toMatch(/unknown field 'routerl2' \(did you mean 'routerL2'\?\)/);
+  });
+
+  it('checks values by kind: ranges, choices, integer bounds', () => {
+    expect(parse('train-adapter', { ...REQUIRED['train-adapter'], layers: '0-2,5' }).fields).toMatchObject({ layers: [0, 1, 2, 5] });
+    expect(refusal('train-adapter', { ...REQUIRED['train-adapter'], init: 'xavier' })).toMatch(/"init" expected one of kaiming, gaussian, got 'xavier'/);
+    expect(refusal('train-adapter', { ...REQUIRED['train-adapter'], rank: 0 })).toMatch(/"rank" must be an integer ≥ 1/);
+    expect(refusal('train-gate', { ...REQUIRED['train-gate'], router: 'moe' })).toMatch(/"router" expected one of prompt, centroid, mole/);
+  });
+
+  it("parses a temperature one way: 'learn' or a positive number, from a flag's text or a recipe's JSON", () => {
+    expect(parseTemperature('learn')).toBe('learn');
+    expect(parseTemperature('0.5')).toBe(0.5);
+    expect(parseTemperature(2)).toBe(2);
+    for (const bad of ['0', -1, '', 'hot', null]) expect(() => parseTemperature(bad)).toThrow(/must be 'learn' or a positive number/);
+    expect(parse('train-gate', { ...REQUIRED['train-gate'], router: 'mole', temperature: 'learn' }).fields).toMatchObject({ temperature: 'learn' });
+  });
+
+  it('maps every LoRA option with a PEFT key to that key of adapter_config.json', () => {
+    const s = { rank: 4, alpha: 12, dropout: 0.25, rslora: true, targets: ['k_proj'], layers: [1], init: 'gaussian' as const };
+    const json = loraConfigJson({ ...DEFAULT_LORA, ...loraConfigOf(s) });
+    expect(json).toMatchObject({ r: 4, lora_alpha: 12, lora_dropout: 0.25, use_rslora: true, target_modules: ['k_proj'], layers_to_transform: [1], init_lora_weights: 'gaussian' });
+    for (const [name, o] of Object.entries(LORA_OPTIONS)) if (o.peft && name in s) expect(json).toHaveProperty(o.peft);
+    // The defaults are the table's.
+    expect([DEFAULT_LORA.r, DEFAULT_LORA.loraAlpha]).toEqual([LORA_OPTIONS.rank.default, LORA_OPTIONS.alpha.default]);
+  });
+});

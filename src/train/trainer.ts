@@ -179,10 +179,18 @@ export async function inRunFolder<T>(o: RunFolder, inputs: Input[], work: () => 
  * update, then logging, eval and checkpoints when due. Resume restores parameters, buffers,
  * moments, step, RNG and the data stream, so the loss curve continues as if never stopped.
  */
-export async function train<B>(spec: TrainSpec<B>): Promise<TrainResult> {
-  const { params, batches, outDir } = spec;
-  const buffers = spec.buffers ?? new Map<string, tf.Variable>();
-  const k = spec.gradAccum ?? 1;
+/** The loop's settings, checked before anything is claimed or read. */
+interface LoopSettings {
+  /** Micro-batches accumulated into one update (gradient accumulation). */
+  accumSteps: number;
+  clip: number;
+  evalEvery: number;
+  saveEvery: number;
+  schedule: ScheduleConfig;
+}
+
+function checkSpec<B>(spec: TrainSpec<B>): LoopSettings {
+  const accumSteps = spec.gradAccum ?? 1;
   const clip = spec.clip ?? 0;
   const evalEvery = spec.evalEvery ?? 0;
   const saveEvery = spec.saveEvery ?? 0;
@@ -194,138 +202,164 @@ export async function train<B>(spec: TrainSpec<B>): Promise<TrainResult> {
     total: spec.steps,
   };
   validateSchedule(schedule);
-  for (const [what, v] of [['gradAccum', k], ['evalEvery', evalEvery], ['saveEvery', saveEvery]] as const) {
+  for (const [what, v] of [['gradAccum', accumSteps], ['evalEvery', evalEvery], ['saveEvery', saveEvery]] as const) {
     if (!Number.isInteger(v) || v < (what === 'gradAccum' ? 1 : 0)) throw new Error(`${what} must be a ${what === 'gradAccum' ? 'positive' : 'non-negative'} integer, got ${v}`);
   }
   if (!(clip >= 0)) throw new Error(`clip must be >= 0, got ${clip}`);
-  if (params.size === 0) throw new Error('nothing to train: params is empty');
-  for (const [name, v] of params) if (!v.trainable) throw new Error(`parameter '${name}' is a non-trainable variable`);
+  if (spec.params.size === 0) throw new Error('nothing to train: params is empty');
+  for (const [name, v] of spec.params) if (!v.trainable) throw new Error(`parameter '${name}' is a non-trainable variable`);
+  return { accumSteps, clip, evalEvery, saveEvery, schedule };
+}
+
+/** What a run carries from step to step, and what its checkpoints record besides the tensors. */
+interface RunState {
+  step: number;
+  rng: Rng;
+  best: BestMetric | null;
+  /** The last checkpoint written (or resumed from). */
+  checkpoint: string | null;
+  /** The last step's figures (and its eval's), for the checkpoint's state. */
+  last: Record<string, unknown> | null;
+  lastLoss: number | null;
+  /** Consecutive updates with no gradient at all (see divergence). */
+  zeroSteps: number;
+}
+
+/**
+ * Resumable training loop over any variables: accumulate, check for divergence, update, log,
+ * evaluate, checkpoint; SIGINT/SIGTERM finish the step and write a checkpoint.
+ */
+export async function train<B>(spec: TrainSpec<B>): Promise<TrainResult> {
+  const settings = checkSpec(spec);
+  const { outDir } = spec;
   // Callers that read data first claimed the folder before reading it; then this only counts.
   const lock = claimRunFolder({ ...spec, out: outDir });
-  const progressMode = spec.progress ?? 'auto';
   let progress: Progress | null = null;
   const say = spec.log ?? ((m: string) => (progress ? progress.log(m) : process.stderr.write(m + '\n')));
-  const optimizer = new AdamW(params, { weightDecay: spec.weightDecay ?? 0 });
+  const optimizer = new AdamW(spec.params, { weightDecay: spec.weightDecay ?? 0 });
   let removeHandler = (): void => {};
   try {
-    let rng = new Rng(spec.seed ?? 0);
-    let step = 0;
-    let best: BestMetric | null = null;
-    let checkpoint: string | null = null;
-    if (spec.resume) {
-      const ck = loadCheckpoint(resolveCheckpoint(spec.resume), params, buffers);
-      assignAll(params, ck.params);
-      assignAll(buffers, ck.buffers);
-      optimizer.load(ck.optimizer);
-      rng = new Rng(ck.state.rng);
-      batches.restore(ck.state.sampler);
-      step = ck.state.step;
-      best = ck.state.best;
-      checkpoint = ck.dir;
-      const was = JSON.stringify(ck.state.schedule);
-      if (was !== JSON.stringify(schedule)) {
-        say(`warning: resuming with a different schedule (${was} → ${JSON.stringify(schedule)}); the lr curve changes from here`);
-      }
-      say(`resumed from ${ck.dir} at step ${step}/${spec.steps}`);
-    }
-    const metrics = new MetricsLog(outDir, spec.resume ? step : null);
-    progress = new Progress({ total: spec.steps, start: step, mode: progressMode });
+    const run: RunState = { step: 0, rng: new Rng(spec.seed ?? 0), best: null, checkpoint: null, last: null, lastLoss: null, zeroSteps: 0 };
+    if (spec.resume) resume(spec, run, optimizer, settings.schedule, say);
+    const metrics = new MetricsLog(outDir, spec.resume ? run.step : null);
+    progress = new Progress({ total: spec.steps, start: run.step, mode: spec.progress ?? 'auto' });
     let interrupted = false;
     removeHandler = (spec.signals ?? interrupts)((signal) => {
       interrupted = true;
       say(`${signal ?? 'interrupt'}: finishing this step, then writing a checkpoint (interrupt again to quit at once)`);
     });
-
-    let last: Record<string, unknown> | null = null;
-    let lastLoss: number | null = null;
-    let zeroSteps = 0;
-    const save = async (): Promise<string> => {
-      const state: TrainState = {
-        step,
-        epoch: batches.epoch?.() ?? null,
-        rng: rng.state(),
-        sampler: batches.state() ?? null,
-        schedule,
-        last,
-        best,
-      };
-      try {
-        return await saveCheckpoint(outDir, { state, params, buffers, optimizer, extra: (dir) => spec.save(dir) });
-      } catch (e) {
-        if (!(e instanceof CheckpointError)) throw e;
-        throw new TrainError(
-          `step ${step}: not saving a checkpoint, ${e.message}; the run diverged. ${kept(checkpoint)}`,
-          step,
-          checkpoint,
-        );
-      }
-    };
-
-    while (step < spec.steps) {
+    while (run.step < spec.steps) {
       const t0 = performance.now();
-      const lr = lrAt(step, schedule);
-      let tokens = 0;
-      const micro: B[] = [];
-      let acc: ReturnType<typeof accumulateGrads>;
-      try {
-        for (let i = 0; i < k; i++) {
-          const b = keepBatch(() => batches.next());
-          micro.push(b);
-          await spec.prepare?.(b, true);
-          tokens += batches.tokens(b);
-        }
-        acc = accumulateGrads(params, k, (i) => spec.loss(micro[i]!, true, rng));
-      } finally {
-        disposeBatches(micro);
-      }
-      let loss: number;
-      let gradNorm: number;
-      try {
-        // The only host read of a step: loss, gradient norm, and the largest parameter magnitude.
-        const host = await readHost(() => tf.stack([acc.loss, globalNorm([...acc.grads.values()]), largestMagnitude(params)]));
-        loss = host[0]! / k;
-        gradNorm = host[1]! / k;
-        zeroSteps = gradNorm === 0 ? zeroSteps + 1 : 0;
-        const why = divergence(loss, gradNorm, host[2]!, zeroSteps);
-        if (why) throw new TrainError(`step ${step + 1}: ${why}; stopped before updating. ${kept(checkpoint)}`, step + 1, checkpoint);
-        optimizer.apply(acc.grads, lr, clipCoef(gradNorm, clip) / k);
-      } finally {
-        disposeAccumulated(acc);
-      }
-      step += 1;
-      spec.afterStep?.(step);
+      const { loss, gradNorm, lr, tokens } = await step(spec, settings, run, optimizer);
+      spec.afterStep?.(run.step);
       const seconds = (performance.now() - t0) / 1000;
-      lastLoss = loss;
-      last = { step, loss, lr, grad_norm: gradNorm };
-      metrics.write({ step, loss, lr, grad_norm: gradNorm, tokens_per_s: tokens / seconds });
-      progress.update({ step, loss, lr, tokens, seconds });
-
-      if ((evalEvery > 0 && step % evalEvery === 0) || step === spec.steps) {
-        const ev = await evaluate(spec, rng, step);
-        if (ev) {
-          metrics.write(ev);
-          last = { ...last, ...ev };
-          if (typeof ev.val_loss === 'number' && Number.isFinite(ev.val_loss) && (!best || ev.val_loss < best.val_loss)) {
-            best = { step, val_loss: ev.val_loss };
-          }
-          say(describeEval(ev));
-        }
+      run.lastLoss = loss;
+      run.last = { step: run.step, loss, lr, grad_norm: gradNorm };
+      metrics.write({ step: run.step, loss, lr, grad_norm: gradNorm, tokens_per_s: tokens / seconds });
+      progress.update({ step: run.step, loss, lr, tokens, seconds });
+      const { evalEvery, saveEvery } = settings;
+      if ((evalEvery > 0 && run.step % evalEvery === 0) || run.step === spec.steps) await evalAt(spec, run, metrics, say);
+      if ((saveEvery > 0 && run.step % saveEvery === 0) || run.step === spec.steps || interrupted) {
+        run.checkpoint = await save(spec, run, optimizer, settings.schedule);
       }
-      if ((saveEvery > 0 && step % saveEvery === 0) || step === spec.steps || interrupted) checkpoint = await save();
       if (interrupted) {
-        say(`Interrupted after step ${step}/${spec.steps}. Checkpoint written to ${checkpoint}. To continue, run the same command with --resume ${outDir}`);
-        return { status: 'interrupted', step, checkpoint, lastLoss, best };
+        say(`Interrupted after step ${run.step}/${spec.steps}. Checkpoint written to ${run.checkpoint}. To continue, run the same command with --resume ${outDir}`);
+        return { status: 'interrupted', step: run.step, checkpoint: run.checkpoint, lastLoss: run.lastLoss, best: run.best };
       }
       // Let signals and timers (the progress bar) through: they only run between event-loop turns.
       await new Promise<void>((resolve) => setImmediate(resolve));
     }
     await spec.save(outDir);
-    return { status: 'done', step, checkpoint, lastLoss, best };
+    return { status: 'done', step: run.step, checkpoint: run.checkpoint, lastLoss: run.lastLoss, best: run.best };
   } finally {
     removeHandler();
     progress?.stop();
     optimizer.dispose();
     lock.release();
+  }
+}
+
+/** Load a checkpoint's tensors, moments, RNG, sampler position and counters into this run. */
+function resume<B>(spec: TrainSpec<B>, run: RunState, optimizer: AdamW, schedule: ScheduleConfig, say: (m: string) => void): void {
+  const buffers = spec.buffers ?? new Map<string, tf.Variable>();
+  const ck = loadCheckpoint(resolveCheckpoint(spec.resume!), spec.params, buffers);
+  assignAll(spec.params, ck.params);
+  assignAll(buffers, ck.buffers);
+  optimizer.load(ck.optimizer);
+  run.rng = new Rng(ck.state.rng);
+  spec.batches.restore(ck.state.sampler);
+  run.step = ck.state.step;
+  run.best = ck.state.best;
+  run.checkpoint = ck.dir;
+  const was = JSON.stringify(ck.state.schedule);
+  if (was !== JSON.stringify(schedule)) {
+    say(`warning: resuming with a different schedule (${was} → ${JSON.stringify(schedule)}); the lr curve changes from here`);
+  }
+  say(`resumed from ${ck.dir} at step ${run.step}/${spec.steps}`);
+}
+
+/** One update: accumulate the micro-batches' gradients, read loss and norm, refuse divergence, apply. */
+async function step<B>(spec: TrainSpec<B>, o: LoopSettings, run: RunState, optimizer: AdamW): Promise<{ loss: number; gradNorm: number; lr: number; tokens: number }> {
+  const { params, batches } = spec;
+  const lr = lrAt(run.step, o.schedule);
+  let tokens = 0;
+  const micro: B[] = [];
+  let acc: ReturnType<typeof accumulateGrads>;
+  try {
+    for (let i = 0; i < o.accumSteps; i++) {
+      const b = keepBatch(() => batches.next());
+      micro.push(b);
+      await spec.prepare?.(b, true);
+      tokens += batches.tokens(b);
+    }
+    acc = accumulateGrads(params, o.accumSteps, (i) => spec.loss(micro[i]!, true, run.rng));
+  } finally {
+    disposeBatches(micro);
+  }
+  try {
+    // The only host read of a step: loss, gradient norm, and the largest parameter magnitude.
+    const host = await readHost(() => tf.stack([acc.loss, globalNorm([...acc.grads.values()]), largestMagnitude(params)]));
+    const loss = host[0]! / o.accumSteps;
+    const gradNorm = host[1]! / o.accumSteps;
+    run.zeroSteps = gradNorm === 0 ? run.zeroSteps + 1 : 0;
+    const why = divergence(loss, gradNorm, host[2]!, run.zeroSteps);
+    if (why) throw new TrainError(`step ${run.step + 1}: ${why}; stopped before updating. ${kept(run.checkpoint)}`, run.step + 1, run.checkpoint);
+    optimizer.apply(acc.grads, lr, clipCoef(gradNorm, o.clip) / o.accumSteps);
+    run.step += 1;
+    return { loss, gradNorm, lr, tokens };
+  } finally {
+    disposeAccumulated(acc);
+  }
+}
+
+/** Evaluate, log, and keep the best validation loss. */
+async function evalAt<B>(spec: TrainSpec<B>, run: RunState, metrics: MetricsLog, say: (m: string) => void): Promise<void> {
+  const ev = await evaluate(spec, run.rng, run.step);
+  if (!ev) return;
+  metrics.write(ev);
+  run.last = { ...run.last, ...ev };
+  if (typeof ev.val_loss === 'number' && Number.isFinite(ev.val_loss) && (!run.best || ev.val_loss < run.best.val_loss)) {
+    run.best = { step: run.step, val_loss: ev.val_loss };
+  }
+  say(describeEval(ev));
+}
+
+/** A checkpoint of this run; a diverged run (the checkpoint refuses its tensors) is a TrainError. */
+async function save<B>(spec: TrainSpec<B>, run: RunState, optimizer: AdamW, schedule: ScheduleConfig): Promise<string> {
+  const state: TrainState = {
+    step: run.step,
+    epoch: spec.batches.epoch?.() ?? null,
+    rng: run.rng.state(),
+    sampler: spec.batches.state() ?? null,
+    schedule,
+    last: run.last,
+    best: run.best,
+  };
+  try {
+    return await saveCheckpoint(spec.outDir, { state, params: spec.params, buffers: spec.buffers ?? new Map<string, tf.Variable>(), optimizer, extra: (dir) => spec.save(dir) });
+  } catch (e) {
+    if (!(e instanceof CheckpointError)) throw e;
+    throw new TrainError(`step ${run.step}: not saving a checkpoint, ${e.message}; the run diverged. ${kept(run.checkpoint)}`, run.step, run.checkpoint);
   }
 }
 

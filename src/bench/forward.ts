@@ -14,6 +14,8 @@ export interface ModelShape {
   kvHeads: number;
   ffn: number;
   vocab: number;
+  /** The head reuses the embedding matrix (SmolLM2, Llama-3.2); untied when absent. */
+  tieWordEmbeddings?: boolean;
 }
 
 export interface BenchForwardOptions extends ModelShape {

@@ -13,9 +13,6 @@ import { toLmBatch } from '../train/lm.js';
 import { AdamW } from '../train/optimizer.js';
 import { randomLlama, type ModelShape } from './forward.js';
 
-/** SmolLM-135M's shapes: the scale the swap target is stated at. */
-export const SMOL_135M: ModelShape = { layers: 30, hidden: 576, heads: 9, kvHeads: 3, ffn: 1536, vocab: 49152 };
-
 function adapters(model: CausalLM, n: number, rank: number, targets: string[], seed: number): LoraAdapter[] {
   const rng = new Rng(seed);
   return Array.from({ length: n }, (_, i) => {

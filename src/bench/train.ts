@@ -8,6 +8,7 @@ import { Rng } from '../base/rng.js';
 import { accumulateGrads, disposeAccumulated } from '../train/grads.js';
 import { AdamW } from '../train/optimizer.js';
 import { randomLlama, type ModelShape } from './forward.js';
+import { PeakMemorySampler, type PeakMemory } from './peak-memory.js';
 
 /** The flags of ../shared/peers/torch_lora_step.py, so both run the same shapes. */
 export interface BenchTrainOptions extends ModelShape {
@@ -20,7 +21,7 @@ export interface BenchTrainOptions extends ModelShape {
   warmup: number;
 }
 
-export interface BenchTrainResult {
+export interface BenchTrainResult extends PeakMemory {
   tokens_per_s: number;
   step_ms: number;
   /** Matmul FLOPs a LoRA step needs (forward, input gradients, LoRA weight gradients) per second. */
@@ -34,7 +35,8 @@ export interface BenchTrainResult {
   backend: string;
 }
 
-export function benchTrain(o: BenchTrainOptions): BenchTrainResult {
+/** Reads results with `await data()`, so it runs on GPU backends, where dataSync() throws. */
+export async function benchTrain(o: BenchTrainOptions): Promise<BenchTrainResult> {
   const model = randomLlama({ ...o, maxPositions: o.seq });
   const adapter = createLora(model, { ...DEFAULT_LORA, r: o.rank, loraAlpha: o.alpha, targetModules: o.targets }, 'bench', new Rng(0));
   adapter.attach(model);
@@ -45,7 +47,8 @@ export function benchTrain(o: BenchTrainOptions): BenchTrainResult {
   const batch = { ids: Int32Array.from({ length: N }, () => rng.int(o.vocab)), batch: o.batch, seq: o.seq };
   const targets = Int32Array.from({ length: N }, () => rng.int(o.vocab));
   const weights = new Float32Array(N).fill(1);
-  const probe = new MatmulProbe(model, N);
+  const memory = new PeakMemorySampler();
+  const probe = await MatmulProbe.create(model, N);
   try {
     const times: number[] = [];
     const rates: number[] = [];
@@ -54,12 +57,13 @@ export function benchTrain(o: BenchTrainOptions): BenchTrainResult {
       const t0 = performance.now();
       const acc = accumulateGrads(params, 1, () => crossEntropy(model.forward(batch, { training: true }), targets, weights).mean);
       opt.apply(acc.grads, 1e-3);
-      loss = acc.loss.dataSync()[0]!;
+      loss = (await acc.loss.data())[0]!;
+      memory.sample();
       disposeAccumulated(acc);
       if (i < o.warmup) continue;
       times.push(performance.now() - t0);
       // Between steps, so both see the same load on a shared machine.
-      rates.push(probe.gflops());
+      rates.push(await probe.gflops());
     }
     const stepMs = median(times);
     const matmulGflops = median(rates);
@@ -74,6 +78,7 @@ export function benchTrain(o: BenchTrainOptions): BenchTrainResult {
       trainable_params: adapter.parameterCount,
       loss,
       backend: tf.getBackend(),
+      ...memory.result(),
     };
   } finally {
     probe.dispose();
@@ -111,17 +116,25 @@ export function loraStepFlops(model: CausalLM, adapter: LoraAdapter, o: Pick<Ben
 class MatmulProbe {
   private readonly pairs: [tf.Tensor2D, tf.Tensor2D][];
 
-  constructor(model: CausalLM, N: number) {
+  private constructor(model: CausalLM, N: number) {
     const shapes = new Map(model.linears().map((l) => [`${l.inFeatures}x${l.outFeatures}`, l]));
     this.pairs = [...shapes.values()].map((l) => [tf.randomNormal([N, l.inFeatures]), tf.randomNormal([l.inFeatures, l.outFeatures])]);
-    this.gflops();
   }
 
-  gflops(): number {
+  /** A probe, run once untimed (kernel compilation, weight packing). */
+  static async create(model: CausalLM, N: number): Promise<MatmulProbe> {
+    const probe = new MatmulProbe(model, N);
+    await probe.gflops();
+    return probe;
+  }
+
+  async gflops(): Promise<number> {
     let flops = 0;
     const t0 = performance.now();
     for (const [x, w] of this.pairs) {
-      tf.tidy(() => void matMul(x, w).dataSync());
+      const y = matMul(x, w);
+      await y.data();
+      y.dispose();
       flops += 2 * x.shape[0] * x.shape[1] * w.shape[1];
     }
     return flops / ((performance.now() - t0) / 1000) / 1e9;

@@ -13,7 +13,8 @@ import { registerRecipeCommands } from './recipes.js';
 import { ROUTER_VARIANTS } from '../bench/compose.js';
 import { DEFAULT_GATE_LR } from '../gating/train.js';
 import { taskFamilies } from '../data/families.js';
-import { addModelShapeFlags, runBenchProbe, runBenchCompose, runBenchForward, runBenchGate, runBenchSwap, runBenchTrain } from './bench.js';
+import { addModelShapeFlags, runBenchProbe, runBenchCompose, runBenchForward, runBenchGate, runBenchParity, runBenchSwap, runBenchTrain } from './bench.js';
+import { PRESET_NAMES } from '../bench/presets.js';
 import { choice, collect, float, idList, int, namedPaths, nameList, rangeList } from './args.js';
 
 /**
@@ -196,9 +197,9 @@ addModelShapeFlags(
   bench
     .command('forward')
     .description('Prefill tokens/s, and decode tokens/s with and without the KV cache, on a random Llama-style model.'),
+  'prefill batch',
+  'prefill length',
 )
-  .option('--batch <b>', 'prefill batch', int(1), 4)
-  .option('--seq <t>', 'prefill length', int(1), 128)
   .option('--new-tokens <n>', 'tokens to decode', int(1), 256)
   .option('--json', 'print one JSON line')
   .action(runBenchForward);
@@ -215,16 +216,22 @@ addModelShapeFlags(
   .option('--rank <r>', 'LoRA rank', int(1), 8)
   .option('--alpha <a>', 'LoRA alpha', float(0), 16)
   .option('--targets <list>', 'target modules, comma-separated', nameList, ['q_proj', 'v_proj'])
-  .option('--batch <b>', 'batch size', int(1), 4)
-  .option('--seq <t>', 'sequence length', int(1), 128)
   .option('--steps <n>', 'timed steps', int(1), 8)
   .option('--warmup <n>', 'untimed steps first', int(0), 2)
-  .option('--json', 'print one JSON line: tokens_per_s, step_ms (median), achieved and matmul GFLOP/s')
+  .option('--json', 'print one JSON line: the shapes, tokens_per_s, step_ms (median), achieved and matmul GFLOP/s, and memory (below)')
+  .addHelpText('after', [
+    '',
+    'Memory in --json: peak_rss_mib is the process\'s peak resident set (its whole life, the model build included);',
+    'peak_heap_mib the wasm heap, which only grows, so its size is its peak (null off wasm);',
+    'peak_gpu_buffers_mib the GPU buffers the webgpu backend holds, pooled free ones included, the largest seen',
+    'between steps (null where the backend has none); memory_note says why a figure is null.',
+  ].join('\n'))
   .action(runBenchTrain);
 
 bench
   .command('swap')
   .description('Hot-swap latency: replace every MoLE expert\'s tensors in place on a SmolLM-135M-shaped base (no base reload).')
+  .option('--preset <name>', `the base's shapes: ${PRESET_NAMES.join(', ')}`, choice(PRESET_NAMES), 'smollm2-135m')
   .option('--experts <n>', 'experts in the set', int(1), 4)
   .option('--rank <r>', 'LoRA rank', int(1), 8)
   .option('--targets <list>', 'adapted modules', nameList, ['q_proj', 'v_proj'])
@@ -239,11 +246,16 @@ addModelShapeFlags(
   .option('--experts <n>', 'frozen experts', int(2), 4)
   .option('--rank <r>', 'LoRA rank', int(1), 8)
   .option('--targets <list>', 'adapted modules', nameList, ['q_proj', 'v_proj'])
-  .option('--batch <b>', 'batch size', int(1), 4)
-  .option('--seq <t>', 'sequence length', int(1), 128)
   .option('--steps <n>', 'timed steps', int(1), 5)
   .option('--json', 'print one JSON line')
   .action(runBenchGate);
+
+bench
+  .command('parity')
+  .description('Check log-probs against the float64 references on the backend in use: every model folder under --fixtures with a reference.json, each case, max |Δ| against a 1e-4 tolerance. Exits 1 if any fails.')
+  .option('--fixtures <dir>', 'folder of fixture model folders', 'test/fixtures/models')
+  .option('--json', 'print one JSON line: backend, tolerance, and per fixture its cases (positions, max_abs_diff, pass) or its error')
+  .action(runBenchParity);
 
 bench
   .command('compose')

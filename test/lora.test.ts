@@ -216,7 +216,7 @@ describe('gradients', () => {
     adapter.attach(model);
     const targets = Int32Array.from([8, 15, 16, 23, 7, 9, 3, 1]);
     const weights = new Float32Array(8).fill(1);
-    // Training runs the frozen linears through their kept transposes (ops.frozenLinear).
+    // Training sends the input gradient of every frozen linear through its one [in, out] weight.
     const loss = (): tf.Scalar => crossEntropy(model.forward(probe, { training }), targets, weights).mean;
     const { grads } = tf.variableGrads(loss, [...adapter.params().values()]);
     const rng = new Rng(11);

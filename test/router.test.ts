@@ -61,7 +61,9 @@ function referenceLogits(router: PromptRouter, batch: TokenBatch): number[][] {
   const { batch: B, seq: T } = batch;
   const D = model.config.hidden;
   const h = tf.tidy(() => model.hidden(batch, { plain: true }).h.dataSync());
-  const emb = model.parts.embed.weight.dataSync();
+  const table = model.parts.embed.rows();
+  const emb = table.dataSync();
+  table.dispose();
   const W = router.weight.dataSync();
   const bias = router.bias.dataSync();
   const N = NAMES.length;

@@ -24,8 +24,7 @@ export function modelTensors(model: CausalLM): Map<string, HostTensor> {
     out.set(key, { shape: host.shape, data: host.dataSync() as Float32Array });
     if (transpose) host.dispose();
   };
-  put(`${p.embed.name}.weight`, p.embed.weight);
-  if (p.posEmbed) put(`${p.posEmbed.name}.weight`, p.posEmbed.weight);
+  for (const e of p.posEmbed ? [p.embed, p.posEmbed] : [p.embed]) put(`${e.name}.weight`, e.table, e.layout === 'columns');
   // Packed MoE experts are written as the two packed tensors, not one key per expert linear.
   const packed = model.blocks.flatMap((b) => (b.ffn instanceof MoEFFN && b.ffn.layout === 'packed' ? [b.ffn] : []));
   const inPacked = new Set(packed.flatMap((m) => m.experts.flatMap((e) => e.linears())));

@@ -1,6 +1,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { Attention } from './attention.js';
 import { Block } from './block.js';
+import { Embedding } from './embedding.js';
 import type { ModelConfig } from './config.js';
 import { Linear } from './linear.js';
 import { GeluMLP } from './mlp.js';
@@ -37,8 +38,9 @@ export function buildGpt2(cfg: ModelConfig, w: WeightSource): ModelParts {
     return new Block(i, norm(`${p}.ln_1`), attn, norm(`${p}.ln_2`), mlp);
   });
 
-  const embed = { name: 'transformer.wte', weight: w.get(key('transformer.wte', 'weight'), [cfg.vocabSize, D]) as tf.Tensor2D };
-  const posEmbed = { name: 'transformer.wpe', weight: w.get(key('transformer.wpe', 'weight'), [cfg.maxPositions, D]) as tf.Tensor2D };
-  const head = new Linear('lm_head', embed.weight.transpose(), null, false);
+  // The head is the token embedding transposed; the embedding reads it (Embedding's 'columns').
+  const head = new Linear('lm_head', tf.tidy(() => w.get(key('transformer.wte', 'weight'), [cfg.vocabSize, D]).transpose() as tf.Tensor2D), null, false);
+  const embed = new Embedding('transformer.wte', head.weightT, 'columns');
+  const posEmbed = new Embedding('transformer.wpe', w.get(key('transformer.wpe', 'weight'), [cfg.maxPositions, D]) as tf.Tensor2D);
   return { embed, posEmbed, blocks, norm: norm('transformer.ln_f'), head, rope: null };
 }

@@ -1,21 +1,27 @@
 import * as tf from '@tensorflow/tfjs';
 import type { ForwardContext } from './context.js';
-import { frozenLinear, linear } from './ops.js';
+import { packPerUse } from './kernels.js';
+import { linear } from './ops.js';
 
 /** Something that adds to a linear layer's output: a LoRA adapter, or a gate over several. */
 export interface LinearHook {
   delta(x: tf.Tensor2D, ctx: ForwardContext): tf.Tensor2D;
 }
 
+/** 'cached': XNNPACK keeps a packed copy of the weight (fast); 'per-use': packed per product (lean). */
+export type WeightPacking = 'cached' | 'per-use';
+
 /**
  * A frozen base linear layer, named by its Hugging Face module path (what PEFT targets).
- * The weight is kept as [in, out] so the forward is a plain 2-D matMul, the fast path on WASM;
- * `conv1d` records that the checkpoint stores it that way (GPT-2's fan_in_fan_out).
+ * The weight is kept once, as [in, out], so the forward is a plain 2-D matMul, the fast path on
+ * WASM; the input gradient dy·wTᵀ runs as (wT·dyᵀ)ᵀ (kernels.ts), which transposes activations
+ * but never the weight. `conv1d` records that the checkpoint stores it that way (GPT-2's
+ * fan_in_fan_out).
  */
 export class Linear {
   readonly hooks: LinearHook[] = [];
-  /** weightT transposed, kept while training a frozen weight (see ops.frozenLinear). */
-  private transposed: { of: tf.Tensor2D; w: tf.Tensor2D } | null = null;
+  /** Set by a memory plan (base/memory.ts) before the first forward. */
+  packing: WeightPacking = 'cached';
 
   constructor(
     readonly name: string,
@@ -33,33 +39,15 @@ export class Linear {
   }
 
   forward(x: tf.Tensor2D, ctx: ForwardContext): tf.Tensor2D {
-    const bias = this.bias ?? undefined;
-    const frozen = !(this.weightT instanceof tf.Variable && this.weightT.trainable);
-    let y = ctx.training && frozen
-      ? frozenLinear(x, this.weightT, () => this.weight(), bias)
-      : linear(x, this.weightT, bias);
+    // Marked at each forward, so a weight replaced later (a merge) is marked too.
+    if (this.packing === 'per-use') packPerUse(this.weightT);
+    let y = linear(x, this.weightT, this.bias ?? undefined);
     if (!ctx.plain) for (const h of this.hooks) y = y.add(h.delta(x, ctx));
     return y;
-  }
-
-  /**
-   * The weight as [out, in], for input gradients while training. Costs a second copy of the
-   * weight, plus XNNPACK's packing of it, for as long as the layer lives; rebuilt if weightT is
-   * replaced (a merge).
-   */
-  private weight(): tf.Tensor2D {
-    const wT = this.weightT;
-    if (this.transposed?.of !== wT) {
-      this.transposed?.w.dispose();
-      this.transposed = { of: wT, w: tf.keep(wT.transpose()) };
-    }
-    return this.transposed.w;
   }
 
   dispose(): void {
     this.weightT.dispose();
     this.bias?.dispose();
-    this.transposed?.w.dispose();
-    this.transposed = null;
   }
 }

@@ -1,6 +1,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { Attention } from './attention.js';
 import { Block } from './block.js';
+import { Embedding } from './embedding.js';
 import type { ModelConfig } from './config.js';
 import type { ForwardContext } from './context.js';
 import { Linear } from './linear.js';
@@ -48,10 +49,10 @@ export function buildLlama(cfg: ModelConfig, w: WeightSource): ModelParts {
   const D = cfg.hidden;
   const qDim = cfg.heads * cfg.headDim;
   const kvDim = cfg.kvHeads * cfg.headDim;
-  const linear = (name: string, inF: number, outF: number, bias = false): Linear =>
+  const linear = (name: string, inF: number, outF: number, bias = false, key = name): Linear =>
     new Linear(
       name,
-      tf.tidy(() => w.get(`${name}.weight`, [outF, inF]).transpose() as tf.Tensor2D),
+      tf.tidy(() => w.get(`${key}.weight`, [outF, inF]).transpose() as tf.Tensor2D),
       bias ? (w.get(`${name}.bias`, [outF]) as tf.Tensor1D) : null,
       false,
     );
@@ -86,9 +87,10 @@ export function buildLlama(cfg: ModelConfig, w: WeightSource): ModelParts {
     return new Block(i, norm(`${p}.input_layernorm`), attn, norm(`${p}.post_attention_layernorm`), mlp);
   });
 
-  const embed = { name: 'model.embed_tokens', weight: w.get('model.embed_tokens.weight', [cfg.vocabSize, D]) as tf.Tensor2D };
-  const head = cfg.tieWordEmbeddings
-    ? new Linear('lm_head', embed.weight.transpose(), null, false)
-    : linear('lm_head', D, cfg.vocabSize);
+  // A tied head is the embedding matrix ([V, D] = [out, in]); the embedding then reads it.
+  const head = linear('lm_head', D, cfg.vocabSize, false, cfg.tieWordEmbeddings ? 'model.embed_tokens' : 'lm_head');
+  const embed = cfg.tieWordEmbeddings
+    ? new Embedding('model.embed_tokens', head.weightT, 'columns')
+    : new Embedding('model.embed_tokens', w.get('model.embed_tokens.weight', [cfg.vocabSize, D]) as tf.Tensor2D);
   return { embed, posEmbed: null, blocks, norm: norm('model.norm'), head, rope };
 }

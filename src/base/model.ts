@@ -3,6 +3,7 @@ import { buildMask, type AttentionInputs } from './attention.js';
 import type { Block } from './block.js';
 import type { ModelConfig } from './config.js';
 import type { ForwardContext } from './context.js';
+import type { Embedding } from './embedding.js';
 import { KVCache, positionsFromMask } from './kvcache.js';
 import type { Linear } from './linear.js';
 import type { Norm } from './norm.js';
@@ -38,19 +39,13 @@ export interface ForwardOptions {
   plain?: boolean;
 }
 
-/** A named embedding table [V, D] (token or position). */
-export interface Embedding {
-  readonly name: string;
-  readonly weight: tf.Tensor2D;
-}
-
 export interface ModelParts {
   embed: Embedding;
   /** GPT-2's learned positions; null for RoPE models. */
   posEmbed: Embedding | null;
   blocks: Block[];
   norm: Norm;
-  /** lm_head; for tied models its weight is the transposed embedding. */
+  /** lm_head; a tied model's embedding reads its weightT (Embedding's 'columns' layout). */
   head: Linear;
   rope: Rope | null;
 }
@@ -109,8 +104,8 @@ export class CausalLM {
       mask: buildMask(keyMask, B, T, S, this.config.heads / this.config.kvHeads, this.config.slidingWindow),
     };
     const ids = tf.tensor1d(input.ids, 'int32');
-    let x = tf.gather(p.embed.weight, ids) as tf.Tensor2D;
-    if (p.posEmbed) x = x.add(tf.gather(p.posEmbed.weight, tf.tensor1d(positions, 'int32')));
+    let x = p.embed.lookup(ids);
+    if (p.posEmbed) x = x.add(p.posEmbed.lookup(tf.tensor1d(positions, 'int32')));
     this.blocks.forEach((block, i) => {
       x = block.forward(x, ctx, inputs, cache?.layers[i]);
     });
@@ -130,8 +125,8 @@ export class CausalLM {
 
   dispose(): void {
     const p = this.parts;
-    p.embed.weight.dispose();
-    p.posEmbed?.weight.dispose();
+    p.embed.dispose();
+    p.posEmbed?.dispose();
     for (const b of this.blocks) b.dispose();
     p.norm.dispose();
     p.head.dispose();

@@ -52,7 +52,7 @@ export function benchSwap(shape: ModelShape, o: { experts: number; rank: number;
       oneTimes.push(performance.now() - t1);
     }
     return {
-      base_params: model.linears().reduce((a, l) => a + l.weightT.size, 0) + model.parts.embed.weight.size,
+      base_params: model.linears().reduce((a, l) => a + l.weightT.size, 0) + (model.parts.embed.layout === 'rows' ? model.parts.embed.table.size : 0),
       adapter_params: sets[0]![0]!.parameterCount,
       experts: o.experts,
       swap_set_ms: median(setTimes),

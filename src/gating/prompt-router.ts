@@ -39,7 +39,7 @@ export function featureParts(model: CausalLM, input: TokenBatch): Record<Feature
   // [B, 1, T] × [B, T, D] → [B, D]: a weighted sum over each row's positions.
   const pool = (w: Float32Array, x: tf.Tensor2D): tf.Tensor2D => normalise(tf.matMul(tf.tensor3d(w, [B, 1, T]), x.reshape([B, T, D])).reshape([B, D]));
   const { h } = model.hidden(input, { plain: true });
-  const embeddings = tf.gather(model.parts.embed.weight, tf.tensor1d(input.ids, 'int32')) as tf.Tensor2D;
+  const embeddings = model.parts.embed.lookup(tf.tensor1d(input.ids, 'int32'));
   return { 'embed-mean': pool(mean, embeddings), 'final-mean': pool(mean, h), 'final-last': pool(last, h) };
 }
 

@@ -32,8 +32,8 @@ export function allParams(model: CausalLM): Map<string, tf.Variable> {
   }
   const p = model.parts;
   const out = new Map<string, tf.Variable>();
-  trainable(p.embed, 'weight', `${p.embed.name}.weight`, out);
-  if (p.posEmbed) trainable(p.posEmbed, 'weight', `${p.posEmbed.name}.weight`, out);
+  trainable(p.embed, 'table', `${p.embed.name}.weight`, out);
+  if (p.posEmbed) trainable(p.posEmbed, 'table', `${p.posEmbed.name}.weight`, out);
   for (const b of model.blocks) {
     for (const n of [b.norm1, b.norm2]) {
       trainable(n, 'weight', `${n.name}.weight`, out);

@@ -39,11 +39,16 @@ export class Linear {
   }
 
   forward(x: tf.Tensor2D, ctx: ForwardContext): tf.Tensor2D {
-    // Marked at each forward, so a weight replaced later (a merge) is marked too.
-    if (this.packing === 'per-use') packPerUse(this.weightT);
-    let y = linear(x, this.weightT, this.bias ?? undefined);
+    let y = this.base(x);
     if (!ctx.plain) for (const h of this.hooks) y = y.add(h.delta(x, ctx));
     return y;
+  }
+
+  /** The frozen layer alone: x·W + b, without hooks. */
+  base(x: tf.Tensor2D): tf.Tensor2D {
+    // Marked at each product, so a weight replaced later (a merge) is marked too.
+    if (this.packing === 'per-use') packPerUse(this.weightT);
+    return linear(x, this.weightT, this.bias ?? undefined);
   }
 
   dispose(): void {

@@ -1,5 +1,6 @@
 import * as tf from '@tensorflow/tfjs';
 import type { BackendWasm } from '@tensorflow/tfjs-backend-wasm';
+import type { WeightPacking } from './linear.js';
 
 /**
  * wasm32 addresses at most 4 GiB, and tfjs 4.22 does not fail past it: an allocation returns
@@ -10,15 +11,19 @@ export const WASM_HEAP_LIMIT_BYTES = 3.5 * 2 ** 30;
 
 const F32 = 4;
 const MiB = 2 ** 20;
+/** The heap before any tensor: the wasm module's data and stack. */
+const RUNTIME_BYTES = 16 * MiB;
 const GiB = 2 ** 30;
 
 /**
  * Bytes of float32 weights on the wasm heap. Every matrix used as a matMul weight also gets an
  * XNNPACK operator holding a packed copy for as long as the tensor lives (measured: 32 MiB of
- * weights grew the heap by 36 MiB more after one matMul each), so count them twice.
+ * weights grew the heap by 36 MiB more after one matMul each), so count them twice; with
+ * 'per-use' packing (Linear.packing) only the largest weight's packing is held, and only during
+ * its product.
  */
-export function estimateModelBytes(params: number): number {
-  return 2 * F32 * params;
+export function estimateModelBytes(params: number, packing: WeightPacking = 'cached', largestWeight = 0): number {
+  return F32 * params + F32 * (packing === 'cached' ? params : largestWeight);
 }
 
 export interface TrainingShape {
@@ -31,41 +36,64 @@ export interface TrainingShape {
   heads: number;
   ffn: number;
   vocab: number;
+  /** How the frozen weights are packed (Linear.packing); 'cached' when absent. */
+  packing?: WeightPacking;
+  /** Elements of the largest frozen weight (usually the head's), for 'per-use' packing; hidden·vocab when absent. */
+  largestWeight?: number;
 }
 
 /**
- * Peak heap for one training step. tfjs keeps every forward op's output until the backward pass
- * ends, and the backward adds one gradient per output, so activations count twice. Per token and
- * layer a llama block produces about 30·hidden + 5·ffn floats (norms, projections, RoPE, heads
- * transposes, residuals, the gated MLP) plus 4·heads·seq for the attention scores, scaled and
- * masked scores and probabilities. The loss keeps about four [tokens, vocab] tensors (logits,
- * log-probabilities and their products). Gradients and Adam's two moments add three floats per
- * trainable parameter. The heap keeps its high-water mark and fragments: add a quarter. Against
- * the one point measured (9.5M params, B=8, T=128, V=8192: a 1.2 GiB heap) this gives 1.3-1.7
- * GiB for the plausible shapes of that model, erring on the high side as it should.
+ * Peak heap for one training step, fitted to the heaps measured after lean layout and backward
+ * pass (docs/cpu-speed.md): tfjs keeps every forward op's output until the backward pass ends,
+ * which frees each gradient once used. Per token and layer a llama block then peaks at about
+ * 24·hidden + 6·ffn floats (norms, projections, heads, residuals, the gated MLP, the gradients in
+ * flight) plus 4·heads·seq for the attention scores (measured: 28K floats on SmolLM2-135M's
+ * shape, 46K on 360M's). The loss holds about four [tokens, vocab] tensors. Trainable
+ * parameters cost four floats each (value, gradient, Adam's two moments). The heap keeps its
+ * high-water mark and fragments: add a quarter. Against the heaps measured (SmolLM2-135M B2×T128
+ * 2.18 GiB cached / 1.55 per-use; 360M B1×T128 2.47 per-use) this errs high by 15-30 %.
  */
 export function estimateTrainingBytes(s: TrainingShape): number {
   const tokens = s.batch * s.seq;
-  const perTokenLayer = 30 * s.hidden + 5 * s.ffn + 4 * s.heads * s.seq;
-  const activations = 2 * F32 * tokens * s.layers * perTokenLayer;
-  const logits = 2 * F32 * 4 * tokens * s.vocab;
-  const optimizer = 3 * F32 * s.trainableParams;
-  // Training keeps a transposed copy of each frozen weight for its input gradient (ops.frozenLinear),
-  // packed by XNNPACK too: the weights count twice over.
-  return 1.25 * (2 * estimateModelBytes(s.params) + activations + logits + optimizer);
+  const perTokenLayer = 24 * s.hidden + 6 * s.ffn + 4 * s.heads * s.seq;
+  const activations = F32 * tokens * s.layers * perTokenLayer;
+  const logits = 4 * F32 * tokens * s.vocab;
+  const optimizer = 4 * F32 * s.trainableParams;
+  const weights = estimateModelBytes(s.params, s.packing, s.largestWeight ?? s.hidden * s.vocab);
+  return RUNTIME_BYTES + 1.25 * (weights + activations + logits + optimizer);
+}
+
+/**
+ * How a run packs its frozen weights on wasm: XNNPACK's cached copies (the fastest) when
+ * `bytes('cached')` fits the heap, else packing per product (15-30 % slower on each frozen
+ * matMul, one weight's packing held at a time). Refuses, naming the leaner figure, when neither
+ * fits. 'cached' off wasm, where there is no such heap.
+ */
+export function planPacking(bytes: (packing: WeightPacking) => number, what: string, weightBytes = 0): WeightPacking {
+  if (tf.getBackend() !== 'wasm' || bytes('cached') <= WASM_HEAP_LIMIT_BYTES) return 'cached';
+  assertFitsHeap(bytes('per-use'), what, weightBytes);
+  return 'per-use';
 }
 
 function fmt(bytes: number): string {
   return bytes >= GiB ? `${(bytes / GiB).toFixed(2)} GiB` : `${(bytes / MiB).toFixed(0)} MiB`;
 }
 
-/** Refuse a plan that would pass the wasm heap limit; a no-op on the other backends. */
-export function assertFitsHeap(bytes: number, what: string): void {
+/**
+ * Refuse a plan that would pass the wasm heap limit; a no-op on the other backends. `weightBytes`
+ * (the model's weights alone, when known) picks the advice: a smaller batch cannot help a model
+ * whose weights take most of the heap.
+ */
+export function assertFitsHeap(bytes: number, what: string, weightBytes = 0): void {
   if (tf.getBackend() !== 'wasm' || bytes <= WASM_HEAP_LIMIT_BYTES) return;
+  const weightsAlone = weightBytes > WASM_HEAP_LIMIT_BYTES / 2;
   throw new Error(
-    `${what} needs about ${fmt(bytes)} on the wasm heap, over the ${fmt(WASM_HEAP_LIMIT_BYTES)} molora allows ` +
-    `(wasm tops out at 4 GiB and then corrupts results silently). Use a smaller batch or sequence ` +
-    `length, or install @tensorflow/tfjs-node (or -gpu) to train on the tensorflow backend.`);
+    `${what} needs about ${fmt(bytes)} on the wasm heap` +
+    (weightsAlone ? `, ${fmt(weightBytes)} of it the float32 weights,` : '') +
+    ` over the ${fmt(WASM_HEAP_LIMIT_BYTES)} molora allows (wasm tops out at 4 GiB and then corrupts results silently). ` +
+    (weightsAlone
+      ? 'This model is too large for the wasm backend: install @tensorflow/tfjs-node (or -gpu) to run it on the tensorflow backend.'
+      : 'Use a smaller batch or sequence length, or install @tensorflow/tfjs-node (or -gpu) to train on the tensorflow backend.'));
 }
 
 export interface HeapUsage {

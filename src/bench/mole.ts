@@ -87,7 +87,7 @@ export interface GateStepResult {
 
 /** Training steps over N frozen experts (MoLE gates; the prompt router, both losses) against a single-LoRA step, same shapes. */
 export function benchGateStep(shape: ModelShape, o: { experts: number; rank: number; targets: string[]; batch: number; seq: number; steps: number }): GateStepResult {
-  const model = randomLlama({ ...shape, maxPositions: o.seq });
+  const model = randomLlama({ ...shape, maxPositions: o.seq }, { batch: o.batch, seq: o.seq, trainableParams: 0 });
   const rng = new Rng(3);
   const N = o.batch * o.seq;
   const batch: Batch = {

@@ -2,8 +2,8 @@ import * as tf from '@tensorflow/tfjs';
 import { createLora, type LoraAdapter } from '../adapters/adapter.js';
 import { DEFAULT_LORA } from '../adapters/config.js';
 import { crossEntropy } from '../base/loss.js';
+import type { Linear, WeightPacking } from '../base/linear.js';
 import type { CausalLM } from '../base/model.js';
-import { matMul } from '../base/ops.js';
 import { Rng } from '../base/rng.js';
 import { accumulateGrads, disposeAccumulated } from '../train/grads.js';
 import { AdamW } from '../train/optimizer.js';
@@ -31,13 +31,15 @@ export interface BenchTrainResult extends PeakMemory {
   /** achieved / matmul: how much of the step is useful matmul work. */
   efficiency: number;
   trainable_params: number;
+  /** How XNNPACK held the frozen weights: 'cached' packed copies, or 'per-use' where only that fit the wasm heap. */
+  weight_packing: WeightPacking;
   loss: number;
   backend: string;
 }
 
 /** Reads results with `await data()`, so it runs on GPU backends, where dataSync() throws. */
 export async function benchTrain(o: BenchTrainOptions): Promise<BenchTrainResult> {
-  const model = randomLlama({ ...o, maxPositions: o.seq });
+  const model = randomLlama({ ...o, maxPositions: o.seq }, { batch: o.batch, seq: o.seq, trainableParams: 0 });
   const adapter = createLora(model, { ...DEFAULT_LORA, r: o.rank, loraAlpha: o.alpha, targetModules: o.targets }, 'bench', new Rng(0));
   adapter.attach(model);
   const params = adapter.params();
@@ -76,6 +78,7 @@ export async function benchTrain(o: BenchTrainOptions): Promise<BenchTrainResult
       matmul_gflops: matmulGflops,
       efficiency: achieved / matmulGflops,
       trainable_params: adapter.parameterCount,
+      weight_packing: model.parts.head.packing,
       loss,
       backend: tf.getBackend(),
       ...memory.result(),
@@ -111,14 +114,15 @@ export function loraStepFlops(model: CausalLM, adapter: LoraAdapter, o: Pick<Ben
 
 /**
  * Plain 2-D matMul GFLOP/s over the model's linear shapes (each distinct [in, out] once, so
- * weighted by their FLOPs), with kept weights as the model's are.
+ * weighted by their FLOPs), on the model's own weights (so packed as the model packs them, and
+ * no second copy of a 360M model's head on the heap).
  */
 class MatmulProbe {
-  private readonly pairs: [tf.Tensor2D, tf.Tensor2D][];
+  private readonly pairs: [tf.Tensor2D, Linear][];
 
   private constructor(model: CausalLM, N: number) {
     const shapes = new Map(model.linears().map((l) => [`${l.inFeatures}x${l.outFeatures}`, l]));
-    this.pairs = [...shapes.values()].map((l) => [tf.randomNormal([N, l.inFeatures]), tf.randomNormal([l.inFeatures, l.outFeatures])]);
+    this.pairs = [...shapes.values()].map((l) => [tf.randomNormal([N, l.inFeatures]), l]);
   }
 
   /** A probe, run once untimed (kernel compilation, weight packing). */
@@ -131,16 +135,16 @@ class MatmulProbe {
   async gflops(): Promise<number> {
     let flops = 0;
     const t0 = performance.now();
-    for (const [x, w] of this.pairs) {
-      const y = matMul(x, w);
+    for (const [x, l] of this.pairs) {
+      const y = l.base(x);
       await y.data();
       y.dispose();
-      flops += 2 * x.shape[0] * x.shape[1] * w.shape[1];
+      flops += 2 * x.shape[0] * l.inFeatures * l.outFeatures;
     }
     return flops / ((performance.now() - t0) / 1000) / 1e9;
   }
 
   dispose(): void {
-    for (const p of this.pairs) tf.dispose(p);
+    for (const [x] of this.pairs) x.dispose();
   }
 }

@@ -225,6 +225,9 @@ addModelShapeFlags(
     'peak_heap_mib the wasm heap, which only grows, so its size is its peak (null off wasm);',
     'peak_gpu_buffers_mib the GPU buffers the webgpu backend holds, pooled free ones included, the largest seen',
     'between steps (null where the backend has none); memory_note says why a figure is null.',
+    'weight_packing is "cached" when XNNPACK keeps a packed copy of every frozen weight (the fastest), "per-use"',
+    'when only packing each weight per product fits the wasm heap (e.g. --preset smollm2-360m). A shape that',
+    'cannot fit even so is refused before its weights are built.',
   ].join('\n'))
   .action(runBenchTrain);
 

@@ -3,9 +3,8 @@ import { createHash } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { lmLoss, type LmBatch } from '../base/loss.js';
-import { assertFitsHeap, estimateTrainingBytes } from '../base/memory.js';
 import type { CausalLM } from '../base/model.js';
-import { weightCount } from '../base/load.js';
+import { planTraining } from '../base/load.js';
 import { BatchSampler, DataError, evalBatches, loadDataset, type Batch, type Dataset, type DatasetStats, type LoadDatasetOptions } from '../data/index.js';
 import type { Rng } from '../base/rng.js';
 import type { ScheduleKind } from './schedule.js';
@@ -143,10 +142,12 @@ export async function trainLm(model: CausalLM, params: Map<string, tf.Variable>,
   const c = model.config;
   let trainable = 0;
   for (const v of params.values()) trainable += v.size;
-  assertFitsHeap(
-    estimateTrainingBytes({ params: weightCount(c), trainableParams: trainable, batch: o.batchSize, seq: o.seqLen, hidden: c.hidden, layers: c.layers, heads: c.heads, ffn: c.ffn, vocab: c.vocabSize }),
-    `training with batch ${o.batchSize} × seq ${o.seqLen}`,
-  );
+  // Exact now that the trainable parameters exist; loadBase's plan (given the run) came before any weight was read.
+  const packing = planTraining(c, { batch: o.batchSize, seq: o.seqLen, trainableParams: trainable }, `training with batch ${o.batchSize} × seq ${o.seqLen}`);
+  if (packing === 'per-use' && model.linears().some((l) => l.packing !== packing)) {
+    log('packing each frozen weight per product to fit the wasm heap (frozen matMuls about 20 % slower)');
+    for (const l of model.linears()) l.packing = packing;
+  }
   const accum = o.gradAccum ?? 1;
   const steps = o.steps ?? Math.max(1, Math.ceil(((o.epochs ?? 1) * sampler.stepsPerEpoch) / accum));
   const batches: Batches<Batch> = {

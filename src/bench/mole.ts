@@ -102,35 +102,52 @@ export function benchGateStep(shape: ModelShape, o: { experts: number; rank: num
     seq: o.seq,
   };
   const lm = toLmBatch(batch);
-  const time = (params: Map<string, tf.Variable>, loss: () => tf.Scalar): number => {
-    const opt = new AdamW(params);
-    const times: number[] = [];
+  /** Median step times of each run, the runs' steps taken in turn so that all see the same load. */
+  const time = (runs: { params: Map<string, tf.Variable>; loss: () => tf.Scalar; before?: () => void }[]): number[] => {
+    const opts = runs.map((r) => new AdamW(r.params));
+    const times: number[][] = runs.map(() => []);
     for (let i = 0; i < o.steps + 2; i++) {
-      const t0 = performance.now();
-      const acc = accumulateGrads(params, 1, loss);
-      opt.apply(acc.grads, 1e-3);
-      acc.loss.dataSync();
-      disposeAccumulated(acc);
-      if (i >= 2) times.push(performance.now() - t0);
+      runs.forEach((r, k) => {
+        r.before?.();
+        const t0 = performance.now();
+        const acc = accumulateGrads(r.params, 1, r.loss);
+        opts[k]!.apply(acc.grads, 1e-3);
+        acc.loss.dataSync();
+        disposeAccumulated(acc);
+        if (i >= 2) times[k]!.push(performance.now() - t0);
+      });
     }
-    opt.dispose();
-    return median(times);
+    for (const opt of opts) opt.dispose();
+    return times.map(median);
   };
   const trainLoss = (): tf.Scalar => lmLoss(model, lm, { training: true });
   try {
     const [single] = adapters(model, 1, o.rank, o.targets, 4);
-    single!.attach(model);
-    const loraMs = time(single!.params(), trainLoss);
-    single!.dispose();
     const comp = new MoleComposition(model);
     adapters(model, o.experts, o.rank, o.targets, 5).forEach((a) => comp.addExpert(a.name, a));
     comp.initGate({}, new Rng(6));
-    const gateMs = time(comp.params(), trainLoss);
+    comp.detach();
+    // Each step runs with its own hooks alone on the base.
+    const [loraMs, gateMs] = time([
+      {
+        params: single!.params(), loss: trainLoss, before: () => {
+          comp.detach();
+          single!.attach(model);
+        },
+      },
+      {
+        params: comp.params(), loss: trainLoss, before: () => {
+          single!.detach();
+          comp.attach();
+        },
+      },
+    ]) as [number, number];
+    single!.dispose();
     comp.useWeights(null);
     const router = createRouter(comp.experts, shape.hidden, {}, new Rng(7));
     const labels = Int32Array.from(comp.experts, (_, i) => i);
-    const labelsMs = time(router.params(), () => routerLoss(comp, router, batch, labels, 'labels'));
-    const lmMs = time(router.params(), () => routerLoss(comp, router, batch, labels, 'lm'));
+    const [labelsMs] = time([{ params: router.params(), loss: () => routerLoss(comp, router, batch, labels, 'labels') }]) as [number];
+    const [lmMs] = time([{ params: router.params(), loss: () => routerLoss(comp, router, batch, labels, 'lm') }]) as [number];
     router.dispose();
     comp.dispose();
     return {

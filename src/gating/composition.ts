@@ -147,6 +147,8 @@ export class MoleComposition {
     const vars = [...adapter.params().values()];
     this.entries.push({ name, adapter, trainable: vars.map((v) => v.trainable) });
     for (const v of vars) v.trainable = false;
+    // The modules gated may change: stacks are rebuilt at the next pass.
+    this.stacks.clear();
     this.rehook();
   }
 
@@ -157,6 +159,7 @@ export class MoleComposition {
     this.entries.splice(this.entries.indexOf(ex), 1);
     [...ex.adapter.params().values()].forEach((v, i) => (v.trainable = ex.trainable[i]!));
     this.maskNames?.delete(name);
+    this.stacks.clear();
     this.rehook();
     return ex.adapter;
   }
@@ -364,8 +367,6 @@ export class MoleComposition {
     const attached = this.attached;
     this.detach();
     this.attached = attached;
-    // The experts (or the modules they adapt) may have changed: stacks are rebuilt at the next pass.
-    this.stacks.clear();
     if (!attached) return;
     this.model.inputHooks.push(this.inputHook);
     const linears = linearsByName(this.model);

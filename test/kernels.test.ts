@@ -12,7 +12,7 @@ const stock = new Map<string, tf.KernelConfig>();
 beforeAll(async () => {
   tf.enableProdMode();
   await tf.setBackend('wasm');
-  for (const k of [tf._FusedMatMul, tf.Slice, tf.BatchMatMul]) stock.set(k, tf.getKernel(k, 'wasm')!);
+  for (const k of [tf._FusedMatMul, tf.Slice, tf.BatchMatMul, tf.Transpose]) stock.set(k, tf.getKernel(k, 'wasm')!);
   installKernelPatches();
 });
 
@@ -257,6 +257,31 @@ describe('slicing on wasm', () => {
       runStock(tf.Slice, { x }, { begin: [i, 0, 0], size: [1, 256, 64] })));
     // Measured 322 ms for the stock unstack here; the patched one takes a few ms.
     expect(patched).toBeLessThan(stockSlices / 5);
+  });
+});
+
+describe('transpose on wasm', () => {
+  it('swaps the last two axes in tiles as the stock kernel does: batches, odd sizes, int32 and bool', () => {
+    for (const shape of [[1, 1], [17, 33], [16, 16], [3, 40, 7], [2, 3, 5, 19]]) {
+      const r = shape.length;
+      const perm = [...shape.keys()];
+      [perm[r - 1], perm[r - 2]] = [perm[r - 2]!, perm[r - 1]!];
+      for (const dtype of ['float32', 'int32', 'bool'] as const) {
+        const x = dtype === 'float32' ? rand(shape, r) : tf.cast(tf.mul(rand(shape, r), 100), dtype);
+        const got = tf.transpose(x, perm);
+        const stock = runStock(tf.Transpose, { x }, { perm });
+        expect(got.shape).toEqual(stock.shape);
+        expect(got.dtype).toBe(dtype);
+        expect(Array.from(got.dataSync()), `${shape} ${dtype}`).toEqual(Array.from(stock.dataSync()));
+        tf.dispose([x, got, stock]);
+      }
+    }
+  });
+
+  it('leaves other permutations to the stock kernel', () => {
+    const x = rand([2, 3, 4], 9);
+    expect(tf.transpose(x, [1, 0, 2]).arraySync()).toEqual(runStock(tf.Transpose, { x }, { perm: [1, 0, 2] }).arraySync());
+    expect(tf.transpose(x, [2, 0, 1]).arraySync()).toEqual(runStock(tf.Transpose, { x }, { perm: [2, 0, 1] }).arraySync());
   });
 });
 

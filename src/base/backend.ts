@@ -1,6 +1,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { installKernelPatches } from './kernels.js';
 import { guardWasmHeap } from './memory.js';
+import { prepareWasmThreads } from './wasm-threads.js';
 
 export type BackendName = 'tensorflow' | 'wasm' | 'cpu';
 export const BACKENDS: readonly BackendName[] = ['tensorflow', 'wasm', 'cpu'];
@@ -16,6 +17,11 @@ export interface BackendOptions {
   backend?: string;
   /** Where warnings go; stderr by default. */
   warn?: (msg: string) => void;
+  /**
+   * Threads for the wasm backend's matMuls (its threaded build, see wasm-threads.ts); wins over
+   * MOLORA_THREADS. 1 (the default) runs the single-threaded build.
+   */
+  threads?: number;
 }
 
 let active: BackendInfo | null = null;
@@ -35,15 +41,16 @@ export async function initBackend(opts: BackendOptions = {}): Promise<BackendInf
   if (active && (!opts.backend || opts.backend === active.name)) return active;
 
   tf.enableProdMode();
+  const threads = opts.threads ?? threadsFromEnv();
   let info: BackendInfo;
   if (requested) {
-    if (!(await start(requested as BackendName))) {
+    if (!(await start(requested as BackendName, threads))) {
       throw new Error(`backend '${requested}' could not start${hint(requested as BackendName)}`);
     }
     info = { name: requested as BackendName, reason: opts.backend ? '--backend' : 'MOLORA_BACKEND' };
   } else if (await start('tensorflow')) {
     info = { name: 'tensorflow', reason: 'tfjs-node is installed' };
-  } else if (await start('wasm')) {
+  } else if (await start('wasm', threads)) {
     info = { name: 'wasm', reason: 'default (no tfjs-node installed)' };
   } else if (await start('cpu')) {
     info = { name: 'cpu', reason: 'wasm failed to start' };
@@ -65,17 +72,30 @@ export function activeBackend(): BackendInfo | null {
   return active;
 }
 
-async function start(name: BackendName): Promise<boolean> {
+async function start(name: BackendName, threads = 1): Promise<boolean> {
+  let finish: (() => void) | null = null;
   try {
     if (name === 'tensorflow') {
       if (!(await importFirst(['@tensorflow/tfjs-node-gpu', '@tensorflow/tfjs-node']))) return false;
     } else if (name === 'wasm') {
       await import('@tensorflow/tfjs-backend-wasm');
+      if (threads > 1) finish = await prepareWasmThreads(threads);
     }
     return await tf.setBackend(name);
   } catch {
     return false;
+  } finally {
+    finish?.();
   }
+}
+
+/** MOLORA_THREADS, an integer ≥ 1, or 1 when unset. */
+function threadsFromEnv(): number {
+  const raw = process.env.MOLORA_THREADS;
+  if (raw === undefined || raw === '') return 1;
+  const n = Number(raw);
+  if (!Number.isInteger(n) || n < 1) throw new Error(`MOLORA_THREADS must be an integer ≥ 1, got '${raw}'`);
+  return n;
 }
 
 async function importFirst(modules: string[]): Promise<boolean> {

@@ -4,6 +4,7 @@ import { DEFAULT_LORA } from '../adapters/config.js';
 import { crossEntropy } from '../base/loss.js';
 import type { Linear, WeightPacking } from '../base/linear.js';
 import type { CausalLM } from '../base/model.js';
+import { wasmThreadCount } from '../base/wasm-threads.js';
 import { Rng } from '../base/rng.js';
 import { accumulateGrads, disposeAccumulated } from '../train/grads.js';
 import { AdamW } from '../train/optimizer.js';
@@ -35,6 +36,8 @@ export interface BenchTrainResult extends PeakMemory {
   weight_packing: WeightPacking;
   loss: number;
   backend: string;
+  /** Threads the backend's matMuls ran on (MOLORA_THREADS on wasm). */
+  threads: number;
 }
 
 /** Reads results with `await data()`, so it runs on GPU backends, where dataSync() throws. */
@@ -81,6 +84,7 @@ export async function benchTrain(o: BenchTrainOptions): Promise<BenchTrainResult
       weight_packing: model.parts.head.packing,
       loss,
       backend: tf.getBackend(),
+      threads: wasmThreadCount(),
       ...memory.result(),
     };
   } finally {

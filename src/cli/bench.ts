@@ -41,7 +41,7 @@ export async function runBenchTrain(flags: WithShapeFlags<BenchTrainOptions>): P
   }
   process.stdout.write(
     [
-      `backend: ${r.backend}`,
+      `backend: ${r.backend}${r.threads > 1 ? ` (${r.threads} threads)` : ''}`,
       `LoRA step: ${r.step_ms.toFixed(1)} ms median, ${r.tokens_per_s.toFixed(0)} tokens/s (${r.trainable_params} trainable parameters)`,
       `achieved ${r.achieved_gflops.toFixed(2)} GFLOP/s of matmul work; plain matMul on these shapes: ${r.matmul_gflops.toFixed(2)} GFLOP/s (${(100 * r.efficiency).toFixed(0)}%)`,
       `peak RSS ${mib(r.peak_rss_mib)}; wasm heap ${mib(r.peak_heap_mib)}; GPU buffers ${mib(r.peak_gpu_buffers_mib)}${r.memory_note ? ` (${r.memory_note})` : ''}`,

@@ -121,6 +121,19 @@ describe('BatchMatMul on wasm (every slice on XNNPACK)', () => {
     }
   });
 
+  it('multiplies an inner dimension as long as a vocabulary in slices, to float64 accuracy', () => {
+    // k = 20000 ≥ LONG_K: 4096-wide slices summed; a batch of rows on a shared b; both flags.
+    for (const [ba, m, k, p, tA, tB] of [[[], 7, 20000, 5, false, false], [[2], 3, 20000, 4, false, false], [[], 6, 17000, 9, false, true], [[], 5, 16384, 3, true, false]] as const) {
+      const a = operand([...ba], m, k, tA, k + m);
+      const b = operand([], k, p, tB, k + p);
+      const ref = refMatMul(arr(a), arr(b), tA, tB);
+      const got = tf.matMul(a, b, tA, tB);
+      expect(got.shape).toEqual(ref.shape);
+      expect(maxRelErr(got.dataSync(), ref.data), `${a.shape} x ${b.shape} tA=${tA} tB=${tB}`).toBeLessThan(1e-5);
+      tf.dispose([a, b, got]);
+    }
+  });
+
   it('is several times faster than the stock kernel with a flag or a batch', () => {
     // The fastest of five runs: other processes share these cores.
     const time = (f: () => tf.Tensor) => {

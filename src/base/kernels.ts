@@ -8,7 +8,9 @@ import { installLeanBackprop } from './backprop.js';
  * wasm kernels replaced:
  * - BatchMatMul: only a flag-free, unbatched product reached XNNPACK (~20 GFLOP/s); flags and
  *   batches ran a naive loop (~1-2 GFLOP/s). Now transposes are materialised (on whichever side
- *   moves fewer elements) and every batch slice runs on XNNPACK through zero-copy views.
+ *   moves fewer elements) and every batch slice runs on XNNPACK through zero-copy views; an
+ *   inner dimension as long as a vocabulary runs in slices that stay in cache; a weight marked
+ *   with packPerUse gets no kept XNNPACK packing.
  * - _FusedMatMul: gave wrong numbers (bias with a flag or a batch; relu past 48 inner dims,
  *   where its blocked loop clamps partial sums). Now the matMul above, then Add and the
  *   activation kernels.
@@ -19,6 +21,7 @@ import { installLeanBackprop } from './backprop.js';
  * - UnsortedSegmentSum: missing, which broke every gather gradient.
  * - Identity, same-dtype Cast: copied the tensor; now they share its memory (tfjs clones every
  *   tensor it saves for a gradient).
+ * - Transpose of the last two axes: the stock loop strides through memory; now 16×16 tiles.
  *
  * gradients added or replaced (all backends):
  * - BatchMatMul: the stock one throws on broadcast batch dims and transposes twice where once
@@ -26,6 +29,7 @@ import { installLeanBackprop } from './backprop.js';
  *   product.
  * - GatherV2: one segment sum for any axis and batchDims (the stock one loops over batches).
  * - TopK (values), GatherNd, StridedSlice: missing.
+ * - The backward pass itself (backprop.ts): frees each intermediate gradient once used.
  *
  * molora's own kernels (wasm and cpu, in JS; ops.ts uses stock ops on other backends):
  * - MoloraSplitHeads / MoloraMergeHeads: RoPE, the attention score scale and the head

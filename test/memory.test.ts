@@ -35,7 +35,8 @@ describe('estimates', () => {
     expect(WASM_HEAP_LIMIT_BYTES).toBeLessThan(4 * 2 ** 30);
   });
 
-  it('counts weights twice when XNNPACK keeps its packed copies, once plus the largest packing per use', () => {
+  it('counts weights four times in both orientations, twice with XNNPACK\'s packed copies, once plus the largest packing per use', () => {
+    expect(estimateModelBytes(1000, 'transposed')).toBe(16000);
     expect(estimateModelBytes(1000)).toBe(8000);
     expect(estimateModelBytes(1000, 'per-use', 100)).toBe(4400);
   });
@@ -83,8 +84,8 @@ describe('training plans', () => {
   const config = (p: (typeof PRESETS)[PresetName]) => parseConfig(baseConfigJson({ arch: 'llama', out: '', ...p, maxPositions: p.seq }), 'preset');
   const run = (p: (typeof PRESETS)[PresetName]) => ({ batch: p.batch, seq: p.seq, trainableParams: 0 });
 
-  it('keeps packed copies where they fit (135M), packs per use where only that fits (360M)', () => {
-    for (const [name, packing] of [['smollm2-135m', 'cached'], ['smollm2-360m', 'per-use'], ['peer', 'cached']] as const) {
+  it('keeps both orientations for a small run (the peer shape), packed copies where they fit (135M), packs per use where only that fits (360M)', () => {
+    for (const [name, packing] of [['peer', 'transposed'], ['smollm2-135m', 'cached'], ['smollm2-360m', 'per-use']] as const) {
       expect(planTraining(config(PRESETS[name]), run(PRESETS[name]), name), name).toBe(packing);
     }
   });

@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { initBackend } from '../src/base/backend.js';
-import { bmm, bmmT, globalNorm, linear, matMul, mergeHeads, mergeHeadsOps, splitHeads, splitHeadsOps, stableSum } from '../src/base/ops.js';
+import { bmm, bmmT, frozenLinear, globalNorm, linear, matMul, mergeHeads, mergeHeadsOps, splitHeads, splitHeadsOps, stableSum } from '../src/base/ops.js';
 import { Rng } from '../src/base/rng.js';
 import { maxRelErr } from './helpers.js';
 
@@ -95,6 +95,24 @@ describe('matMul / linear', () => {
     tf.dispose([dx!, db!]);
     expect(tf.memory().numTensors).toBe(before);
     expect(tf.memory().numBytes).toBe(bytes);
+  });
+
+  it('frozenLinear equals linear, forward and input gradient, building the transpose at the first backward pass', () => {
+    const x = rand([9, 6], 6) as tf.Tensor2D;
+    const wT = rand([6, 4], 7) as tf.Tensor2D;
+    const bias = tf.tensor1d([0.5, -1, 2, 0]);
+    const dy = rand([9, 4], 8);
+    const w = wT.transpose();
+    let built = 0;
+    const transposed = () => (built++, w);
+    close(frozenLinear(x, wT, transposed, bias), linear(x, wT, bias).dataSync(), 1e-6);
+    expect(built).toBe(0);
+    const [dx, db] = tf.grads((a, b) => frozenLinear(a as tf.Tensor2D, wT, transposed, b as tf.Tensor1D))([x, bias], dy);
+    expect(built).toBe(1);
+    const [rx, rb] = tf.grads((a, b) => linear(a as tf.Tensor2D, wT, b as tf.Tensor1D))([x, bias], dy);
+    close(dx!, rx!.dataSync(), 1e-6);
+    close(db!, rb!.dataSync(), 1e-6);
+    expect(() => tf.grad((a) => frozenLinear(a as tf.Tensor2D, wT, () => wT))(x)).toThrow(/not the transpose/);
   });
 
   it('names the shapes at fault', () => {

@@ -13,12 +13,12 @@ const MiB = 2 ** 20;
 const heap = (): number => heapUsage().heapBytes!;
 const ctx = { batch: 1, seq: 64, training: true, tokenMask: null as unknown as tf.Tensor2D, aux: [], rng: null, plain: false };
 
-describe("Linear.packing 'per-use'", () => {
-  it('gives the same outputs and input gradients as cached packing, bit for bit', () => {
+describe('Linear.packing', () => {
+  it("gives the same outputs and input gradients whichever way the weight is held: 'transposed', 'cached', 'per-use'", () => {
     const wT = tf.randomNormal([96, 200], 0, 1, 'float32', 1) as tf.Tensor2D;
     const x = tf.randomNormal([64, 96], 0, 1, 'float32', 2) as tf.Tensor2D;
     const dy = tf.randomNormal([64, 200], 0, 1, 'float32', 3);
-    const run = (packing: 'cached' | 'per-use') => {
+    const run = (packing: 'transposed' | 'cached' | 'per-use') => {
       const l = new Linear('l', tf.clone(wT), null, false);
       l.packing = packing;
       const [y, dx] = [l.forward(x, ctx), tf.grad((v) => l.forward(v as tf.Tensor2D, ctx))(x, dy)];
@@ -28,11 +28,28 @@ describe("Linear.packing 'per-use'", () => {
       return out;
     };
     const before = tf.memory().numTensors;
-    const [cached, perUse] = [run('cached'), run('per-use')];
-    expect(Buffer.from(perUse[0]!.buffer).equals(Buffer.from(cached[0]!.buffer))).toBe(true);
-    expect(Buffer.from(perUse[1]!.buffer).equals(Buffer.from(cached[1]!.buffer))).toBe(true);
+    const [transposed, cached, perUse] = [run('transposed'), run('cached'), run('per-use')];
+    // The same products in the same order: XNNPACK sums each dot product along k either way.
+    for (const other of [cached, perUse]) {
+      expect(Buffer.from(other[0]!.buffer).equals(Buffer.from(transposed[0]!.buffer))).toBe(true);
+      expect(Buffer.from(other[1]!.buffer).equals(Buffer.from(transposed[1]!.buffer))).toBe(true);
+    }
     expect(tf.memory().numTensors).toBe(before);
     tf.dispose([wT, x, dy]);
+  });
+
+  it("'transposed' builds the [out, in] copy at the first backward pass only, and frees it with the layer", () => {
+    const l = new Linear('l', tf.randomNormal([32, 48], 0, 1, 'float32', 5) as tf.Tensor2D, null, false);
+    l.packing = 'transposed';
+    const x = tf.randomNormal([4, 32], 0, 1, 'float32', 6) as tf.Tensor2D;
+    const before = tf.memory().numTensors;
+    tf.tidy(() => void l.forward(x, ctx).dataSync());
+    expect(tf.memory().numTensors).toBe(before);
+    tf.dispose(tf.grad((v) => l.forward(v as tf.Tensor2D, ctx))(x));
+    expect(tf.memory().numTensors).toBe(before + 1);
+    l.dispose();
+    expect(tf.memory().numTensors).toBe(before - 1);
+    x.dispose();
   });
 
   it('holds no packed copy between products: six 32 MiB weights grow the heap by about one packing, not six', () => {

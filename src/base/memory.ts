@@ -18,11 +18,12 @@ const GiB = 2 ** 30;
 /**
  * Bytes of float32 weights on the wasm heap. Every matrix used as a matMul weight also gets an
  * XNNPACK operator holding a packed copy for as long as the tensor lives (measured: 32 MiB of
- * weights grew the heap by 36 MiB more after one matMul each), so count them twice; with
- * 'per-use' packing (Linear.packing) only the largest weight's packing is held, and only during
- * its product.
+ * weights grew the heap by 36 MiB more after one matMul each), so count them twice; 'transposed'
+ * (Linear.packing) holds both orientations, four times; 'per-use' only the largest weight's
+ * packing, and only during its product.
  */
 export function estimateModelBytes(params: number, packing: WeightPacking = 'cached', largestWeight = 0): number {
+  if (packing === 'transposed') return 4 * F32 * params;
   return F32 * params + F32 * (packing === 'cached' ? params : largestWeight);
 }
 
@@ -64,13 +65,22 @@ export function estimateTrainingBytes(s: TrainingShape): number {
 }
 
 /**
- * How a run packs its frozen weights on wasm: XNNPACK's cached copies (the fastest) when
- * `bytes('cached')` fits the heap, else packing per product (15-30 % slower on each frozen
- * matMul, one weight's packing held at a time). Refuses, naming the leaner figure, when neither
- * fits. 'cached' off wasm, where there is no such heap.
+ * A run small enough to afford both orientations of every weight: the copies speed a training
+ * step up by 5-9 % (docs/cpu-speed.md), which is worth at most this much heap.
+ */
+export const TRANSPOSED_BUDGET_BYTES = 2 ** 30;
+
+/**
+ * How a run holds its frozen weights on wasm (Linear.packing), the fastest way its memory
+ * allows: both orientations while the whole run stays under TRANSPOSED_BUDGET_BYTES (a small
+ * model); one orientation with XNNPACK's packed copies when that fits the heap; else packing per
+ * product (one weight's packing held at a time). Refuses, naming the leanest figure, when nothing
+ * fits. 'cached' off wasm, where there is no such heap and no XNNPACK.
  */
 export function planPacking(bytes: (packing: WeightPacking) => number, what: string, weightBytes = 0): WeightPacking {
-  if (tf.getBackend() !== 'wasm' || bytes('cached') <= WASM_HEAP_LIMIT_BYTES) return 'cached';
+  if (tf.getBackend() !== 'wasm') return 'cached';
+  if (bytes('transposed') <= TRANSPOSED_BUDGET_BYTES) return 'transposed';
+  if (bytes('cached') <= WASM_HEAP_LIMIT_BYTES) return 'cached';
   assertFitsHeap(bytes('per-use'), what, weightBytes);
   return 'per-use';
 }

@@ -32,7 +32,7 @@ export interface BenchTrainResult extends PeakMemory {
   /** achieved / matmul: how much of the step is useful matmul work. */
   efficiency: number;
   trainable_params: number;
-  /** How XNNPACK held the frozen weights: 'cached' packed copies, or 'per-use' where only that fit the wasm heap. */
+  /** How the frozen weights were held (Linear.packing): the fastest way the wasm heap allowed. */
   weight_packing: WeightPacking;
   loss: number;
   backend: string;

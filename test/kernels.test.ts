@@ -12,7 +12,7 @@ const stock = new Map<string, tf.KernelConfig>();
 beforeAll(async () => {
   tf.enableProdMode();
   await tf.setBackend('wasm');
-  for (const k of [tf._FusedMatMul, tf.Slice, tf.BatchMatMul]) stock.set(k, tf.getKernel(k, 'wasm')!);
+  for (const k of [tf._FusedMatMul, tf.Slice, tf.BatchMatMul, tf.Transpose]) stock.set(k, tf.getKernel(k, 'wasm')!);
   installKernelPatches();
 });
 
@@ -118,6 +118,19 @@ describe('BatchMatMul on wasm (every slice on XNNPACK)', () => {
           expect(maxRelErr(got.dataSync(), ref.data), `${a.shape} x ${b.shape} tA=${tA} tB=${tB}`).toBeLessThan(1e-5);
         }
       }
+    }
+  });
+
+  it('multiplies an inner dimension as long as a vocabulary in slices, to float64 accuracy', () => {
+    // k = 20000 ≥ LONG_K: 4096-wide slices summed; a batch of rows on a shared b; both flags.
+    for (const [ba, m, k, p, tA, tB] of [[[], 7, 20000, 5, false, false], [[2], 3, 20000, 4, false, false], [[], 6, 17000, 9, false, true], [[], 5, 16384, 3, true, false]] as const) {
+      const a = operand([...ba], m, k, tA, k + m);
+      const b = operand([], k, p, tB, k + p);
+      const ref = refMatMul(arr(a), arr(b), tA, tB);
+      const got = tf.matMul(a, b, tA, tB);
+      expect(got.shape).toEqual(ref.shape);
+      expect(maxRelErr(got.dataSync(), ref.data), `${a.shape} x ${b.shape} tA=${tA} tB=${tB}`).toBeLessThan(1e-5);
+      tf.dispose([a, b, got]);
     }
   });
 
@@ -257,6 +270,31 @@ describe('slicing on wasm', () => {
       runStock(tf.Slice, { x }, { begin: [i, 0, 0], size: [1, 256, 64] })));
     // Measured 322 ms for the stock unstack here; the patched one takes a few ms.
     expect(patched).toBeLessThan(stockSlices / 5);
+  });
+});
+
+describe('transpose on wasm', () => {
+  it('swaps the last two axes in tiles as the stock kernel does: batches, odd sizes, int32 and bool', () => {
+    for (const shape of [[1, 1], [17, 33], [16, 16], [3, 40, 7], [2, 3, 5, 19]]) {
+      const r = shape.length;
+      const perm = [...shape.keys()];
+      [perm[r - 1], perm[r - 2]] = [perm[r - 2]!, perm[r - 1]!];
+      for (const dtype of ['float32', 'int32', 'bool'] as const) {
+        const x = dtype === 'float32' ? rand(shape, r) : tf.cast(tf.mul(rand(shape, r), 100), dtype);
+        const got = tf.transpose(x, perm);
+        const stock = runStock(tf.Transpose, { x }, { perm });
+        expect(got.shape).toEqual(stock.shape);
+        expect(got.dtype).toBe(dtype);
+        expect(Array.from(got.dataSync()), `${shape} ${dtype}`).toEqual(Array.from(stock.dataSync()));
+        tf.dispose([x, got, stock]);
+      }
+    }
+  });
+
+  it('leaves other permutations to the stock kernel', () => {
+    const x = rand([2, 3, 4], 9);
+    expect(tf.transpose(x, [1, 0, 2]).arraySync()).toEqual(runStock(tf.Transpose, { x }, { perm: [1, 0, 2] }).arraySync());
+    expect(tf.transpose(x, [2, 0, 1]).arraySync()).toEqual(runStock(tf.Transpose, { x }, { perm: [2, 0, 1] }).arraySync());
   });
 });
 

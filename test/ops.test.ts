@@ -79,6 +79,24 @@ describe('matMul / linear', () => {
     close(dBias, [8, 8, 8], 1e-6);
   });
 
+  it("linear's input gradient reads the one [in, out] weight: float64 values, no copy kept", () => {
+    // A weight larger than the activations, so the kernel computes dy·wTᵀ as (wT·dyᵀ)ᵀ and never
+    // materialises wTᵀ (what the removed per-layer transposed copy held).
+    const [n, inF, outF] = [6, 40, 56];
+    const x = rand([n, inF], 6) as tf.Tensor2D;
+    const wT = rand([inF, outF], 7) as tf.Tensor2D;
+    const bias = rand([outF], 9) as tf.Tensor1D;
+    const dy = rand([n, outF], 8);
+    const before = tf.memory().numTensors;
+    const bytes = tf.memory().numBytes;
+    const [dx, db] = tf.grads((a, b) => linear(a as tf.Tensor2D, wT, b as tf.Tensor1D))([x, bias], dy);
+    close(dx!, refMatMul(f64(dy), refTranspose(f64(wT), inF, outF), n, outF, inF), 1e-5);
+    close(db!, Array.from({ length: outF }, (_, j) => Array.from({ length: n }, (_, i) => dy.dataSync()[i * outF + j]!).reduce((s, v) => s + v, 0)), 1e-5);
+    tf.dispose([dx!, db!]);
+    expect(tf.memory().numTensors).toBe(before);
+    expect(tf.memory().numBytes).toBe(bytes);
+  });
+
   it('frozenLinear equals linear, forward and input gradient, building the transpose at the first backward pass', () => {
     const x = rand([9, 6], 6) as tf.Tensor2D;
     const wT = rand([6, 4], 7) as tf.Tensor2D;

@@ -61,7 +61,8 @@ function referenceLogits(router: PromptRouter, batch: TokenBatch): number[][] {
   const { batch: B, seq: T } = batch;
   const D = model.config.hidden;
   const h = tf.tidy(() => model.hidden(batch, { plain: true }).h.dataSync());
-  const emb = model.parts.embed.weight.dataSync();
+  // Every row of the table [V, D] as the model looks it up (a tied table is held as the head's [D, V]).
+  const emb = tf.tidy(() => model.parts.embed.gather(tf.range(0, model.parts.embed.rows, 1, 'int32') as tf.Tensor1D).dataSync());
   const W = router.weight.dataSync();
   const bias = router.bias.dataSync();
   const N = NAMES.length;

@@ -30,7 +30,7 @@ export function trainAdapter(o: TrainAdapterOptions): Promise<TrainResult> {
 }
 
 async function trainIn(o: TrainAdapterOptions): Promise<TrainResult> {
-  const model = loadBase(o.model, { warn: o.log });
+  const model = loadBase(o.model, { warn: o.log, training: { batch: o.batchSize, seq: o.seqLen, trainableParams: 0 } });
   try {
     const config: LoraConfig = {
       ...DEFAULT_LORA,

@@ -1,6 +1,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { installKernelPatches } from './kernels.js';
 import { guardWasmHeap } from './memory.js';
+import { prepareWasmThreads } from './wasm-threads.js';
 import { defaultImporter, describeAdapter, startWebGpu, webGpuAdapter, WebGpuUnavailable, type AdapterSummary, type Importer, type StartOptions } from './webgpu.js';
 
 export type BackendName = 'tensorflow' | 'webgpu' | 'wasm' | 'cpu';
@@ -23,6 +24,11 @@ export interface BackendOptions {
   importer?: Importer;
   /** Whether the machine has a GPU device node, which the automatic order checks before starting Dawn; tests inject one. */
   gpuDevicePresent?: () => boolean;
+  /**
+   * Threads for the wasm backend's matMuls (its threaded build, see wasm-threads.ts); wins over
+   * MOLORA_THREADS. 1 (the default) runs the single-threaded build.
+   */
+  threads?: number;
 }
 
 let active: BackendInfo | null = null;
@@ -44,7 +50,7 @@ export async function initBackend(opts: BackendOptions = {}): Promise<BackendInf
   if (active && (!opts.backend || opts.backend === active.name)) return active;
 
   tf.enableProdMode();
-  const probe = { importer, warn, gpuDevicePresent: opts.gpuDevicePresent };
+  const probe = { importer, warn, gpuDevicePresent: opts.gpuDevicePresent, threads: opts.threads ?? threadsFromEnv() };
   const info = requested ? await forced(requested as BackendName, opts.backend ? '--backend' : 'MOLORA_BACKEND', probe) : await automatic(probe);
   if (info.name === 'cpu') {
     warn('WARNING: running on the pure-JS cpu backend, about 40x slower than wasm. ' +
@@ -82,7 +88,7 @@ export function tensorsOnHost(): boolean {
   return tf.getBackend() !== 'webgpu';
 }
 
-type Probe = Omit<StartOptions, 'hardwareOnly'> & { importer: Importer };
+type Probe = Omit<StartOptions, 'hardwareOnly'> & { importer: Importer; threads: number };
 
 async function forced(name: BackendName, reason: string, probe: Probe): Promise<BackendInfo> {
   if (name === 'webgpu') {
@@ -92,7 +98,7 @@ async function forced(name: BackendName, reason: string, probe: Probe): Promise<
       throw new Error(`backend 'webgpu' could not start: ${e instanceof Error ? e.message : String(e)}`);
     }
   }
-  if (!(await start(name, probe.importer))) throw new Error(`backend '${name}' could not start${hint(name)}`);
+  if (!(await start(name, probe.importer, probe.threads))) throw new Error(`backend '${name}' could not start${hint(name)}`);
   return { name, reason };
 }
 
@@ -107,22 +113,35 @@ async function automatic(probe: Probe): Promise<BackendInfo> {
     if (!(e instanceof WebGpuUnavailable && e.skip)) throw e;
     noGpu = e.message;
   }
-  if (await start('wasm', importer)) return { name: 'wasm', reason: `default (no tfjs-node; no webgpu: ${noGpu})` };
+  if (await start('wasm', importer, probe.threads)) return { name: 'wasm', reason: `default (no tfjs-node; no webgpu: ${noGpu})` };
   if (await start('cpu', importer)) return { name: 'cpu', reason: 'wasm failed to start' };
   throw new Error('no tfjs backend could start');
 }
 
-async function start(name: Exclude<BackendName, 'webgpu'>, importer: Importer): Promise<boolean> {
+async function start(name: Exclude<BackendName, 'webgpu'>, importer: Importer, threads = 1): Promise<boolean> {
+  let finish: (() => void) | null = null;
   try {
     if (name === 'tensorflow') {
       if (!(await importFirst(['@tensorflow/tfjs-node-gpu', '@tensorflow/tfjs-node'], importer))) return false;
     } else if (name === 'wasm') {
       await import('@tensorflow/tfjs-backend-wasm');
+      if (threads > 1) finish = await prepareWasmThreads(threads);
     }
     return await tf.setBackend(name);
   } catch {
     return false;
+  } finally {
+    finish?.();
   }
+}
+
+/** MOLORA_THREADS, an integer ≥ 1, or 1 when unset. */
+function threadsFromEnv(): number {
+  const raw = process.env.MOLORA_THREADS;
+  if (raw === undefined || raw === '') return 1;
+  const n = Number(raw);
+  if (!Number.isInteger(n) || n < 1) throw new Error(`MOLORA_THREADS must be an integer ≥ 1, got '${raw}'`);
+  return n;
 }
 
 async function importFirst(modules: string[], importer: Importer): Promise<boolean> {

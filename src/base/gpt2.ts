@@ -6,7 +6,7 @@ import { Linear } from './linear.js';
 import { GeluMLP } from './mlp.js';
 import type { ModelParts } from './model.js';
 import { LayerNorm } from './norm.js';
-import { Embedding, readRowBlocks } from './vocab.js';
+import { Embedding, readRowBlocks, transposedBlocks } from './vocab.js';
 import type { WeightSource } from './weights.js';
 
 /** The causal-mask buffers some GPT-2 exports carry; they hold no weights. */
@@ -38,9 +38,10 @@ export function buildGpt2(cfg: ModelConfig, w: WeightSource): ModelParts {
     return new Block(i, norm(`${p}.ln_1`), attn, norm(`${p}.ln_2`), mlp);
   });
 
-  const embed = new Embedding('transformer.wte', readRowBlocks(w, key('transformer.wte', 'weight'), cfg.vocabSize, D));
+  // The head is the token embedding transposed ([V, D] row blocks transposed are the tied [D, V]
+  // weight's column blocks); the embedding reads the head's columns, holding no copy of its own.
+  const head = new Linear('lm_head', transposedBlocks(readRowBlocks(w, key('transformer.wte', 'weight'), cfg.vocabSize, D)), null, false);
+  const embed = new Embedding('transformer.wte', [...head.columnBlocks], 'columns');
   const posEmbed = new Embedding('transformer.wpe', readRowBlocks(w, key('transformer.wpe', 'weight'), cfg.maxPositions, D));
-  // [V, D] row blocks transposed are the tied [D, V] weight's column blocks.
-  const head = new Linear('lm_head', embed.rowBlocks.map((b) => b.transpose() as tf.Tensor2D), null, false);
   return { embed, posEmbed, blocks, norm: norm('transformer.ln_f'), head, rope: null };
 }

@@ -1,5 +1,6 @@
 import * as tf from '@tensorflow/tfjs';
 import type { BackendWasm } from '@tensorflow/tfjs-backend-wasm';
+import { installLeanBackprop } from './backprop.js';
 
 /**
  * Fixes for tfjs 4.22's traps (TFJS-NOTES.md), installed through tfjs's own extension points.
@@ -7,7 +8,9 @@ import type { BackendWasm } from '@tensorflow/tfjs-backend-wasm';
  * wasm kernels replaced:
  * - BatchMatMul: only a flag-free, unbatched product reached XNNPACK (~20 GFLOP/s); flags and
  *   batches ran a naive loop (~1-2 GFLOP/s). Now transposes are materialised (on whichever side
- *   moves fewer elements) and every batch slice runs on XNNPACK through zero-copy views.
+ *   moves fewer elements) and every batch slice runs on XNNPACK through zero-copy views; an
+ *   inner dimension as long as a vocabulary runs in slices that stay in cache; a weight marked
+ *   with packPerUse gets no kept XNNPACK packing.
  * - _FusedMatMul: gave wrong numbers (bias with a flag or a batch; relu past 48 inner dims,
  *   where its blocked loop clamps partial sums). Now the matMul above, then Add and the
  *   activation kernels.
@@ -18,6 +21,7 @@ import type { BackendWasm } from '@tensorflow/tfjs-backend-wasm';
  * - UnsortedSegmentSum: missing, which broke every gather gradient.
  * - Identity, same-dtype Cast: copied the tensor; now they share its memory (tfjs clones every
  *   tensor it saves for a gradient).
+ * - Transpose of the last two axes: the stock loop strides through memory; now 16×16 tiles.
  *
  * gradients added or replaced (all backends):
  * - BatchMatMul: the stock one throws on broadcast batch dims and transposes twice where once
@@ -25,6 +29,7 @@ import type { BackendWasm } from '@tensorflow/tfjs-backend-wasm';
  *   product.
  * - GatherV2: one segment sum for any axis and batchDims (the stock one loops over batches).
  * - TopK (values), GatherNd, StridedSlice: missing.
+ * - The backward pass itself (backprop.ts): frees each intermediate gradient once used.
  *
  * molora's own kernels (wasm and cpu, in JS; ops.ts uses stock ops on other backends):
  * - MoloraSplitHeads / MoloraMergeHeads: RoPE, the attention score scale and the head
@@ -47,6 +52,7 @@ import type { BackendWasm } from '@tensorflow/tfjs-backend-wasm';
  * after setBackend (initBackend does). Idempotent: each patch checks it is not already in place.
  */
 export function installKernelPatches(): void {
+  installLeanBackprop();
   for (const g of GRADIENTS) {
     if (tf.getGradient(g.kernelName) !== g) tf.registerGradient(g);
   }
@@ -211,10 +217,20 @@ function product(backend: BackendWasm, a: Info, b: Info, transposeA: boolean, tr
       return out;
     }
     const mm = xnnMatMul(backend);
+    if (prod(batchB) === 1 && k >= LONG_K) {
+      longProduct(backend, A, B, n * m, k, p, out);
+      return out;
+    }
     if (prod(batchB) === 1) {
-      // One weight for the whole batch: all of a's rows in one product.
-      mm(heapId(backend, A), shapeBytes([1, n * m, k]), 3, heapId(backend, B), shapeBytes([1, k, p]), 3,
-        false, false, heapId(backend, out));
+      // One weight for the whole batch: all of a's rows in one product. XNNPACK caches its packed
+      // copy of B under B's id; a view's id takes the packing away with it.
+      const bv = PACK_PER_USE.has(B.dataId) ? view(backend, heapOffset(backend, B), B.shape) : B;
+      try {
+        mm(heapId(backend, A), shapeBytes([1, n * m, k]), 3, heapId(backend, bv), shapeBytes([1, k, p]), 3,
+          false, false, heapId(backend, out));
+      } finally {
+        if (bv !== B) dropView(backend, bv);
+      }
       return out;
     }
     const [aOff, bOff, oOff] = [heapOffset(backend, A), heapOffset(backend, B), heapOffset(backend, out)];
@@ -233,6 +249,57 @@ function product(backend: BackendWasm, a: Info, b: Info, transposeA: boolean, tr
   } finally {
     if (A !== a) backend.disposeData(A.dataId);
     if (B !== b) backend.disposeData(B.dataId);
+  }
+}
+
+/** Tensors (by dataId) whose XNNPACK packing is made for each product and freed after it. */
+const PACK_PER_USE = new WeakSet<object>();
+
+/**
+ * Make XNNPACK pack `t` for each matMul that uses it as the right operand, and free the packing
+ * after it, instead of keeping a packed copy (as large as t) for t's life. Costs 15-30% on that
+ * product at 128-256 rows (measured on SmolLM2 shapes); halves a frozen model's weight memory.
+ * A no-op off wasm.
+ */
+export function packPerUse(t: tf.Tensor): void {
+  PACK_PER_USE.add(t.dataId);
+}
+
+/** Inner dimensions from here on (vocabularies) are multiplied in slices of K_SLICE. */
+const LONG_K = 16384;
+const K_SLICE = 4096;
+
+/**
+ * [rows, k]·[k, p] for a k as long as a vocabulary (a head's input gradient, [N, V]·[V, D] or its
+ * swapped form): XNNPACK runs the whole of k for each tile of the output, so k-long rows of A
+ * and k-long panels of B stream from memory again and again. In slices of K_SLICE both stay in
+ * cache: 736 → 533 ms of CPU for [576, 49152]·[49152, 256], the column slices of A copied and the
+ * row slices of B viewed in place. No operand longer than LONG_K is a kept weight (the head's
+ * weight has the vocabulary as its columns), so losing XNNPACK's cached packing costs nothing.
+ */
+function longProduct(backend: BackendWasm, A: Info, B: Info, rows: number, k: number, p: number, out: Info): void {
+  const mm = xnnMatMul(backend);
+  const a2: Info = { ...A, shape: [rows, k] };
+  const bOff = heapOffset(backend, B);
+  const part = backend.makeOutput([rows, p], 'float32');
+  try {
+    for (let k0 = 0; k0 < k; k0 += K_SLICE) {
+      const kc = Math.min(K_SLICE, k - k0);
+      const as = sliceInfo(backend, a2, [0, k0], [rows, kc]);
+      const bv = view(backend, bOff + k0 * p * 4, [kc, p]);
+      const target = k0 === 0 ? out : part;
+      mm(heapId(backend, as), shapeBytes([1, rows, kc]), 3, heapId(backend, bv), shapeBytes([1, kc, p]), 3,
+        false, false, heapId(backend, target));
+      dropView(backend, bv);
+      backend.disposeData(as.dataId);
+      if (k0 === 0) continue;
+      // Views taken after the allocations above.
+      const sum = backend.typedArrayFromHeap(out) as Float32Array;
+      const add = backend.typedArrayFromHeap(part) as Float32Array;
+      for (let i = 0; i < sum.length; i++) sum[i]! += add[i]!;
+    }
+  } finally {
+    backend.disposeData(part.dataId);
   }
 }
 
@@ -425,9 +492,50 @@ const unsortedSegmentSumKernel = wasmKernel(tf.UnsortedSegmentSum, ({ inputs, ba
   return out;
 });
 
+// ---------------------------------------------------------------- transposes in tiles
+
+/** Tile edge: a 16×16 float32 tile is 1 KiB, so a tile's rows and columns both stay in L1. */
+const TILE = 16;
+
+/**
+ * A transpose of the last two axes (any batch in front), in 16×16 tiles. The stock kernel walks
+ * the output one element at a time with strided reads: [256, 49152] (a head's gradient) took 75 ms
+ * and [49152, 256] 284 ms, against 28 and 44 here; the matMul kernel above transposes on every
+ * flagged product. Other permutations go to the stock kernel.
+ */
+const transposeKernel = wasmKernel(tf.Transpose, ({ inputs, backend, attrs }) => {
+  const x = inputs.x!;
+  const { perm } = attrs as unknown as tf.TransposeAttrs;
+  const r = perm.length;
+  const swapsLastTwo = r >= 2 && perm[r - 1] === r - 2 && perm[r - 2] === r - 1 && perm.slice(0, -2).every((p, i) => p === i);
+  if (!swapsLastTwo || x.dtype === 'string' || x.dtype === 'complex64') {
+    return stock('wasm', tf.Transpose).kernelFunc({ inputs, backend, attrs }) as Info;
+  }
+  const [R, C] = x.shape.slice(-2) as [number, number];
+  const out = backend.makeOutput([...x.shape.slice(0, -2), C, R], x.dtype);
+  // Views taken after makeOutput: an allocation can grow the heap and detach older views.
+  const src = backend.typedArrayFromHeap(x);
+  const dst = backend.typedArrayFromHeap(out);
+  for (let b = 0, n = prod(x.shape.slice(0, -2)); b < n; b++) transposeTiles(src, dst, b * R * C, R, C);
+  return out;
+});
+
+function transposeTiles(src: tf.TypedArray, dst: tf.TypedArray, base: number, R: number, C: number): void {
+  for (let i0 = 0; i0 < R; i0 += TILE) {
+    const i1 = Math.min(i0 + TILE, R);
+    for (let j0 = 0; j0 < C; j0 += TILE) {
+      const j1 = Math.min(j0 + TILE, C);
+      for (let i = i0; i < i1; i++) {
+        const s = base + i * C;
+        for (let j = j0; j < j1; j++) dst[base + j * R + i] = src[s + j]!;
+      }
+    }
+  }
+}
+
 const WASM_KERNELS: tf.KernelConfig[] = [
   batchMatMulKernel, fusedMatMulKernel, sliceKernel, unpackKernel, splitVKernel, gatherKernel,
-  unsortedSegmentSumKernel, identityKernel, castKernel,
+  unsortedSegmentSumKernel, identityKernel, castKernel, transposeKernel,
 ];
 
 // ---------------------------------------------------------------- webgpu

@@ -1,5 +1,6 @@
 import * as tf from '@tensorflow/tfjs';
 import type { ForwardContext } from './context.js';
+import { packPerUse } from './kernels.js';
 import { frozenLinear, linear } from './ops.js';
 
 /** Something that adds to a linear layer's output: a LoRA adapter, or a gate over several. */
@@ -8,15 +9,27 @@ export interface LinearHook {
 }
 
 /**
+ * How a frozen weight is held for products, fastest first (memory.ts plans which one a run gets):
+ * - 'transposed': [in, out] and, once training needs input gradients, [out, in], each with the
+ *   packed copy XNNPACK keeps: four copies of the weight;
+ * - 'cached': [in, out] and its packed copy; the input gradient dy·wTᵀ runs as (wT·dyᵀ)ᵀ
+ *   (kernels.ts), which transposes and packs activations instead (20-28 % slower per product);
+ * - 'per-use': [in, out] alone, packed for each product and freed after it (15-30 % slower).
+ */
+export type WeightPacking = 'transposed' | 'cached' | 'per-use';
+
+/**
  * A frozen base linear layer, named by its Hugging Face module path (what PEFT targets).
- * The weight is kept as [in, out] so the forward is a plain 2-D matMul, the fast path on WASM;
+ * The weight is kept as [in, out] so the forward is a plain 2-D matMul, the fast path on WASM.
  * `conv1d` records that the checkpoint stores it that way (GPT-2's fan_in_fan_out).
  * A vocabulary-wide lm_head over a GPU's binding limit comes as column blocks of that weight
  * (see vocab.ts): one product per block, concatenated.
  */
 export class Linear {
   private readonly hookList: LinearHook[] = [];
-  /** weightT transposed, kept while training a frozen weight (see ops.frozenLinear). */
+  /** Set by a memory plan (base/memory.ts) before the first forward. */
+  packing: WeightPacking = 'cached';
+  /** weightT transposed, under the 'transposed' plan (see ops.frozenLinear). */
   private transposed: { of: tf.Tensor2D; w: tf.Tensor2D } | null = null;
   /** weightT, or its column blocks [in, out_i] in order. */
   private blocks: tf.Tensor2D[];
@@ -81,15 +94,26 @@ export class Linear {
   }
 
   forward(x: tf.Tensor2D, ctx: ForwardContext): tf.Tensor2D {
-    let y = this.blocks.length > 1 ? this.blockProduct(x) : this.product(x, ctx);
+    let y = ctx.training && this.packing === 'transposed' && this.isFrozenWhole()
+      ? frozenLinear(x, this.weightT, () => this.weight(), this.bias ?? undefined)
+      : this.base(x);
     if (!ctx.plain) for (const h of this.hookList) y = y.add(h.delta(x, ctx));
     return y;
   }
 
-  private product(x: tf.Tensor2D, ctx: ForwardContext): tf.Tensor2D {
-    const bias = this.bias ?? undefined;
-    const frozen = !(this.weightT instanceof tf.Variable && this.weightT.trainable);
-    return ctx.training && frozen ? frozenLinear(x, this.weightT, () => this.weight(), bias) : linear(x, this.weightT, bias);
+  /** One frozen tensor (not column blocks, not a trainable variable): what the 'transposed' plan pairs with [out, in]. */
+  private isFrozenWhole(): boolean {
+    if (this.blocks.length > 1) return false;
+    const w = this.blocks[0]!;
+    return !(w instanceof tf.Variable && w.trainable);
+  }
+
+  /** The frozen layer alone: x·W + b, without hooks. */
+  base(x: tf.Tensor2D): tf.Tensor2D {
+    if (this.blocks.length > 1) return this.blockProduct(x);
+    // Marked at each product, so a weight replaced later (a merge) is marked too.
+    if (this.packing === 'per-use') packPerUse(this.weightT);
+    return linear(x, this.weightT, this.bias ?? undefined);
   }
 
   /** x @ [W_1 … W_n] as one product per block (each fits a binding), then the bias. */
@@ -98,11 +122,7 @@ export class Linear {
     return this.bias ? y.add(this.bias) : y;
   }
 
-  /**
-   * The weight as [out, in], for input gradients while training. Costs a second copy of the
-   * weight, plus XNNPACK's packing of it, for as long as the layer lives; rebuilt if weightT is
-   * replaced (a merge).
-   */
+  /** The weight as [out, in], built at the first backward pass; rebuilt if weightT is replaced (a merge). */
   private weight(): tf.Tensor2D {
     const wT = this.weightT;
     if (this.transposed?.of !== wT) {

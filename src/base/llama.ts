@@ -9,7 +9,7 @@ import type { ModelParts } from './model.js';
 import { RMSNorm } from './norm.js';
 import { Rope } from './rope.js';
 import { sparseFfnLayout } from './sparse-ffn.js';
-import { Embedding, readRowBlocks } from './vocab.js';
+import { Embedding, readRowBlocks, transposedBlocks } from './vocab.js';
 import type { WeightSource } from './weights.js';
 
 /** Checkpoint buffers that carry no weights (old exports saved RoPE's inv_freq). */
@@ -49,10 +49,10 @@ export function buildLlama(cfg: ModelConfig, w: WeightSource): ModelParts {
   const D = cfg.hidden;
   const qDim = cfg.heads * cfg.headDim;
   const kvDim = cfg.kvHeads * cfg.headDim;
-  const linear = (name: string, inF: number, outF: number, bias = false): Linear =>
+  const linear = (name: string, inF: number, outF: number, bias = false, key = name): Linear =>
     new Linear(
       name,
-      tf.tidy(() => w.get(`${name}.weight`, [outF, inF]).transpose() as tf.Tensor2D),
+      tf.tidy(() => w.get(`${key}.weight`, [outF, inF]).transpose() as tf.Tensor2D),
       bias ? (w.get(`${name}.bias`, [outF]) as tf.Tensor1D) : null,
       false,
     );
@@ -87,9 +87,12 @@ export function buildLlama(cfg: ModelConfig, w: WeightSource): ModelParts {
     return new Block(i, norm(`${p}.input_layernorm`), attn, norm(`${p}.post_attention_layernorm`), mlp);
   });
 
-  const embed = new Embedding('model.embed_tokens', readRowBlocks(w, 'model.embed_tokens.weight', cfg.vocabSize, D));
-  // [V, D] row blocks transposed are the [D, V] weight's column blocks.
-  const headRows = cfg.tieWordEmbeddings ? embed.rowBlocks : readRowBlocks(w, 'lm_head.weight', cfg.vocabSize, D);
-  const head = new Linear('lm_head', headRows.map((b) => b.transpose() as tf.Tensor2D), null, false);
+  // [V, D] row blocks transposed are the [D, V] weight's column blocks. A tied head is the
+  // embedding matrix; the embedding then reads the head's columns, holding no copy of its own.
+  const headKey = cfg.tieWordEmbeddings ? 'model.embed_tokens.weight' : 'lm_head.weight';
+  const head = new Linear('lm_head', transposedBlocks(readRowBlocks(w, headKey, cfg.vocabSize, D)), null, false);
+  const embed = cfg.tieWordEmbeddings
+    ? new Embedding('model.embed_tokens', [...head.columnBlocks], 'columns')
+    : new Embedding('model.embed_tokens', readRowBlocks(w, 'model.embed_tokens.weight', cfg.vocabSize, D));
   return { embed, posEmbed: null, blocks, norm: norm('model.norm'), head, rope };
 }

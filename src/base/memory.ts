@@ -1,5 +1,6 @@
 import * as tf from '@tensorflow/tfjs';
 import type { BackendWasm } from '@tensorflow/tfjs-backend-wasm';
+import type { WeightPacking } from './linear.js';
 import { webGpuAdapter } from './webgpu.js';
 
 /**
@@ -17,8 +18,11 @@ export const WASM_HEAP_LIMIT_BYTES = 3.5 * 2 ** 30;
 
 const F32 = 4;
 const MiB = 2 ** 20;
+/** The heap before any tensor: the wasm module's data and stack. */
+const RUNTIME_BYTES = 16 * MiB;
 const GiB = 2 ** 30;
 
+/**
 /**
  * Share of a GPU's memory a plan may take: the driver, other processes and the allocator's
  * rounding take the rest.
@@ -26,12 +30,16 @@ const GiB = 2 ** 30;
 export const GPU_MEMORY_SHARE = 0.9;
 
 /**
- * Bytes of float32 weights. On wasm every matrix used as a matMul weight also gets an XNNPACK
- * operator holding a packed copy for as long as the tensor lives (measured: 32 MiB of weights grew
- * the heap by 36 MiB more after one matMul each), so they count twice there.
+ * Bytes of float32 weights. Off wasm, the weights once. On wasm every matrix used as a matMul
+ * weight also gets an XNNPACK operator holding a packed copy for as long as the tensor lives
+ * (measured: 32 MiB of weights grew the heap by 36 MiB more after one matMul each), so count them
+ * twice; 'transposed' (Linear.packing) holds both orientations, four times; 'per-use' only the
+ * largest weight's packing, and only during its product.
  */
-export function estimateModelBytes(params: number, backend = tf.getBackend()): number {
-  return (backend === 'wasm' ? 2 : 1) * F32 * params;
+export function estimateModelBytes(params: number, packing: WeightPacking = 'cached', largestWeight = 0, backend = tf.getBackend()): number {
+  if (backend !== 'wasm') return F32 * params;
+  if (packing === 'transposed') return 4 * F32 * params;
+  return F32 * params + F32 * (packing === 'cached' ? params : largestWeight);
 }
 
 export interface TrainingShape {
@@ -44,28 +52,55 @@ export interface TrainingShape {
   heads: number;
   ffn: number;
   vocab: number;
+  /** How the frozen weights are packed (Linear.packing); 'cached' when absent. */
+  packing?: WeightPacking;
+  /** Elements of the largest frozen weight (usually the head's), for 'per-use' packing; hidden·vocab when absent. */
+  largestWeight?: number;
 }
 
 /**
- * Peak heap for one training step. tfjs keeps every forward op's output until the backward pass
- * ends, and the backward adds one gradient per output, so activations count twice. Per token and
- * layer a llama block produces about 30·hidden + 5·ffn floats (norms, projections, RoPE, heads
- * transposes, residuals, the gated MLP) plus 4·heads·seq for the attention scores, scaled and
- * masked scores and probabilities. The loss keeps about four [tokens, vocab] tensors (logits,
- * log-probabilities and their products). Gradients and Adam's two moments add three floats per
- * trainable parameter. The heap keeps its high-water mark and fragments: add a quarter. Against
- * the one point measured (9.5M params, B=8, T=128, V=8192: a 1.2 GiB heap) this gives 1.3-1.7
- * GiB for the plausible shapes of that model, erring on the high side as it should.
+ * Peak heap for one training step, fitted to the heaps measured after lean layout and backward
+ * pass (docs/cpu-speed.md): tfjs keeps every forward op's output until the backward pass ends,
+ * which frees each gradient once used. Per token and layer a llama block then peaks at about
+ * 24·hidden + 6·ffn floats (norms, projections, heads, residuals, the gated MLP, the gradients in
+ * flight) plus 4·heads·seq for the attention scores (measured: 28K floats on SmolLM2-135M's
+ * shape, 46K on 360M's). The loss holds about four [tokens, vocab] tensors. Trainable
+ * parameters cost four floats each (value, gradient, Adam's two moments). The heap keeps its
+ * high-water mark and fragments: add a quarter. Against the heaps measured (SmolLM2-135M B2×T128
+ * 2.18 GiB cached / 1.55 per-use; 360M B1×T128 2.47 per-use) this errs high by 15-30 %.
  */
 export function estimateTrainingBytes(s: TrainingShape, backend = tf.getBackend()): number {
   const tokens = s.batch * s.seq;
-  const perTokenLayer = 30 * s.hidden + 5 * s.ffn + 4 * s.heads * s.seq;
-  const activations = 2 * F32 * tokens * s.layers * perTokenLayer;
-  const logits = 2 * F32 * 4 * tokens * s.vocab;
-  const optimizer = 3 * F32 * s.trainableParams;
-  // Training keeps a transposed copy of each frozen weight for its input gradient (ops.frozenLinear),
-  // packed by XNNPACK too on wasm: the weights count twice over.
-  return 1.25 * (2 * estimateModelBytes(s.params, backend) + activations + logits + optimizer);
+  const perTokenLayer = 24 * s.hidden + 6 * s.ffn + 4 * s.heads * s.seq;
+  const activations = F32 * tokens * s.layers * perTokenLayer;
+  const logits = 4 * F32 * tokens * s.vocab;
+  const optimizer = 4 * F32 * s.trainableParams;
+  const weights = estimateModelBytes(s.params, s.packing, s.largestWeight ?? s.hidden * s.vocab, backend);
+  return (backend === 'wasm' ? RUNTIME_BYTES : 0) + 1.25 * (weights + activations + logits + optimizer);
+}
+
+/**
+ * A run small enough to afford both orientations of every weight: the copies speed a training
+ * step up by 5-9 % (docs/cpu-speed.md), which is worth at most this much heap.
+ */
+export const TRANSPOSED_BUDGET_BYTES = 2 ** 30;
+
+/**
+ * How a run holds its frozen weights on wasm (Linear.packing), the fastest way its memory
+ * allows: both orientations while the whole run stays under TRANSPOSED_BUDGET_BYTES (a small
+ * model); one orientation with XNNPACK's packed copies when that fits the heap; else packing per
+ * product (one weight's packing held at a time). Refuses, naming the leanest figure, when nothing
+ * fits. Off wasm (no such heap, no XNNPACK) 'cached', checked against that backend's budget.
+ */
+export function planPacking(bytes: (packing: WeightPacking) => number, what: string, weightBytes = 0): WeightPacking {
+  if (tf.getBackend() !== 'wasm') {
+    assertFitsMemory(bytes('cached'), what, weightBytes);
+    return 'cached';
+  }
+  if (bytes('transposed') <= TRANSPOSED_BUDGET_BYTES) return 'transposed';
+  if (bytes('cached') <= WASM_HEAP_LIMIT_BYTES) return 'cached';
+  assertFitsMemory(bytes('per-use'), what, weightBytes);
+  return 'per-use';
 }
 
 function fmt(bytes: number): string {
@@ -75,10 +110,14 @@ function fmt(bytes: number): string {
 /** What a plan must fit in on the running backend, or null where nothing is known or needed. */
 export interface MemoryBudget {
   bytes: number;
-  /** "on the wasm heap, over the 3.50 GiB molora allows (…)". */
-  over: (bytes: number) => string;
+  /** Where the bytes go: "on the wasm heap". */
+  where: string;
+  /** "over the 3.50 GiB molora allows (…)". */
+  over: string;
   /** The ways out. */
   advice: string;
+  /** The way out when the weights alone take most of the budget. */
+  tooLarge: string;
 }
 
 export function memoryBudget(): MemoryBudget | null {
@@ -86,8 +125,10 @@ export function memoryBudget(): MemoryBudget | null {
   if (backend === 'wasm') {
     return {
       bytes: WASM_HEAP_LIMIT_BYTES,
-      over: () => `on the wasm heap, over the ${fmt(WASM_HEAP_LIMIT_BYTES)} molora allows (wasm tops out at 4 GiB and then corrupts results silently)`,
+      where: 'on the wasm heap',
+      over: `over the ${fmt(WASM_HEAP_LIMIT_BYTES)} molora allows (wasm tops out at 4 GiB and then corrupts results silently)`,
       advice: 'Use a smaller batch or sequence length, or install @tensorflow/tfjs-node (or -gpu) to train on the tensorflow backend.',
+      tooLarge: 'This model is too large for the wasm backend: install @tensorflow/tfjs-node (or -gpu) to run it on the tensorflow backend.',
     };
   }
   const memory = backend === 'webgpu' ? webGpuAdapter()?.memory : null;
@@ -95,16 +136,24 @@ export function memoryBudget(): MemoryBudget | null {
   const bytes = GPU_MEMORY_SHARE * memory.bytes;
   return {
     bytes,
-    over: () => `of GPU memory, over the ${fmt(bytes)} molora allows (${Math.round(100 * GPU_MEMORY_SHARE)}% of ${fmt(memory.bytes)}, from ${memory.source})`,
+    where: 'of GPU memory',
+    over: `over the ${fmt(bytes)} molora allows (${Math.round(100 * GPU_MEMORY_SHARE)}% of ${fmt(memory.bytes)}, from ${memory.source})`,
     advice: 'Use a smaller batch or sequence length, or a GPU with more memory.',
+    tooLarge: 'This model is too large for this GPU: use one with more memory.',
   };
 }
 
-/** Refuse a plan over the running backend's memory budget; a no-op where there is none. */
-export function assertFitsMemory(bytes: number, what: string): void {
+/**
+ * Refuse a plan over the running backend's memory budget; a no-op where there is none.
+ * `weightBytes` (the model's weights alone, when known) picks the advice: a smaller batch cannot
+ * help a model whose weights take most of the budget.
+ */
+export function assertFitsMemory(bytes: number, what: string, weightBytes = 0): void {
   const budget = memoryBudget();
   if (!budget || bytes <= budget.bytes) return;
-  throw new Error(`${what} needs about ${fmt(bytes)} ${budget.over(bytes)}. ${budget.advice}`);
+  const weightsAlone = weightBytes > budget.bytes / 2;
+  const share = weightsAlone ? ` ${fmt(weightBytes)} of it the float32 weights,` : '';
+  throw new Error(`${what} needs about ${fmt(bytes)} ${budget.where},${share} ${budget.over}. ${weightsAlone ? budget.tooLarge : budget.advice}`);
 }
 
 /**

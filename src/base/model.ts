@@ -45,7 +45,7 @@ export interface ModelParts {
   posEmbed: Embedding | null;
   blocks: Block[];
   norm: Norm;
-  /** lm_head; for tied models its weight is the transposed embedding. */
+  /** lm_head; a tied model's embedding reads its weightT (Embedding's 'columns' layout). */
   head: Linear;
   rope: Rope | null;
 }

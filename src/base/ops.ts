@@ -31,7 +31,8 @@ export function linear(x: tf.Tensor2D, wT: tf.Tensor2D, bias?: tf.Tensor1D): tf.
  * linear() for a weight that does not train, whose input gradient dy @ w uses w = wTᵀ from
  * `transposed` (called at the first backward pass, so only layers that need it build it) rather
  * than a transpose and an XNNPACK repacking of wT on every backward pass (7.4 → 10.7 ms at
- * [512,688]x[688,256]). A kept w keeps its own packed operator, like wT.
+ * [512,688]x[688,256]; the swapped (wT·dyᵀ)ᵀ costs about as much). A kept w keeps its own packed
+ * operator, like wT. Linear uses it under the 'transposed' plan (memory.ts).
  */
 export function frozenLinear(x: tf.Tensor2D, wT: tf.Tensor2D, transposed: () => tf.Tensor2D, bias?: tf.Tensor1D): tf.Tensor2D {
   const f = tf.customGrad((xx) => ({

@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs';
-import { concatF32, readF32 } from './host.js';
+import { concatF32, readF32, readHost } from './host.js';
 import { webGpuAdapter } from './webgpu.js';
 import type { WeightSource } from './weights.js';
 
@@ -46,21 +46,37 @@ export function readRowBlocks(w: WeightSource, key: string, rows: number, cols: 
   return blocks;
 }
 
-/** A named embedding table [V, D] (token or position), as row blocks (one unless it is split). */
+/** Each [V_i, D] row block as the [D, V_i] column block of the transposed weight; the row blocks are freed. */
+export function transposedBlocks(rows: tf.Tensor2D[]): tf.Tensor2D[] {
+  return rows.map((b) => {
+    const t = b.transpose() as tf.Tensor2D;
+    b.dispose();
+    return t;
+  });
+}
+
+/**
+ * A named embedding table [V, D] (token or position), as blocks (one unless it is split).
+ * Untied ('rows') it holds its own [V_i, D] row blocks and looks ids up by row. Tied to the head
+ * (tie_word_embeddings, GPT-2: 'columns') it holds no copy of its own: its blocks are the head's
+ * [D, V_i] column blocks, read by column. The head needs [D, V] for its plain matMul, so sharing
+ * it keeps one copy where the transposed pair took two (47M floats, 188 MB, for SmolLM2-360M).
+ */
 export class Embedding {
   constructor(
     readonly name: string,
     private blocks: tf.Tensor2D[],
+    readonly layout: 'rows' | 'columns' = 'rows',
   ) {
     if (blocks.length === 0) throw new Error(`${name}: an embedding needs at least one block`);
   }
 
-  /** Blocks of rows, in order: more than one only where the table is over a GPU binding. */
-  get rowBlocks(): readonly tf.Tensor2D[] {
+  /** The blocks, in order ([V_i, D] for 'rows', [D, V_i] for 'columns'): more than one only where the table is over a GPU binding. */
+  get tableBlocks(): readonly tf.Tensor2D[] {
     return this.blocks;
   }
 
-  /** The whole table; only when it is one tensor (a split table has no single tensor to hand out). */
+  /** The whole table as held ([V, D], or [D, V] when tied); only when it is one tensor. */
   get weight(): tf.Tensor2D {
     this.assertWhole();
     return this.blocks[0]!;
@@ -74,36 +90,47 @@ export class Embedding {
 
   private assertWhole(): void {
     if (this.blocks.length > 1) {
-      throw new Error(`${this.name} is split into ${this.blocks.length} row blocks to fit the GPU's binding limit; this needs it as one tensor`);
+      throw new Error(`${this.name} is split into ${this.blocks.length} blocks to fit the GPU's binding limit; this needs it as one tensor`);
     }
   }
 
+  private get axis(): 0 | 1 {
+    return this.layout === 'rows' ? 0 : 1;
+  }
+
   get rows(): number {
-    return this.blocks.reduce((a, b) => a + b.shape[0], 0);
+    return this.blocks.reduce((a, b) => a + b.shape[this.axis], 0);
   }
 
   /** Rows `ids` [N] → [N, D]. A split table gathers from each block the ids that fall in it (others give 0) and sums. */
   gather(ids: tf.Tensor1D): tf.Tensor2D {
-    if (this.blocks.length === 1) return tf.gather(this.blocks[0]!, ids) as tf.Tensor2D;
+    if (this.blocks.length === 1) return this.pick(this.blocks[0]!, ids);
     let start = 0;
     const parts = this.blocks.map((b) => {
-      const n = b.shape[0];
+      const n = b.shape[this.axis];
       const local = ids.sub(tf.scalar(start, 'int32'));
       const inside = local.greaterEqual(tf.scalar(0, 'int32')).logicalAnd(local.less(tf.scalar(n, 'int32')));
       start += n;
-      return tf.gather(b, local.clipByValue(0, n - 1)).mul(inside.expandDims(1).toFloat()) as tf.Tensor2D;
+      return this.pick(b, local.clipByValue(0, n - 1) as tf.Tensor1D).mul(inside.expandDims(1).toFloat()) as tf.Tensor2D;
     });
     return tf.addN(parts);
   }
 
-  /** The table on the host, row-major (blocks concatenated). */
+  /** Vectors `ids` of one block, [N, D]. */
+  private pick(block: tf.Tensor2D, ids: tf.Tensor1D): tf.Tensor2D {
+    if (this.layout === 'rows') return tf.gather(block, ids) as tf.Tensor2D;
+    return tf.tidy(() => tf.transpose(tf.gather(block, ids, 1)) as tf.Tensor2D);
+  }
+
+  /** The table [V, D] on the host, row-major (blocks concatenated; a tied table transposed). */
   async read(): Promise<Float32Array> {
     const parts: Float32Array[] = [];
-    for (const b of this.blocks) parts.push(await readF32(b));
+    for (const b of this.blocks) parts.push(this.layout === 'rows' ? await readF32(b) : await readHost(() => b.transpose()));
     return concatF32(parts);
   }
 
   dispose(): void {
+    // A tied table belongs to the head too; disposing a tensor twice is a no-op.
     tf.dispose(this.blocks);
   }
 }

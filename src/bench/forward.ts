@@ -3,7 +3,7 @@ import { parseConfig } from '../base/config.js';
 import { generate } from '../base/generate.js';
 import { readHost } from '../base/host.js';
 import { baseConfigJson, RandomWeights } from '../base/init.js';
-import { buildParts } from '../base/load.js';
+import { buildParts, planTraining, type TrainingRun } from '../base/load.js';
 import { CausalLM } from '../base/model.js';
 import { Rng } from '../base/rng.js';
 
@@ -35,10 +35,17 @@ export interface BenchForwardResult {
   cache_speedup: number;
 }
 
-/** A random Llama-style model built in memory with the given sizes (benchmarks need no files). */
-export function randomLlama(o: ModelShape & { maxPositions: number }): CausalLM {
+/**
+ * A random Llama-style model built in memory with the given sizes (benchmarks need no files).
+ * For a training run, its memory is planned first, as loadBase does: refused before any weight
+ * is made if it cannot fit the wasm heap, and its weights packed per product if only that fits.
+ */
+export function randomLlama(o: ModelShape & { maxPositions: number }, training?: TrainingRun): CausalLM {
   const cfg = parseConfig(baseConfigJson({ arch: 'llama', out: '', ...o }), 'bench options');
-  return new CausalLM(cfg, buildParts(cfg, new RandomWeights(new Rng(0), cfg.layers)));
+  const packing = training ? planTraining(cfg, training, `training this shape at batch ${training.batch} × seq ${training.seq}`) : 'cached';
+  const model = new CausalLM(cfg, buildParts(cfg, new RandomWeights(new Rng(0), cfg.layers)));
+  for (const l of model.linears()) l.packing = packing;
+  return model;
 }
 
 /** Each run timed to the read of its result, so GPU work counts until it is done. */

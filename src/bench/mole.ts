@@ -53,7 +53,8 @@ export async function benchSwap(shape: ModelShape, o: { experts: number; rank: n
       oneTimes.push(performance.now() - t1);
     }
     return {
-      base_params: model.linears().reduce((a, l) => a + l.weightT.size, 0) + model.parts.embed.rows * shape.hidden,
+      // A tied embedding reads the head's weight: it holds no copy of its own.
+      base_params: model.linears().reduce((a, l) => a + l.weightT.size, 0) + (model.parts.embed.layout === 'rows' ? model.parts.embed.rows * shape.hidden : 0),
       adapter_params: sets[0]![0]!.parameterCount,
       experts: o.experts,
       swap_set_ms: median(setTimes),
@@ -90,7 +91,7 @@ export interface GateStepResult {
  * single-LoRA step, same shapes; each step timed to the read of its loss.
  */
 export async function benchGateStep(shape: ModelShape, o: { experts: number; rank: number; targets: string[]; batch: number; seq: number; steps: number }): Promise<GateStepResult & BackendReport> {
-  const model = randomLlama({ ...shape, maxPositions: o.seq });
+  const model = randomLlama({ ...shape, maxPositions: o.seq }, { batch: o.batch, seq: o.seq, trainableParams: 0 });
   const rng = new Rng(3);
   const N = o.batch * o.seq;
   const batch: Batch = {
@@ -105,41 +106,63 @@ export async function benchGateStep(shape: ModelShape, o: { experts: number; ran
     seq: o.seq,
   };
   const lm = toLmBatch(batch);
-  const time = async (params: Map<string, tf.Variable>, loss: () => tf.Scalar, prepare?: () => Promise<void>): Promise<number> => {
-    const opt = new AdamW(params);
-    const times: number[] = [];
+  /**
+   * Median step times of each run, the runs' steps taken in turn so that all see the same load.
+   * `before` (untimed) sets the run's hooks up; `prepare` is timed as part of the step.
+   */
+  const time = async (runs: GateRun[]): Promise<number[]> => {
+    const opts = runs.map((r) => new AdamW(r.params));
+    const times: number[][] = runs.map(() => []);
     for (let i = 0; i < o.steps + 2; i++) {
-      const t0 = performance.now();
-      await prepare?.();
-      const acc = accumulateGrads(params, 1, loss);
-      opt.apply(acc.grads, 1e-3);
-      await readF32(acc.loss);
-      disposeAccumulated(acc);
-      if (i >= 2) times.push(performance.now() - t0);
+      for (const [k, r] of runs.entries()) {
+        r.before?.();
+        const t0 = performance.now();
+        await r.prepare?.();
+        const acc = accumulateGrads(r.params, 1, r.loss);
+        opts[k]!.apply(acc.grads, 1e-3);
+        await readF32(acc.loss);
+        disposeAccumulated(acc);
+        if (i >= 2) times[k]!.push(performance.now() - t0);
+      }
     }
-    opt.dispose();
-    return median(times);
+    for (const opt of opts) opt.dispose();
+    return times.map(median);
   };
   const trainLoss = (): tf.Scalar => lmLoss(model, lm, { training: true });
   try {
     const [single] = adapters(model, 1, o.rank, o.targets, 4);
-    single!.attach(model);
-    const loraMs = await time(single!.params(), trainLoss);
-    single!.dispose();
     const comp = new MoleComposition(model);
     adapters(model, o.experts, o.rank, o.targets, 5).forEach((a) => comp.addExpert(a.name, a));
     comp.initGate({}, new Rng(6));
-    const gateMs = await time(comp.params(), trainLoss);
+    comp.detach();
+    // Each step runs with its own hooks alone on the base.
+    const [loraMs, gateMs] = await time([
+      {
+        params: single!.params(), loss: trainLoss, before: () => {
+          comp.detach();
+          single!.attach(model);
+        },
+      },
+      {
+        params: comp.params(), loss: trainLoss, before: () => {
+          single!.detach();
+          comp.attach();
+        },
+      },
+    ]) as [number, number];
+    single!.dispose();
     comp.useWeights(null);
     const router = createRouter(comp.experts, shape.hidden, {}, new Rng(7));
     const labels = Int32Array.from(comp.experts, (_, i) => i);
     let cache = new ExpertLossCache();
-    const labelsMs = await time(router.params(), () => routerLoss(comp, router, batch, labels, 'labels', cache));
+    const [labelsMs] = await time([{ params: router.params(), loss: () => routerLoss(comp, router, batch, labels, 'labels', cache) }]) as [number];
     // First-epoch steps: the experts' losses on the batch are computed (a fresh cache) every time.
-    const lmMs = await time(router.params(), () => routerLoss(comp, router, batch, labels, 'lm', cache), async () => {
-      cache = new ExpertLossCache();
-      await cache.fill(comp, batch);
-    });
+    const [lmMs] = await time([{
+      params: router.params(), loss: () => routerLoss(comp, router, batch, labels, 'lm', cache), prepare: async () => {
+        cache = new ExpertLossCache();
+        await cache.fill(comp, batch);
+      },
+    }]) as [number];
     router.dispose();
     comp.dispose();
     return {
@@ -156,6 +179,14 @@ export async function benchGateStep(shape: ModelShape, o: { experts: number; ran
   } finally {
     model.dispose();
   }
+}
+
+/** One training step to time in benchGateStep. */
+interface GateRun {
+  params: Map<string, tf.Variable>;
+  loss: () => tf.Scalar;
+  before?: () => void;
+  prepare?: () => Promise<void>;
 }
 
 function median(xs: number[]): number {

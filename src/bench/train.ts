@@ -4,8 +4,9 @@ import { DEFAULT_LORA } from '../adapters/config.js';
 import { backendReport, type BackendReport } from '../base/backend.js';
 import { readF32, readHost } from '../base/host.js';
 import { crossEntropy } from '../base/loss.js';
+import type { Linear, WeightPacking } from '../base/linear.js';
 import type { CausalLM } from '../base/model.js';
-import { matMul } from '../base/ops.js';
+import { wasmThreadCount } from '../base/wasm-threads.js';
 import { Rng } from '../base/rng.js';
 import { accumulateGrads, disposeAccumulated } from '../train/grads.js';
 import { AdamW } from '../train/optimizer.js';
@@ -33,12 +34,16 @@ export interface BenchTrainResult extends PeakMemory {
   /** achieved / matmul: how much of the step is useful matmul work. */
   efficiency: number;
   trainable_params: number;
+  /** How the frozen weights were held (Linear.packing): the fastest way the wasm heap allowed. */
+  weight_packing: WeightPacking;
   loss: number;
+  /** Threads the backend's matMuls ran on (MOLORA_THREADS on wasm). */
+  threads: number;
 }
 
 /** Steps timed to the read of their loss (`await data()`), so a GPU step counts until its work is done. */
 export async function benchTrain(o: BenchTrainOptions): Promise<BenchTrainResult & BackendReport> {
-  const model = randomLlama({ ...o, maxPositions: o.seq });
+  const model = randomLlama({ ...o, maxPositions: o.seq }, { batch: o.batch, seq: o.seq, trainableParams: 0 });
   const adapter = createLora(model, { ...DEFAULT_LORA, r: o.rank, loraAlpha: o.alpha, targetModules: o.targets }, 'bench', new Rng(0));
   adapter.attach(model);
   const params = adapter.params();
@@ -78,7 +83,9 @@ export async function benchTrain(o: BenchTrainOptions): Promise<BenchTrainResult
       matmul_gflops: matmulGflops,
       efficiency: achieved / matmulGflops,
       trainable_params: adapter.parameterCount,
+      weight_packing: model.parts.head.packing,
       loss,
+      threads: wasmThreadCount(),
       ...backendReport(),
       ...memory.result(),
     };
@@ -113,17 +120,21 @@ export function loraStepFlops(model: CausalLM, adapter: LoraAdapter, o: Pick<Ben
 
 /**
  * Plain 2-D matMul GFLOP/s over the model's linear shapes (each distinct [in, out] once, so
- * weighted by their FLOPs), with kept weights as the model's are.
+ * weighted by their FLOPs), on the model's own weights (so packed as the model packs them, and
+ * no second copy of a 360M model's head on the heap).
  */
 class MatmulProbe {
-  private readonly pairs: [tf.Tensor2D, tf.Tensor2D][];
+  private readonly pairs: [tf.Tensor2D, Linear][];
 
   private constructor(model: CausalLM, N: number) {
     const shapes = new Map(model.linears().map((l) => [`${l.inFeatures}x${l.outFeatures}`, l]));
-    this.pairs = [...shapes.values()].map((l) => [tf.randomNormal([N, l.inFeatures]), tf.randomNormal([l.inFeatures, l.outFeatures])]);
+    this.pairs = [...shapes.values()].map((l) => [tf.randomNormal([N, l.inFeatures]), l]);
   }
 
-  /** A probe, run once untimed (kernel compilation, weight packing); each product is timed to the read of its result. */
+  /**
+   * A probe, run once untimed (kernel compilation, weight packing); each product runs on the
+   * model's own weight (as its plan holds it) and is timed to the read of its result.
+   */
   static async create(model: CausalLM, N: number): Promise<MatmulProbe> {
     const probe = new MatmulProbe(model, N);
     await probe.gflops();
@@ -133,14 +144,14 @@ class MatmulProbe {
   async gflops(): Promise<number> {
     let flops = 0;
     const t0 = performance.now();
-    for (const [x, w] of this.pairs) {
-      await readHost(() => matMul(x, w));
-      flops += 2 * x.shape[0] * x.shape[1] * w.shape[1];
+    for (const [x, l] of this.pairs) {
+      await readHost(() => l.base(x));
+      flops += 2 * x.shape[0] * l.inFeatures * l.outFeatures;
     }
     return flops / ((performance.now() - t0) / 1000) / 1e9;
   }
 
   dispose(): void {
-    for (const p of this.pairs) tf.dispose(p);
+    for (const [x] of this.pairs) x.dispose();
   }
 }

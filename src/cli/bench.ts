@@ -2,7 +2,7 @@ import { Option, type Command } from 'commander';
 import { choice, int } from './args.js';
 import { backendLine } from './format.js';
 import { benchForward, type BenchForwardOptions } from '../bench/forward.js';
-import { benchTrain, type BenchTrainOptions } from '../bench/train.js';
+import { benchTrain, type BenchTrainOptions, type BenchTrainResult } from '../bench/train.js';
 import { benchParity, type ParityResult } from '../bench/parity.js';
 import { PRESET_NAMES, PRESETS, presetHelp, resolveBenchShape, type BenchShape, type BenchShapeFlags, type PresetName } from '../bench/presets.js';
 import { SHIPPED_BASE } from './recipes.js';
@@ -42,13 +42,20 @@ export async function runBenchTrain(flags: WithShapeFlags<BenchTrainOptions>): P
   }
   process.stdout.write(
     [
-      `backend: ${backendLine(r)}`,
+      `backend: ${backendLine(r)}${r.threads > 1 ? ` (${r.threads} threads)` : ''}`,
       `LoRA step: ${r.step_ms.toFixed(1)} ms median, ${r.tokens_per_s.toFixed(0)} tokens/s (${r.trainable_params} trainable parameters)`,
       `achieved ${r.achieved_gflops.toFixed(2)} GFLOP/s of matmul work; plain matMul on these shapes: ${r.matmul_gflops.toFixed(2)} GFLOP/s (${(100 * r.efficiency).toFixed(0)}%)`,
       `peak RSS ${mib(r.peak_rss_mib)}; wasm heap ${mib(r.peak_heap_mib)}; GPU buffers ${mib(r.peak_gpu_buffers_mib)}${r.memory_note ? ` (${r.memory_note})` : ''}`,
+      `frozen weights: ${PACKING[r.weight_packing]}`,
     ].join('\n') + '\n',
   );
 }
+
+const PACKING: Record<BenchTrainResult['weight_packing'], string> = {
+  transposed: 'both orientations, with XNNPACK\'s packed copies (a small run)',
+  cached: 'one orientation and its packed copy',
+  'per-use': 'packed per product (only that fits the wasm heap)',
+};
 
 const mib = (x: number | null): string => (x === null ? 'n/a' : `${x.toFixed(0)} MiB`);
 

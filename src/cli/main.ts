@@ -194,6 +194,10 @@ addModelShapeFlags(
     'peak_heap_mib the wasm heap, which only grows, so its size is its peak (null off wasm);',
     'peak_gpu_buffers_mib the GPU buffers the webgpu backend holds, pooled free ones included, the largest seen',
     'between steps (null where the backend has none); memory_note says why a figure is null.',
+    'weight_packing says how the frozen weights were held, the fastest way the wasm heap allowed: "transposed"',
+    '(both orientations, each with XNNPACK\'s packed copy: runs under 1 GiB, e.g. --preset peer), "cached" (one',
+    'orientation and its packed copy: --preset smollm2-135m), "per-use" (packed per product: --preset',
+    'smollm2-360m). A shape that cannot fit even so is refused before its weights are built.',
   ].join('\n'))
   .action(runBenchTrain);
 

@@ -8,6 +8,7 @@ import { Rng } from '../base/rng.js';
 import { createGates, gateWeights, perToken, selection, type GateInit, type GateOptions, type MoleGate, type MoleGates, type Selection } from './mole.js';
 import { readF32 } from '../base/host.js';
 import { FEATURE_PARTS, featureWidth, promptFeatures, routeWeights, type PromptRouter } from './prompt-router.js';
+import { StackCache } from './stacked.js';
 import { GateStats, type GateStatsReport } from './stats.js';
 
 /**
@@ -77,8 +78,8 @@ interface Pass {
   allowed: number[][] | null;
   /** Gate mixing: the allowed experts as logit offsets at the gate's unit level. */
   selection: Selection | null;
-  /** Static mixing: per expert a weight for every row, or a [B·T, 1] column when rows differ. */
-  weights: (number | tf.Tensor2D)[];
+  /** Static or router mixing: the experts' weights, [1, N] when all rows agree, else [B·T, N]; null under a gate. */
+  weights: tf.Tensor2D | null;
   /** Block-level gates: weights computed at the block's input linear, for its other linears. */
   blockWeights: Map<string, tf.Tensor2D>;
 }
@@ -101,6 +102,7 @@ export class MoleComposition {
   /** Removers of the hooks rehook() installed. */
   private readonly unhooks: (() => void)[] = [];
   private readonly passes = new WeakMap<ForwardContext, Pass>();
+  private readonly stacks = new StackCache();
   private attached = true;
   private stats: GateStats | null = null;
   private collecting = false;
@@ -168,6 +170,8 @@ export class MoleComposition {
     const vars = [...adapter.params().values()];
     this.entries.push({ name, adapter, trainable: vars.map((v) => v.trainable) });
     for (const v of vars) v.trainable = false;
+    // The modules gated may change: stacks are rebuilt at the next pass.
+    this.stacks.clear();
     this.rehook();
   }
 
@@ -178,6 +182,7 @@ export class MoleComposition {
     this.entries.splice(this.entries.indexOf(ex), 1);
     [...ex.adapter.params().values()].forEach((v, i) => (v.trainable = ex.trainable[i]!));
     this.maskNames?.delete(name);
+    this.stacks.clear();
     this.rehook();
     return ex.adapter;
   }
@@ -376,6 +381,7 @@ export class MoleComposition {
     this.router?.dispose();
     for (const e of this.entries) e.adapter.dispose();
     this.entries.length = 0;
+    this.stacks.clear();
   }
 
   private find(name: string): Expert {
@@ -406,22 +412,17 @@ export class MoleComposition {
     }
   }
 
-  /** Σᵢ wᵢ·Eᵢ(x) at one gated linear. */
+  /**
+   * Σᵢ wᵢ·Eᵢ(x) at one gated linear, every expert in one pair of products (StackedExperts).
+   * Frozen experts run as at inference: no dropout.
+   */
   private delta(lin: Linear, x: tf.Tensor2D, ctx: ForwardContext): tf.Tensor2D {
     const pass = this.pass(ctx);
     const module = lin.name;
-    // Frozen experts run as at inference: no dropout.
-    const frozen = ctx.training ? { ...ctx, training: false } : ctx;
-    const output = (i: number): tf.Tensor2D | null => this.entries[i]!.adapter.layers.get(module)?.delta(x, frozen) ?? null;
-    const zeros = (): tf.Tensor2D => tf.zeros([x.shape[0], lin.outFeatures]);
-    const sum = (terms: (tf.Tensor2D | null)[]): tf.Tensor2D => {
-      const kept = terms.filter((t): t is tf.Tensor2D => t !== null);
-      return kept.length === 0 ? zeros() : kept.length === 1 ? kept[0]! : tf.addN(kept);
-    };
+    const layers = this.entries.map((e) => e.adapter.layers.get(module) ?? null);
+    const experts = this.stacks.get(module, layers, lin.inFeatures, lin.outFeatures);
 
-    if (this.mixing.kind !== 'gate') {
-      return sum(pass.weights.map((w, i) => (w === 0 ? null : (output(i)?.mul(w) as tf.Tensor2D | undefined) ?? null)));
-    }
+    if (this.mixing.kind !== 'gate') return experts.mix(experts.project(x), pass.weights!);
     const { gates } = this.mixing;
     const gate = gates.gateFor(module)!;
     // With one mask for every row, excluded experts have weight 0 everywhere.
@@ -429,25 +430,23 @@ export class MoleComposition {
     const observing = this.collecting || this.trace !== null;
     if (kept && kept.filter((m) => m === 1).length === 1 && !ctx.training && !observing) {
       // One expert left: G' = 1 exactly, so the gate need not run.
-      return output(kept.indexOf(1)) ?? zeros();
+      const only = layers[kept.indexOf(1)];
+      return only ? only.delta(x, { ...ctx, training: false }) : tf.zeros([x.shape[0], lin.outFeatures]);
     }
-    let outs: (tf.Tensor2D | null)[];
-    let weights: tf.Tensor2D;
-    if (module === gate.input) {
-      outs = this.entries.map((_, i) => output(i));
-      const { granularity, topK } = gates.options;
-      const z = gate.scaledLogits(outs.map((o) => o ?? zeros()), ctx, granularity);
-      const g = gateWeights(z, pass.selection, topK);
-      weights = perToken(g.weights, ctx, granularity);
-      this.observe(gates, gate, ctx, z, perToken(g.probs, ctx, granularity), weights);
-      if (gate.modules.length > 1) pass.blockWeights.set(gate.name, weights);
-    } else {
+    const u = experts.project(x);
+    if (module !== gate.input) {
       const shared = pass.blockWeights.get(gate.name);
       if (!shared) throw new Error(`block gate '${gate.name}': ${module} ran before ${gate.input}, whose expert outputs are the gate's input`);
-      weights = shared;
-      outs = this.entries.map((_, i) => (kept && !kept[i] ? null : output(i)));
+      return experts.mix(u, shared);
     }
-    return sum(outs.map((o, i) => (o && !(kept && !kept[i]) ? (o.mul(weights.slice([0, i], [-1, 1])) as tf.Tensor2D) : null)));
+    const { granularity, topK } = gates.options;
+    const z = gate.scaledLogits(experts, u, ctx, granularity);
+    const g = gateWeights(z, pass.selection, topK);
+    // Excluded experts have weight exactly 0 (softmax of −1e9), so they add nothing.
+    const weights = perToken(g.weights, ctx, granularity);
+    this.observe(gates, gate, ctx, z, perToken(g.probs, ctx, granularity), weights);
+    if (gate.modules.length > 1) pass.blockWeights.set(gate.name, weights);
+    return experts.mix(u, weights);
   }
 
   /**
@@ -474,7 +473,7 @@ export class MoleComposition {
   private pass(ctx: ForwardContext): Pass {
     const cached = this.passes.get(ctx);
     // A context reused outside the tidy that built its pass: build it again.
-    if (cached && !cached.selection?.offset.isDisposed && !cached.weights.some((w) => typeof w !== 'number' && w.isDisposed)) return cached;
+    if (cached && !cached.selection?.offset.isDisposed && !cached.weights?.isDisposed) return cached;
     const pass = this.newPass(ctx);
     this.passes.set(ctx, pass);
     return pass;
@@ -488,18 +487,18 @@ export class MoleComposition {
       if (n !== undefined && n !== B) throw new Error(`composition: row ${field} were set for ${n} rows, the batch has ${B}`);
     }
     const allowed = this.allowedRows();
-    const pass: Pass = { allowed, selection: null, weights: [], blockWeights: new Map() };
+    const pass: Pass = { allowed, selection: null, weights: null, blockWeights: new Map() };
     const mixing = this.mixing;
     if (mixing.kind === 'router') {
       const chosen = this.routing?.weights;
       if (!chosen || chosen.isDisposed || chosen.shape[0] !== B) throw new Error(`composition: the router chose for ${chosen?.shape[0] ?? 0} rows, the batch has ${B}`);
       // The router applied the masks when it chose.
-      pass.weights = this.experts.map((_, i) => chosen.slice([0, i], [B, 1]).reshape([B, 1, 1]).tile([1, T, 1]).reshape([B * T, 1]) as tf.Tensor2D);
+      pass.weights = chosen.reshape([B, 1, N]).tile([1, T, 1]).reshape([B * T, N]) as tf.Tensor2D;
       return pass;
     }
     if (mixing.kind === 'static') {
       const w = this.staticRows(mixing.weights, allowed, rows?.weights);
-      pass.weights = w.length === 1 ? w[0]! : this.experts.map((_, i) => rowColumn(w.map((row) => row[i]!), T));
+      pass.weights = weightRows(w, T);
       return pass;
     }
     if (rows?.weights) throw new Error('composition: per-row weights are for static mixing; the gate sets its own (use mask)');
@@ -603,12 +602,15 @@ export class MoleComposition {
   }
 }
 
-/** One weight per row → 0 when all are 0 (the expert is skipped), else a [B·T, 1] column, each row's weight on its tokens. */
-function rowColumn(rowWeights: number[], T: number): number | tf.Tensor2D {
-  if (rowWeights.every((w) => w === 0)) return 0;
-  const col = new Float32Array(rowWeights.length * T);
-  rowWeights.forEach((w, b) => col.fill(w, b * T, (b + 1) * T));
-  return tf.tensor2d(col, [rowWeights.length * T, 1]);
+/** Weights per row ([B][N], or one row for all) → [1, N], or [B·T, N] with each row's weights on its tokens. */
+function weightRows(rows: number[][], T: number): tf.Tensor2D {
+  const N = rows[0]!.length;
+  if (rows.length === 1 || rows.every((r) => r.join() === rows[0]!.join())) return tf.tensor2d(rows[0]!, [1, N]);
+  const out = new Float32Array(rows.length * T * N);
+  rows.forEach((r, b) => {
+    for (let t = 0; t < T; t++) out.set(r, (b * T + t) * N);
+  });
+  return tf.tensor2d(out, [rows.length * T, N]);
 }
 
 /** Static shares must sum to 1 within this, so that typed decimals (0.33 × 3) pass; they are then renormalised exactly. */

@@ -1,8 +1,8 @@
 import * as tf from '@tensorflow/tfjs';
 import type { ForwardContext } from '../base/context.js';
-import { matMul } from '../base/ops.js';
 import type { Rng } from '../base/rng.js';
 import { BalanceCollector } from './balance.js';
+import { NORM_EPS, type StackedExperts } from './stacked.js';
 
 /**
  * The MoLE gate (REFERENCE.md §3, the paper rather than its released code). At a gated linear
@@ -63,8 +63,6 @@ export const DEFAULT_GATE_INIT: GateInit = { eStd: 0.01, tau: 1 };
 /** Floor of a learned temperature: softplus alone underflows to 0 for very negative ρ. */
 export const TAU_MIN = 0.01;
 
-const NORM_EPS = 1e-5;
-
 /** Added to the logits of excluded experts: exp(−1e9 − max) is exactly 0 in float32. */
 const EXCLUDED = -1e9;
 
@@ -97,17 +95,16 @@ export class MoleGate {
   }
 
   /**
-   * ε/τ from the experts' outputs at the input linear (each [B·T, out], zeros for an expert that
-   * does not adapt it): [B·T, N] per token, or [B, N] per sequence. Averaging the logits over a
-   * row's real tokens equals projecting the averaged E_Ω (the projection is linear), with N
-   * columns to average instead of N·out.
+   * ε/τ from the experts at the input linear (u = x·A of their stacked LoRA matrices; an expert
+   * that does not adapt it gives zeros): [B·T, N] per token, or [B, N] per sequence. Averaging
+   * the logits over a row's real tokens equals projecting the averaged E_Ω (the projection is
+   * linear), with N columns to average instead of N·out.
    */
-  scaledLogits(outputs: tf.Tensor2D[], ctx: ForwardContext, granularity: Granularity): tf.Tensor2D {
-    const cat = outputs.length === 1 ? outputs[0]! : tf.concat(outputs, 1);
-    if (cat.shape[1] !== this.e.shape[0]) {
-      throw new Error(`gate '${this.name}': the experts' outputs at ${this.input} have ${cat.shape[1]} features, its e expects ${this.e.shape[0]}`);
+  scaledLogits(experts: StackedExperts, u: tf.Tensor2D, ctx: ForwardContext, granularity: Granularity): tf.Tensor2D {
+    if (experts.catWidth !== this.e.shape[0]) {
+      throw new Error(`gate '${this.name}': the experts' outputs at ${this.input} have ${experts.catWidth} features, its e expects ${this.e.shape[0]}`);
     }
-    let z = matMul(normalise(cat), this.e);
+    let z = experts.normProject(u, this.e);
     if (granularity === 'sequence') z = poolSequence(z, ctx);
     else if (granularity === 'prefix') z = poolPrefix(z, ctx);
     return z.div(this.temperature());

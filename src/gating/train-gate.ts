@@ -74,7 +74,7 @@ async function trainIn(o: TrainGateOptions): Promise<TrainResult> {
   if (!ROUTERS.includes(kind)) throw new Error(`router must be one of ${ROUTERS.join(', ')}, got '${kind}'`);
   if (kind !== 'mole' && (o.gate || o.maskDropout)) throw new Error(`MoLE gate options (level, granularity, temperature, balance, mask dropout) are for --router mole, not '${kind}'`);
   if (kind === 'mole' && (o.routerOptions || o.routingLoss || o.routerL2 !== undefined)) throw new Error(`router options (top-k, routing loss, L2) are for --router prompt or centroid, not 'mole'`);
-  const model = loadBase(o.model, { warn: o.log });
+  const model = loadBase(o.model, { warn: o.log, training: { batch: o.batchSize, seq: o.seqLen, trainableParams: 0 } });
   const comp = new MoleComposition(model);
   try {
     for (const [name, dir] of o.experts) comp.addExpert(name, loadAdapter(model, dir, { name, warn: o.log }));

@@ -177,7 +177,7 @@ async function trainIn(o: TrainMoeOptions): Promise<TrainResult> {
   for (const [k, v] of [['aux coefficient', o.auxCoef], ['z-loss coefficient', o.zCoef]] as const) {
     if (v !== undefined && !(v >= 0)) throw new Error(`${k} must be >= 0, got ${v}`);
   }
-  const model = loadBase(o.model, { warn: o.log });
+  const model = loadBase(o.model, { warn: o.log, training: { batch: o.batchSize, seq: o.seqLen, trainableParams: 0 } });
   try {
     const layers = moeLayers(model);
     if (layers.length === 0) {

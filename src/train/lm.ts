@@ -3,10 +3,10 @@ import { createHash } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { lmLoss, type LmBatch } from '../base/loss.js';
-import { assertFitsMemory, assertLogitsFit, estimateTrainingBytes } from '../base/memory.js';
+import { assertLogitsFit } from '../base/memory.js';
 import { bindingLimitBytes } from '../base/vocab.js';
 import type { CausalLM } from '../base/model.js';
-import { weightCount } from '../base/load.js';
+import { planTraining } from '../base/load.js';
 import {
   BatchSampler,
   DataError,
@@ -177,10 +177,12 @@ export async function trainLm(model: CausalLM, params: Map<string, tf.Variable>,
   let trainable = 0;
   for (const v of params.values()) trainable += v.size;
   const plan = `training with batch ${o.batchSize} × seq ${o.seqLen}`;
-  assertFitsMemory(
-    estimateTrainingBytes({ params: weightCount(c), trainableParams: trainable, batch: o.batchSize, seq: o.seqLen, hidden: c.hidden, layers: c.layers, heads: c.heads, ffn: c.ffn, vocab: c.vocabSize }),
-    plan,
-  );
+  // Exact now that the trainable parameters exist; loadBase's plan (given the run) came before any weight was read.
+  const packing = planTraining(c, { batch: o.batchSize, seq: o.seqLen, trainableParams: trainable }, plan);
+  if (model.linears().some((l) => l.packing !== packing)) {
+    if (packing === 'per-use') log('packing each frozen weight per product to fit the wasm heap (frozen matMuls about 20 % slower)');
+    for (const l of model.linears()) l.packing = packing;
+  }
   assertLogitsFit(o.batchSize * o.seqLen, c.vocabSize, bindingLimitBytes(), plan);
   const accum = o.gradAccum ?? 1;
   const steps = o.steps ?? Math.max(1, Math.ceil(((o.epochs ?? 1) * sampler.stepsPerEpoch) / accum));

@@ -56,7 +56,7 @@ export function allParams(model: CausalLM): Map<string, tf.Variable> {
  */
 export function pretrain(o: PretrainOptions): Promise<TrainResult> {
   return inRunFolder(o, [['--model', o.model]], async () => {
-    const model = loadBase(o.model, { warn: o.log });
+    const model = loadBase(o.model, { warn: o.log, training: { batch: o.batchSize, seq: o.seqLen, trainableParams: 'all' } });
     try {
       return await trainLm(model, allParams(model), (dir) => saveModel(model, dir), o);
     } finally {

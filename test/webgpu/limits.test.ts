@@ -43,9 +43,9 @@ describe('vocabulary tables over the binding limit', () => {
     process.env[MAX_BINDING_ENV] = '4096';
     const split = loadBase(dir, quiet);
     try {
-      expect(split.parts.embed.rowBlocks.length).toBeGreaterThanOrEqual(2);
-      expect(split.parts.embed.rowBlocks.every((b) => b.size * 4 <= 4096)).toBe(true);
-      expect(split.parts.head.columnBlocks.length).toBe(split.parts.embed.rowBlocks.length);
+      expect(split.parts.embed.tableBlocks.length).toBeGreaterThanOrEqual(2);
+      expect(split.parts.embed.tableBlocks.every((b) => b.size * 4 <= 4096)).toBe(true);
+      expect(split.parts.head.columnBlocks.length).toBe(split.parts.embed.tableBlocks.length);
       expect(() => split.parts.head.weightT).toThrow(/lm_head is split into \d+ column blocks to fit the GPU's binding limit/);
       const got = await readHost(() => split.forward(batch));
       expect(maxAbsDiff(got, want)).toBeLessThan(1e-5);

@@ -1,0 +1,37 @@
+import { spawnSync } from 'node:child_process';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+
+// Each run is its own process: the threaded build is chosen when the backend starts.
+const CLI = join(import.meta.dirname, '..', 'dist', 'cli', 'main.js');
+const SHAPE = ['--layers', '2', '--hidden', '64', '--heads', '4', '--kv-heads', '2', '--ffn', '128', '--vocab', '512',
+  '--batch', '2', '--seq', '32', '--steps', '2', '--warmup', '1', '--json'];
+
+function benchTrain(env: Record<string, string>): { status: number | null; stderr: string; json: Record<string, unknown> | null } {
+  const r = spawnSync('node', [CLI, 'bench', 'train', ...SHAPE], { encoding: 'utf8', env: { ...process.env, ...env }, timeout: 120_000 });
+  const line = r.stdout.trim().split('\n').pop() ?? '';
+  return { status: r.status, stderr: r.stderr, json: line.startsWith('{') ? JSON.parse(line) : null };
+}
+
+describe('MOLORA_THREADS on wasm', () => {
+  it('runs the threaded build on 2 threads, with the same loss as one thread, and the process exits', () => {
+    const one = benchTrain({ MOLORA_THREADS: '1' });
+    const two = benchTrain({ MOLORA_THREADS: '2' });
+    // spawnSync's timeout would kill a process kept alive by idle pthread workers (status null).
+    expect(two.status, two.stderr).toBe(0);
+    expect(one.status, one.stderr).toBe(0);
+    expect(one.json!.threads).toBe(1);
+    expect(two.json!.threads).toBe(2);
+    expect(two.json!.backend).toBe('wasm');
+    // XNNPACK splits each product's output tiles across threads; every sum keeps its order.
+    expect(two.json!.loss).toBe(one.json!.loss);
+  });
+
+  it('refuses a value that is not a thread count', () => {
+    for (const bad of ['0', '1.5', 'two']) {
+      const r = benchTrain({ MOLORA_THREADS: bad });
+      expect(r.status).not.toBe(0);
+      expect(r.stderr).toContain(`MOLORA_THREADS must be an integer ≥ 1, got '${bad}'`);
+    }
+  });
+});

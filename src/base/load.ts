@@ -39,7 +39,7 @@ export function loadBase(dir: string, opts: LoadOptions = {}): CausalLM {
     ? planTraining(cfg, opts.training, `training ${dir} at batch ${opts.training.batch} × seq ${opts.training.seq}`)
     : planPacking((p) => estimateModelBytes(weightCount(cfg), p, largestWeight(cfg)), `loading ${dir}`, leanWeightBytes(cfg));
   if (packing === 'per-use') {
-    warn(`${dir}: packing each weight per product to fit the wasm heap (XNNPACK keeps no packed copies; frozen matMuls about 20 % slower)`);
+    warn(`${dir}: packing each weight per product to fit the wasm heap (XNNPACK keeps no packed copies; frozen matMuls 15-45 % slower)`);
   }
   const ckpt = openCheckpoint(dir);
   try {

@@ -66,8 +66,9 @@ export interface TrainingShape {
  * flight) plus 4·heads·seq for the attention scores (measured: 28K floats on SmolLM2-135M's
  * shape, 46K on 360M's). The loss holds about four [tokens, vocab] tensors. Trainable
  * parameters cost four floats each (value, gradient, Adam's two moments). The heap keeps its
- * high-water mark and fragments: add a quarter. Against the heaps measured (SmolLM2-135M B2×T128
- * 2.18 GiB cached / 1.55 per-use; 360M B1×T128 2.47 per-use) this errs high by 15-30 %.
+ * high-water mark and fragments: add a quarter. Against the heaps measured (the peer's shape
+ * 207 MiB transposed; SmolLM2-135M B2×T128 2183 MiB cached, 1633 per-use; 360M B1×T128 2531
+ * per-use; an 11.5M model trained whole 919 cached) this errs high by 14-25 %.
  */
 export function estimateTrainingBytes(s: TrainingShape, backend = tf.getBackend()): number {
   const tokens = s.batch * s.seq;

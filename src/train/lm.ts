@@ -180,7 +180,7 @@ export async function trainLm(model: CausalLM, params: Map<string, tf.Variable>,
   // Exact now that the trainable parameters exist; loadBase's plan (given the run) came before any weight was read.
   const packing = planTraining(c, { batch: o.batchSize, seq: o.seqLen, trainableParams: trainable }, plan);
   if (model.linears().some((l) => l.packing !== packing)) {
-    if (packing === 'per-use') log('packing each frozen weight per product to fit the wasm heap (frozen matMuls about 20 % slower)');
+    if (packing === 'per-use') log('packing each frozen weight per product to fit the wasm heap (frozen matMuls 15-45 % slower)');
     for (const l of model.linears()) l.packing = packing;
   }
   assertLogitsFit(o.batchSize * o.seqLen, c.vocabSize, bindingLimitBytes(), plan);

@@ -1,9 +1,8 @@
-import { existsSync, mkdirSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { attachAdapters, transposedTensors } from './peft.js';
-import { writeJsonAtomic } from '../base/atomic.js';
+import { attachAdapters, writeAdapterFolder } from './peft.js';
 import type { CausalLM } from '../base/model.js';
-import { openSafetensors, writeSafetensors } from '../base/safetensors.js';
+import { openSafetensors } from '../base/safetensors.js';
 import { buildMixLora, mixLoraKey, type MixLoraAdapter, type MixLoraConfig, type MixLoraValues } from './mixlora.js';
 import { readJsonObject } from '../base/json.js';
 
@@ -95,10 +94,7 @@ export function parseMixLoraConfig(raw: Record<string, unknown>, source: string,
 
 /** Write mixlora_config.json + mixlora.safetensors, each atomically. */
 export async function saveMixLora(adapter: MixLoraAdapter, dir: string): Promise<void> {
-  const tensors = await transposedTensors(adapter.params());
-  mkdirSync(dir, { recursive: true });
-  writeSafetensors(join(dir, MIXLORA_WEIGHTS), tensors, { format: 'pt' });
-  writeJsonAtomic(join(dir, MIXLORA_CONFIG), mixLoraConfigJson(adapter.config));
+  await writeAdapterFolder(dir, adapter.params(), { weights: MIXLORA_WEIGHTS, config: MIXLORA_CONFIG }, mixLoraConfigJson(adapter.config));
 }
 
 export function readMixLoraConfig(dir: string, warn: (m: string) => void): MixLoraConfig {

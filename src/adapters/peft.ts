@@ -25,12 +25,20 @@ export async function transposedTensors(params: Map<string, tf.Tensor>): Promise
   return out;
 }
 
+/**
+ * Write an adapter folder: its parameters in the file orientation (transposedTensors) and its
+ * config JSON, each file atomically. PEFT and MixLoRA folders differ only in names and config.
+ */
+export async function writeAdapterFolder(dir: string, params: Map<string, tf.Tensor>, files: { weights: string; config: string }, config: unknown): Promise<void> {
+  const tensors = await transposedTensors(params);
+  mkdirSync(dir, { recursive: true });
+  writeSafetensors(join(dir, files.weights), tensors, { format: 'pt' });
+  writeJsonAtomic(join(dir, files.config), config);
+}
+
 /** Write a PEFT adapter folder (adapter_config.json + adapter_model.safetensors), each file atomically. */
 export async function saveAdapter(adapter: LoraAdapter, dir: string): Promise<void> {
-  const tensors = await transposedTensors(adapter.params());
-  mkdirSync(dir, { recursive: true });
-  writeSafetensors(join(dir, ADAPTER_WEIGHTS), tensors, { format: 'pt' });
-  writeJsonAtomic(join(dir, ADAPTER_CONFIG), loraConfigJson(adapter.config));
+  await writeAdapterFolder(dir, adapter.params(), { weights: ADAPTER_WEIGHTS, config: ADAPTER_CONFIG }, loraConfigJson(adapter.config));
 }
 
 export function readAdapterConfig(dir: string, warn: (m: string) => void): LoraConfig {

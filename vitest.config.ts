@@ -28,6 +28,10 @@ if (!withWebgpu) process.stderr.write('vitest: the webgpu tests are left out: th
 export default defineConfig({
   test: {
     testTimeout: 120_000,
+    // Two files run at once on CI's two cores: wasm's threaded build would oversubscribe them
+    // (base/threads.ts), so every test, and every CLI it spawns, runs one thread unless it asks
+    // (or the suite is run with MOLORA_THREADS set, to try the threaded build on everything).
+    env: { MOLORA_THREADS: process.env.MOLORA_THREADS ?? '1' },
     hookTimeout: 120_000,
     // tfjs keeps global backend state; one fork per file keeps files isolated.
     pool: 'forks',

@@ -1,14 +1,15 @@
 import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { MAX_AUTO_THREADS } from '../src/base/threads.js';
 
 // Each run is its own process: the threaded build is chosen when the backend starts.
 const CLI = join(import.meta.dirname, '..', 'dist', 'cli', 'main.js');
 const SHAPE = ['--layers', '2', '--hidden', '64', '--heads', '4', '--kv-heads', '2', '--ffn', '128', '--vocab', '512',
   '--batch', '2', '--seq', '32', '--steps', '2', '--warmup', '1', '--json'];
 
-function benchTrain(env: Record<string, string>): { status: number | null; stderr: string; json: Record<string, unknown> | null } {
-  const r = spawnSync('node', [CLI, 'bench', 'train', ...SHAPE], { encoding: 'utf8', env: { ...process.env, ...env }, timeout: 120_000 });
+function benchTrain(env: Record<string, string>, shape = SHAPE): { status: number | null; stderr: string; json: Record<string, unknown> | null } {
+  const r = spawnSync('node', [CLI, 'bench', 'train', ...shape], { encoding: 'utf8', env: { ...process.env, ...env }, timeout: 120_000 });
   const line = r.stdout.trim().split('\n').pop() ?? '';
   return { status: r.status, stderr: r.stderr, json: line.startsWith('{') ? JSON.parse(line) : null };
 }
@@ -27,11 +28,29 @@ describe('MOLORA_THREADS on wasm', () => {
     expect(two.json!.loss).toBe(one.json!.loss);
   });
 
+  it("'auto' keeps a small model on one thread, and threads a hidden-256 model only over idle cores, with the same loss", () => {
+    const small = benchTrain({ MOLORA_THREADS: 'auto' });
+    expect(small.status, small.stderr).toBe(0);
+    expect(small.json).toMatchObject({ threads: 1, threads_reason: 'auto: hidden size 64 < 256, products too small to split' });
+    expect(small.stderr).not.toContain('wasm on');
+
+    const wide = SHAPE.map((a, i) => (SHAPE[i - 1] === '--hidden' ? '256' : SHAPE[i - 1] === '--ffn' ? '512' : a));
+    const auto = benchTrain({ MOLORA_THREADS: 'auto' }, wide);
+    const one = benchTrain({ MOLORA_THREADS: '1' }, wide);
+    expect(auto.status, auto.stderr).toBe(0);
+    const reason = String(auto.json!.threads_reason);
+    expect(reason).toMatch(/^auto: \d+ of \d+ cores idle$/);
+    // The pool takes the idle cores the sample found (at least one thread).
+    expect(auto.json!.threads).toBe(Math.max(1, Math.min(MAX_AUTO_THREADS, Number(/(\d+) of/.exec(reason)![1]))));
+    expect(auto.stderr).toContain(`wasm on ${auto.json!.threads} thread`);
+    expect(auto.json!.loss).toBe(one.json!.loss);
+  });
+
   it('refuses a value that is not a thread count', () => {
     for (const bad of ['0', '1.5', 'two']) {
       const r = benchTrain({ MOLORA_THREADS: bad });
       expect(r.status).not.toBe(0);
-      expect(r.stderr).toContain(`MOLORA_THREADS must be an integer ≥ 1, got '${bad}'`);
+      expect(r.stderr).toContain(`MOLORA_THREADS must be an integer ≥ 1 or 'auto', got '${bad}'`);
     }
   });
 });

@@ -1,6 +1,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { installKernelPatches } from './kernels.js';
 import { guardWasmHeap } from './memory.js';
+import { chooseThreads, parseThreadSetting, type ThreadChoice, type ThreadSetting } from './threads.js';
 import { prepareWasmThreads } from './wasm-threads.js';
 import { defaultImporter, describeAdapter, startWebGpu, webGpuAdapter, WebGpuUnavailable, type AdapterSummary, type Importer, type StartOptions } from './webgpu.js';
 
@@ -13,6 +14,8 @@ export interface BackendInfo {
   reason: string;
   /** The GPU behind webgpu (absent on the other backends). */
   adapter?: AdapterSummary;
+  /** wasm only: the threads its products run on, and why that many (threads.ts). */
+  threads?: ThreadChoice;
 }
 
 export interface BackendOptions {
@@ -25,10 +28,13 @@ export interface BackendOptions {
   /** Whether the machine has a GPU device node, which the automatic order checks before starting Dawn; tests inject one. */
   gpuDevicePresent?: () => boolean;
   /**
-   * Threads for the wasm backend's matMuls (its threaded build, see wasm-threads.ts); wins over
-   * MOLORA_THREADS. 1 (the default) runs the single-threaded build.
+   * Threads for the wasm backend's products (its threaded build, see wasm-threads.ts); wins over
+   * MOLORA_THREADS. 'auto' (the default) takes the idle cores for a model big enough to gain
+   * (threads.ts), else one thread, the single-threaded build.
    */
-  threads?: number;
+  threads?: ThreadSetting;
+  /** The model's hidden size, for 'auto' threads; unknown means one thread. */
+  hiddenSize?: number;
 }
 
 let active: BackendInfo | null = null;
@@ -50,8 +56,15 @@ export async function initBackend(opts: BackendOptions = {}): Promise<BackendInf
   if (active && (!opts.backend || opts.backend === active.name)) return active;
 
   tf.enableProdMode();
-  const probe = { importer, warn, gpuDevicePresent: opts.gpuDevicePresent, threads: opts.threads ?? threadsFromEnv() };
+  const threads = await wasmThreads(requested, opts);
+  const probe = { importer, warn, gpuDevicePresent: opts.gpuDevicePresent, threads: threads.count };
   const info = requested ? await forced(requested as BackendName, opts.backend ? '--backend' : 'MOLORA_BACKEND', probe) : await automatic(probe);
+  if (info.name === 'wasm') {
+    info.threads = threads;
+    const { count, reason, measured } = threads;
+    const choose = measured ? '; MOLORA_THREADS=n to choose' : '';
+    if (count > 1 || measured) warn(`wasm on ${count} thread${count > 1 ? 's' : ''} (${reason}${choose})`);
+  }
   if (info.name === 'cpu') {
     warn('WARNING: running on the pure-JS cpu backend, about 40x slower than wasm. ' +
       'Use --backend wasm, or install @tensorflow/tfjs-node(-gpu).');
@@ -135,13 +148,14 @@ async function start(name: Exclude<BackendName, 'webgpu'>, importer: Importer, t
   }
 }
 
-/** MOLORA_THREADS, an integer ≥ 1, or 1 when unset. */
-function threadsFromEnv(): number {
-  const raw = process.env.MOLORA_THREADS;
-  if (raw === undefined || raw === '') return 1;
-  const n = Number(raw);
-  if (!Number.isInteger(n) || n < 1) throw new Error(`MOLORA_THREADS must be an integer ≥ 1, got '${raw}'`);
-  return n;
+/**
+ * The wasm pool's size, decided before any backend starts (the threaded build is a different
+ * module). Only a run that may end on wasm samples the cores.
+ */
+async function wasmThreads(requested: string, opts: BackendOptions): Promise<ThreadChoice> {
+  const setting = opts.threads ?? parseThreadSetting(process.env.MOLORA_THREADS);
+  if (requested && requested !== 'wasm') return { count: 1, reason: `backend ${requested}`, measured: false };
+  return chooseThreads(setting, { hiddenSize: opts.hiddenSize });
 }
 
 async function importFirst(modules: string[], importer: Importer): Promise<boolean> {

@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { createLora, type LoraAdapter } from '../adapters/adapter.js';
 import { DEFAULT_LORA } from '../adapters/config.js';
-import { backendReport, type BackendReport } from '../base/backend.js';
+import { activeBackend, backendReport, type BackendReport } from '../base/backend.js';
 import { readF32, readHost } from '../base/host.js';
 import { crossEntropy } from '../base/loss.js';
 import type { Linear, WeightPacking } from '../base/linear.js';
@@ -37,8 +37,10 @@ export interface BenchTrainResult extends PeakMemory {
   /** How the frozen weights were held (Linear.packing): the fastest way the wasm heap allowed. */
   weight_packing: WeightPacking;
   loss: number;
-  /** Threads the backend's matMuls ran on (MOLORA_THREADS on wasm). */
+  /** Threads the backend's products ran on (wasm: MOLORA_THREADS, or 'auto', base/threads.ts). */
   threads: number;
+  /** Why that many (null off wasm). */
+  threads_reason: string | null;
 }
 
 /** Steps timed to the read of their loss (`await data()`), so a GPU step counts until its work is done. */
@@ -86,6 +88,7 @@ export async function benchTrain(o: BenchTrainOptions): Promise<BenchTrainResult
       weight_packing: model.parts.head.packing,
       loss,
       threads: wasmThreadCount(),
+      threads_reason: activeBackend()?.threads?.reason ?? null,
       ...backendReport(),
       ...memory.result(),
     };

@@ -2,6 +2,7 @@
 import { readFileSync } from 'node:fs';
 import { Command, Help, Option } from 'commander';
 import { BACKENDS, initBackend } from '../base/backend.js';
+import { hiddenSizeOf } from './model-hint.js';
 // Sparse MoE folders (Mixtral, Qwen2-MoE, OLMoE) load through the layouts src/moe registers.
 import '../moe/register.js';
 import { runForward, runGenerate, runInitBase, runInspect, runMerge } from './commands.js';
@@ -67,7 +68,7 @@ const program = new Command('molora')
   .hook('preAction', async (_program, action) => {
     checkRequiredOptions(action);
     // The report and the demo data are plain files: no tensors, no backend to start.
-    if (!['report', 'demo-data'].includes(action.name())) await initBackend({ backend: action.opts().backend });
+    if (!['report', 'demo-data'].includes(action.name())) await initBackend({ backend: action.opts().backend, hiddenSize: hiddenSizeOf(action) });
   });
 
 addComposeFlags(

@@ -1,6 +1,7 @@
 import type { LoraAdapter } from '../adapters/adapter.js';
 import { loadAdapter } from '../adapters/peft.js';
 import { initBackend } from '../base/backend.js';
+import { readConfig } from '../base/config.js';
 import { generate, type GenerateOptions } from '../base/generate.js';
 import { loadBase } from '../base/load.js';
 import type { CausalLM } from '../base/model.js';
@@ -39,7 +40,8 @@ export interface Generation {
  * fingerprint) is async: a GPU backend cannot read synchronously.
  */
 export async function loadModel(dir: string, opts: LoadModelOptions = {}): Promise<MoleModel> {
-  await initBackend({ backend: opts.backend, warn: opts.warn });
+  // The hidden size decides whether wasm's products are worth threads (base/threads.ts).
+  await initBackend({ backend: opts.backend, warn: opts.warn, hiddenSize: readConfig(dir).hidden });
   return new MoleModel(loadBase(dir, { warn: opts.warn }), opts.warn);
 }
 

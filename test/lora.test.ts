@@ -132,7 +132,7 @@ describe('PEFT adapters', () => {
 
   it('writes exactly PEFT key names, shapes and config keys, and reads them back', async () => {
     const model = loadBase(LLAMA, quiet);
-    const cfg: LoraConfig = { ...DEFAULT_LORA, r: 4, loraAlpha: 8, targetModules: ['q_proj', 'v_proj'], baseModel: 'llama-gqa' };
+    const cfg: LoraConfig = { ...DEFAULT_LORA, rank: 4, alpha: 8, targets: ['q_proj', 'v_proj'], baseModel: 'llama-gqa' };
     const adapter = createLora(model, cfg, 'fresh', new Rng(5));
     // B = 0 at init: the adapter starts as the identity.
     const base = await logprobs(model, probe);
@@ -183,7 +183,7 @@ describe('PEFT adapters', () => {
     const pissa = handAdapter('pissa', LLAMA, { 'model.layers.0.self_attn.q_proj': [32, 32] }, { r: 2, lora_alpha: 2, target_modules: ['q_proj'], init_lora_weights: 'pissa' }, 7);
     expect(() => loadAdapter(model, pissa.dir, quiet)).toThrow(/rewrote the base model's weights/);
 
-    expect(() => createLora(model, { ...DEFAULT_LORA, targetModules: ['c_attn'] }, 'x', new Rng(0))).toThrow(/match no module of the llama base \(its linear layers: q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj, lm_head\)/);
+    expect(() => createLora(model, { ...DEFAULT_LORA, targets: ['c_attn'] }, 'x', new Rng(0))).toThrow(/match no module of the llama base \(its linear layers: q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj, lm_head\)/);
     model.dispose();
   });
 });
@@ -269,7 +269,7 @@ describe('LoRA dropout', () => {
 
   it('in a model, only the adapter input is dropped, only in training, from the pass\'s rng', () => {
     const model = loadBase(LLAMA, quiet);
-    const adapter = createLora(model, { ...DEFAULT_LORA, r: 2, loraDropout: 0.5, targetModules: ['q_proj', 'v_proj', 'down_proj'] }, 'd', new Rng(4));
+    const adapter = createLora(model, { ...DEFAULT_LORA, rank: 2, dropout: 0.5, targets: ['q_proj', 'v_proj', 'down_proj'] }, 'd', new Rng(4));
     adapter.attach(model);
     const run = (opts: { training?: boolean; rng?: Rng | null }): Float32Array => {
       const t = tf.tidy(() => model.forward(probe, opts));
@@ -314,7 +314,7 @@ describe('rank_pattern and alpha_pattern', () => {
 
   it('a new adapter takes them from its config, and saves them', async () => {
     const model = loadBase(LLAMA, quiet);
-    const cfg: LoraConfig = { ...DEFAULT_LORA, r: R, loraAlpha: ALPHA, targetModules: ['q_proj', 'v_proj'], rankPattern: config.rank_pattern, alphaPattern: config.alpha_pattern };
+    const cfg: LoraConfig = { ...DEFAULT_LORA, rank: R, alpha: ALPHA, targets: ['q_proj', 'v_proj'], rankPattern: config.rank_pattern, alphaPattern: config.alpha_pattern };
     const adapter = createLora(model, cfg, 'fresh', new Rng(13));
     expect(Object.fromEntries([...adapter.layers].map(([m, l]) => [m, [l.aT.shape[1], l.bT.shape[0], l.scale]]))).toEqual(Object.fromEntries(Object.entries(MODULES).map(([m, [, , r, s]]) => [m, [r, r, s]])));
     const dir = join(tmp.dir, 'patterns-written');

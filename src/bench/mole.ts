@@ -1,6 +1,5 @@
 import * as tf from '@tensorflow/tfjs';
 import { createLora, type LoraAdapter } from '../adapters/adapter.js';
-import { DEFAULT_LORA } from '../adapters/config.js';
 import { backendReport, type BackendReport } from '../base/backend.js';
 import { readF32 } from '../base/host.js';
 import { lmLoss } from '../base/loss.js';
@@ -18,7 +17,7 @@ import { randomLlama, type ModelShape } from './forward.js';
 function adapters(model: CausalLM, n: number, rank: number, targets: string[], seed: number): LoraAdapter[] {
   const rng = new Rng(seed);
   return Array.from({ length: n }, (_, i) => {
-    const a = createLora(model, { ...DEFAULT_LORA, r: rank, loraAlpha: 2 * rank, targetModules: targets }, `expert${i}`, rng);
+    const a = createLora(model, { rank, alpha: 2 * rank, targets }, `expert${i}`, rng);
     for (const l of a.layers.values()) l.bT.assign(tf.randomNormal(l.bT.shape, 0, 0.02, 'float32', rng.nextU32()));
     return a;
   });

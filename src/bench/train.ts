@@ -1,6 +1,5 @@
 import * as tf from '@tensorflow/tfjs';
 import { createLora, type LoraAdapter } from '../adapters/adapter.js';
-import { DEFAULT_LORA } from '../adapters/config.js';
 import { backendReport, type BackendReport } from '../base/backend.js';
 import { readF32, readHost } from '../base/host.js';
 import { crossEntropy } from '../base/loss.js';
@@ -44,7 +43,7 @@ export interface BenchTrainResult extends PeakMemory {
 /** Steps timed to the read of their loss (`await data()`), so a GPU step counts until its work is done. */
 export async function benchTrain(o: BenchTrainOptions): Promise<BenchTrainResult & BackendReport> {
   const model = randomLlama({ ...o, maxPositions: o.seq }, { batch: o.batch, seq: o.seq, trainableParams: 0 });
-  const adapter = createLora(model, { ...DEFAULT_LORA, r: o.rank, loraAlpha: o.alpha, targetModules: o.targets }, 'bench', new Rng(0));
+  const adapter = createLora(model, { rank: o.rank, alpha: o.alpha, targets: o.targets }, 'bench', new Rng(0));
   adapter.attach(model);
   const params = adapter.params();
   const opt = new AdamW(params);

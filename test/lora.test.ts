@@ -118,6 +118,24 @@ describe('PEFT adapters', () => {
     b.dispose();
   });
 
+  it("loraA() and loraB() hand out the file's lora_A [r, in] and lora_B [out, r] as they were written", async () => {
+    const hand = handAdapter('orientation', LLAMA, { 'model.layers.0.self_attn.q_proj': [32, 32], 'model.layers.1.self_attn.v_proj': [32, 16] }, { r: 4, lora_alpha: 8, target_modules: ['q_proj', 'v_proj'] }, 3);
+    const model = loadBase(LLAMA, quiet);
+    const adapter = loadAdapter(model, hand.dir, quiet);
+    const before = tf.memory().numTensors;
+    for (const [module, m] of hand.mats) {
+      const l = adapter.layers.get(module)!;
+      expect([l.rank, l.inFeatures, l.outFeatures, l.parameterCount]).toEqual([m.r, m.inF, m.outF, m.r * (m.inF + m.outF)]);
+      const [A, B] = [l.loraA(), l.loraB()];
+      expect([A.shape, B.shape]).toEqual([[m.r, m.inF], [m.outF, m.r]]);
+      expect([maxAbsDiff(await A.data(), m.a), maxAbsDiff(await B.data(), m.b)]).toEqual([0, 0]);
+      tf.dispose([A, B]);
+    }
+    expect(tf.memory().numTensors).toBe(before);
+    adapter.dispose();
+    model.dispose();
+  });
+
   it('a GPT-2 adapter with fan_in_fan_out loads in nn.Linear orientation and matches', async () => {
     const ad = handAdapter('gpt2-a', GPT2, { 'transformer.h.0.attn.c_attn': [32, 96], 'transformer.h.1.mlp.c_fc': [32, 64] }, { r: 4, lora_alpha: 16, fan_in_fan_out: true, target_modules: ['c_attn', 'c_fc'] }, 3);
     const model = loadBase(GPT2, quiet);

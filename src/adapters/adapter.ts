@@ -25,7 +25,10 @@ export class LoraAdapter {
     readonly layers: Map<string, LoraLayer>,
   ) {}
 
-  /** Trainable variables under their PEFT keys (the trainer's and the optimizer's names). */
+  /**
+   * Trainable variables under their PEFT keys (the trainer's and the optimizer's names), holding
+   * A and B as stored, transposed; saveAdapter writes them in PEFT's orientation.
+   */
   params(): Map<string, tf.Variable> {
     const out = new Map<string, tf.Variable>();
     for (const [module, l] of this.layers) {
@@ -37,7 +40,7 @@ export class LoraAdapter {
 
   get parameterCount(): number {
     let n = 0;
-    for (const l of this.layers.values()) n += l.aT.size + l.bT.size;
+    for (const l of this.layers.values()) n += l.parameterCount;
     return n;
   }
 

@@ -185,7 +185,7 @@ export class MixLoraAdapter {
   params(): Map<string, tf.Variable> {
     const out = new Map<string, tf.Variable>(this.plain?.params() ?? []);
     for (const f of this.ffns) {
-      out.set(mixLoraKey(f.prefix, 'router'), f.router.gate.weightT as unknown as tf.Variable);
+      out.set(mixLoraKey(f.prefix, 'router'), f.router.gate.trainableWeight());
       for (const e of f.experts) {
         for (const l of e.values()) {
           out.set(mixLoraKey(l.module, 'lora_A'), l.aT);

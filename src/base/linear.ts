@@ -35,22 +35,23 @@ export class Linear {
   /** weightT, or its column blocks [in, out_i] in order. */
   private blocks: tf.Tensor2D[];
 
+  /** `weight` as stored: [in, out], or its column blocks [in, out_i] in order. */
   constructor(
     readonly name: string,
-    weightT: tf.Tensor2D | tf.Tensor2D[],
+    weight: tf.Tensor2D | tf.Tensor2D[],
     public bias: tf.Tensor1D | null,
     readonly conv1d: boolean,
   ) {
-    this.blocks = Array.isArray(weightT) ? weightT : [weightT];
+    this.blocks = Array.isArray(weight) ? weight : [weight];
   }
 
-  /** The weight [in, out]; only when it is one tensor (a split lm_head has no single tensor to hand out). */
+  /** @internal The weight as stored, [in, out]; only when it is one tensor (a split lm_head has no single tensor to hand out). */
   get weightT(): tf.Tensor2D {
     this.assertWhole();
     return this.blocks[0]!;
   }
 
-  /** Replace the weight (a merge, full training); not a split one. */
+  /** @internal Replace the stored weight (a merge); not a split one. */
   set weightT(t: tf.Tensor2D) {
     this.assertWhole();
     this.blocks = [t];
@@ -62,9 +63,22 @@ export class Linear {
     }
   }
 
-  /** Column blocks of the weight, in order: more than one only where it is over a GPU binding. */
+  /** @internal Column blocks of the stored weight, in order: more than one only where it is over a GPU binding. */
   get columnBlocks(): readonly tf.Tensor2D[] {
     return this.blocks;
+  }
+
+  /**
+   * The weight as a trainable variable, made one in place on the first call (full training, MoE
+   * routers and experts). It holds the weight as stored, [in, out]: trainers key it `<name>.weight_t`.
+   */
+  trainableWeight(): tf.Variable {
+    const w = this.weightT;
+    if (w instanceof tf.Variable) return w;
+    const v = tf.variable(w, true);
+    this.weightT = v;
+    w.dispose();
+    return v;
   }
 
   get inFeatures(): number {

@@ -113,7 +113,7 @@ export function loraStepFlops(model: CausalLM, adapter: LoraAdapter, o: Pick<Ben
   for (const l of model.linears()) base += 2 * N * l.inFeatures * l.outFeatures;
   base += c.layers * 2 * 2 * o.batch * c.heads * o.seq * o.seq * c.headDim;
   let lora = 0;
-  for (const l of adapter.layers.values()) lora += 2 * N * (l.aT.size + l.bT.size);
+  for (const l of adapter.layers.values()) lora += 2 * N * l.parameterCount;
   return 2 * base + 3 * lora;
 }
 

@@ -163,8 +163,8 @@ export class MoleComposition {
     for (const [module, l] of adapter.layers) {
       const lin = linears.get(module);
       if (!lin) throw new Error(`expert '${name}': adapts '${module}', which is not a linear of this base`);
-      if (l.aT.shape[0] !== lin.inFeatures || l.bT.shape[1] !== lin.outFeatures) {
-        throw new Error(`expert '${name}': '${module}' maps ${l.aT.shape[0]} → ${l.bT.shape[1]} features, the base linear ${lin.inFeatures} → ${lin.outFeatures}`);
+      if (l.inFeatures !== lin.inFeatures || l.outFeatures !== lin.outFeatures) {
+        throw new Error(`expert '${name}': '${module}' maps ${l.inFeatures} → ${l.outFeatures} features, the base linear ${lin.inFeatures} → ${lin.outFeatures}`);
       }
     }
     const vars = [...adapter.params().values()];
@@ -204,13 +204,7 @@ export class MoleComposition {
       const [a, b] = [layers.get(m)!, replacement.layers.get(m)!];
       if (a.rank !== b.rank) throw new Error(`swap of expert '${name}': '${m}' has rank ${b.rank} in the replacement, ${a.rank} in the expert`);
     }
-    for (const m of modules) {
-      const [l, r] = [layers.get(m)!, replacement.layers.get(m)!];
-      // assign shares the replacement's data (reference-counted): no copy, no new tensors.
-      l.aT.assign(r.aT);
-      l.bT.assign(r.bT);
-      l.scale = r.scale;
-    }
+    for (const m of modules) layers.get(m)!.assignFrom(replacement.layers.get(m)!);
     ex.adapter = new LoraAdapter(name, replacement.config, layers);
   }
 

@@ -1,5 +1,6 @@
 import * as tf from '@tensorflow/tfjs';
 import type { ForwardContext } from './context.js';
+import { HookList } from './hook-list.js';
 import { packPerUse } from './kernels.js';
 import { frozenLinear, linear } from './ops.js';
 
@@ -27,7 +28,7 @@ export type WeightPacking = 'transposed' | 'cached' | 'per-use';
  * (see vocab.ts): one product per block, concatenated.
  */
 export class Linear {
-  private readonly hookList: LinearHook[] = [];
+  private readonly hookList: HookList<LinearHook>;
   /** Set by a memory plan (base/memory.ts) before the first forward. */
   packing: WeightPacking = 'cached';
   /** weightT transposed, under the 'transposed' plan (see ops.frozenLinear). */
@@ -43,6 +44,7 @@ export class Linear {
     readonly conv1d: boolean,
   ) {
     this.blocks = Array.isArray(weight) ? weight : [weight];
+    this.hookList = new HookList(name);
   }
 
   /** @internal The weight as stored, [in, out]; only when it is one tensor (a split lm_head has no single tensor to hand out). */
@@ -91,7 +93,7 @@ export class Linear {
 
   /** The hooks whose deltas this layer adds, in the order added: a frozen copy (change them with addHook). */
   get hooks(): readonly LinearHook[] {
-    return Object.freeze([...this.hookList]);
+    return this.hookList.snapshot();
   }
 
   /**
@@ -100,19 +102,14 @@ export class Linear {
    * so it is refused.
    */
   addHook(h: LinearHook): () => void {
-    if (this.hookList.includes(h)) throw new Error(`${this.name}: this hook is already added`);
-    this.hookList.push(h);
-    return () => {
-      const at = this.hookList.indexOf(h);
-      if (at >= 0) this.hookList.splice(at, 1);
-    };
+    return this.hookList.add(h);
   }
 
   forward(x: tf.Tensor2D, ctx: ForwardContext): tf.Tensor2D {
     let y = ctx.training && this.packing === 'transposed' && this.isFrozenWhole()
       ? frozenLinear(x, this.weightT, () => this.weight(), this.bias ?? undefined)
       : this.base(x);
-    if (!ctx.plain) for (const h of this.hookList) y = y.add(h.delta(x, ctx));
+    if (!ctx.plain) for (const h of this.hookList.items) y = y.add(h.delta(x, ctx));
     return y;
   }
 

@@ -2,7 +2,7 @@ import * as tf from '@tensorflow/tfjs';
 import { linearsByName, LoraAdapter } from '../adapters/adapter.js';
 import type { ForwardContext } from '../base/context.js';
 import type { Linear, LinearHook } from '../base/linear.js';
-import type { CausalLM, ForwardOptions, InputHook, TokenBatch } from '../base/model.js';
+import type { CausalLM, ForwardOptions, TokenBatch } from '../base/model.js';
 import type { KVCache } from '../base/kvcache.js';
 import { Rng } from '../base/rng.js';
 import { createGates, gateWeights, perToken, selection, type GateInit, type GateOptions, type MoleGate, type MoleGates, type Selection } from './mole.js';
@@ -99,7 +99,7 @@ export class MoleComposition {
   private mixing: Mixing = { kind: 'static', weights: null };
   private maskNames: Set<string> | null = null;
   private rows: RowSpec | null = null;
-  /** Removers of the hooks rehook() installed. */
+  /** Removers of the hooks rehook() installed: the model's input hook and one per gated linear. */
   private readonly unhooks: (() => void)[] = [];
   private readonly passes = new WeakMap<ForwardContext, Pass>();
   private readonly stacks = new StackCache();
@@ -107,7 +107,6 @@ export class MoleComposition {
   private stats: GateStats | null = null;
   private collecting = false;
   private trace: Map<string, KeptTrace> | null = null;
-  private readonly inputHook: InputHook = (input, opts) => this.routeInput(input, opts);
   /**
    * The router's choice for the pass about to run (kept tensors: owned here, or by the KV cache
    * whose prefill made it), and the choices cached decoding steps reuse.
@@ -355,8 +354,6 @@ export class MoleComposition {
   /** Remove the hooks: the base runs alone until attach(). */
   detach(): void {
     for (const unhook of this.unhooks.splice(0)) unhook();
-    const at = this.model.inputHooks.indexOf(this.inputHook);
-    if (at >= 0) this.model.inputHooks.splice(at, 1);
     this.attached = false;
   }
 
@@ -397,7 +394,7 @@ export class MoleComposition {
     this.detach();
     this.attached = attached;
     if (!attached) return;
-    this.model.inputHooks.push(this.inputHook);
+    this.unhooks.push(this.model.addInputHook((input, opts) => this.routeInput(input, opts)));
     const linears = linearsByName(this.model);
     for (const module of this.gatedModules()) {
       const lin = linears.get(module)!;

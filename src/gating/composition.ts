@@ -288,8 +288,14 @@ export class MoleComposition {
     this.maskNames = kept;
   }
 
-  only(name: string): void {
+  /** One expert alone at full strength: mask([name]) (MoleModel.soloExpert, `--only`). */
+  solo(name: string): void {
     this.mask([name]);
+  }
+
+  /** @deprecated the old name of solo, kept for scripts. */
+  only(name: string): void {
+    this.solo(name);
   }
 
   /** Per-row masks, weights and task labels for the following passes; null clears them. */

@@ -54,3 +54,11 @@ export { writeDemoData } from './data/demo.js';
 export { taskFamilies, demoFamily, writeFamily, assertInputsHeldOut, type TaskFamily, type FamilyTask } from './data/families.js';
 export { writeMoeDemoData, moeDemoTasks, isHeldOutWord } from './data/moe-demo.js';
 export { writeCorpus } from './data/corpus.js';
+// Each command's option table (name, kind, default, help, aliases, PEFT key): the CLI's flags and
+// the recipes' fields are made from these, so they document every setting and its default.
+export { defaultOf, type Opt, type Table, type Values } from './base/options.js';
+export { INIT_BASE_OPTIONS } from './base/init-options.js';
+export { COLUMN_OPTIONS, DATA_OPTIONS, TRAINER_OPTIONS, PRETRAIN_OPTIONS } from './train/train-options.js';
+export { MOE_TRAINING_OPTIONS, TRAIN_MOE_OPTIONS, UPCYCLE_OPTIONS } from './moe/moe-options.js';
+export { LORA_OPTIONS, MIXLORA_OPTIONS, TRAIN_ADAPTER_OPTIONS } from './adapters/lora-options.js';
+export { ROUTER_OPTIONS, TRAIN_GATE_OPTIONS } from './gating/gate-options.js';

@@ -1,4 +1,5 @@
 import { execFileSync } from 'node:child_process';
+import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { DEFAULT_LORA, loraConfigJson } from '../src/adapters/config.js';
@@ -7,6 +8,7 @@ import type { Table } from '../src/base/options.js';
 import { parseTemperature, TRAIN_GATE_OPTIONS } from '../src/gating/gate-options.js';
 import { TRAIN_MOE_OPTIONS } from '../src/moe/moe-options.js';
 import { parseRecipe, RecipeError } from '../src/recipes/format.js';
+import * as api from '../src/index.js';
 
 // The CLI as users run it: the built dist/ (npm test builds first).
 const CLI = join(import.meta.dirname, '..', 'dist', 'cli', 'main.js');
@@ -99,5 +101,16 @@ describe('LoRA settings through the API (loraConfigFrom)', () => {
     expect(loraConfigFrom({ alpha: 8, loraAlpha: 8 }).alpha).toBe(8);
     expect(() => loraConfigFrom({ lora_alpha: 8 } as LoraConfigInput)).toThrow(/unknown LoRA setting\(s\) 'lora_alpha' \(settings: rank, alpha, dropout/);
     expect(() => loraConfigFrom({ r: 0 })).toThrow(/rank \(r\) must be a positive integer, got 0/);
+  });
+});
+
+describe('the package entry', () => {
+  it('exports every option table the *-options.ts files define, so API users see defaults and help', () => {
+    const src = join(import.meta.dirname, '..', 'src');
+    const files = readdirSync(src, { recursive: true, encoding: 'utf8' }).filter((f) => f.endsWith('-options.ts'));
+    const tables = files.flatMap((f) => [...readFileSync(join(src, f), 'utf8').matchAll(/^export const ([A-Z_]+_OPTIONS) = \{/gm)].map((m) => m[1]!));
+    expect(tables.length).toBeGreaterThanOrEqual(10);
+    expect(tables.filter((t) => !(t in api))).toEqual([]);
+    expect(api.defaultOf(api.TRAINER_OPTIONS.lr)).toBe(1e-3);
   });
 });

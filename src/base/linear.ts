@@ -1,6 +1,7 @@
 import * as tf from '@tensorflow/tfjs';
 import type { ForwardContext } from './context.js';
 import { HookList } from './hook-list.js';
+import { SplitTensor } from './split-tensor.js';
 import { packPerUse } from './kernels.js';
 import { frozenLinear, linear } from './ops.js';
 
@@ -34,7 +35,7 @@ export class Linear {
   /** weightT transposed, under the 'transposed' plan (see ops.frozenLinear). */
   private transposed: { of: tf.Tensor2D; w: tf.Tensor2D } | null = null;
   /** weightT, or its column blocks [in, out_i] in order. */
-  private blocks: tf.Tensor2D[];
+  private readonly stored: SplitTensor;
 
   /** `weight` as stored: [in, out], or its column blocks [in, out_i] in order. */
   constructor(
@@ -43,26 +44,22 @@ export class Linear {
     public bias: tf.Tensor1D | null,
     readonly conv1d: boolean,
   ) {
-    this.blocks = Array.isArray(weight) ? weight : [weight];
+    this.stored = new SplitTensor(Array.isArray(weight) ? weight : [weight], name, 'column blocks');
     this.hookList = new HookList(name);
   }
 
   /** @internal The weight as stored, [in, out]; only when it is one tensor (a split lm_head has no single tensor to hand out). */
   get weightT(): tf.Tensor2D {
-    this.assertWhole();
-    return this.blocks[0]!;
+    return this.stored.whole;
   }
 
   /** @internal Replace the stored weight (a merge); not a split one. */
   set weightT(t: tf.Tensor2D) {
-    this.assertWhole();
-    this.blocks = [t];
+    this.stored.whole = t;
   }
 
-  private assertWhole(): void {
-    if (this.blocks.length > 1) {
-      throw new Error(`${this.name} is split into ${this.blocks.length} column blocks to fit the GPU's binding limit; this needs its weight as one tensor`);
-    }
+  private get blocks(): readonly tf.Tensor2D[] {
+    return this.stored.blocks;
   }
 
   /** @internal Column blocks of the stored weight, in order: more than one only where it is over a GPU binding. */
@@ -145,7 +142,7 @@ export class Linear {
   }
 
   dispose(): void {
-    tf.dispose(this.blocks);
+    tf.dispose([...this.blocks]);
     this.bias?.dispose();
     this.transposed?.w.dispose();
     this.transposed = null;

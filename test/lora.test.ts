@@ -186,7 +186,7 @@ describe('PEFT adapters', () => {
     // Rename its tensors onto a module the base lacks.
     const f = openSafetensors(join(wrong.dir, 'adapter_model.safetensors'));
     const renamed: Record<string, TensorToWrite> = {};
-    for (const k of f.tensors.keys()) renamed[k.replace('self_attn.q_proj', 'self_attn.qkv_proj')] = { dtype: 'F32', ...f.read(k) } as TensorToWrite;
+    for (const k of f.tensors.keys()) renamed[k.replace('self_attn.q_proj', 'self_attn.qkv_proj')] = { ...f.read(k) } as TensorToWrite;
     writeSafetensors(join(wrong.dir, 'adapter_model.safetensors'), renamed, { format: 'pt' });
     expect(() => loadAdapter(model, wrong.dir, quiet)).toThrow(/tensor 'base_model\.model\.model\.layers\.0\.self_attn\.qkv_proj\.lora_A\.weight' targets module 'model\.layers\.0\.self_attn\.qkv_proj', which the llama base does not have/);
 

@@ -259,7 +259,7 @@ describe('MixLoRA', () => {
 
       const weights = join(dir, MIXLORA_WEIGHTS);
       const file = openSafetensors(weights);
-      const all = Object.fromEntries([...file.tensors.keys()].map((k) => [k, { dtype: 'F32' as const, ...file.read(k) } as { dtype: 'F32'; shape: number[]; data: Float32Array }]));
+      const all = Object.fromEntries([...file.tensors.keys()].map((k) => [k, { ...file.read(k) } as { dtype: 'F32'; shape: number[]; data: Float32Array }]));
       const router = 'base_model.model.model.layers.1.mlp.router.weight';
       writeSafetensors(weights, { ...all, [router]: { dtype: 'F32', shape: [3, 32], data: new Float32Array(96) } });
       expect(() => loadMixLora(model, dir, quiet)).toThrow(new RegExp(`tensor '${router.replace(/\./g, '\\.')}' has shape \\[3,32\\], the base and mixlora_config\\.json imply \\[2,32\\]`));

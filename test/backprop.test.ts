@@ -41,7 +41,7 @@ describe('lean backward pass', () => {
 
   it('gives the LoRA gradients of tfjs\' own pass bit for bit', () => {
     const model = randomLlama({ ...shape, maxPositions: 16 });
-    const adapter = createLora(model, { ...DEFAULT_LORA, r: 4, loraAlpha: 8, targetModules: ['q_proj', 'v_proj', 'down_proj'] }, 'a', new Rng(1));
+    const adapter = createLora(model, { ...DEFAULT_LORA, rank: 4, alpha: 8, targets: ['q_proj', 'v_proj', 'down_proj'] }, 'a', new Rng(1));
     for (const l of adapter.layers.values()) l.bT.assign(tf.randomNormal(l.bT.shape, 0, 0.1, 'float32', 2));
     adapter.attach(model);
     const vars = [...adapter.params().values()];

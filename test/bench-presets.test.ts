@@ -58,7 +58,7 @@ describe('bench presets', () => {
 
 describe('bench train memory figures', () => {
   it('gpuBufferBytes reads the webgpu backend\'s allocated bytes, and nothing from other backends', () => {
-    expect(gpuBufferBytes({ numTensors: 1, numDataBuffers: 1, numBytes: 4, unreliable: false, numBytesAllocatedInGPU: 4096 } as tf.MemoryInfo)).toBe(4096);
+    expect(gpuBufferBytes({ numTensors: 1, numDataBuffers: 1, numBytes: 4, unreliable: false, numBytesAllocatedInGPU: 4096 } as unknown as tf.MemoryInfo)).toBe(4096);
     expect(gpuBufferBytes(tf.memory())).toBeNull();
   });
 

@@ -71,7 +71,7 @@ describe('molora CLI', () => {
   it('forward --adapter equals forward on the merged export; inspect reads the adapter', async () => {
     await initBackend();
     const model = loadBase(join(MODEL_FIXTURES, 'qwen2'), { warn: () => {} });
-    const adapter = createLora(model, { ...DEFAULT_LORA, r: 4, targetModules: ['q_proj', 'down_proj'] }, 'a', new Rng(2));
+    const adapter = createLora(model, { ...DEFAULT_LORA, rank: 4, targets: ['q_proj', 'down_proj'] }, 'a', new Rng(2));
     for (const l of adapter.layers.values()) l.bT.assign(tf.randomNormal(l.bT.shape, 0, 0.2, 'float32', 4));
     const adir = join(tmp.dir, 'adapter');
     await saveAdapter(adapter, adir);
@@ -95,7 +95,7 @@ describe('molora CLI', () => {
     run('init-base', '--arch', 'llama', '--layers', '1', '--hidden', '32', '--heads', '2', '--ffn', '48', '--out', base);
     const model = loadBase(base, { warn: () => {} });
     for (const [name, seed] of [['a', 1], ['b', 2]] as const) {
-      const ad = createLora(model, { ...DEFAULT_LORA, r: 2, targetModules: ['q_proj', 'v_proj'] }, name, new Rng(seed));
+      const ad = createLora(model, { ...DEFAULT_LORA, rank: 2, targets: ['q_proj', 'v_proj'] }, name, new Rng(seed));
       for (const l of ad.layers.values()) l.bT.assign(tf.randomNormal(l.bT.shape, 0, 0.1, 'float32', seed));
       await saveAdapter(ad, join(tmp.dir, `expert-${name}`));
       ad.dispose();

@@ -47,7 +47,7 @@ beforeAll(async () => {
   const train = { model: base, ...cols, seqLen: 32, batchSize: 16, lr: 1e-2, seed: 0, ...quiet };
   for (const t of Object.keys(TASKS)) {
     writeRows(join(tmp.dir, `${t}.csv`), 300, 1, t);
-    await trainAdapter({ ...train, data: join(tmp.dir, `${t}.csv`), out: join(tmp.dir, t), steps: 100, lora: { targetModules: ['q_proj', 'v_proj', 'o_proj', 'up_proj', 'down_proj', 'lm_head'] } });
+    await trainAdapter({ ...train, data: join(tmp.dir, `${t}.csv`), out: join(tmp.dir, t), steps: 100, lora: { targets: ['q_proj', 'v_proj', 'o_proj', 'up_proj', 'down_proj', 'lm_head'] } });
   }
   writeRows(join(tmp.dir, 'mixed.csv'), 600, 2);
   writeRows(join(tmp.dir, 'test.csv'), 60, 3);

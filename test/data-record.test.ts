@@ -102,7 +102,7 @@ describe('MoleModel.generate shapes text prompts as its experts were trained', (
     const model = join(import.meta.dirname, '..', 'models', 'tiny-llama');
     m = new MoleModel(loadBase(model));
     dir = join(tmp.dir, 'expert');
-    const lora = createLora(m.base, { ...DEFAULT_LORA, targetModules: ['q_proj', 'v_proj'] }, 'sms', new Rng(1));
+    const lora = createLora(m.base, { ...DEFAULT_LORA, targets: ['q_proj', 'v_proj'] }, 'sms', new Rng(1));
     await saveAdapter(lora, dir);
     lora.dispose();
     writeDataRecord(dir, SMS);

@@ -76,7 +76,7 @@ describe('held-out eval rows', () => {
     const templated = { promptTemplate: '@prompt.txt', completionTemplate: '{a}' };
     const steps = [{ ...adapter, ...templated, promptColumn: undefined, completionColumn: undefined, taskColumn: undefined, data: 't.jsonl' }, { ...(evalOn('e.csv') as object), ...templated, promptColumn: undefined, completionColumn: undefined, taskColumn: undefined }];
     const r = loadRecipe(recipe('templated', steps), join(tmp.dir, 'run-templated'));
-    expect(r.steps[0]!.fields.promptTemplate).toBe('Q: {q}\nA:');
+    expect((r.steps[0]!.fields as { promptTemplate?: string }).promptTemplate).toBe('Q: {q}\nA:');
     expect(await findSharedPrompt(r, r.steps[1]!)).toMatchObject({ prompt: 'Q: two plus two\nA:', shared: 1, evalPrompts: 2, eval: { line: 3 }, train: { line: 1 } });
     const chat = (id: string, data: string) => ({ type: id === 'a' ? 'train-adapter' : 'eval', id, out: `${id}.out`, model: 'nowhere', data, messagesColumn: 'messages' });
     const convo = (u: string) => JSON.stringify({ messages: [{ role: 'user', content: u }, { role: 'assistant', content: 'ok' }] });

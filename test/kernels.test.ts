@@ -398,7 +398,7 @@ describe('gradients', () => {
               return y2.data.reduce((acc, v, i) => acc + v * dyv[i]!, 0);
             };
             const fd = (f(1) - f(-1)) / 2;
-            const an = g.dataSync().reduce((acc, v, i) => acc + v * dir[i]!, 0);
+            const an = (g.dataSync() as Float32Array).reduce((acc, v, i) => acc + v * dir[i]!, 0);
             expect(Math.abs(fd - an) / Math.max(1, Math.abs(fd)), `${which}: ${a.shape} ${b.shape} ${tA} ${tB}`)
               .toBeLessThan(1e-4);
           }

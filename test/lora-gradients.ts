@@ -18,7 +18,7 @@ import { MODEL_FIXTURES } from './helpers.js';
 export async function checkLoraGradients(training: boolean, o: { entries: number; matrices?: number }): Promise<void> {
   const model = loadBase(join(MODEL_FIXTURES, 'llama-gqa'), { warn: () => {} });
   const probe = { ids: Int32Array.from([4, 8, 15, 16, 23, 42, 7, 9]), batch: 2, seq: 4 };
-  const adapter = createLora(model, { ...DEFAULT_LORA, r: 2, loraAlpha: 4, targetModules: ['q_proj', 'down_proj'] }, 'g', new Rng(1));
+  const adapter = createLora(model, { ...DEFAULT_LORA, rank: 2, alpha: 4, targets: ['q_proj', 'down_proj'] }, 'g', new Rng(1));
   for (const l of adapter.layers.values()) tf.tidy(() => l.bT.assign(tf.randomNormal(l.bT.shape, 0, 0.3, 'float32', 3)));
   adapter.attach(model);
   const targets = Int32Array.from([8, 15, 16, 23, 7, 9, 3, 1]);

@@ -118,6 +118,24 @@ describe('PEFT adapters', () => {
     b.dispose();
   });
 
+  it("loraA() and loraB() hand out the file's lora_A [r, in] and lora_B [out, r] as they were written", async () => {
+    const hand = handAdapter('orientation', LLAMA, { 'model.layers.0.self_attn.q_proj': [32, 32], 'model.layers.1.self_attn.v_proj': [32, 16] }, { r: 4, lora_alpha: 8, target_modules: ['q_proj', 'v_proj'] }, 3);
+    const model = loadBase(LLAMA, quiet);
+    const adapter = loadAdapter(model, hand.dir, quiet);
+    const before = tf.memory().numTensors;
+    for (const [module, m] of hand.mats) {
+      const l = adapter.layers.get(module)!;
+      expect([l.rank, l.inFeatures, l.outFeatures, l.parameterCount]).toEqual([m.r, m.inF, m.outF, m.r * (m.inF + m.outF)]);
+      const [A, B] = [l.loraA(), l.loraB()];
+      expect([A.shape, B.shape]).toEqual([[m.r, m.inF], [m.outF, m.r]]);
+      expect([maxAbsDiff(await A.data(), m.a), maxAbsDiff(await B.data(), m.b)]).toEqual([0, 0]);
+      tf.dispose([A, B]);
+    }
+    expect(tf.memory().numTensors).toBe(before);
+    adapter.dispose();
+    model.dispose();
+  });
+
   it('a GPT-2 adapter with fan_in_fan_out loads in nn.Linear orientation and matches', async () => {
     const ad = handAdapter('gpt2-a', GPT2, { 'transformer.h.0.attn.c_attn': [32, 96], 'transformer.h.1.mlp.c_fc': [32, 64] }, { r: 4, lora_alpha: 16, fan_in_fan_out: true, target_modules: ['c_attn', 'c_fc'] }, 3);
     const model = loadBase(GPT2, quiet);
@@ -132,7 +150,7 @@ describe('PEFT adapters', () => {
 
   it('writes exactly PEFT key names, shapes and config keys, and reads them back', async () => {
     const model = loadBase(LLAMA, quiet);
-    const cfg: LoraConfig = { ...DEFAULT_LORA, r: 4, loraAlpha: 8, targetModules: ['q_proj', 'v_proj'], baseModel: 'llama-gqa' };
+    const cfg: LoraConfig = { ...DEFAULT_LORA, rank: 4, alpha: 8, targets: ['q_proj', 'v_proj'], baseModel: 'llama-gqa' };
     const adapter = createLora(model, cfg, 'fresh', new Rng(5));
     // B = 0 at init: the adapter starts as the identity.
     const base = await logprobs(model, probe);
@@ -168,7 +186,7 @@ describe('PEFT adapters', () => {
     // Rename its tensors onto a module the base lacks.
     const f = openSafetensors(join(wrong.dir, 'adapter_model.safetensors'));
     const renamed: Record<string, TensorToWrite> = {};
-    for (const k of f.tensors.keys()) renamed[k.replace('self_attn.q_proj', 'self_attn.qkv_proj')] = { dtype: 'F32', ...f.read(k) } as TensorToWrite;
+    for (const k of f.tensors.keys()) renamed[k.replace('self_attn.q_proj', 'self_attn.qkv_proj')] = { ...f.read(k) } as TensorToWrite;
     writeSafetensors(join(wrong.dir, 'adapter_model.safetensors'), renamed, { format: 'pt' });
     expect(() => loadAdapter(model, wrong.dir, quiet)).toThrow(/tensor 'base_model\.model\.model\.layers\.0\.self_attn\.qkv_proj\.lora_A\.weight' targets module 'model\.layers\.0\.self_attn\.qkv_proj', which the llama base does not have/);
 
@@ -183,7 +201,7 @@ describe('PEFT adapters', () => {
     const pissa = handAdapter('pissa', LLAMA, { 'model.layers.0.self_attn.q_proj': [32, 32] }, { r: 2, lora_alpha: 2, target_modules: ['q_proj'], init_lora_weights: 'pissa' }, 7);
     expect(() => loadAdapter(model, pissa.dir, quiet)).toThrow(/rewrote the base model's weights/);
 
-    expect(() => createLora(model, { ...DEFAULT_LORA, targetModules: ['c_attn'] }, 'x', new Rng(0))).toThrow(/match no module of the llama base \(its linear layers: q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj, lm_head\)/);
+    expect(() => createLora(model, { ...DEFAULT_LORA, targets: ['c_attn'] }, 'x', new Rng(0))).toThrow(/match no module of the llama base \(its linear layers: q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj, lm_head\)/);
     model.dispose();
   });
 });
@@ -269,7 +287,7 @@ describe('LoRA dropout', () => {
 
   it('in a model, only the adapter input is dropped, only in training, from the pass\'s rng', () => {
     const model = loadBase(LLAMA, quiet);
-    const adapter = createLora(model, { ...DEFAULT_LORA, r: 2, loraDropout: 0.5, targetModules: ['q_proj', 'v_proj', 'down_proj'] }, 'd', new Rng(4));
+    const adapter = createLora(model, { ...DEFAULT_LORA, rank: 2, dropout: 0.5, targets: ['q_proj', 'v_proj', 'down_proj'] }, 'd', new Rng(4));
     adapter.attach(model);
     const run = (opts: { training?: boolean; rng?: Rng | null }): Float32Array => {
       const t = tf.tidy(() => model.forward(probe, opts));
@@ -314,7 +332,7 @@ describe('rank_pattern and alpha_pattern', () => {
 
   it('a new adapter takes them from its config, and saves them', async () => {
     const model = loadBase(LLAMA, quiet);
-    const cfg: LoraConfig = { ...DEFAULT_LORA, r: R, loraAlpha: ALPHA, targetModules: ['q_proj', 'v_proj'], rankPattern: config.rank_pattern, alphaPattern: config.alpha_pattern };
+    const cfg: LoraConfig = { ...DEFAULT_LORA, rank: R, alpha: ALPHA, targets: ['q_proj', 'v_proj'], rankPattern: config.rank_pattern, alphaPattern: config.alpha_pattern };
     const adapter = createLora(model, cfg, 'fresh', new Rng(13));
     expect(Object.fromEntries([...adapter.layers].map(([m, l]) => [m, [l.aT.shape[1], l.bT.shape[0], l.scale]]))).toEqual(Object.fromEntries(Object.entries(MODULES).map(([m, [, , r, s]]) => [m, [r, r, s]])));
     const dir = join(tmp.dir, 'patterns-written');

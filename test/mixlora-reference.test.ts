@@ -64,7 +64,7 @@ describe('MixLoRA files against the TUDB-Labs MixLoRA layout and math', () => {
     const model = loadBase(baseDir, quiet);
     const dir = join(tmp.dir, 'mix');
     const targets = ['q_proj', 'v_proj', 'gate_proj', 'up_proj', 'down_proj'];
-    const mix = createMixLora(model, { ...DEFAULT_LORA, r: R, loraAlpha: ALPHA, loraDropout: 0.05, targetModules: targets }, { experts: E, topK: K, routerStd: 0.3 }, 'ref', new Rng(21));
+    const mix = createMixLora(model, { ...DEFAULT_LORA, rank: R, alpha: ALPHA, dropout: 0.05, targets }, { experts: E, topK: K, routerStd: 0.3 }, 'ref', new Rng(21));
     // Random B (createLora's is 0) so every expert differs; routers keep their N(0, 0.3) draw.
     const rng = new Rng(22);
     for (const [key, v] of mix.params()) {

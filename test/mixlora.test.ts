@@ -22,7 +22,7 @@ import { taskCsv, TASK_COLUMNS, writeDenseBase } from './moe-train-fixtures.js';
 const tmp = tempDir();
 const base = join(tmp.dir, 'base');
 const quiet = { warn: () => {} };
-const lora = (targets: string[]): LoraConfig => ({ ...DEFAULT_LORA, targetModules: targets });
+const lora = (targets: string[]): LoraConfig => ({ ...DEFAULT_LORA, targets });
 // Two rows, the second left-padded.
 const batch = {
   ids: Int32Array.from([5, 9, 13, 17, 21, 25, 0, 0, 40, 41, 42, 43]),
@@ -72,7 +72,7 @@ describe('MixLoRA', () => {
       'base_model.model.model.layers.1.mlp.router.weight',
       'base_model.model.model.layers.1.mlp.experts.3.down_proj.lora_B.weight',
     ]));
-    expect(mix.config.targetModules).toEqual(['q_proj', 'v_proj', 'gate_proj', 'up_proj', 'down_proj']);
+    expect(mix.config.targets).toEqual(['q_proj', 'v_proj', 'gate_proj', 'up_proj', 'down_proj']);
     mix.collectStats(true);
     expect(worstDiff(await logprobs(model, batch), plain)).toBeLessThan(1e-5);
     const stats = await mix.stats();
@@ -86,7 +86,7 @@ describe('MixLoRA', () => {
   it('experts on only the named FFN projections, in only the chosen layers; a random adapter is sparse per token and works with the KV cache', async () => {
     const model = loadBase(base, quiet);
     const plain = await logprobs(model, batch);
-    const mix = createMixLora(model, { ...lora(['down_proj']), layersToTransform: [1] }, { experts: 3, topK: 1 }, 'x', new Rng(0));
+    const mix = createMixLora(model, { ...lora(['down_proj']), layers: [1] }, { experts: 3, topK: 1 }, 'x', new Rng(0));
     expect(mix.plain).toBeNull();
     expect(mix.ffns.map((f) => f.layer)).toEqual([1]);
     expect(mix.ffns[0]!.experts.map((e) => [...e.values()].map((l) => l.module))).toEqual([0, 1, 2].map((j) => [`model.layers.1.mlp.experts.${j}.down_proj`]));
@@ -200,7 +200,7 @@ describe('MixLoRA', () => {
       out,
       progress: 'off',
       log: () => {},
-      lora: { targetModules: ['gate_proj', 'up_proj', 'down_proj'] },
+      lora: { targets: ['gate_proj', 'up_proj', 'down_proj'] },
       mixlora: { experts: 4, topK: 2 },
     });
     expect(r.status).toBe('done');
@@ -259,7 +259,7 @@ describe('MixLoRA', () => {
 
       const weights = join(dir, MIXLORA_WEIGHTS);
       const file = openSafetensors(weights);
-      const all = Object.fromEntries([...file.tensors.keys()].map((k) => [k, { dtype: 'F32' as const, ...file.read(k) } as { dtype: 'F32'; shape: number[]; data: Float32Array }]));
+      const all = Object.fromEntries([...file.tensors.keys()].map((k) => [k, { ...file.read(k) } as { dtype: 'F32'; shape: number[]; data: Float32Array }]));
       const router = 'base_model.model.model.layers.1.mlp.router.weight';
       writeSafetensors(weights, { ...all, [router]: { dtype: 'F32', shape: [3, 32], data: new Float32Array(96) } });
       expect(() => loadMixLora(model, dir, quiet)).toThrow(new RegExp(`tensor '${router.replace(/\./g, '\\.')}' has shape \\[3,32\\], the base and mixlora_config\\.json imply \\[2,32\\]`));
@@ -281,7 +281,7 @@ describe('MixLoRA', () => {
     const model = loadBase(base, quiet);
     try {
       expect(() => createMixLora(mixtral, lora(['q_proj']), { experts: 2, topK: 1 }, 'm', new Rng(0))).toThrow(/MixLoRA adds LoRA experts to a dense FFN \(SwiGLU or GPT-2 MLP\); this block has a MoEFFN/);
-      expect(() => createMixLora(model, { ...DEFAULT_LORA, targetModules: '.*q_proj' }, { experts: 2, topK: 1 }, 'm', new Rng(0))).toThrow(/target_modules must be a list/);
+      expect(() => createMixLora(model, { ...DEFAULT_LORA, targets: '.*q_proj' }, { experts: 2, topK: 1 }, 'm', new Rng(0))).toThrow(/targets \(target_modules\) must be a list/);
       expect(() => createMixLora(model, lora(['q_proj']), { experts: 2, topK: 3 }, 'm', new Rng(0))).toThrow(/top_k must be in 1\.\.2, got 3/);
       expect(() => createMixLora(model, lora(['nope']), { experts: 2, topK: 1 }, 'm', new Rng(0))).toThrow(/target_modules \["nope"\] match no module of the llama base outside the FFNs/);
       const a = createMixLora(model, lora(['q_proj']), { experts: 2, topK: 1 }, 'a', new Rng(0));

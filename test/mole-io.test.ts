@@ -122,7 +122,7 @@ describe('gate folder', () => {
     };
     await expect(loadGate(compose(ALL, oneValue), dir)).rejects.toThrow(/expert 'code' changed: its tensors differ/);
     const otherAlpha = (e: LoraAdapter): void => {
-      if (e.name === 'law') (e.config as { loraAlpha: number }).loraAlpha = 3;
+      if (e.name === 'law') (e.config as { alpha: number }).alpha = 3;
     };
     await expect(loadGate(compose(ALL, otherAlpha), dir)).rejects.toThrow(/expert 'law' changed: its adapter_config.json differs/);
     await expect(loadGate(compose(['math', 'law']), dir)).rejects.toThrow(/expert 'code' is missing/);

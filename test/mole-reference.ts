@@ -25,7 +25,7 @@ export interface Reference {
 /** An expert on `targets` with random A and a random non-zero B (createLora's B is 0). */
 export function randomExpert(model: CausalLM, name: string, targets: string[], seed: number, r = 4): LoraAdapter {
   const rng = new Rng(seed);
-  const a = createLora(model, { ...DEFAULT_LORA, r, loraAlpha: 2 * r, targetModules: targets }, name, rng);
+  const a = createLora(model, { ...DEFAULT_LORA, rank: r, alpha: 2 * r, targets }, name, rng);
   for (const l of a.layers.values()) {
     const b = tf.tensor2d(rng.normalArray(l.bT.size, 0.5), l.bT.shape);
     l.bT.assign(b);

@@ -65,7 +65,7 @@ describe('loadModel session', () => {
     expect(await b.generateBatch(PROMPTS, GEN)).toEqual(want);
   });
 
-  it('only(name) generates exactly what that adapter alone does', async () => {
+  it('soloExpert(name) generates exactly what that adapter alone does', async () => {
     const m = await session(['math', 'code']);
     m.initGate({}, 4, { eStd: 0.5 });
     const got = (await m.soloExpert('code').generate(PROMPTS[0]!, GEN)).tokens;

@@ -143,7 +143,7 @@ describe('MoLE gate', () => {
     expect(againstReference(comp, experts, { mask: [[1, 0, 1]] })).toBeLessThan(1e-4);
 
     // One expert left: its weight is 1, exactly the adapter on its own.
-    comp.only('code');
+    comp.solo('code');
     const got = logits(model, BATCH);
     comp.detach();
     const alone = new LoraAdapter('code', experts[1]!.config, experts[1]!.layers);
@@ -205,6 +205,7 @@ describe('MoLE gate', () => {
     expect(maxAbsDiff(logits(model, BATCH), before)).toBe(0);
     comp.mask(null);
     comp.useWeights([0.5, 0.5, 0]);
+    // Through the deprecated alias of solo, which scripts still call.
     expect(() => comp.only('law')).toThrow(/the experts kept \[law\] all have weight 0/);
     comp.initGate({}, new Rng(9), SHARP);
     expect(() => comp.setRows({ mask: [[0, 0, 0], [1, 1, 1]] })).toThrow(/mask row 0 leaves none of the experts; that row would be the base model alone/);

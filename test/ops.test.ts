@@ -102,7 +102,7 @@ describe('matMul / linear', () => {
     const wT = rand([6, 4], 7) as tf.Tensor2D;
     const bias = tf.tensor1d([0.5, -1, 2, 0]);
     const dy = rand([9, 4], 8);
-    const w = wT.transpose();
+    const w = wT.transpose() as tf.Tensor2D;
     let built = 0;
     const transposed = () => (built++, w);
     close(frozenLinear(x, wT, transposed, bias), linear(x, wT, bias).dataSync(), 1e-6);

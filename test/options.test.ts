@@ -1,12 +1,14 @@
 import { execFileSync } from 'node:child_process';
+import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { DEFAULT_LORA, loraConfigJson } from '../src/adapters/config.js';
-import { loraConfigOf, TRAIN_ADAPTER_OPTIONS, LORA_OPTIONS } from '../src/adapters/lora-options.js';
+import { loraConfigFrom, loraConfigOf, TRAIN_ADAPTER_OPTIONS, LORA_OPTIONS, type LoraConfigInput } from '../src/adapters/lora-options.js';
 import type { Table } from '../src/base/options.js';
 import { parseTemperature, TRAIN_GATE_OPTIONS } from '../src/gating/gate-options.js';
 import { TRAIN_MOE_OPTIONS } from '../src/moe/moe-options.js';
 import { parseRecipe, RecipeError } from '../src/recipes/format.js';
+import * as api from '../src/index.js';
 
 // The CLI as users run it: the built dist/ (npm test builds first).
 const CLI = join(import.meta.dirname, '..', 'dist', 'cli', 'main.js');
@@ -77,6 +79,38 @@ describe('option tables', () => {
     expect(json).toMatchObject({ r: 4, lora_alpha: 12, lora_dropout: 0.25, use_rslora: true, target_modules: ['k_proj'], layers_to_transform: [1], init_lora_weights: 'gaussian' });
     for (const [name, o] of Object.entries(LORA_OPTIONS)) if (o.peft && name in s) expect(json).toHaveProperty(o.peft);
     // The defaults are the table's.
-    expect([DEFAULT_LORA.r, DEFAULT_LORA.loraAlpha]).toEqual([LORA_OPTIONS.rank.default, LORA_OPTIONS.alpha.default]);
+    expect([DEFAULT_LORA.rank, DEFAULT_LORA.alpha]).toEqual([LORA_OPTIONS.rank.default, LORA_OPTIONS.alpha.default]);
+  });
+});
+
+describe('LoRA settings through the API (loraConfigFrom)', () => {
+  it('takes every former name the option table lists as an alias, under the field it names', () => {
+    const values: Record<string, unknown> = { rank: 4, alpha: 12, dropout: 0.25, rslora: true, targets: ['k_proj'], layers: [1, 2] };
+    const aliased = Object.entries(LORA_OPTIONS as Table).flatMap(([name, o]) => (o.aliases ?? []).map((a): [string, string] => [a, name]));
+    expect(aliased.map(([, name]) => name).sort()).toEqual(Object.keys(values).sort());
+    const old = Object.fromEntries(aliased.map(([a, name]) => [a, values[name]]));
+    expect(loraConfigFrom(old)).toEqual({ ...DEFAULT_LORA, ...values });
+    // What scripts written before the rename pass: the defaults spread, then the former names.
+    const spread: LoraConfigInput = { ...DEFAULT_LORA, r: 4, loraAlpha: 12, targetModules: 'model\\..*_proj' };
+    expect(loraConfigFrom(spread)).toMatchObject({ rank: 4, alpha: 12, targets: 'model\\..*_proj' });
+  });
+
+  it('refuses one setting under two names with two values, and an unknown name; the same value twice is fine', () => {
+    expect(() => loraConfigFrom({ rank: 4, r: 2 }, 'my script')).toThrow(/my script: 'rank' and 'r' are the same setting; give one \(they differ: 4 and 2\)/);
+    expect(() => loraConfigFrom({ targetModules: ['q_proj'], targets: ['v_proj'] })).toThrow(/'targetModules' and 'targets' are the same setting/);
+    expect(loraConfigFrom({ alpha: 8, loraAlpha: 8 }).alpha).toBe(8);
+    expect(() => loraConfigFrom({ lora_alpha: 8 } as LoraConfigInput)).toThrow(/unknown LoRA setting\(s\) 'lora_alpha' \(settings: rank, alpha, dropout/);
+    expect(() => loraConfigFrom({ r: 0 })).toThrow(/rank \(r\) must be a positive integer, got 0/);
+  });
+});
+
+describe('the package entry', () => {
+  it('exports every option table the *-options.ts files define, so API users see defaults and help', () => {
+    const src = join(import.meta.dirname, '..', 'src');
+    const files = readdirSync(src, { recursive: true, encoding: 'utf8' }).filter((f) => f.endsWith('-options.ts'));
+    const tables = files.flatMap((f) => [...readFileSync(join(src, f), 'utf8').matchAll(/^export const ([A-Z_]+_OPTIONS) = \{/gm)].map((m) => m[1]!));
+    expect(tables.length).toBeGreaterThanOrEqual(10);
+    expect(tables.filter((t) => !(t in api))).toEqual([]);
+    expect(api.defaultOf(api.TRAINER_OPTIONS.lr)).toBe(1e-3);
   });
 });

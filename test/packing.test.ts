@@ -11,7 +11,7 @@ beforeAll(async () => {
 
 const MiB = 2 ** 20;
 const heap = (): number => heapUsage().heapBytes!;
-const ctx = { batch: 1, seq: 64, training: true, tokenMask: null as unknown as tf.Tensor2D, aux: [], rng: null, plain: false };
+const ctx = { batch: 1, seq: 64, training: true, tokenMask: null as unknown as tf.Tensor2D, realTokens: new Float32Array(64).fill(1), aux: [], rng: null, plain: false };
 
 describe('Linear.packing', () => {
   it("gives the same outputs and input gradients whichever way the weight is held: 'transposed', 'cached', 'per-use'", () => {

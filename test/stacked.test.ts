@@ -15,7 +15,7 @@ const [inF, outF, rows] = [24, 20, 9];
 const rng = new Rng(7);
 const rand = (shape: number[], std = 1): tf.Tensor2D => tf.tensor2d(rng.normalArray(shape[0]! * shape[1]!, std), shape as [number, number]);
 const lora = (r: number, scale: number): LoraLayer => new LoraLayer('m', tf.variable(rand([inF, r]), false), tf.variable(rand([r, outF]), false), scale, 0);
-const ctx = { batch: 1, seq: rows, training: false, tokenMask: null as unknown as tf.Tensor2D, aux: [], rng: null };
+const ctx = { batch: 1, seq: rows, training: false, tokenMask: null as unknown as tf.Tensor2D, realTokens: new Float32Array(rows).fill(1), aux: [], rng: null };
 
 /** What the composition did per expert before: Eᵢ(x) = sᵢ·(x Aᵢ) Bᵢ, zeros where an expert does not adapt the linear. */
 const outputs = (layers: (LoraLayer | null)[], x: tf.Tensor2D): tf.Tensor2D[] => layers.map((l) => (l ? l.delta(x, ctx) : tf.zeros([rows, outF])));

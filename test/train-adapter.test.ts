@@ -56,7 +56,7 @@ describe('train-adapter', () => {
       steps: 120,
       evalEvery: 120,
       seed: 0,
-      lora: { r: 8, loraAlpha: 16, targetModules: ALL },
+      lora: { rank: 8, alpha: 16, targets: ALL },
       afterStep: () => counts.push(tf.memory().numTensors),
     });
     expect(r.status).toBe('done');

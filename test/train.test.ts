@@ -231,7 +231,7 @@ describe('trainer', () => {
   it('logs eval loss, perplexity and extras, tracks the best, and writes the caller artifact', async () => {
     const dir = tmp();
     const saved: string[] = [];
-    const run = spec(dir, { save: (d) => saved.push(d) });
+    const run = spec(dir, { save: (d) => void saved.push(d) });
     const { best } = await train(run);
     const evals = readMetrics(join(dir, 'metrics.jsonl')).filter((e) => 'val_loss' in e);
     expect(evals.map((e) => e.step)).toEqual([4, 8, 10]);
@@ -239,7 +239,7 @@ describe('trainer', () => {
     // The last eval saw the final parameters: its loss (both eval batches hold 4 rows, so the
     // token-weighted mean is the plain mean) and the extra are those of the model as it ends.
     const w = run.params;
-    const valLoss = tf.tidy(() => evalSet().map((b) => mlpLoss(w, b, false, new Rng(0)).dataSync()[0]!)).reduce((a, l) => a + l / 2, 0);
+    const valLoss = tf.tidy(() => [...evalSet()].map((b) => mlpLoss(w, b, false, new Rng(0)).dataSync()[0]!)).reduce((a, l) => a + l / 2, 0);
     expect(evals.at(-1)!.val_loss).toBeCloseTo(valLoss, 6);
     expect(evals.at(-1)!.w2_norm).toBeCloseTo(tf.tidy(() => w.get('w2')!.norm().dataSync()[0]!), 6);
     expect(new Set(evals.map((e) => e.w2_norm)).size).toBe(3);

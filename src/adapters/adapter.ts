@@ -3,6 +3,7 @@ import type { Linear } from '../base/linear.js';
 import type { CausalLM } from '../base/model.js';
 import type { Rng } from '../base/rng.js';
 import { AdapterConfigError, moduleRankScale, targetsModule, type LoraConfig } from './config.js';
+import { loraConfigFrom, type LoraConfigInput } from './lora-options.js';
 import { initLoraWeights, LoraLayer } from './lora.js';
 
 /** PEFT's tensor key for one LoRA matrix of one module. */
@@ -24,7 +25,10 @@ export class LoraAdapter {
     readonly layers: Map<string, LoraLayer>,
   ) {}
 
-  /** Trainable variables under their PEFT keys (the trainer's and the optimizer's names). */
+  /**
+   * Trainable variables under their PEFT keys (the trainer's and the optimizer's names), holding
+   * A and B as stored, transposed; saveAdapter writes them in PEFT's orientation.
+   */
   params(): Map<string, tf.Variable> {
     const out = new Map<string, tf.Variable>();
     for (const [module, l] of this.layers) {
@@ -36,7 +40,7 @@ export class LoraAdapter {
 
   get parameterCount(): number {
     let n = 0;
-    for (const l of this.layers.values()) n += l.aT.size + l.bT.size;
+    for (const l of this.layers.values()) n += l.parameterCount;
     return n;
   }
 
@@ -67,19 +71,23 @@ export function targetedLinears(model: CausalLM, config: LoraConfig, source: str
   if (hits.length === 0) {
     const suffixes = [...new Set(model.linears().map((l) => l.name.split('.').pop()))].join(', ');
     throw new AdapterConfigError(
-      `${source}: target_modules ${JSON.stringify(config.targetModules)}${config.layersToTransform ? ` on layers ${config.layersToTransform}` : ''} match no module of the ${model.config.modelType} base (its linear layers: ${suffixes})`,
+      `${source}: targets (target_modules) ${JSON.stringify(config.targets)}${config.layers ? ` on layers ${config.layers}` : ''} match no module of the ${model.config.modelType} base (its linear layers: ${suffixes})`,
     );
   }
   return hits;
 }
 
-/** A fresh adapter (A random, B zero) on every targeted linear of the base. */
-export function createLora(model: CausalLM, config: LoraConfig, name: string, rng: Rng): LoraAdapter {
+/**
+ * A fresh adapter (A random, B zero) on every targeted linear of the base. Settings left out are
+ * DEFAULT_LORA's; former names (r, loraAlpha, targetModules…) are still accepted (loraConfigFrom).
+ */
+export function createLora(model: CausalLM, input: LoraConfigInput, name: string, rng: Rng): LoraAdapter {
+  const config = loraConfigFrom(input, `adapter '${name}'`);
   const layers = new Map<string, LoraLayer>();
   for (const lin of targetedLinears(model, config, `adapter '${name}'`)) {
     const { r, scale } = moduleRankScale(config, lin.name);
     const w = initLoraWeights(lin.inFeatures, lin.outFeatures, r, config.init, rng);
-    layers.set(lin.name, newLayer(lin, w.aT, w.bT, r, scale, config.loraDropout));
+    layers.set(lin.name, newLayer(lin, w.aT, w.bT, r, scale, config.dropout));
   }
   return new LoraAdapter(name, config, layers);
 }

@@ -1,15 +1,19 @@
 /**
  * LoRA adapter configuration, read from and written as PEFT's adapter_config.json
- * (REFERENCE.md §2). Field names inside molora are camelCase; the file keeps PEFT's keys.
+ * (REFERENCE.md §2). The fields are named as the CLI's flags and the recipes' fields
+ * (LORA_OPTIONS in lora-options.ts, whose `peft` entries give each field's key in the file);
+ * parseLoraConfig and loraConfigJson map the file's keys to the fields and back.
  */
 export interface LoraConfig {
-  r: number;
-  loraAlpha: number;
-  loraDropout: number;
-  useRslora: boolean;
+  rank: number;
+  alpha: number;
+  dropout: number;
+  /** Rank-stabilised scaling: alpha/√r instead of alpha/r. */
+  rslora: boolean;
   /** Module-name suffixes, or one regex matched against the whole module name. */
-  targetModules: string[] | string;
-  layersToTransform: number[] | null;
+  targets: string[] | string;
+  /** Only these transformer layers (layers_to_transform); null: all. */
+  layers: number[] | null;
   /** 'kaiming' is PEFT's `true` (kaiming-uniform A); 'gaussian' draws A from N(0, 1/r). B starts at 0 either way. */
   init: 'kaiming' | 'gaussian';
   fanInFanOut: boolean;
@@ -27,12 +31,12 @@ export const DEFAULT_ALPHA = 16;
 export const DEFAULT_TARGETS: readonly string[] = ['q_proj', 'v_proj'];
 
 export const DEFAULT_LORA: LoraConfig = {
-  r: DEFAULT_RANK,
-  loraAlpha: DEFAULT_ALPHA,
-  loraDropout: 0,
-  useRslora: false,
-  targetModules: [...DEFAULT_TARGETS],
-  layersToTransform: null,
+  rank: DEFAULT_RANK,
+  alpha: DEFAULT_ALPHA,
+  dropout: 0,
+  rslora: false,
+  targets: [...DEFAULT_TARGETS],
+  layers: null,
   init: 'kaiming',
   fanInFanOut: false,
   rankPattern: {},
@@ -82,12 +86,12 @@ export function parseLoraConfig(raw: Record<string, unknown>, source: string, wa
   const layers = raw.layers_to_transform;
   const cfg: LoraConfig = {
     // PEFT's own defaults for a file that leaves them out (LoraConfig: r 8, lora_alpha 8).
-    r: num('r', 8),
-    loraAlpha: num('lora_alpha', 8),
-    loraDropout: num('lora_dropout', 0),
-    useRslora: raw.use_rslora === true,
-    targetModules: targets as string[] | string,
-    layersToTransform: layers === undefined || layers === null ? null : typeof layers === 'number' ? [layers] : (layers as number[]),
+    rank: num('r', 8),
+    alpha: num('lora_alpha', 8),
+    dropout: num('lora_dropout', 0),
+    rslora: raw.use_rslora === true,
+    targets: targets as string[] | string,
+    layers: layers === undefined || layers === null ? null : typeof layers === 'number' ? [layers] : (layers as number[]),
     init: init === 'gaussian' ? 'gaussian' : 'kaiming',
     fanInFanOut: raw.fan_in_fan_out === true,
     rankPattern: (raw.rank_pattern as Record<string, number>) ?? {},
@@ -99,9 +103,9 @@ export function parseLoraConfig(raw: Record<string, unknown>, source: string, wa
 }
 
 export function validateLoraConfig(c: LoraConfig, source = 'LoRA config'): void {
-  if (!Number.isInteger(c.r) || c.r <= 0) throw new AdapterConfigError(`${source}: r must be a positive integer, got ${c.r}`);
-  if (!(c.loraDropout >= 0 && c.loraDropout < 1)) throw new AdapterConfigError(`${source}: lora_dropout must be in [0, 1)`);
-  if (Array.isArray(c.targetModules) && c.targetModules.length === 0) throw new AdapterConfigError(`${source}: target_modules is empty`);
+  if (!Number.isInteger(c.rank) || c.rank <= 0) throw new AdapterConfigError(`${source}: rank (r) must be a positive integer, got ${c.rank}`);
+  if (!(c.dropout >= 0 && c.dropout < 1)) throw new AdapterConfigError(`${source}: dropout (lora_dropout) must be in [0, 1), got ${c.dropout}`);
+  if (Array.isArray(c.targets) && c.targets.length === 0) throw new AdapterConfigError(`${source}: targets (target_modules) is empty`);
 }
 
 /** The adapter_config.json PEFT itself would write for this config. */
@@ -116,33 +120,33 @@ export function loraConfigJson(c: LoraConfig): Record<string, unknown> {
     init_lora_weights: c.init === 'gaussian' ? 'gaussian' : true,
     layer_replication: null,
     layers_pattern: null,
-    layers_to_transform: c.layersToTransform,
+    layers_to_transform: c.layers,
     loftq_config: {},
-    lora_alpha: c.loraAlpha,
-    lora_dropout: c.loraDropout,
+    lora_alpha: c.alpha,
+    lora_dropout: c.dropout,
     megatron_config: null,
     megatron_core: 'megatron.core',
     modules_to_save: null,
     peft_type: 'LORA',
-    r: c.r,
+    r: c.rank,
     rank_pattern: c.rankPattern,
     revision: null,
-    target_modules: c.targetModules,
+    target_modules: c.targets,
     task_type: 'CAUSAL_LM',
     use_dora: false,
-    use_rslora: c.useRslora,
+    use_rslora: c.rslora,
   };
 }
 
 /** Does a module (full HF path) fall under this config's targets and layers? PEFT's rules. */
 export function targetsModule(c: LoraConfig, module: string): boolean {
   const hit =
-    typeof c.targetModules === 'string'
-      ? new RegExp(`^(?:${c.targetModules})$`).test(module)
-      : c.targetModules.some((t) => module === t || module.endsWith(`.${t}`));
-  if (!hit || c.layersToTransform === null) return hit;
+    typeof c.targets === 'string'
+      ? new RegExp(`^(?:${c.targets})$`).test(module)
+      : c.targets.some((t) => module === t || module.endsWith(`.${t}`));
+  if (!hit || c.layers === null) return hit;
   const layer = layerIndex(module);
-  return layer !== null && c.layersToTransform.includes(layer);
+  return layer !== null && c.layers.includes(layer);
 }
 
 /** The transformer layer a module sits in (…layers.3… or …h.3…), or null. */
@@ -157,7 +161,7 @@ export function moduleRankScale(c: LoraConfig, module: string): { r: number; sca
     const key = Object.keys(pattern).find((k) => new RegExp(`(^|\\.)${k}$`).test(module));
     return key === undefined ? undefined : pattern[key];
   };
-  const r = match(c.rankPattern) ?? c.r;
-  const alpha = match(c.alphaPattern) ?? c.loraAlpha;
-  return { r, scale: c.useRslora ? alpha / Math.sqrt(r) : alpha / r };
+  const r = match(c.rankPattern) ?? c.rank;
+  const alpha = match(c.alphaPattern) ?? c.alpha;
+  return { r, scale: c.rslora ? alpha / Math.sqrt(r) : alpha / r };
 }

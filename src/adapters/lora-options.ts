@@ -1,12 +1,12 @@
-import { bool, choice, float, int, list, path, ranges, required, string, type Values } from '../base/options.js';
+import { bool, canonicalKeys, choice, float, int, list, path, ranges, required, string, type Table, type Values } from '../base/options.js';
 import { COLUMN_OPTIONS, DATA_OPTIONS, TRAINER_OPTIONS } from '../train/train-options.js';
-import { DEFAULT_ALPHA, DEFAULT_RANK, DEFAULT_TARGETS, type LoraConfig } from './config.js';
-import type { MixLoraOptions } from './mixlora.js';
+import { AdapterConfigError, DEFAULT_ALPHA, DEFAULT_LORA, DEFAULT_RANK, DEFAULT_TARGETS, validateLoraConfig, type LoraConfig } from './config.js';
 
 /**
- * train-adapter's LoRA settings (src/base/options.ts). The names are the CLI's and the recipes';
- * `aliases` accept the camelCase of PEFT's keys (LoraConfig's fields), and `peft` names the key
- * each lands in in adapter_config.json (loraConfigOf, then loraConfigJson).
+ * train-adapter's LoRA settings (src/base/options.ts). The names are the CLI's, the recipes' and
+ * LoraConfig's fields; `aliases` are the older API spellings (the camelCase of PEFT's keys, which
+ * loraConfigFrom still accepts), and `peft` names the key each lands in in adapter_config.json
+ * (loraConfigOf, then loraConfigJson).
  */
 export const LORA_OPTIONS = {
   name: string('adapter name for logs (default: the output folder)'),
@@ -22,18 +22,65 @@ export const LORA_OPTIONS = {
 
 export type LoraSettings = Values<typeof LORA_OPTIONS>;
 
-/** The settings as the PEFT config's fields (unset ones left to DEFAULT_LORA). */
+/** The settings as LoraConfig's fields (unset ones left to DEFAULT_LORA); --target-regex is a regex `targets`. */
 export function loraConfigOf(s: LoraSettings): Partial<LoraConfig> {
-  const config: Partial<LoraConfig> = {
-    r: s.rank,
-    loraAlpha: s.alpha,
-    loraDropout: s.dropout,
-    useRslora: s.rslora,
-    targetModules: s.targetRegex ?? s.targets,
-    layersToTransform: s.layers,
-    init: s.init,
-  };
+  const config: Partial<LoraConfig> = { rank: s.rank, alpha: s.alpha, dropout: s.dropout, rslora: s.rslora, targets: s.targetRegex ?? s.targets, layers: s.layers, init: s.init };
   return Object.fromEntries(Object.entries(config).filter(([, v]) => v !== undefined));
+}
+
+/** LoraConfig's fields under their former names (PEFT's keys in camelCase): the API still takes them. */
+export interface LoraConfigAliases {
+  /** @deprecated Use `rank`. */
+  r?: number;
+  /** @deprecated Use `alpha`. */
+  loraAlpha?: number;
+  /** @deprecated Use `dropout`. */
+  loraDropout?: number;
+  /** @deprecated Use `rslora`. */
+  useRslora?: boolean;
+  /** @deprecated Use `targets`. */
+  targetModules?: string[] | string;
+  /** @deprecated Use `layers`. */
+  layersToTransform?: number[] | null;
+}
+
+/** What the API takes for a LoRA config: any of LoraConfig's fields, under their names or former names. */
+export type LoraConfigInput = Partial<LoraConfig> & LoraConfigAliases;
+
+const sameValue = (a: unknown, b: unknown): boolean => JSON.stringify(a) === JSON.stringify(b);
+
+/**
+ * The one way into a LoraConfig from the API (createLora, createMixLora, trainAdapter): former
+ * names (LORA_OPTIONS' aliases) under the field they name, a setting given under two names with
+ * two values refused, unknown keys refused, the rest from DEFAULT_LORA, then validated.
+ * `{ ...DEFAULT_LORA, r: 4 }`, the usual way to write a config under the former names, gives rank
+ * twice: a field still at DEFAULT_LORA's value yields to its former name given beside it.
+ */
+export function loraConfigFrom(input: LoraConfigInput = {}, source = 'LoRA config'): LoraConfig {
+  const fail = (msg: string): never => {
+    throw new AdapterConfigError(`${source}: ${msg}`);
+  };
+  const table: Table = LORA_OPTIONS;
+  const formerGiven = (k: string): boolean => (table[k]?.aliases ?? []).some((a) => a in input && input[a as keyof LoraConfigInput] !== undefined);
+  const spreadDefault = (k: string, v: unknown): boolean => k in DEFAULT_LORA && sameValue(v, DEFAULT_LORA[k as keyof LoraConfig]) && formerGiven(k);
+  const given = Object.fromEntries(Object.entries(input).filter(([k, v]) => v !== undefined && !spreadDefault(k, v)));
+  const fields = canonicalKeys(LORA_OPTIONS, given, fail, sameValue);
+  const unknown = Object.keys(fields).filter((k) => !(k in DEFAULT_LORA));
+  if (unknown.length > 0) fail(`unknown LoRA setting(s) ${unknown.map((k) => `'${k}'`).join(', ')} (settings: ${Object.keys(DEFAULT_LORA).join(', ')})`);
+  // Every key is now one of LoraConfig's fields, its value typed as that field (or its alias) by LoraConfigInput.
+  const config = { ...DEFAULT_LORA, ...fields } as LoraConfig;
+  validateLoraConfig(config, source);
+  return config;
+}
+
+/** What createMixLora takes besides the LoRA settings: the mixture. */
+export interface MixLoraOptions {
+  experts: number;
+  topK: number;
+  /** Default 0.01. */
+  auxCoef?: number;
+  /** Default 0.02. */
+  routerStd?: number;
 }
 
 /** train-adapter's MixLoRA settings: given moeExperts, LoRA experts in each FFN under a router. */

@@ -1,6 +1,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { LoraAdapter, newLayer } from './adapter.js';
 import { targetsModule, type LoraConfig } from './config.js';
+import { loraConfigFrom, type LoraConfigInput, type MixLoraOptions } from './lora-options.js';
 import { initLoraWeights, LoraLayer } from './lora.js';
 import type { ForwardContext } from '../base/context.js';
 import { Linear } from '../base/linear.js';
@@ -23,17 +24,17 @@ import { scatterAdd } from '../moe/moe.js';
  * Training adds HF's load-balancing loss (router_aux_loss_coef · E·Σ f·P over all layers).
  */
 export interface MixLoraConfig {
-  r: number;
-  loraAlpha: number;
-  loraDropout: number;
-  useRslora: boolean;
+  rank: number;
+  alpha: number;
+  dropout: number;
+  rslora: boolean;
   init: LoraConfig['init'];
   /**
    * MixLoRA's one list: FFN projections named here (gate_proj, up_proj, down_proj; c_fc, c_proj
    * on GPT-2) get the experts; modules outside the FFNs that it names (q_proj, v_proj…) a plain LoRA.
    */
-  targetModules: string[];
-  layersToTransform: number[] | null;
+  targets: string[];
+  layers: number[] | null;
   experts: number;
   topK: number;
   /** router_aux_loss_coef: HF balance loss weight while training; 0 turns it off. */
@@ -41,16 +42,6 @@ export interface MixLoraConfig {
   /** Std of the router's N(0, σ) init (MixLoRA's router_init_range). */
   routerStd: number;
   baseModel: string | null;
-}
-
-/** What createMixLora takes: the LoRA settings as for train-adapter, plus the mixture. */
-export interface MixLoraOptions {
-  experts: number;
-  topK: number;
-  /** Default 0.01. */
-  auxCoef?: number;
-  /** Default 0.02. */
-  routerStd?: number;
 }
 
 /** A dense FFN as in-projections, an activation over their outputs, and an out-projection. */
@@ -194,7 +185,7 @@ export class MixLoraAdapter {
   params(): Map<string, tf.Variable> {
     const out = new Map<string, tf.Variable>(this.plain?.params() ?? []);
     for (const f of this.ffns) {
-      out.set(mixLoraKey(f.prefix, 'router'), f.router.gate.weightT as unknown as tf.Variable);
+      out.set(mixLoraKey(f.prefix, 'router'), f.router.gate.trainableWeight());
       for (const e of f.experts) {
         for (const l of e.values()) {
           out.set(mixLoraKey(l.module, 'lora_A'), l.aT);
@@ -274,16 +265,16 @@ interface MixLoraPlan {
 }
 
 function planMixLora(model: CausalLM, c: MixLoraConfig, source: string): MixLoraPlan {
-  const layers = c.layersToTransform;
+  const layers = c.layers;
   const ffns: MixLoraPlan['ffns'] = [];
   const inFfn = new Set<Linear>();
   for (const block of model.blocks) {
     if (layers && !layers.includes(block.index)) continue;
     const parts = partsOf(block.ffn, `${source}: block ${block.index}`);
     const all = [...parts.ins, parts.out];
-    const projections = all.filter((l) => c.targetModules.includes(projName(l)));
+    const projections = all.filter((l) => c.targets.includes(projName(l)));
     if (projections.length === 0) {
-      throw new Error(`${source}: target_modules ${JSON.stringify(c.targetModules)} name none of block ${block.index}'s FFN projections (${all.map(projName).join(', ')})`);
+      throw new Error(`${source}: target_modules ${JSON.stringify(c.targets)} name none of block ${block.index}'s FFN projections (${all.map(projName).join(', ')})`);
     }
     for (const l of all) inFfn.add(l);
     ffns.push({ layer: block.index, prefix: ffnPrefix(parts), base: block.ffn, projections });
@@ -291,7 +282,7 @@ function planMixLora(model: CausalLM, c: MixLoraConfig, source: string): MixLora
   if (ffns.length === 0) throw new Error(`${source}: layers_to_transform ${JSON.stringify(layers)} selects no block of the ${model.config.layers}-layer base`);
   const lora = asLoraConfig(c, model);
   const plain = model.linears().filter((l) => !inFfn.has(l) && targetsModule(lora, l.name));
-  const others = c.targetModules.filter((t) => !ffns.some((f) => f.projections.some((l) => projName(l) === t)));
+  const others = c.targets.filter((t) => !ffns.some((f) => f.projections.some((l) => projName(l) === t)));
   if (others.length > 0 && plain.length === 0) {
     throw new Error(`${source}: target_modules ${JSON.stringify(others)} match no module of the ${model.config.modelType} base outside the FFNs`);
   }
@@ -301,12 +292,12 @@ function planMixLora(model: CausalLM, c: MixLoraConfig, source: string): MixLora
 /** The plain-LoRA view of the config (PEFT's settings for the non-FFN targets). */
 function asLoraConfig(c: MixLoraConfig, model: CausalLM): LoraConfig {
   return {
-    r: c.r,
-    loraAlpha: c.loraAlpha,
-    loraDropout: c.loraDropout,
-    useRslora: c.useRslora,
-    targetModules: c.targetModules,
-    layersToTransform: c.layersToTransform,
+    rank: c.rank,
+    alpha: c.alpha,
+    dropout: c.dropout,
+    rslora: c.rslora,
+    targets: c.targets,
+    layers: c.layers,
     init: c.init,
     fanInFanOut: model.config.arch === 'gpt2',
     rankPattern: {},
@@ -321,18 +312,18 @@ function validateMixLoraConfig(c: MixLoraConfig, source: string): void {
   };
   if (!Number.isInteger(c.experts) || c.experts < 1) bad(`num_experts must be a positive integer, got ${c.experts}`);
   if (!Number.isInteger(c.topK) || c.topK < 1 || c.topK > c.experts) bad(`top_k must be in 1..${c.experts}, got ${c.topK}`);
-  if (!Number.isInteger(c.r) || c.r < 1) bad(`r must be a positive integer, got ${c.r}`);
-  if (!(c.loraDropout >= 0 && c.loraDropout < 1)) bad(`lora_dropout must be in [0, 1), got ${c.loraDropout}`);
+  if (!Number.isInteger(c.rank) || c.rank < 1) bad(`rank (r) must be a positive integer, got ${c.rank}`);
+  if (!(c.dropout >= 0 && c.dropout < 1)) bad(`dropout (lora_dropout) must be in [0, 1), got ${c.dropout}`);
   if (!(c.auxCoef >= 0)) bad(`router_aux_loss_coef must be >= 0, got ${c.auxCoef}`);
   if (!(c.routerStd >= 0)) bad(`router_init_range must be >= 0, got ${c.routerStd}`);
-  if (c.targetModules.length === 0) bad('target_modules is empty');
+  if (c.targets.length === 0) bad('targets (target_modules) is empty');
 }
 
 /** Build an adapter for `model` from a config and its tensors' values (not attached yet). */
 export function buildMixLora(model: CausalLM, c: MixLoraConfig, name: string, values: MixLoraValues, source: string): MixLoraAdapter {
   validateMixLoraConfig(c, source);
   const plan = planMixLora(model, c, source);
-  const scale = c.useRslora ? c.loraAlpha / Math.sqrt(c.r) : c.loraAlpha / c.r;
+  const scale = c.rslora ? c.alpha / Math.sqrt(c.rank) : c.alpha / c.rank;
   const losses = new RouterLosses(plan.ffns.length, { experts: c.experts, topK: c.topK, auxCoef: c.auxCoef, zCoef: 0, normalise: false });
   const ffns: MixLoraFFN[] = [];
   const plainLayers = new Map<string, LoraLayer>();
@@ -348,14 +339,14 @@ export function buildMixLora(model: CausalLM, c: MixLoraConfig, name: string, va
         experts.push(e);
         for (const lin of p.projections) {
           const module = `${p.prefix}.experts.${j}.${projName(lin)}`;
-          const w = values.lora(module, lin.inFeatures, lin.outFeatures, c.r);
-          e.set(lin.name, new LoraLayer(module, variable(w.aT, [lin.inFeatures, c.r]), variable(w.bT, [c.r, lin.outFeatures]), scale, c.loraDropout));
+          const w = values.lora(module, lin.inFeatures, lin.outFeatures, c.rank);
+          e.set(lin.name, new LoraLayer(module, variable(w.aT, [lin.inFeatures, c.rank]), variable(w.bT, [c.rank, lin.outFeatures]), scale, c.dropout));
         }
       }
     }
     for (const lin of plan.plain) {
-      const w = values.lora(lin.name, lin.inFeatures, lin.outFeatures, c.r);
-      plainLayers.set(lin.name, newLayer(lin, w.aT, w.bT, c.r, scale, c.loraDropout));
+      const w = values.lora(lin.name, lin.inFeatures, lin.outFeatures, c.rank);
+      plainLayers.set(lin.name, newLayer(lin, w.aT, w.bT, c.rank, scale, c.dropout));
     }
   } catch (e) {
     for (const f of ffns) f.disposeExperts();
@@ -367,26 +358,28 @@ export function buildMixLora(model: CausalLM, c: MixLoraConfig, name: string, va
 }
 
 /**
- * A fresh MixLoRA adapter on a dense base. If `lora.targetModules` names none of the FFN
- * projections, the experts adapt all of them (and the named modules get a plain LoRA).
+ * A fresh MixLoRA adapter on a dense base, from the LoRA settings as createLora takes them (former
+ * names too: loraConfigFrom). If `targets` names none of the FFN projections, the experts adapt
+ * all of them (and the named modules get a plain LoRA).
  */
-export function createMixLora(model: CausalLM, lora: LoraConfig, mix: MixLoraOptions, name: string, rng: Rng): MixLoraAdapter {
-  if (!Array.isArray(lora.targetModules)) throw new Error(`MixLoRA adapter '${name}': target_modules must be a list of module names, not a regex`);
+export function createMixLora(model: CausalLM, input: LoraConfigInput, mix: MixLoraOptions, name: string, rng: Rng): MixLoraAdapter {
+  const lora = loraConfigFrom(input, `MixLoRA adapter '${name}'`);
+  if (!Array.isArray(lora.targets)) throw new Error(`MixLoRA adapter '${name}': targets (target_modules) must be a list of module names, not a regex`);
   const ffnProjections = new Set(
     model.blocks.flatMap((b) => {
       const p = partsOf(b.ffn, `MixLoRA adapter '${name}': block ${b.index}`);
       return [...p.ins, p.out].map(projName);
     }),
   );
-  const targets = lora.targetModules.some((t) => ffnProjections.has(t)) ? lora.targetModules : [...lora.targetModules, ...ffnProjections];
+  const targets = lora.targets.some((t) => ffnProjections.has(t)) ? lora.targets : [...lora.targets, ...ffnProjections];
   const config: MixLoraConfig = {
-    r: lora.r,
-    loraAlpha: lora.loraAlpha,
-    loraDropout: lora.loraDropout,
-    useRslora: lora.useRslora,
+    rank: lora.rank,
+    alpha: lora.alpha,
+    dropout: lora.dropout,
+    rslora: lora.rslora,
     init: lora.init,
-    targetModules: targets,
-    layersToTransform: lora.layersToTransform,
+    targets,
+    layers: lora.layers,
     experts: mix.experts,
     topK: mix.topK,
     auxCoef: mix.auxCoef ?? 0.01,

@@ -87,7 +87,7 @@ export function loadAdapter(model: CausalLM, dir: string, opts: { name?: string;
       const { r, scale } = moduleRankScale(config, module);
       const a = readChecked(file, path, keys.A, [r, lin.inFeatures]);
       const b = readChecked(file, path, keys.B, [lin.outFeatures, r]);
-      layers.set(module, newLayer(lin, transpose(a, r, lin.inFeatures), transpose(b, lin.outFeatures, r), r, scale, config.loraDropout));
+      layers.set(module, newLayer(lin, transpose(a, r, lin.inFeatures), transpose(b, lin.outFeatures, r), r, scale, config.dropout));
     }
   } catch (e) {
     for (const l of layers.values()) l.dispose();

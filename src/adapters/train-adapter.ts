@@ -1,20 +1,21 @@
 import { loadBase } from '../base/load.js';
 import { Rng } from '../base/rng.js';
 import { writeDataRecord } from '../data/record.js';
-import { createMixLora, type MixLoraOptions } from './mixlora.js';
+import { createMixLora } from './mixlora.js';
 import { saveMixLora } from './mixlora-io.js';
 import { routingOn } from '../moe/train-moe.js';
 import { trainLm, type LmTrainOptions } from '../train/lm.js';
 import { inRunFolder, type TrainResult } from '../train/trainer.js';
 import { createLora } from './adapter.js';
-import { DEFAULT_LORA, validateLoraConfig, type LoraConfig } from './config.js';
+import { loraConfigFrom, type LoraConfigInput, type MixLoraOptions } from './lora-options.js';
 import { saveAdapter } from './peft.js';
 
 export interface TrainAdapterOptions extends LmTrainOptions {
   model: string;
   /** Adapter name (recorded in logs); defaults to the output folder's name. */
   name?: string;
-  lora?: Partial<LoraConfig>;
+  /** LoRA settings; left-out ones are DEFAULT_LORA's, and former names (r, loraAlpha…) are accepted. */
+  lora?: LoraConfigInput;
   /** Train a MixLoRA adapter instead: LoRA experts in each FFN under a top-k router (src/adapters/mixlora.ts). */
   mixlora?: MixLoraOptions;
 }
@@ -32,14 +33,9 @@ export function trainAdapter(o: TrainAdapterOptions): Promise<TrainResult> {
 async function trainIn(o: TrainAdapterOptions): Promise<TrainResult> {
   const model = loadBase(o.model, { warn: o.log, training: { batch: o.batchSize, seq: o.seqLen, trainableParams: 0 } });
   try {
-    const config: LoraConfig = {
-      ...DEFAULT_LORA,
-      ...o.lora,
-      // GPT-2's Conv1D layers store [in, out]; PEFT records that as fan_in_fan_out.
-      fanInFanOut: model.config.arch === 'gpt2',
-      baseModel: o.lora?.baseModel ?? o.model,
-    };
-    validateLoraConfig(config, 'train-adapter options');
+    const lora = loraConfigFrom(o.lora, 'train-adapter options');
+    // GPT-2's Conv1D layers store [in, out]; PEFT records that as fan_in_fan_out.
+    const config = { ...lora, fanInFanOut: model.config.arch === 'gpt2', baseModel: lora.baseModel ?? o.model };
     if (o.mixlora) {
       const mix = createMixLora(model, config, o.mixlora, o.name ?? o.out, new Rng(o.seed));
       mix.attach(model);

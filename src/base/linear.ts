@@ -1,5 +1,7 @@
 import * as tf from '@tensorflow/tfjs';
 import type { ForwardContext } from './context.js';
+import { HookList } from './hook-list.js';
+import { SplitTensor } from './split-tensor.js';
 import { packPerUse } from './kernels.js';
 import { frozenLinear, linear } from './ops.js';
 
@@ -27,44 +29,55 @@ export type WeightPacking = 'transposed' | 'cached' | 'per-use';
  * (see vocab.ts): one product per block, concatenated.
  */
 export class Linear {
-  private readonly hookList: LinearHook[] = [];
+  private readonly hookList: HookList<LinearHook>;
   /** Set by a memory plan (base/memory.ts) before the first forward. */
   packing: WeightPacking = 'cached';
   /** weightT transposed, under the 'transposed' plan (see ops.frozenLinear). */
   private transposed: { of: tf.Tensor2D; w: tf.Tensor2D } | null = null;
   /** weightT, or its column blocks [in, out_i] in order. */
-  private blocks: tf.Tensor2D[];
+  private readonly stored: SplitTensor;
 
+  /** `weight` as stored: [in, out], or its column blocks [in, out_i] in order. */
   constructor(
     readonly name: string,
-    weightT: tf.Tensor2D | tf.Tensor2D[],
+    weight: tf.Tensor2D | tf.Tensor2D[],
     public bias: tf.Tensor1D | null,
     readonly conv1d: boolean,
   ) {
-    this.blocks = Array.isArray(weightT) ? weightT : [weightT];
+    this.stored = new SplitTensor(Array.isArray(weight) ? weight : [weight], name, 'column blocks');
+    this.hookList = new HookList(name);
   }
 
-  /** The weight [in, out]; only when it is one tensor (a split lm_head has no single tensor to hand out). */
+  /** @internal The weight as stored, [in, out]; only when it is one tensor (a split lm_head has no single tensor to hand out). */
   get weightT(): tf.Tensor2D {
-    this.assertWhole();
-    return this.blocks[0]!;
+    return this.stored.whole;
   }
 
-  /** Replace the weight (a merge, full training); not a split one. */
+  /** @internal Replace the stored weight (a merge); not a split one. */
   set weightT(t: tf.Tensor2D) {
-    this.assertWhole();
-    this.blocks = [t];
+    this.stored.whole = t;
   }
 
-  private assertWhole(): void {
-    if (this.blocks.length > 1) {
-      throw new Error(`${this.name} is split into ${this.blocks.length} column blocks to fit the GPU's binding limit; this needs its weight as one tensor`);
-    }
+  private get blocks(): readonly tf.Tensor2D[] {
+    return this.stored.blocks;
   }
 
-  /** Column blocks of the weight, in order: more than one only where it is over a GPU binding. */
+  /** @internal Column blocks of the stored weight, in order: more than one only where it is over a GPU binding. */
   get columnBlocks(): readonly tf.Tensor2D[] {
     return this.blocks;
+  }
+
+  /**
+   * The weight as a trainable variable, made one in place on the first call (full training, MoE
+   * routers and experts). It holds the weight as stored, [in, out]: trainers key it `<name>.weight_t`.
+   */
+  trainableWeight(): tf.Variable {
+    const w = this.weightT;
+    if (w instanceof tf.Variable) return w;
+    const v = tf.variable(w, true);
+    this.weightT = v;
+    w.dispose();
+    return v;
   }
 
   get inFeatures(): number {
@@ -77,7 +90,7 @@ export class Linear {
 
   /** The hooks whose deltas this layer adds, in the order added: a frozen copy (change them with addHook). */
   get hooks(): readonly LinearHook[] {
-    return Object.freeze([...this.hookList]);
+    return this.hookList.snapshot();
   }
 
   /**
@@ -86,19 +99,14 @@ export class Linear {
    * so it is refused.
    */
   addHook(h: LinearHook): () => void {
-    if (this.hookList.includes(h)) throw new Error(`${this.name}: this hook is already added`);
-    this.hookList.push(h);
-    return () => {
-      const at = this.hookList.indexOf(h);
-      if (at >= 0) this.hookList.splice(at, 1);
-    };
+    return this.hookList.add(h);
   }
 
   forward(x: tf.Tensor2D, ctx: ForwardContext): tf.Tensor2D {
     let y = ctx.training && this.packing === 'transposed' && this.isFrozenWhole()
       ? frozenLinear(x, this.weightT, () => this.weight(), this.bias ?? undefined)
       : this.base(x);
-    if (!ctx.plain) for (const h of this.hookList) y = y.add(h.delta(x, ctx));
+    if (!ctx.plain) for (const h of this.hookList.items) y = y.add(h.delta(x, ctx));
     return y;
   }
 
@@ -134,7 +142,7 @@ export class Linear {
   }
 
   dispose(): void {
-    tf.dispose(this.blocks);
+    tf.dispose([...this.blocks]);
     this.bias?.dispose();
     this.transposed?.w.dispose();
     this.transposed = null;

@@ -3,6 +3,7 @@ import { buildMask, type AttentionInputs } from './attention.js';
 import type { Block } from './block.js';
 import type { ModelConfig } from './config.js';
 import type { ForwardContext } from './context.js';
+import { HookList } from './hook-list.js';
 import { KVCache, positionsFromMask } from './kvcache.js';
 import type { Linear } from './linear.js';
 import type { Norm } from './norm.js';
@@ -53,7 +54,7 @@ export interface ModelParts {
 /** A frozen decoder-only transformer: embeddings → blocks → final norm → lm_head. */
 export class CausalLM {
   readonly blocks: Block[];
-  readonly inputHooks: InputHook[] = [];
+  private readonly inputHookList = new HookList<InputHook>('model input hooks');
 
   constructor(
     readonly config: ModelConfig,
@@ -65,6 +66,16 @@ export class CausalLM {
     this.blocks = parts.blocks;
   }
 
+  /** The input hooks, in the order added: a frozen copy (change them with addInputHook). */
+  get inputHooks(): readonly InputHook[] {
+    return this.inputHookList.snapshot();
+  }
+
+  /** Run h at the start of every pass that is not plain, until the remover this returns is called. */
+  addInputHook(h: InputHook): () => void {
+    return this.inputHookList.add(h);
+  }
+
   newCache(batch: number): KVCache {
     return new KVCache(batch, this.blocks.length);
   }
@@ -74,7 +85,7 @@ export class CausalLM {
     const { batch: B, seq: T } = input;
     if (input.ids.length !== B * T) throw new Error(`ids has ${input.ids.length} entries, expected batch×seq = ${B * T}`);
     const mask = input.attentionMask ?? new Uint8Array(B * T).fill(1);
-    if (!opts.plain) for (const hook of this.inputHooks) hook(input, opts);
+    if (!opts.plain) for (const hook of this.inputHookList.items) hook(input, opts);
     const cache = opts.cache;
     let keyMask: Uint8Array;
     let positions: Int32Array;

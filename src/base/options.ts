@@ -220,14 +220,22 @@ function spellings(table: Table): Map<string, string> {
   return m;
 }
 
-/** Aliased keys under their option's name; refuses a setting given twice under two spellings. */
-function canonicalKeys<T extends Table>(table: T, raw: Readonly<Record<string, unknown>>, fail: (msg: string) => never): Record<string, unknown> {
+/**
+ * Aliased keys under their option's name (other keys as they are). A setting given under two
+ * spellings is refused, unless `agree` says the two values are the same: an API caller may pass
+ * an old and a new spelling of one value, a recipe names each setting once.
+ */
+export function canonicalKeys(table: Table, raw: Readonly<Record<string, unknown>>, fail: (msg: string) => never, agree?: (a: unknown, b: unknown) => boolean): Record<string, unknown> {
   const names = spellings(table);
   const out: Record<string, unknown> = {};
   const given = new Map<string, string>();
   for (const [k, v] of Object.entries(raw)) {
     const name = names.get(k) ?? k;
-    if (given.has(name)) fail(`'${given.get(name)}' and '${k}' are the same setting; give one`);
+    const first = given.get(name);
+    if (first !== undefined) {
+      if (agree?.(out[name], v)) continue;
+      fail(`'${first}' and '${k}' are the same setting; give one${agree ? ` (they differ: ${JSON.stringify(out[name])} and ${JSON.stringify(v)})` : ''}`);
+    }
     given.set(name, k);
     out[name] = v;
   }

@@ -1,5 +1,6 @@
 import * as tf from '@tensorflow/tfjs';
 import { concatF32, readF32, readHost } from './host.js';
+import { SplitTensor } from './split-tensor.js';
 import { webGpuAdapter } from './webgpu.js';
 import type { WeightSource } from './weights.js';
 
@@ -63,12 +64,18 @@ export function transposedBlocks(rows: tf.Tensor2D[]): tf.Tensor2D[] {
  * it keeps one copy where the transposed pair took two (47M floats, 188 MB, for SmolLM2-360M).
  */
 export class Embedding {
+  private readonly stored: SplitTensor;
+
   constructor(
     readonly name: string,
-    private blocks: tf.Tensor2D[],
+    blocks: tf.Tensor2D[],
     readonly layout: 'rows' | 'columns' = 'rows',
   ) {
-    if (blocks.length === 0) throw new Error(`${name}: an embedding needs at least one block`);
+    this.stored = new SplitTensor(blocks, name, 'blocks');
+  }
+
+  private get blocks(): readonly tf.Tensor2D[] {
+    return this.stored.blocks;
   }
 
   /** The blocks, in order ([V_i, D] for 'rows', [D, V_i] for 'columns'): more than one only where the table is over a GPU binding. */
@@ -78,20 +85,12 @@ export class Embedding {
 
   /** The whole table as held ([V, D], or [D, V] when tied); only when it is one tensor. */
   get weight(): tf.Tensor2D {
-    this.assertWhole();
-    return this.blocks[0]!;
+    return this.stored.whole;
   }
 
   /** Replace the table (full training makes it a variable); not a split one. */
   set weight(t: tf.Tensor2D) {
-    this.assertWhole();
-    this.blocks = [t];
-  }
-
-  private assertWhole(): void {
-    if (this.blocks.length > 1) {
-      throw new Error(`${this.name} is split into ${this.blocks.length} blocks to fit the GPU's binding limit; this needs it as one tensor`);
-    }
+    this.stored.whole = t;
   }
 
   private get axis(): 0 | 1 {
@@ -131,6 +130,6 @@ export class Embedding {
 
   dispose(): void {
     // A tied table belongs to the head too; disposing a tensor twice is a no-op.
-    tf.dispose(this.blocks);
+    tf.dispose([...this.blocks]);
   }
 }

@@ -104,7 +104,7 @@ async function benchFamily(family: TaskFamily, variants: string[], o: BenchCompo
   for (const [t, out] of experts) {
     if (existsSync(join(out, 'adapter_model.safetensors'))) continue;
     const { rank, alpha, targets, ...trainer } = ADAPTER_SETTINGS;
-    await trainAdapter({ ...common, ...trainer, model: o.model, data: files.tasks[t]!, out, name: t, steps: o.adapterSteps, lora: { r: rank, loraAlpha: alpha, targetModules: targets } });
+    await trainAdapter({ ...common, ...trainer, model: o.model, data: files.tasks[t]!, out, name: t, steps: o.adapterSteps, lora: { rank, alpha, targets } });
   }
   const score = (settings: string[], gate?: string): Promise<Summary> =>
     evalSettings({ model: o.model, data: files.test, ...columns, taskColumn: 'task', experts, gate, settings, batchSize: 32, seqLen: 32, log: () => {} });

@@ -49,7 +49,7 @@ export async function benchMoe(o: BenchMoeOptions): Promise<BenchMoeResult & Bac
   const x = tf.tensor2d(rng.normalArray(N * D, 1), [N, D]);
   const realTokens = new Float32Array(N).fill(1);
   const mask = tf.tensor2d(realTokens, [N, 1]);
-  const vars = moe.linears().map((l) => l.weightT as unknown as tf.Variable);
+  const vars = moe.linears().map((l) => l.trainableWeight());
   const ctx = (training: boolean): ForwardContext => ({ batch: 1, seq: N, training, tokenMask: mask, realTokens, aux: [], rng: null });
   const sparse = (c: ForwardContext): tf.Tensor2D => moe.forward(x, c);
   const dense = (c: ForwardContext): tf.Tensor2D => computeAll(moe, x, c);

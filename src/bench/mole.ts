@@ -1,6 +1,5 @@
 import * as tf from '@tensorflow/tfjs';
 import { createLora, type LoraAdapter } from '../adapters/adapter.js';
-import { DEFAULT_LORA } from '../adapters/config.js';
 import { backendReport, type BackendReport } from '../base/backend.js';
 import { readF32 } from '../base/host.js';
 import { lmLoss } from '../base/loss.js';
@@ -18,7 +17,7 @@ import { randomLlama, type ModelShape } from './forward.js';
 function adapters(model: CausalLM, n: number, rank: number, targets: string[], seed: number): LoraAdapter[] {
   const rng = new Rng(seed);
   return Array.from({ length: n }, (_, i) => {
-    const a = createLora(model, { ...DEFAULT_LORA, r: rank, loraAlpha: 2 * rank, targetModules: targets }, `expert${i}`, rng);
+    const a = createLora(model, { rank, alpha: 2 * rank, targets }, `expert${i}`, rng);
     for (const l of a.layers.values()) l.bT.assign(tf.randomNormal(l.bT.shape, 0, 0.02, 'float32', rng.nextU32()));
     return a;
   });
@@ -92,11 +91,36 @@ export interface GateStepResult {
  */
 export async function benchGateStep(shape: ModelShape, o: { experts: number; rank: number; targets: string[]; batch: number; seq: number; steps: number }): Promise<GateStepResult & BackendReport> {
   const model = randomLlama({ ...shape, maxPositions: o.seq }, { batch: o.batch, seq: o.seq, trainableParams: 0 });
-  const rng = new Rng(3);
+  const batch = randomBatch(shape.vocab, o, new Rng(3));
+  try {
+    const { comp, loraMs, gateMs } = await gateAndLoraSteps(model, toLmBatch(batch), o);
+    try {
+      const { labelsMs, lmMs } = await routerSteps(comp, shape.hidden, batch, o.steps);
+      return {
+        experts: o.experts,
+        lora_step_ms: loraMs,
+        gate_step_ms: gateMs,
+        ratio: gateMs / loraMs,
+        router_labels_step_ms: labelsMs,
+        router_labels_ratio: labelsMs / loraMs,
+        router_lm_step_ms: lmMs,
+        router_lm_ratio: lmMs / loraMs,
+        ...backendReport(),
+      };
+    } finally {
+      comp.dispose();
+    }
+  } finally {
+    model.dispose();
+  }
+}
+
+/** A batch of random tokens, row b labelled task b mod experts, each row's first half its prompt. */
+function randomBatch(vocab: number, o: { experts: number; batch: number; seq: number }, rng: Rng): Batch {
   const N = o.batch * o.seq;
-  const batch: Batch = {
-    ids: Int32Array.from({ length: N }, () => rng.int(shape.vocab)),
-    targets: Int32Array.from({ length: N }, () => rng.int(shape.vocab)),
+  return {
+    ids: Int32Array.from({ length: N }, () => rng.int(vocab)),
+    targets: Int32Array.from({ length: N }, () => rng.int(vocab)),
     lossMask: new Float32Array(N).fill(1),
     attentionMask: new Float32Array(N).fill(1),
     taskIds: Int32Array.from({ length: o.batch }, (_, b) => b % o.experts),
@@ -105,38 +129,21 @@ export async function benchGateStep(shape: ModelShape, o: { experts: number; ran
     batch: o.batch,
     seq: o.seq,
   };
-  const lm = toLmBatch(batch);
-  /**
-   * Median step times of each run, the runs' steps taken in turn so that all see the same load.
-   * `before` (untimed) sets the run's hooks up; `prepare` is timed as part of the step.
-   */
-  const time = async (runs: GateRun[]): Promise<number[]> => {
-    const opts = runs.map((r) => new AdamW(r.params));
-    const times: number[][] = runs.map(() => []);
-    for (let i = 0; i < o.steps + 2; i++) {
-      for (const [k, r] of runs.entries()) {
-        r.before?.();
-        const t0 = performance.now();
-        await r.prepare?.();
-        const acc = accumulateGrads(r.params, 1, r.loss);
-        opts[k]!.apply(acc.grads, 1e-3);
-        await readF32(acc.loss);
-        disposeAccumulated(acc);
-        if (i >= 2) times[k]!.push(performance.now() - t0);
-      }
-    }
-    for (const opt of opts) opt.dispose();
-    return times.map(median);
-  };
+}
+
+/**
+ * A single-LoRA step and a MoLE gate step, each run with its own hooks alone on the base. Returns
+ * the composition (detached, its gate removed) for the router steps; the caller disposes it.
+ */
+async function gateAndLoraSteps(model: CausalLM, lm: ReturnType<typeof toLmBatch>, o: { experts: number; rank: number; targets: string[]; steps: number }): Promise<{ comp: MoleComposition; loraMs: number; gateMs: number }> {
   const trainLoss = (): tf.Scalar => lmLoss(model, lm, { training: true });
+  const [single] = adapters(model, 1, o.rank, o.targets, 4);
+  const comp = new MoleComposition(model);
   try {
-    const [single] = adapters(model, 1, o.rank, o.targets, 4);
-    const comp = new MoleComposition(model);
     adapters(model, o.experts, o.rank, o.targets, 5).forEach((a) => comp.addExpert(a.name, a));
     comp.initGate({}, new Rng(6));
     comp.detach();
-    // Each step runs with its own hooks alone on the base.
-    const [loraMs, gateMs] = await time([
+    const [loraMs, gateMs] = await timeSteps([
       {
         params: single!.params(), loss: trainLoss, before: () => {
           comp.detach();
@@ -149,36 +156,58 @@ export async function benchGateStep(shape: ModelShape, o: { experts: number; ran
           comp.attach();
         },
       },
-    ]) as [number, number];
-    single!.dispose();
+    ], o.steps) as [number, number];
     comp.useWeights(null);
-    const router = createRouter(comp.experts, shape.hidden, {}, new Rng(7));
+    return { comp, loraMs, gateMs };
+  } catch (e) {
+    comp.dispose();
+    throw e;
+  } finally {
+    single!.dispose();
+  }
+}
+
+/** Prompt-router steps over the composition's experts: taught by labels, then by the LM loss (first epoch). */
+async function routerSteps(comp: MoleComposition, hidden: number, batch: Batch, steps: number): Promise<{ labelsMs: number; lmMs: number }> {
+  const router = createRouter(comp.experts, hidden, {}, new Rng(7));
+  try {
     const labels = Int32Array.from(comp.experts, (_, i) => i);
     let cache = new ExpertLossCache();
-    const [labelsMs] = await time([{ params: router.params(), loss: () => routerLoss(comp, router, batch, labels, 'labels', cache) }]) as [number];
+    const [labelsMs] = await timeSteps([{ params: router.params(), loss: () => routerLoss(comp, router, batch, labels, 'labels', cache) }], steps) as [number];
     // First-epoch steps: the experts' losses on the batch are computed (a fresh cache) every time.
-    const [lmMs] = await time([{
+    const [lmMs] = await timeSteps([{
       params: router.params(), loss: () => routerLoss(comp, router, batch, labels, 'lm', cache), prepare: async () => {
         cache = new ExpertLossCache();
         await cache.fill(comp, batch);
       },
-    }]) as [number];
-    router.dispose();
-    comp.dispose();
-    return {
-      experts: o.experts,
-      lora_step_ms: loraMs,
-      gate_step_ms: gateMs,
-      ratio: gateMs / loraMs,
-      router_labels_step_ms: labelsMs,
-      router_labels_ratio: labelsMs / loraMs,
-      router_lm_step_ms: lmMs,
-      router_lm_ratio: lmMs / loraMs,
-      ...backendReport(),
-    };
+    }], steps) as [number];
+    return { labelsMs: labelsMs!, lmMs: lmMs! };
   } finally {
-    model.dispose();
+    router.dispose();
   }
+}
+
+/**
+ * Median step times of each run, the runs' steps taken in turn so that all see the same load.
+ * `before` (untimed) sets the run's hooks up; `prepare` is timed as part of the step.
+ */
+async function timeSteps(runs: GateRun[], steps: number): Promise<number[]> {
+  const opts = runs.map((r) => new AdamW(r.params));
+  const times: number[][] = runs.map(() => []);
+  for (let i = 0; i < steps + 2; i++) {
+    for (const [k, r] of runs.entries()) {
+      r.before?.();
+      const t0 = performance.now();
+      await r.prepare?.();
+      const acc = accumulateGrads(r.params, 1, r.loss);
+      opts[k]!.apply(acc.grads, 1e-3);
+      await readF32(acc.loss);
+      disposeAccumulated(acc);
+      if (i >= 2) times[k]!.push(performance.now() - t0);
+    }
+  }
+  for (const opt of opts) opt.dispose();
+  return times.map(median);
 }
 
 /** One training step to time in benchGateStep. */

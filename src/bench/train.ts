@@ -1,6 +1,5 @@
 import * as tf from '@tensorflow/tfjs';
 import { createLora, type LoraAdapter } from '../adapters/adapter.js';
-import { DEFAULT_LORA } from '../adapters/config.js';
 import { activeBackend, backendReport, type BackendReport } from '../base/backend.js';
 import { readF32, readHost } from '../base/host.js';
 import { crossEntropy } from '../base/loss.js';
@@ -46,7 +45,7 @@ export interface BenchTrainResult extends PeakMemory {
 /** Steps timed to the read of their loss (`await data()`), so a GPU step counts until its work is done. */
 export async function benchTrain(o: BenchTrainOptions): Promise<BenchTrainResult & BackendReport> {
   const model = randomLlama({ ...o, maxPositions: o.seq }, { batch: o.batch, seq: o.seq, trainableParams: 0 });
-  const adapter = createLora(model, { ...DEFAULT_LORA, r: o.rank, loraAlpha: o.alpha, targetModules: o.targets }, 'bench', new Rng(0));
+  const adapter = createLora(model, { rank: o.rank, alpha: o.alpha, targets: o.targets }, 'bench', new Rng(0));
   adapter.attach(model);
   const params = adapter.params();
   const opt = new AdamW(params);
@@ -117,7 +116,7 @@ export function loraStepFlops(model: CausalLM, adapter: LoraAdapter, o: Pick<Ben
   for (const l of model.linears()) base += 2 * N * l.inFeatures * l.outFeatures;
   base += c.layers * 2 * 2 * o.batch * c.heads * o.seq * o.seq * c.headDim;
   let lora = 0;
-  for (const l of adapter.layers.values()) lora += 2 * N * (l.aT.size + l.bT.size);
+  for (const l of adapter.layers.values()) lora += 2 * N * l.parameterCount;
   return 2 * base + 3 * lora;
 }
 

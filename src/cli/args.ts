@@ -1,5 +1,5 @@
 import { InvalidArgumentError } from 'commander';
-import { choiceArg, floatArg, intArg, OptionValueError, parseList, parseNamedPath, parseRanges } from '../base/options.js';
+import { choiceArg, floatArg, intArg, OptionValueError, parseList, parseNamedPath } from '../base/options.js';
 
 /**
  * A value parser of src/base/options.ts as commander wants it: a refused value becomes an
@@ -23,9 +23,6 @@ export const int = (min = 0): ((v: string) => number) => commanderParser((v: str
 export const float = (min = -Infinity, max = Infinity): ((v: string) => number) => commanderParser((v: string) => floatArg(v, min, max));
 
 export const choice = <T extends string>(options: readonly T[]): ((v: string) => T) => commanderParser((v: string) => choiceArg(v, options));
-
-/** "0-3,6" → [0, 1, 2, 3, 6]. */
-export const rangeList = commanderParser(parseRanges);
 
 /** "a,b" → ['a', 'b']. */
 export const nameList = commanderParser(parseList);

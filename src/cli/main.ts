@@ -23,7 +23,7 @@ import { ROUTER_VARIANTS } from '../bench/compose.js';
 import { taskFamilies } from '../data/families.js';
 import { addModelShapeFlags, runBenchProbe, runBenchCompose, runBenchForward, runBenchGate, runBenchParity, runBenchSwap, runBenchTrain } from './bench.js';
 import { PRESET_NAMES } from '../bench/presets.js';
-import { choice, collect, float, idList, int, namedPaths, nameList, rangeList } from './args.js';
+import { choice, collect, float, idList, int, nameList } from './args.js';
 
 /**
  * Commander checks required options before unknown ones, so a typo (`--modle x`) was reported as

@@ -2,7 +2,7 @@ import * as tf from '@tensorflow/tfjs';
 import { linearsByName, LoraAdapter } from '../adapters/adapter.js';
 import type { ForwardContext } from '../base/context.js';
 import type { Linear, LinearHook } from '../base/linear.js';
-import type { CausalLM, ForwardOptions, InputHook, TokenBatch } from '../base/model.js';
+import type { CausalLM, ForwardOptions, TokenBatch } from '../base/model.js';
 import type { KVCache } from '../base/kvcache.js';
 import { Rng } from '../base/rng.js';
 import { createGates, gateWeights, perToken, selection, type GateInit, type GateOptions, type MoleGate, type MoleGates, type Selection } from './mole.js';
@@ -99,7 +99,7 @@ export class MoleComposition {
   private mixing: Mixing = { kind: 'static', weights: null };
   private maskNames: Set<string> | null = null;
   private rows: RowSpec | null = null;
-  /** Removers of the hooks rehook() installed. */
+  /** Removers of the hooks rehook() installed: the model's input hook and one per gated linear. */
   private readonly unhooks: (() => void)[] = [];
   private readonly passes = new WeakMap<ForwardContext, Pass>();
   private readonly stacks = new StackCache();
@@ -107,7 +107,6 @@ export class MoleComposition {
   private stats: GateStats | null = null;
   private collecting = false;
   private trace: Map<string, KeptTrace> | null = null;
-  private readonly inputHook: InputHook = (input, opts) => this.routeInput(input, opts);
   /**
    * The router's choice for the pass about to run (kept tensors: owned here, or by the KV cache
    * whose prefill made it), and the choices cached decoding steps reuse.
@@ -163,8 +162,8 @@ export class MoleComposition {
     for (const [module, l] of adapter.layers) {
       const lin = linears.get(module);
       if (!lin) throw new Error(`expert '${name}': adapts '${module}', which is not a linear of this base`);
-      if (l.aT.shape[0] !== lin.inFeatures || l.bT.shape[1] !== lin.outFeatures) {
-        throw new Error(`expert '${name}': '${module}' maps ${l.aT.shape[0]} → ${l.bT.shape[1]} features, the base linear ${lin.inFeatures} → ${lin.outFeatures}`);
+      if (l.inFeatures !== lin.inFeatures || l.outFeatures !== lin.outFeatures) {
+        throw new Error(`expert '${name}': '${module}' maps ${l.inFeatures} → ${l.outFeatures} features, the base linear ${lin.inFeatures} → ${lin.outFeatures}`);
       }
     }
     const vars = [...adapter.params().values()];
@@ -204,13 +203,7 @@ export class MoleComposition {
       const [a, b] = [layers.get(m)!, replacement.layers.get(m)!];
       if (a.rank !== b.rank) throw new Error(`swap of expert '${name}': '${m}' has rank ${b.rank} in the replacement, ${a.rank} in the expert`);
     }
-    for (const m of modules) {
-      const [l, r] = [layers.get(m)!, replacement.layers.get(m)!];
-      // assign shares the replacement's data (reference-counted): no copy, no new tensors.
-      l.aT.assign(r.aT);
-      l.bT.assign(r.bT);
-      l.scale = r.scale;
-    }
+    for (const m of modules) layers.get(m)!.assignFrom(replacement.layers.get(m)!);
     ex.adapter = new LoraAdapter(name, replacement.config, layers);
   }
 
@@ -295,8 +288,14 @@ export class MoleComposition {
     this.maskNames = kept;
   }
 
-  only(name: string): void {
+  /** One expert alone at full strength: mask([name]) (MoleModel.soloExpert, `--only`). */
+  solo(name: string): void {
     this.mask([name]);
+  }
+
+  /** @deprecated the old name of solo, kept for scripts. */
+  only(name: string): void {
+    this.solo(name);
   }
 
   /** Per-row masks, weights and task labels for the following passes; null clears them. */
@@ -361,8 +360,6 @@ export class MoleComposition {
   /** Remove the hooks: the base runs alone until attach(). */
   detach(): void {
     for (const unhook of this.unhooks.splice(0)) unhook();
-    const at = this.model.inputHooks.indexOf(this.inputHook);
-    if (at >= 0) this.model.inputHooks.splice(at, 1);
     this.attached = false;
   }
 
@@ -403,7 +400,7 @@ export class MoleComposition {
     this.detach();
     this.attached = attached;
     if (!attached) return;
-    this.model.inputHooks.push(this.inputHook);
+    this.unhooks.push(this.model.addInputHook((input, opts) => this.routeInput(input, opts)));
     const linears = linearsByName(this.model);
     for (const module of this.gatedModules()) {
       const lin = linears.get(module)!;

@@ -139,7 +139,7 @@ export class MoleModel {
 
   /** One expert alone at full strength (as `--only` does): no gate, no mixing. */
   soloExpert(name: string): this {
-    this.composition.only(name);
+    this.composition.solo(name);
     return this;
   }
 

@@ -181,14 +181,7 @@ export async function routerStatsOf(model: CausalLM): Promise<RouterStats[]> {
 export function routerParams(model: CausalLM): Map<string, tf.Variable> {
   const out = new Map<string, tf.Variable>();
   for (const m of moeLayers(model)) {
-    for (const l of [m.router.gate, ...(m.router.noise ? [m.router.noise] : [])]) {
-      if (!(l.weightT instanceof tf.Variable)) {
-        const old = l.weightT;
-        l.weightT = tf.variable(old, true) as unknown as tf.Tensor2D;
-        old.dispose();
-      }
-      out.set(`${l.name}.weight_t`, l.weightT as unknown as tf.Variable);
-    }
+    for (const l of [m.router.gate, ...(m.router.noise ? [m.router.noise] : [])]) out.set(`${l.name}.weight_t`, l.trainableWeight());
   }
   return out;
 }

@@ -2,7 +2,6 @@ import * as tf from '@tensorflow/tfjs';
 import { join } from 'node:path';
 import { modelTensors, saveModel } from '../base/export.js';
 import { readF32 } from '../base/host.js';
-import type { Linear } from '../base/linear.js';
 import { loadBase } from '../base/load.js';
 import { holding } from '../base/lock.js';
 import type { CausalLM } from '../base/model.js';
@@ -47,16 +46,6 @@ export async function upcycleFolder(o: UpcycleFolderOptions): Promise<CausalLM['
   );
 }
 
-/** A linear's weight as a trainable variable, in place (the HF key is `<name>.weight`, stored transposed). */
-function trainableWeight(l: Linear): tf.Variable {
-  if (!(l.weightT instanceof tf.Variable)) {
-    const old = l.weightT;
-    l.weightT = tf.variable(old, true) as unknown as tf.Tensor2D;
-    old.dispose();
-  }
-  return l.weightT as unknown as tf.Variable;
-}
-
 /**
  * Make every routed and shared expert weight (and the shared-expert gate) trainable in place; with
  * routerParams this is all of the sparse FFN. Keyed `<module>.weight_t` like routerParams.
@@ -64,7 +53,7 @@ function trainableWeight(l: Linear): tf.Variable {
 export function expertParams(model: CausalLM): Map<string, tf.Variable> {
   const out = new Map<string, tf.Variable>();
   for (const m of moeLayers(model)) {
-    for (const l of m.linears()) if (l !== m.router.gate) out.set(`${l.name}.weight_t`, trainableWeight(l));
+    for (const l of m.linears()) if (l !== m.router.gate) out.set(`${l.name}.weight_t`, l.trainableWeight());
   }
   return out;
 }

@@ -57,6 +57,12 @@ export function disposeAccumulated(a: Accumulated): void {
 }
 
 /**
+ * The gradient-norm clip every trainer, command and recipe uses unless told otherwise: 1.0, the
+ * default of Hugging Face Trainer's max_grad_norm (the CLI's --clip and a recipe's "clip" share it).
+ */
+export const DEFAULT_CLIP = 1;
+
+/**
  * PyTorch clip_grad_norm_'s scale for gradients of global norm `norm`: maxNorm / (norm + 1e-6)
  * when that is below 1, else 1. maxNorm 0 turns clipping off.
  */

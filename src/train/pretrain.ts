@@ -43,7 +43,7 @@ export function allParams(model: CausalLM): Map<string, tf.Variable> {
   trainable(p.norm, 'weight', `${p.norm.name}.weight`, out);
   if (p.norm.bias) trainable(p.norm as { bias: tf.Tensor }, 'bias', `${p.norm.name}.bias`, out);
   for (const l of model.linears()) {
-    trainable(l, 'weightT', `${l.name}.weight_t`, out);
+    out.set(`${l.name}.weight_t`, l.trainableWeight());
     if (l.bias) trainable(l as { bias: tf.Tensor }, 'bias', `${l.name}.bias`, out);
   }
   return out;

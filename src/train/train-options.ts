@@ -2,6 +2,7 @@ import { bool, choice, defaultOf, float, int, path, required, string, template, 
 import type { LmTrainOptions } from './lm.js';
 import { DATA_FILE_FORMATS, TRUNCATE_SIDES } from '../data/index.js';
 import { PROGRESS_MODES } from './progress.js';
+import { DEFAULT_CLIP } from './grads.js';
 import { SCHEDULE_KINDS } from './schedule.js';
 
 /**
@@ -51,7 +52,7 @@ export const TRAINER_OPTIONS = {
   warmup: int('linear warm-up updates', 0, { default: 0 }),
   schedule: choice(SCHEDULE_KINDS, `learning-rate schedule after warm-up: ${SCHEDULE_KINDS.join(', ')}`, { default: 'cosine' }),
   weightDecay: float('AdamW decoupled weight decay', 0, Infinity, { arg: 'wd', default: 0 }),
-  clip: float('clip gradients to this global norm; 0 = off', 0, Infinity, { arg: 'norm', default: 1 }),
+  clip: float('clip gradients to this global norm (HF Trainer\'s max_grad_norm); 0 = off', 0, Infinity, { arg: 'norm', default: DEFAULT_CLIP }),
   evalEvery: int('validation loss/perplexity every n updates (and at the end); 0 = end only', 0, { default: 0 }),
   saveEvery: int('checkpoint every n updates (and at the end); 0 = end only', 0, { default: 0 }),
   seed: int('seed for init, data order, split and dropout', 0, { default: 0 }),
@@ -76,7 +77,7 @@ const SHARED_KEYS = new Set(Object.keys({ ...COLUMN_OPTIONS, ...DATA_OPTIONS, ..
 /**
  * The shared settings of a command's values as trainLm options. Only the four trainLm cannot do
  * without take the table's defaults here; the CLI has commander fill every default, while a recipe
- * leaves the rest (clip, epochs…) to the trainer's own defaults, as it always has.
+ * leaves the rest (clip, epochs…) to the trainer, whose defaults are the same values.
  */
 export function lmTrainOptionsOf(v: TrainSettings, out: string): LmTrainOptions {
   const shared = Object.fromEntries(Object.entries(v).filter(([k, x]) => SHARED_KEYS.has(k) && x !== undefined));

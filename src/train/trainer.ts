@@ -17,7 +17,7 @@ import {
   type BestMetric,
   type TrainState,
 } from './checkpoint.js';
-import { accumulateGrads, clipCoef, disposeAccumulated } from './grads.js';
+import { accumulateGrads, clipCoef, DEFAULT_CLIP, disposeAccumulated } from './grads.js';
 import { MetricsLog } from './metrics.js';
 import { AdamW } from './optimizer.js';
 import { Progress, type ProgressMode } from './progress.js';
@@ -80,7 +80,7 @@ export interface TrainSpec<B> {
   minLr?: number;
   /** AdamW decoupled weight decay; default 0. */
   weightDecay?: number;
-  /** Max global gradient norm; 0 (the default) turns clipping off. */
+  /** Max global gradient norm; default DEFAULT_CLIP (1.0); 0 turns clipping off. */
   clip?: number;
   /** Micro-batches per update; default 1. */
   gradAccum?: number;
@@ -191,7 +191,7 @@ interface LoopSettings {
 
 function checkSpec<B>(spec: TrainSpec<B>): LoopSettings {
   const accumSteps = spec.gradAccum ?? 1;
-  const clip = spec.clip ?? 0;
+  const clip = spec.clip ?? DEFAULT_CLIP;
   const evalEvery = spec.evalEvery ?? 0;
   const saveEvery = spec.saveEvery ?? 0;
   const schedule: ScheduleConfig = {

@@ -59,7 +59,7 @@ describe('vocabulary tables over the binding limit', () => {
     const lm = { ...batch, targets: Int32Array.from([5, 9, 40, 63, 7, 33, 8, 1]), lossMask: new Float32Array(8).fill(1) };
     const run = async (): Promise<Float32Array[]> => {
       const model = loadBase(dir, quiet);
-      const adapter = createLora(model, { ...DEFAULT_LORA, r: 2, targetModules: ['q_proj', 'lm_head'] }, 'a', new Rng(2));
+      const adapter = createLora(model, { ...DEFAULT_LORA, rank: 2, targets: ['q_proj', 'lm_head'] }, 'a', new Rng(2));
       for (const l of adapter.layers.values()) tf.tidy(() => l.bT.assign(tf.randomNormal(l.bT.shape, 0, 0.3, 'float32', 4)));
       adapter.attach(model);
       const vars = [...adapter.params().values()];

@@ -62,7 +62,8 @@ describe('initBackend', () => {
   it('lets the flag win over the environment, and switches when asked again', async () => {
     const { initBackend, activeBackend } = await fresh();
     process.env.MOLORA_BACKEND = 'cpu';
-    expect(await initBackend({ backend: 'wasm' })).toEqual({ name: 'wasm', reason: '--backend' });
+    // The suite pins MOLORA_THREADS=1 (vitest.config.ts), so wasm says it was asked for one thread.
+    expect(await initBackend({ backend: 'wasm' })).toEqual({ name: 'wasm', reason: '--backend', threads: { count: 1, reason: 'asked for 1', measured: false } });
     expect(activeBackend()?.name).toBe('wasm');
     // A plain call keeps the active backend instead of re-reading the environment.
     expect((await initBackend()).name).toBe('wasm');
@@ -76,7 +77,11 @@ describe('initBackend', () => {
     // A GPU device node present, so the automatic order does try the package.
     const probe = { importer: missing, gpuDevicePresent: () => true, warn: () => {} };
     const info = await initBackend(probe);
-    expect(info).toEqual({ name: 'wasm', reason: expect.stringMatching(/no webgpu: the webgpu package is not installed: install webgpu and @tensorflow\/tfjs-backend-webgpu/) });
+    expect(info).toEqual({
+      name: 'wasm',
+      reason: expect.stringMatching(/no webgpu: the webgpu package is not installed: install webgpu and @tensorflow\/tfjs-backend-webgpu/),
+      threads: { count: 1, reason: 'asked for 1', measured: false },
+    });
     await expect(initBackend({ ...probe, backend: 'webgpu' })).rejects.toThrow(
       /^backend 'webgpu' could not start: the webgpu package is not installed: install webgpu and @tensorflow\/tfjs-backend-webgpu \(npm install webgpu @tensorflow\/tfjs-backend-webgpu\)$/);
     expect(tf.getBackend()).toBe('wasm');
@@ -102,5 +107,20 @@ describe('initBackend', () => {
     expect(patchedKernels('wasm')).toEqual(expect.arrayContaining([tf.BatchMatMul, tf._FusedMatMul, tf.GatherV2, tf.UnsortedSegmentSum, 'MoloraSplitHeads']));
     expect(patchedKernels('webgpu')).toEqual([]);
     expect(patchedKernels('cpu')).toEqual(['MoloraSplitHeads', 'MoloraMergeHeads']);
+  });
+});
+
+describe('a model before initBackend', () => {
+  it('is refused, naming the folder and the call that is missing, instead of running on the cpu backend', async () => {
+    vi.resetModules();
+    const { loadBase } = await import('../src/base/load.js');
+    const dir = 'test/fixtures/models/llama-gqa';
+    expect(() => loadBase(dir)).toThrow(`loading ${dir}: no backend started; call \`await initBackend()\` (exported by molora) first`);
+    // The same module graph, once initBackend has run, loads it.
+    const { initBackend } = await import('../src/base/backend.js');
+    await initBackend({ warn: () => {} });
+    const model = loadBase(dir);
+    expect(model.config.layers).toBeGreaterThan(0);
+    model.dispose();
   });
 });

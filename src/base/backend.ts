@@ -82,6 +82,17 @@ export function activeBackend(): BackendInfo | null {
   return active;
 }
 
+/**
+ * Refuse to build a model before initBackend: tfjs would run it on its pure-JS cpu backend
+ * (about 40× slower than wasm) or, after a bare tf.setBackend('wasm'), without molora's kernel
+ * fixes, some of which correct wrong numbers (kernels.ts). `what` names the work refused.
+ */
+export function requireBackend(what: string): void {
+  if (active) return;
+  throw new Error(`${what}: no backend started; call \`await initBackend()\` (exported by molora) first. ` +
+    `Without it tfjs runs on its pure-JS cpu backend, about 40× slower than wasm, without molora's kernel fixes`);
+}
+
 /** What a benchmark's --json says about where it ran: the backend and, on webgpu, the adapter. */
 export interface BackendReport {
   backend: string;

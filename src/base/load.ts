@@ -1,4 +1,5 @@
 import * as tf from '@tensorflow/tfjs';
+import { requireBackend } from './backend.js';
 import { openCheckpoint } from './checkpoint.js';
 import { readConfig, type ModelConfig } from './config.js';
 import { buildGpt2, GPT2_IGNORED } from './gpt2.js';
@@ -34,6 +35,7 @@ export function buildParts(cfg: ModelConfig, w: WeightSource): ModelParts {
 /** Load a Hugging Face model folder (config.json, safetensors, tokenizer.json) as a frozen model. */
 export function loadBase(dir: string, opts: LoadOptions = {}): CausalLM {
   const warn = opts.warn ?? ((m: string) => process.stderr.write(`molora: ${m}\n`));
+  requireBackend(`loading ${dir}`);
   const cfg = readConfig(dir);
   const packing = opts.training
     ? planTraining(cfg, opts.training, `training ${dir} at batch ${opts.training.batch} × seq ${opts.training.seq}`)

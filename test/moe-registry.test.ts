@@ -38,6 +38,8 @@ describe('sparse FFN layouts: src/base reads MoE folders through src/moe', () =>
   it('without src/moe, src/base loads a dense folder and refuses a sparse one with an error saying what to import', async () => {
     vi.resetModules();
     const before = tf.memory().numTensors;
+    // A fresh src/base: its backend module starts again (loadBase refuses to run before it).
+    await (await import('../src/base/backend.js')).initBackend({ warn: () => {} });
     const { loadBase, weightCount } = await import('../src/base/load.js');
     const { readConfig } = await import('../src/base/config.js');
     loadBase(join(MODEL_FIXTURES, 'qwen2'), quiet).dispose();

@@ -77,7 +77,12 @@ describe('the webgpu backend on a software adapter', () => {
     try {
       const fresh = await import('../../src/base/backend.js');
       const info = await fresh.initBackend({ gpuDevicePresent: () => true, warn: () => {} });
-      expect(info).toEqual({ name: 'wasm', reason: expect.stringMatching(/no webgpu: the only adapter is a software one \(SwiftShader driver/) });
+      expect(info).toEqual({
+        name: 'wasm',
+        reason: expect.stringMatching(/no webgpu: the only adapter is a software one \(SwiftShader driver/),
+        // The suite pins MOLORA_THREADS=1 (vitest.config.ts).
+        threads: { count: 1, reason: 'asked for 1', measured: false },
+      });
     } finally {
       process.env.MOLORA_BACKEND = saved;
     }

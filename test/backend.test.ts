@@ -124,3 +124,28 @@ describe('a model before initBackend', () => {
     model.dispose();
   });
 });
+
+describe('wasm threads that cannot start', () => {
+  afterEach(() => {
+    vi.doUnmock('../src/base/wasm-threads.js');
+  });
+
+  it('is an error saying why and what to do, not a quiet single thread or the cpu backend', async () => {
+    vi.resetModules();
+    vi.doMock('../src/base/wasm-threads.js', () => ({
+      prepareWasmThreads: async () => {
+        throw new Error('no threaded build in this bundle');
+      },
+      wasmThreadCount: () => 1,
+    }));
+    const { initBackend } = await import('../src/base/backend.js');
+    const expected = 'wasm on 2 threads could not start (no threaded build in this bundle); MOLORA_THREADS=1 runs the single-threaded build';
+    await expect(initBackend({ backend: 'wasm', threads: 2, warn: () => {} })).rejects.toThrow(expected);
+    await expect(initBackend({ threads: 2, warn: () => {} })).rejects.toThrow(expected);
+  });
+
+  it('refuses a thread count that is not a positive integer', async () => {
+    const { initBackend } = await fresh();
+    await expect(initBackend({ backend: 'wasm', threads: 1.5 })).rejects.toThrow("threads must be an integer ≥ 1 or 'auto', got 1.5");
+  });
+});

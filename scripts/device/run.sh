@@ -68,6 +68,9 @@ DAWN=molora/dist/cli/dist/linux-x64/dawn.node
 [ -f "$D/$DAWN.xz" ] && unxz "$D/$DAWN.xz" "$RUN/$DAWN"
 NODE=$RUN/node
 CLI="$NODE $RUN/molora/dist/cli/main.js"
+# The bundle carries tfjs' single-threaded wasm build only, and the wasm reference shares the
+# machine's cores with the GPU runs: one thread, never the 'auto' pool (src/base/threads.ts).
+export MOLORA_THREADS=1
 say "node $($NODE --version), molora $($CLI --version), built $(cat $D/manifest.json)"
 
 # --- Vulkan: the loaders from .gl (device README), then the NVIDIA ICD if Dawn finds no GPU -----

@@ -143,17 +143,33 @@ async function automatic(probe: Probe): Promise<BackendInfo> {
 }
 
 async function start(name: Exclude<BackendName, 'webgpu'>, importer: Importer, threads = 1): Promise<boolean> {
-  let finish: (() => void) | null = null;
+  if (name === 'wasm' && threads > 1) return startThreadedWasm(threads);
   try {
     if (name === 'tensorflow') {
       if (!(await importFirst(['@tensorflow/tfjs-node-gpu', '@tensorflow/tfjs-node'], importer))) return false;
     } else if (name === 'wasm') {
       await import('@tensorflow/tfjs-backend-wasm');
-      if (threads > 1) finish = await prepareWasmThreads(threads);
     }
     return await tf.setBackend(name);
   } catch {
     return false;
+  }
+}
+
+/**
+ * tfjs' threaded wasm build, or an error saying why it did not start: going on with one thread,
+ * or on to the cpu backend, would hide a slowdown the caller did not choose.
+ */
+async function startThreadedWasm(threads: number): Promise<boolean> {
+  let finish: (() => void) | null = null;
+  try {
+    await import('@tensorflow/tfjs-backend-wasm');
+    finish = await prepareWasmThreads(threads);
+    if (!(await tf.setBackend('wasm'))) throw new Error('tfjs could not set it up');
+    return true;
+  } catch (e) {
+    const why = e instanceof Error ? e.message : String(e);
+    throw new Error(`wasm on ${threads} threads could not start (${why}); MOLORA_THREADS=1 runs the single-threaded build`);
   } finally {
     finish?.();
   }
@@ -165,6 +181,7 @@ async function start(name: Exclude<BackendName, 'webgpu'>, importer: Importer, t
  */
 async function wasmThreads(requested: string, opts: BackendOptions): Promise<ThreadChoice> {
   const setting = opts.threads ?? parseThreadSetting(process.env.MOLORA_THREADS);
+  if (setting !== 'auto' && !(Number.isInteger(setting) && setting >= 1)) throw new Error(`threads must be an integer ≥ 1 or 'auto', got ${setting}`);
   if (requested && requested !== 'wasm') return { count: 1, reason: `backend ${requested}`, measured: false };
   return chooseThreads(setting, { hiddenSize: opts.hiddenSize });
 }

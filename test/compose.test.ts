@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs';
-import { writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { trainAdapter } from '../src/adapters/train-adapter.js';
@@ -165,6 +165,19 @@ describe('MoLE composition of three task experts', () => {
       expect(Object.values(g.weights).reduce((a, b) => a + b, 0)).toBeCloseTo(1, 3);
       expect(g.entropy).toBeGreaterThanOrEqual(0);
     }
+  });
+
+  it('takes its settings flat, spelled as the CLI and recipes spell them, to the same gate as the nested form', async () => {
+    const experts: [string, string][] = Object.keys(TASKS).map((t) => [t, join(tmp.dir, t)]);
+    const run = { model: base, ...cols, seqLen: 32, batchSize: 16, lr: 3e-3, seed: 0, ...quiet, data: join(tmp.dir, 'mixed.csv'), steps: 4, evalEvery: 4, experts, router: 'mole' as const };
+    await trainGate({ ...run, out: join(tmp.dir, 'gate-flat'), granularity: 'prefix', temperature: 1, balance: 0.2, level: 'block', topK: 2 });
+    await trainGate({ ...run, out: join(tmp.dir, 'gate-nested'), gate: { granularity: 'prefix', temperature: { mode: 'fixed', value: 1 }, balanceAlpha: 0.2, level: 'block', topK: 2 } });
+    const weights = (dir: string) => readFileSync(join(tmp.dir, dir, 'gate.safetensors'));
+    expect(weights('gate-flat').equals(weights('gate-nested'))).toBe(true);
+    await expect(trainGate({ ...run, out: join(tmp.dir, 'gate-both'), balance: 0.2, gate: { balanceAlpha: 0.2 } }))
+      .rejects.toThrow('give the routing settings flat (balance) or as gate / routerOptions, not both');
+    await expect(trainGate({ ...run, router: 'prompt', out: join(tmp.dir, 'gate-prompt'), balance: 0.2 }))
+      .rejects.toThrow("balance: MoLE gate settings, for router 'mole' only (this is router 'prompt')");
   });
 
   it('a per-task profile switches experts, gate and mask without reloading the base', async () => {

@@ -8,19 +8,11 @@ import { inRunFolder, type TrainResult } from '../train/trainer.js';
 import { loadAdapter } from '../adapters/peft.js';
 import { MoleComposition } from './composition.js';
 import type { CausalLM } from '../base/model.js';
-import type { GateOptions } from './mole.js';
 import { centroidRouter, createRouter, type RouterOptions } from './prompt-router.js';
 import { saveRouting } from './router-io.js';
+import { ROUTERS, routerSettings, type RouterFlags, type RouterKind, type RoutingSettings } from './routing-settings.js';
 import { DEFAULT_ROUTER_L2, ExpertLossCache, fitsFullBatch, RouterTrainingSet, featureStats, resolveRoutingLoss, routedLoss, routerLoss, routingAccuracy, ROUTING_LOSSES, taskExperts, withL2, type RoutingLoss } from './router-train.js';
 import type { GateStatsReport } from './stats.js';
-
-/**
- * 'prompt' (default): the prompt router, one hard decision per row from the base's hidden states
- * (prompt-router.ts). 'centroid': the same feature, training-free, nearest task centroid (needs a
- * task column naming experts). 'mole': the paper's gates inside every adapted linear (mole.ts).
- */
-export const ROUTERS = ['prompt', 'centroid', 'mole'] as const;
-export type RouterKind = (typeof ROUTERS)[number];
 
 /**
  * Learning rates that need no tuning: the prompt router is one linear layer over standardised
@@ -29,27 +21,32 @@ export type RouterKind = (typeof ROUTERS)[number];
  */
 export const DEFAULT_GATE_LR: Record<RouterKind, number> = { prompt: 1e-2, centroid: 1e-2, mole: 1e-3 };
 
-export interface TrainGateOptions extends LmTrainOptions {
+/**
+ * The routing settings come flat, spelled as the CLI and recipes spell them (`router`, `topK`,
+ * `level`, `granularity`, `balance`, `temperature`, `maskDropout`, …; ROUTER_OPTIONS), or
+ * already resolved into the nested `gate` / `routerOptions` objects, not both.
+ */
+export interface TrainGateOptions extends LmTrainOptions, RoutingSettings, Partial<Pick<RouterFlags, FlatOnly>> {
   model: string;
   /** Expert name → PEFT adapter folder; the order fixes the gate's columns. */
   experts: [string, string][];
-  router?: RouterKind;
-  /** Prompt and centroid routers. */
-  routerOptions?: Partial<RouterOptions>;
-  /** Prompt router: what teaches it (router-train.ts); 'auto' by default. */
-  routingLoss?: (typeof ROUTING_LOSSES)[number];
-  /** Prompt router: L2 penalty λ on its standardised weights (DEFAULT_ROUTER_L2). */
-  routerL2?: number;
   /** Prompt router: most training rows it fits full-batch (FULL_BATCH_ROWS); more train on batches. */
   fullBatchRows?: number;
-  /** MoLE gates (router 'mole'). */
-  gate?: Partial<GateOptions>;
-  /**
-   * Mask robustness: in training, each row drops one random expert with this probability, never
-   * the expert named like the row's task. The gate learns not to lean on experts a task does not
-   * need, so masking one expert at inference spares the other tasks. 0 (default) turns it off.
-   */
-  maskDropout?: number;
+}
+
+/** Settings that exist only flat: the nested objects hold them under other names. */
+type FlatOnly = 'topK' | 'level' | 'granularity' | 'balance' | 'temperature';
+const FLAT_ONLY: readonly FlatOnly[] = ['topK', 'level', 'granularity', 'balance', 'temperature'];
+
+/** The options with their routing settings resolved (routerSettings), whichever way they came. */
+function resolveRouting(o: TrainGateOptions): TrainGateOptions {
+  const flat = FLAT_ONLY.filter((k) => o[k] !== undefined);
+  if (flat.length === 0) return o;
+  if (o.gate !== undefined || o.routerOptions !== undefined) {
+    throw new Error(`give the routing settings flat (${flat.join(', ')}) or as gate / routerOptions, not both`);
+  }
+  const { router, routingLoss, routerL2, maskDropout, topK, level, granularity, balance, temperature } = o;
+  return { ...o, ...routerSettings({ router, routingLoss, routerL2, maskDropout, topK, level, granularity, balance, temperature }) };
 }
 
 /** Validation batches the per-eval gate statistics look at (enough for stable means, cheap). */
@@ -68,7 +65,8 @@ export function trainGate(o: TrainGateOptions): Promise<TrainResult> {
   return inRunFolder(o, inputs, () => trainIn(o));
 }
 
-async function trainIn(o: TrainGateOptions): Promise<TrainResult> {
+async function trainIn(given: TrainGateOptions): Promise<TrainResult> {
+  const o = resolveRouting(given);
   if (o.experts.length < 2) throw new Error(`a gate composes at least 2 experts; got ${o.experts.length}`);
   const kind = o.router ?? 'prompt';
   if (!ROUTERS.includes(kind)) throw new Error(`router must be one of ${ROUTERS.join(', ')}, got '${kind}'`);

@@ -2,7 +2,8 @@ import * as tf from '@tensorflow/tfjs';
 import { installKernelPatches } from './kernels.js';
 import { guardWasmHeap } from './memory.js';
 import { chooseThreads, parseThreadSetting, type ThreadChoice, type ThreadSetting } from './threads.js';
-import { prepareWasmThreads } from './wasm-threads.js';
+import { guardThreads } from './thread-guard.js';
+import { dropToOneThread, prepareWasmThreads } from './wasm-threads.js';
 import { defaultImporter, describeAdapter, startWebGpu, webGpuAdapter, WebGpuUnavailable, type AdapterSummary, type Importer, type StartOptions } from './webgpu.js';
 
 export type BackendName = 'tensorflow' | 'webgpu' | 'wasm' | 'cpu';
@@ -59,12 +60,7 @@ export async function initBackend(opts: BackendOptions = {}): Promise<BackendInf
   const threads = await wasmThreads(requested, opts);
   const probe = { importer, warn, gpuDevicePresent: opts.gpuDevicePresent, threads: threads.count };
   const info = requested ? await forced(requested as BackendName, opts.backend ? '--backend' : 'MOLORA_BACKEND', probe) : await automatic(probe);
-  if (info.name === 'wasm') {
-    info.threads = threads;
-    const { count, reason, measured } = threads;
-    const choose = measured ? '; MOLORA_THREADS=n to choose' : '';
-    if (count > 1 || measured) warn(`wasm on ${count} thread${count > 1 ? 's' : ''} (${reason}${choose})`);
-  }
+  if (info.name === 'wasm') announceThreads(info, threads, warn);
   if (info.name === 'cpu') {
     warn('WARNING: running on the pure-JS cpu backend, about 40x slower than wasm. ' +
       'Use --backend wasm, or install @tensorflow/tfjs-node(-gpu).');
@@ -173,6 +169,27 @@ async function startThreadedWasm(threads: number): Promise<boolean> {
   } finally {
     finish?.();
   }
+}
+
+/**
+ * Say how many threads wasm got and why; where 'auto' gave it several, watch for other
+ * processes taking the cores (thread-guard.ts) and drop to one thread if they do.
+ */
+function announceThreads(info: BackendInfo, threads: ThreadChoice, warn: (m: string) => void): void {
+  info.threads = threads;
+  const { count, reason, measured } = threads;
+  const choose = measured ? '; MOLORA_THREADS=n to choose' : '';
+  if (count > 1 || measured) warn(`wasm on ${count} thread${count > 1 ? 's' : ''} (${reason}${choose})`);
+  if (!measured || count < 2) return;
+  guardThreads({
+    onContention: (others) => {
+      dropToOneThread();
+      const busy = others.toFixed(1);
+      info.threads = { count: 1, reason: `auto: dropped from ${count} threads to 1 when other processes kept ${busy} cores busy`, measured };
+      warn(`wasm drops from ${count} threads to 1 for the rest of the run: other processes keep ${busy} cores busy, and a ` +
+        `pool thread waiting for a core stalls every product (MOLORA_THREADS=1 starts on one; MOLORA_THREADS=${count} keeps ${count})`);
+    },
+  });
 }
 
 /**

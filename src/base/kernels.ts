@@ -1,6 +1,7 @@
 import * as tf from '@tensorflow/tfjs';
 import type { BackendWasm } from '@tensorflow/tfjs-backend-wasm';
 import { installLeanBackprop } from './backprop.js';
+import { pollThreadGuard } from './thread-guard.js';
 
 /**
  * Fixes for tfjs 4.22's traps (TFJS-NOTES.md), installed through tfjs's own extension points.
@@ -173,6 +174,8 @@ function broadcastIndex(i: number, outBatch: number[], batch: number[]): number 
 }
 
 function fastMatMul(backend: BackendWasm, a: Info, b: Info, transposeA: boolean, transposeB: boolean): Info {
+  // Between products, so a pool change never meets one in flight.
+  pollThreadGuard();
   if (a.dtype !== 'float32' || b.dtype !== 'float32') {
     throw new Error(`matMul on wasm needs float32, got a ${a.dtype} [${a.shape}] and b ${b.dtype} [${b.shape}]`);
   }

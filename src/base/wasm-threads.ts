@@ -67,3 +67,16 @@ export async function prepareWasmThreads(threads: number): Promise<() => void> {
 export function wasmThreadCount(): number {
   return tf.getBackend() === 'wasm' ? (tf.backend() as BackendWasm).wasm.tfjs.getThreadsCount() : 1;
 }
+
+/**
+ * Put the wasm backend's products on one thread for the rest of the run: a new one-thread pool
+ * replaces the global one (tfjs' init_with_threads_count). The old pool's threads sleep on; no
+ * new thread is needed, which is why this only goes down (a bigger pool would need workers this
+ * build can only start while the backend starts).
+ */
+export function dropToOneThread(): void {
+  if (tf.getBackend() !== 'wasm') return;
+  const module = (tf.backend() as BackendWasm).wasm;
+  module.tfjs.initWithThreadsCount(1);
+  if (module.tfjs.getThreadsCount() !== 1) throw new Error(`wasm threads: asked for 1, the pool has ${module.tfjs.getThreadsCount()}`);
+}

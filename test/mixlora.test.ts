@@ -228,6 +228,20 @@ describe('MixLoRA', () => {
     model.dispose();
   });
 
+  it('train-adapter takes the MixLoRA settings flat, spelled as the CLI and recipes spell them, to the same adapter', async () => {
+    const run = {
+      model: base, data: join(tmp.dir, 'train.csv'), ...TASK_COLUMNS, seqLen: 24, batchSize: 8, lr: 1e-2, steps: 3, evalEvery: 3,
+      seed: 0, progress: 'off' as const, log: () => {}, lora: { targets: ['gate_proj', 'up_proj', 'down_proj'] },
+    };
+    await trainAdapter({ ...run, out: join(tmp.dir, 'mix-flat'), moeExperts: 3, topK: 1, moeAuxCoef: 0.05 });
+    await trainAdapter({ ...run, out: join(tmp.dir, 'mix-nested'), mixlora: { experts: 3, topK: 1, auxCoef: 0.05 } });
+    const weights = (dir: string) => readFileSync(join(tmp.dir, dir, MIXLORA_WEIGHTS));
+    expect(weights('mix-flat').equals(weights('mix-nested'))).toBe(true);
+    await expect(trainAdapter({ ...run, out: join(tmp.dir, 'mix-both'), moeExperts: 3, mixlora: { experts: 3, topK: 1 } }))
+      .rejects.toThrow("give MixLoRA's settings flat (moeExperts) or as mixlora, not both");
+    await expect(trainAdapter({ ...run, out: join(tmp.dir, 'mix-topk'), topK: 2 })).rejects.toThrow('--top-k and --moe-aux-coef need --moe-experts');
+  });
+
   it.each([
     ['llama', () => join(tmp.dir, 'base'), ['q_proj', 'v_proj']],
     ['gpt2', () => join(MODEL_FIXTURES, 'gpt2'), ['c_attn', 'c_fc']],

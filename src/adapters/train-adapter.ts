@@ -7,10 +7,15 @@ import { routingOn } from '../moe/train-moe.js';
 import { trainLm, type LmTrainOptions } from '../train/lm.js';
 import { inRunFolder, type TrainResult } from '../train/trainer.js';
 import { createLora } from './adapter.js';
-import { loraConfigFrom, type LoraConfigInput, type MixLoraOptions } from './lora-options.js';
+import type { Values } from '../base/options.js';
+import { loraConfigFrom, mixLoraOf, type LoraConfigInput, type MIXLORA_OPTIONS, type MixLoraOptions } from './lora-options.js';
 import { saveAdapter } from './peft.js';
 
-export interface TrainAdapterOptions extends LmTrainOptions {
+/**
+ * MixLoRA's settings come flat, spelled as the CLI and recipes spell them (`moeExperts`, `topK`,
+ * `moeAuxCoef`; MIXLORA_OPTIONS), or as the `mixlora` object createMixLora takes, not both.
+ */
+export interface TrainAdapterOptions extends LmTrainOptions, Partial<Values<typeof MIXLORA_OPTIONS>> {
   model: string;
   /** Adapter name (recorded in logs); defaults to the output folder's name. */
   name?: string;
@@ -36,8 +41,9 @@ async function trainIn(o: TrainAdapterOptions): Promise<TrainResult> {
     const lora = loraConfigFrom(o.lora, 'train-adapter options');
     // GPT-2's Conv1D layers store [in, out]; PEFT records that as fan_in_fan_out.
     const config = { ...lora, fanInFanOut: model.config.arch === 'gpt2', baseModel: lora.baseModel ?? o.model };
-    if (o.mixlora) {
-      const mix = createMixLora(model, config, o.mixlora, o.name ?? o.out, new Rng(o.seed));
+    const mixlora = mixLoraSettings(o);
+    if (mixlora) {
+      const mix = createMixLora(model, config, mixlora, o.name ?? o.out, new Rng(o.seed));
       mix.attach(model);
       try {
         return await trainLm(model, mix.params(), async (dir) => { await saveMixLora(mix, dir); writeDataRecord(dir, o); }, {
@@ -58,4 +64,12 @@ async function trainIn(o: TrainAdapterOptions): Promise<TrainResult> {
   } finally {
     model.dispose();
   }
+}
+
+/** The MixLoRA settings, given flat or as `mixlora`; undefined for a plain LoRA run. */
+function mixLoraSettings(o: TrainAdapterOptions): MixLoraOptions | undefined {
+  const flat = (['moeExperts', 'topK', 'moeAuxCoef'] as const).filter((k) => o[k] !== undefined);
+  if (flat.length === 0) return o.mixlora;
+  if (o.mixlora) throw new Error(`give MixLoRA's settings flat (${flat.join(', ')}) or as mixlora, not both`);
+  return mixLoraOf({ moeExperts: o.moeExperts, topK: o.topK, moeAuxCoef: o.moeAuxCoef });
 }

@@ -50,7 +50,7 @@ let check: (() => void) | null = null;
 /**
  * Watch, while wasm runs on several threads chosen by 'auto', for other processes taking the
  * cores: the pool splits every product evenly and waits for its slowest thread, so one thread
- * without a core stalls each product (2–8× slower than one thread, measured). The readings are
+ * without a core stalls each product (1.7–5× slower than one thread, measured). The readings are
  * taken from the matMul kernel (pollThreadGuard), not a timer: a wasm training loop awaits only
  * resolved reads, so a timer would not fire until it ends. Returns a function that stops it.
  */

@@ -19,7 +19,7 @@ export interface ThreadChoice {
 
 /**
  * Below this hidden size a product is too small to split: measured on 2 idle cores, 2 threads
- * gave 0.83–0.96× at hidden 128 (the shipped tiny-llama) and 1.22–1.46× at hidden 256
+ * gave 0.87–0.91× at hidden 128 (the shipped tiny-llama) and 1.21–1.27× at hidden 256
  * (docs/cpu-speed.md). Each threaded product pays a wake-up of the pool's threads.
  */
 export const MIN_THREADED_HIDDEN = 256;
@@ -33,7 +33,7 @@ export type IdleSampler = () => Promise<number>;
  * The pool size. 'auto' takes one thread per idle core (up to MAX_AUTO_THREADS) for a model
  * whose hidden size is at least MIN_THREADED_HIDDEN, and one thread otherwise. Busy cores are
  * left alone because the pool splits every product evenly: a thread that waits for a core
- * stalls each product, and measured here that made a step 2–8× slower, not a little.
+ * stalls each product, and measured here that made a step 1.7–5× slower than one thread.
  */
 export async function chooseThreads(setting: ThreadSetting, hint: ThreadHint = {}, idle: IdleSampler = idleCores): Promise<ThreadChoice> {
   if (setting !== 'auto') return { count: setting, reason: `asked for ${setting}`, measured: false };

@@ -288,6 +288,8 @@ describe('LoRA dropout', () => {
   it('in a model, only the adapter input is dropped, only in training, from the pass\'s rng', () => {
     const model = loadBase(LLAMA, quiet);
     const adapter = createLora(model, { ...DEFAULT_LORA, rank: 2, dropout: 0.5, targets: ['q_proj', 'v_proj', 'down_proj'] }, 'd', new Rng(4));
+    // Scripts written before the rename read the settings under their former names.
+    expect([adapter.config.r, adapter.config.loraDropout, adapter.config.targetModules]).toEqual([2, 0.5, ['q_proj', 'v_proj', 'down_proj']]);
     adapter.attach(model);
     const run = (opts: { training?: boolean; rng?: Rng | null }): Float32Array => {
       const t = tf.tidy(() => model.forward(probe, opts));

@@ -3,7 +3,7 @@ import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { DEFAULT_LORA, loraConfigJson } from '../src/adapters/config.js';
-import { loraConfigFrom, loraConfigOf, TRAIN_ADAPTER_OPTIONS, LORA_OPTIONS, type LoraConfigInput } from '../src/adapters/lora-options.js';
+import { loraConfigFrom, loraConfigOf, TRAIN_ADAPTER_OPTIONS, LORA_OPTIONS, withFormerNames, type LoraConfigInput } from '../src/adapters/lora-options.js';
 import type { Table } from '../src/base/options.js';
 import { parseTemperature, TRAIN_GATE_OPTIONS } from '../src/gating/gate-options.js';
 import { TRAIN_MOE_OPTIONS } from '../src/moe/moe-options.js';
@@ -101,6 +101,22 @@ describe('LoRA settings through the API (loraConfigFrom)', () => {
     expect(loraConfigFrom({ alpha: 8, loraAlpha: 8 }).alpha).toBe(8);
     expect(() => loraConfigFrom({ lora_alpha: 8 } as LoraConfigInput)).toThrow(/unknown LoRA setting\(s\) 'lora_alpha' \(settings: rank, alpha, dropout/);
     expect(() => loraConfigFrom({ r: 0 })).toThrow(/rank \(r\) must be a positive integer, got 0/);
+  });
+});
+
+describe('a config read under its former names (withFormerNames)', () => {
+  it('answers r, loraAlpha, targetModules… with the fields they name, and JSON and spreads see only the fields', () => {
+    const config = loraConfigFrom({ rank: 4, alpha: 12, dropout: 0.1, rslora: true, targets: ['q_proj'], layers: [0, 2] });
+    const read = withFormerNames(config);
+    expect([read.r, read.loraAlpha, read.loraDropout, read.useRslora, read.targetModules, read.layersToTransform]).toEqual([4, 12, 0.1, true, ['q_proj'], [0, 2]]);
+    // Every alias the table lists reads back (a new alias needs no second list here).
+    for (const [field, option] of Object.entries(LORA_OPTIONS)) {
+      for (const alias of (option as { aliases?: string[] }).aliases ?? []) {
+        if (field in config) expect((read as unknown as Record<string, unknown>)[alias]).toEqual(config[field as keyof typeof config]);
+      }
+    }
+    expect(JSON.parse(JSON.stringify(read))).toEqual(JSON.parse(JSON.stringify(config)));
+    expect(Object.keys({ ...read })).toEqual(Object.keys(config));
   });
 });
 

@@ -3,7 +3,7 @@ import type { Linear } from '../base/linear.js';
 import type { CausalLM } from '../base/model.js';
 import type { Rng } from '../base/rng.js';
 import { AdapterConfigError, moduleRankScale, targetsModule, type LoraConfig } from './config.js';
-import { loraConfigFrom, type LoraConfigInput } from './lora-options.js';
+import { loraConfigFrom, withFormerNames, type LoraConfigAliases, type LoraConfigInput } from './lora-options.js';
 import { initLoraWeights, LoraLayer } from './lora.js';
 
 /** PEFT's tensor key for one LoRA matrix of one module. */
@@ -19,11 +19,16 @@ export class LoraAdapter {
   /** While attached: the functions that take each layer's hook off its linear again. */
   private unhooks: (() => void)[] | null = null;
 
+  /** The LoRA settings; the former names (config.r, config.loraAlpha…) still read, deprecated. */
+  readonly config: LoraConfig & Readonly<LoraConfigAliases>;
+
   constructor(
     readonly name: string,
-    readonly config: LoraConfig,
+    config: LoraConfig,
     readonly layers: Map<string, LoraLayer>,
-  ) {}
+  ) {
+    this.config = withFormerNames(config);
+  }
 
   /**
    * Trainable variables under their PEFT keys (the trainer's and the optimizer's names), holding

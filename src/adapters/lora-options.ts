@@ -44,6 +44,23 @@ export interface LoraConfigAliases {
   layersToTransform?: number[] | null;
 }
 
+/**
+ * The config, answering also to its former names (r, loraAlpha, targetModules…: LORA_OPTIONS'
+ * aliases), so scripts that read `adapter.config.r` keep working. The getters are not
+ * enumerable: JSON, spreads and equality see only the fields.
+ */
+export function withFormerNames(c: LoraConfig): LoraConfig & Readonly<LoraConfigAliases> {
+  const out = { ...c };
+  const table: Table = LORA_OPTIONS;
+  for (const [field, option] of Object.entries(table)) {
+    if (!(field in out)) continue;
+    for (const alias of option.aliases ?? []) {
+      Object.defineProperty(out, alias, { get: () => out[field as keyof LoraConfig], enumerable: false });
+    }
+  }
+  return out;
+}
+
 /** What the API takes for a LoRA config: any of LoraConfig's fields, under their names or former names. */
 export type LoraConfigInput = Partial<LoraConfig> & LoraConfigAliases;
 

@@ -144,8 +144,15 @@ describe('wasm threads that cannot start', () => {
     await expect(initBackend({ threads: 2, warn: () => {} })).rejects.toThrow(expected);
   });
 
-  it('refuses a thread count that is not a positive integer', async () => {
+  it('refuses a thread count that is not a positive integer, from the API or MOLORA_THREADS', async () => {
     const { initBackend } = await fresh();
     await expect(initBackend({ backend: 'wasm', threads: 1.5 })).rejects.toThrow("threads must be an integer ≥ 1 or 'auto', got 1.5");
+    const saved = process.env.MOLORA_THREADS;
+    process.env.MOLORA_THREADS = 'two';
+    try {
+      await expect((await fresh()).initBackend({ backend: 'wasm' })).rejects.toThrow("MOLORA_THREADS: expected 'auto' or an integer ≥ 1, got 'two'");
+    } finally {
+      process.env.MOLORA_THREADS = saved;
+    }
   });
 });

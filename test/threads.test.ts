@@ -28,13 +28,11 @@ describe("wasm threads: 'auto' and MOLORA_THREADS", () => {
     expect(await chooseThreads(3, { hiddenSize: 64 }, never)).toMatchObject({ count: 3, reason: 'asked for 3' });
   });
 
-  it("parses MOLORA_THREADS: unset, empty and 'auto' are auto; a positive integer is a count; anything else is refused", () => {
-    expect(parseThreadSetting(undefined)).toBe('auto');
-    expect(parseThreadSetting('')).toBe('auto');
+  it("parses a setting's text (--threads, MOLORA_THREADS): 'auto' or a positive integer; anything else is refused", () => {
     expect(parseThreadSetting('auto')).toBe('auto');
     expect(parseThreadSetting('2')).toBe(2);
-    for (const bad of ['0', '-1', '1.5', 'two', 'Auto']) {
-      expect(() => parseThreadSetting(bad)).toThrow(`MOLORA_THREADS must be an integer ≥ 1 or 'auto', got '${bad}'`);
+    for (const bad of ['', '0', '-1', '1.5', 'two', 'Auto']) {
+      expect(() => parseThreadSetting(bad)).toThrow(`expected 'auto' or an integer ≥ 1, got '${bad}'`);
     }
   });
 

@@ -58,7 +58,16 @@ describe('MOLORA_THREADS on wasm', () => {
     for (const bad of ['0', '1.5', 'two']) {
       const r = benchTrain({ MOLORA_THREADS: bad });
       expect(r.status).not.toBe(0);
-      expect(r.stderr).toContain(`MOLORA_THREADS must be an integer ≥ 1 or 'auto', got '${bad}'`);
+      expect(r.stderr).toContain(`option '--threads <n>' value '${bad}' from env 'MOLORA_THREADS' is invalid. expected 'auto' or an integer ≥ 1, got '${bad}'`);
     }
+    const flag = benchTrain({}, [...SHAPE, '--threads', '0']);
+    expect(flag.status).not.toBe(0);
+    expect(flag.stderr).toContain("option '--threads <n>' argument '0' is invalid. expected 'auto' or an integer ≥ 1, got '0'");
+  });
+
+  it('--threads wins over MOLORA_THREADS', () => {
+    const r = benchTrain({ MOLORA_THREADS: '1' }, [...SHAPE, '--threads', '2']);
+    expect(r.status, r.stderr).toBe(0);
+    expect(r.json).toMatchObject({ threads: 2, threads_reason: 'asked for 2' });
   });
 });

@@ -192,12 +192,23 @@ function announceThreads(info: BackendInfo, threads: ThreadChoice, warn: (m: str
   });
 }
 
+/** MOLORA_THREADS for scripts (the CLI reads it as --threads' default): 'auto' when unset. */
+function threadsFromEnv(): ThreadSetting {
+  const raw = process.env.MOLORA_THREADS;
+  if (raw === undefined || raw === '') return 'auto';
+  try {
+    return parseThreadSetting(raw);
+  } catch (e) {
+    throw new Error(`MOLORA_THREADS: ${e instanceof Error ? e.message : String(e)}`);
+  }
+}
+
 /**
  * The wasm pool's size, decided before any backend starts (the threaded build is a different
  * module). Only a run that may end on wasm samples the cores.
  */
 async function wasmThreads(requested: string, opts: BackendOptions): Promise<ThreadChoice> {
-  const setting = opts.threads ?? parseThreadSetting(process.env.MOLORA_THREADS);
+  const setting = opts.threads ?? threadsFromEnv();
   if (setting !== 'auto' && !(Number.isInteger(setting) && setting >= 1)) throw new Error(`threads must be an integer ≥ 1 or 'auto', got ${setting}`);
   if (requested && requested !== 'wasm') return { count: 1, reason: `backend ${requested}`, measured: false };
   return chooseThreads(setting, { hiddenSize: opts.hiddenSize });

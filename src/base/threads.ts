@@ -1,4 +1,5 @@
 import os from 'node:os';
+import { OptionValueError } from './options.js';
 
 /** Threads for the wasm backend's products: a count, or 'auto' (the default). */
 export type ThreadSetting = number | 'auto';
@@ -47,12 +48,12 @@ export async function chooseThreads(setting: ThreadSetting, hint: ThreadHint = {
   return { count: Math.max(1, Math.min(free, MAX_AUTO_THREADS)), reason: `auto: ${free} of ${cores} cores idle`, measured: true };
 }
 
-/** Parse MOLORA_THREADS: an integer ≥ 1 or 'auto'; unset means 'auto'. */
-export function parseThreadSetting(raw: string | undefined): ThreadSetting {
-  if (raw === undefined || raw === '' || raw === 'auto') return 'auto';
+/** A thread setting as text (MOLORA_THREADS, --threads): 'auto' or an integer ≥ 1. */
+export function parseThreadSetting(raw: string): ThreadSetting {
+  if (raw === 'auto') return raw;
   const n = Number(raw);
-  if (!Number.isInteger(n) || n < 1) throw new Error(`MOLORA_THREADS must be an integer ≥ 1 or 'auto', got '${raw}'`);
-  return n;
+  if (Number.isInteger(n) && n >= 1) return n;
+  throw new OptionValueError(`expected 'auto' or an integer ≥ 1, got '${raw}'`);
 }
 
 /**

@@ -1,5 +1,6 @@
 import { InvalidArgumentError } from 'commander';
 import { choiceArg, floatArg, intArg, OptionValueError, parseList, parseNamedPath } from '../base/options.js';
+import { parseThreadSetting } from '../base/threads.js';
 
 /**
  * A value parser of src/base/options.ts as commander wants it: a refused value becomes an
@@ -23,6 +24,9 @@ export const int = (min = 0): ((v: string) => number) => commanderParser((v: str
 export const float = (min = -Infinity, max = Infinity): ((v: string) => number) => commanderParser((v: string) => floatArg(v, min, max));
 
 export const choice = <T extends string>(options: readonly T[]): ((v: string) => T) => commanderParser((v: string) => choiceArg(v, options));
+
+/** --threads: 'auto' or a thread count (base/threads.ts). */
+export const threadSetting = commanderParser(parseThreadSetting);
 
 /** "a,b" → ['a', 'b']. */
 export const nameList = commanderParser(parseList);

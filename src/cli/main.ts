@@ -23,7 +23,7 @@ import { ROUTER_VARIANTS } from '../bench/compose.js';
 import { taskFamilies } from '../data/families.js';
 import { addModelShapeFlags, runBenchProbe, runBenchCompose, runBenchForward, runBenchGate, runBenchParity, runBenchSwap, runBenchTrain } from './bench.js';
 import { PRESET_NAMES } from '../bench/presets.js';
-import { choice, collect, float, idList, int, nameList } from './args.js';
+import { choice, collect, float, idList, int, nameList, threadSetting } from './args.js';
 
 /**
  * Commander checks required options before unknown ones, so a typo (`--modle x`) was reported as
@@ -68,7 +68,7 @@ const program = new Command('molora')
   .hook('preAction', async (_program, action) => {
     checkRequiredOptions(action);
     // The report and the demo data are plain files: no tensors, no backend to start.
-    if (!['report', 'demo-data'].includes(action.name())) await initBackend({ backend: action.opts().backend, hiddenSize: hiddenSizeOf(action) });
+    if (!['report', 'demo-data'].includes(action.name())) await initBackend({ backend: action.opts().backend, threads: action.opts().threads, hiddenSize: hiddenSizeOf(action) });
   });
 
 addComposeFlags(
@@ -257,12 +257,17 @@ bench
   .option('--json', 'print JSON rows')
   .action(runBenchProbe);
 
-// Every command takes --backend, wherever it sits on the command line.
+// Every command takes --backend and --threads, wherever they sit on the command line.
 for (const c of leaves(program)) {
   c.addOption(
     new Option('--backend <name>', 'tfjs backend (default: tensorflow if tfjs-node is installed, else webgpu on a hardware GPU, else wasm; webgpu on a software adapter only when asked)')
       .choices(BACKENDS)
       .env('MOLORA_BACKEND'),
+  );
+  c.addOption(
+    new Option('--threads <n>', "wasm threads for matrix products: a count, or 'auto' (default): one per idle core for a model of hidden size ≥ 256, else one, and back to one if other processes take the cores")
+      .argParser(threadSetting)
+      .env('MOLORA_THREADS'),
   );
 }
 

@@ -8,7 +8,7 @@ import { trainLm, type LmTrainOptions } from '../train/lm.js';
 import { inRunFolder, type TrainResult } from '../train/trainer.js';
 import { createLora } from './adapter.js';
 import type { Values } from '../base/options.js';
-import { loraConfigFrom, mixLoraOf, type LoraConfigInput, type MIXLORA_OPTIONS, type MixLoraOptions } from './lora-options.js';
+import { loraConfigFrom, MIXLORA_OPTIONS, mixLoraOf, type LoraConfigInput, type MixLoraOptions } from './lora-options.js';
 import { saveAdapter } from './peft.js';
 
 /**
@@ -68,8 +68,8 @@ async function trainIn(o: TrainAdapterOptions): Promise<TrainResult> {
 
 /** The MixLoRA settings, given flat or as `mixlora`; undefined for a plain LoRA run. */
 function mixLoraSettings(o: TrainAdapterOptions): MixLoraOptions | undefined {
-  const flat = (['moeExperts', 'topK', 'moeAuxCoef'] as const).filter((k) => o[k] !== undefined);
+  const flat = (Object.keys(MIXLORA_OPTIONS) as (keyof typeof MIXLORA_OPTIONS)[]).filter((k) => o[k] !== undefined);
   if (flat.length === 0) return o.mixlora;
   if (o.mixlora) throw new Error(`give MixLoRA's settings flat (${flat.join(', ')}) or as mixlora, not both`);
-  return mixLoraOf({ moeExperts: o.moeExperts, topK: o.topK, moeAuxCoef: o.moeAuxCoef });
+  return mixLoraOf(o);
 }

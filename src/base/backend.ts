@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { installKernelPatches } from './kernels.js';
 import { guardWasmHeap } from './memory.js';
-import { chooseThreads, parseThreadSetting, type ThreadChoice, type ThreadSetting } from './threads.js';
+import { chooseThreads, isThreadCount, parseThreadSetting, type ThreadChoice, type ThreadSetting } from './threads.js';
 import { guardThreads } from './thread-guard.js';
 import { dropToOneThread, prepareWasmThreads } from './wasm-threads.js';
 import { defaultImporter, describeAdapter, startWebGpu, webGpuAdapter, WebGpuUnavailable, type AdapterSummary, type Importer, type StartOptions } from './webgpu.js';
@@ -209,7 +209,7 @@ function threadsFromEnv(): ThreadSetting {
  */
 async function wasmThreads(requested: string, opts: BackendOptions): Promise<ThreadChoice> {
   const setting = opts.threads ?? threadsFromEnv();
-  if (setting !== 'auto' && !(Number.isInteger(setting) && setting >= 1)) throw new Error(`threads must be an integer ≥ 1 or 'auto', got ${setting}`);
+  if (setting !== 'auto' && !isThreadCount(setting)) throw new Error(`threads must be an integer ≥ 1 or 'auto', got ${setting}`);
   if (requested && requested !== 'wasm') return { count: 1, reason: `backend ${requested}`, measured: false };
   return chooseThreads(setting, { hiddenSize: opts.hiddenSize });
 }

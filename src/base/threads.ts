@@ -1,5 +1,6 @@
 import os from 'node:os';
 import { OptionValueError } from './options.js';
+import { cpuSample } from './thread-guard.js';
 
 /** Threads for the wasm backend's products: a count, or 'auto' (the default). */
 export type ThreadSetting = number | 'auto';
@@ -48,28 +49,29 @@ export async function chooseThreads(setting: ThreadSetting, hint: ThreadHint = {
   return { count: Math.max(1, Math.min(free, MAX_AUTO_THREADS)), reason: `auto: ${free} of ${cores} cores idle`, measured: true };
 }
 
+/** A pool size: an integer ≥ 1. */
+export function isThreadCount(n: number): boolean {
+  return Number.isInteger(n) && n >= 1;
+}
+
 /** A thread setting as text (MOLORA_THREADS, --threads): 'auto' or an integer ≥ 1. */
 export function parseThreadSetting(raw: string): ThreadSetting {
   if (raw === 'auto') return raw;
   const n = Number(raw);
-  if (Number.isInteger(n) && n >= 1) return n;
+  if (isThreadCount(n)) return n;
   throw new OptionValueError(`expected 'auto' or an integer ≥ 1, got '${raw}'`);
 }
 
 /**
- * Idle cores over a short window (os.cpus()'s cumulative times, on every platform Node runs
- * on). A core counts when at least 80 % of it was idle: a core another process keeps busy
- * half the time would still stall the pool.
+ * Idle cores over a short window (the per-core time counters cpuSample reads, on every platform
+ * Node runs on). A core counts when at least 80 % of it was idle: a core another process keeps
+ * busy half the time would still stall the pool.
  */
 export async function idleCores(ms = 150): Promise<number> {
-  const before = os.cpus();
+  const before = cpuSample().cores;
   await new Promise((r) => setTimeout(r, ms));
-  const after = os.cpus();
-  let idle = 0;
-  after.forEach((c, i) => {
-    const b = before[i]!.times;
-    const total = Object.values(c.times).reduce((s, t) => s + t, 0) - Object.values(b).reduce((s, t) => s + t, 0);
-    if (total > 0 && (c.times.idle - b.idle) / total >= 0.8) idle++;
-  });
-  return idle;
+  return cpuSample().cores.filter((c, i) => {
+    const total = c.total - before[i]!.total;
+    return total > 0 && (c.idle - before[i]!.idle) / total >= 0.8;
+  }).length;
 }

@@ -35,8 +35,8 @@ export interface TrainGateOptions extends LmTrainOptions, RoutingSettings, Parti
 }
 
 /** Settings that exist only flat: the nested objects hold them under other names. */
-type FlatOnly = 'topK' | 'level' | 'granularity' | 'balance' | 'temperature';
-const FLAT_ONLY: readonly FlatOnly[] = ['topK', 'level', 'granularity', 'balance', 'temperature'];
+const FLAT_ONLY = ['topK', 'level', 'granularity', 'balance', 'temperature'] as const;
+type FlatOnly = (typeof FLAT_ONLY)[number];
 
 /** The options with their routing settings resolved (routerSettings), whichever way they came. */
 function resolveRouting(o: TrainGateOptions): TrainGateOptions {
@@ -45,8 +45,7 @@ function resolveRouting(o: TrainGateOptions): TrainGateOptions {
   if (o.gate !== undefined || o.routerOptions !== undefined) {
     throw new Error(`give the routing settings flat (${flat.join(', ')}) or as gate / routerOptions, not both`);
   }
-  const { router, routingLoss, routerL2, maskDropout, topK, level, granularity, balance, temperature } = o;
-  return { ...o, ...routerSettings({ router, routingLoss, routerL2, maskDropout, topK, level, granularity, balance, temperature }) };
+  return { ...o, ...routerSettings(o) };
 }
 
 /** Validation batches the per-eval gate statistics look at (enough for stable means, cheap). */
